@@ -1,0 +1,149 @@
+/* The CPU backend: OpenBLAS GEMMs and an OpenMP row-program executor. */
+#include "config.h"
+
+#include <limits.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <tgmath.h>
+
+#include <cblas.h>
+
+#include "mel_internal.h"
+
+#ifdef HAVE_OPENBLAS_SET_NUM_THREADS
+void openblas_set_num_threads(int);
+#endif
+
+static int cpu_threads(mel_ctx *ctx)
+{
+    return ctx->threads > 0 ? ctx->threads : omp_get_max_threads();
+}
+
+static mel_status cpu_init(mel_ctx *ctx) { return MEL_OK; }
+static void cpu_fini(mel_ctx *ctx) {}
+
+static void *cpu_alloc(mel_ctx *ctx, size_t bytes)
+{
+    void *p = NULL;
+    size_t rounded = (bytes + 63) / 64 * 64;
+    if (posix_memalign(&p, 64, rounded)) return NULL;
+    return p;
+}
+
+static void cpu_free(mel_ctx *ctx, void *p) { free(p); }
+
+static int fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
+
+static mel_status cpu_gemm(mel_ctx *ctx, mel_dtype ct, int transA, int transB,
+                           int64_t M, int64_t N, int64_t K, double alpha,
+                           const void *A, int64_t lda, const void *B, int64_t ldb,
+                           double beta, void *C, int64_t ldc)
+{
+    if (!fits_int(M) || !fits_int(N) || !fits_int(K) || !fits_int(lda) ||
+        !fits_int(ldb) || !fits_int(ldc))
+        return mel_fail(ctx, MEL_ERR_OVERFLOW,
+                        "cpu gemm: a dimension (M=%lld N=%lld K=%lld lda=%lld ldb=%lld ldc=%lld) "
+                        "exceeds the 32-bit BLAS index range",
+                        (long long)M, (long long)N, (long long)K, (long long)lda,
+                        (long long)ldb, (long long)ldc);
+    if (M == 0 || N == 0) return MEL_OK;
+#ifdef HAVE_OPENBLAS_SET_NUM_THREADS
+    openblas_set_num_threads(cpu_threads(ctx));
+#endif
+    enum CBLAS_TRANSPOSE ta = transA ? CblasTrans : CblasNoTrans;
+    enum CBLAS_TRANSPOSE tb = transB ? CblasTrans : CblasNoTrans;
+    if (ct == MEL_F32)
+        cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, (float)alpha, A, (int)lda,
+                    B, (int)ldb, (float)beta, C, (int)ldc);
+    else if (ct == MEL_F64)
+        cblas_dgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, alpha, A, (int)lda, B,
+                    (int)ldb, beta, C, (int)ldc);
+    else
+        return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "cpu gemm: compute dtype %s",
+                        mel_dtype_name(ct));
+    return MEL_OK;
+}
+
+static mel_status cpu_add_bias(mel_ctx *ctx, mel_dtype ct, void *Z, int64_t R,
+                               int64_t V, const void *bias)
+{
+    int nt = cpu_threads(ctx);
+    if (ct == MEL_F32) {
+        float *z = Z;
+        const float *b = bias;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t r = 0; r < R; r++)
+#pragma omp simd
+            for (int64_t j = 0; j < V; j++) z[r * V + j] += b[j];
+    } else {
+        double *z = Z;
+        const double *b = bias;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t r = 0; r < R; r++)
+#pragma omp simd
+            for (int64_t j = 0; j < V; j++) z[r * V + j] += b[j];
+    }
+    return MEL_OK;
+}
+
+static mel_status cpu_colsum(mel_ctx *ctx, mel_dtype ct, const void *Z, int64_t R,
+                             int64_t V, void *db)
+{
+    int nt = cpu_threads(ctx);
+    /* columns in parallel, rows in a fixed order: deterministic */
+    if (ct == MEL_F32) {
+        const float *z = Z;
+        float *d = db;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t j = 0; j < V; j++) {
+            double acc = 0;
+            for (int64_t r = 0; r < R; r++) acc += z[r * V + j];
+            d[j] += (float)acc;
+        }
+    } else {
+        const double *z = Z;
+        double *d = db;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t j = 0; j < V; j++) {
+            double acc = 0;
+            for (int64_t r = 0; r < R; r++) acc += z[r * V + j];
+            d[j] += acc;
+        }
+    }
+    return MEL_OK;
+}
+
+#define T float
+#define FN(name) name##_f32
+#include "exec_impl.h"
+#undef T
+#undef FN
+#define T double
+#define FN(name) name##_f64
+#include "exec_impl.h"
+#undef T
+#undef FN
+
+static mel_status cpu_run_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan *p,
+                               const int32_t *vslot, mel_chunk *ch)
+{
+    int fb = p == &t->fb;
+    if (ch->ct == MEL_F32) run_rows_f32(t, p, vslot, ch, fb);
+    else run_rows_f64(t, p, vslot, ch, fb);
+    return MEL_OK;
+}
+
+const mel_backend_ops mel_cpu_backend = {
+    .name = "cpu",
+    .init = cpu_init,
+    .fini = cpu_fini,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .gemm = cpu_gemm,
+    .add_bias = cpu_add_bias,
+    .colsum = cpu_colsum,
+    .run_rows = cpu_run_rows,
+    .threads = cpu_threads,
+};

@@ -1,0 +1,217 @@
+/* The CPU row-program executor, instantiated for one real type.
+ * Include with T (float or double) and FN(name) defined. */
+
+/* Run plan p for row r of the chunk.  Vectors live in `scr` (n_slots × V)
+ * or, for logits, in the chunk's Z rows; s / iv / vp are per-node scalar,
+ * index and vector-pointer registers. */
+static void FN(run_row)(const mel_transform *t, const mel_plan *p,
+                        const int32_t *vslot, const mel_chunk *ch, int64_t r,
+                        T *scr, T *s, int64_t *iv, T **vp)
+{
+    const int64_t V = ch->V;
+    const int64_t row = ch->r0 + r;
+    for (int pos = 0; pos < p->n; pos++) {
+        const int i = p->order[pos];
+        const mel_node *nd = &t->nodes[i];
+        const int a = nd->a, b = nd->b, c = nd->c;
+        const int vec = nd->kind == K_VEC;
+        T *o = NULL;
+        if (vec && nd->op != OP_LOGITS) o = scr + (int64_t)vslot[i] * V;
+        const T *A = a >= 0 && t->nodes[a].kind == K_VEC ? vp[a] : NULL;
+        const T *B = b >= 0 && t->nodes[b].kind == K_VEC ? vp[b] : NULL;
+        switch ((mel_op)nd->op) {
+        case OP_LOGITS:
+            vp[i] = (T *)ch->Z[nd->head] + r * V;
+            continue;
+        case OP_INDEX: {
+            const void *d = ch->idx[nd->slot];
+            iv[i] = ch->idx_dtype[nd->slot] == MEL_I32 ? ((const int32_t *)d)[row]
+                                                       : ((const int64_t *)d)[row];
+            continue;
+        }
+        case OP_INPUT: {
+            const void *d = ch->inp[nd->slot];
+            s[i] = ch->inp_dtype[nd->slot] == MEL_F32 ? (T)((const float *)d)[row]
+                                                      : (T)((const double *)d)[row];
+            continue;
+        }
+        case OP_CONST: s[i] = (T)nd->cval; continue;
+        case OP_VOCAB: s[i] = (T)V; continue;
+        case OP_SEED: s[i] = (T)ch->seed[r]; continue;
+
+#define UNARY(X, EXPR)                                                       \
+    if (vec) {                                                               \
+        _Pragma("omp simd") for (int64_t j = 0; j < V; j++) {                \
+            const T X = A[j];                                                \
+            o[j] = (EXPR);                                                   \
+        }                                                                    \
+    } else {                                                                 \
+        const T X = s[a];                                                    \
+        s[i] = (EXPR);                                                       \
+    }                                                                        \
+    break;
+        case OP_NEG: UNARY(x, -x)
+        case OP_EXP: UNARY(x, exp(x))
+        case OP_LOG: UNARY(x, log(x))
+        case OP_TANH: UNARY(x, tanh(x))
+        case OP_SIGMOID: UNARY(x, (T)1 / ((T)1 + exp(-x)))
+        case OP_SQUARE: UNARY(x, x * x)
+        case OP_SQRT: UNARY(x, sqrt(x))
+        case OP_LOG1P: UNARY(x, log1p(x))
+        case OP_ABS: UNARY(x, fabs(x))
+        case OP_SIGN: UNARY(x, (T)((x > 0) - (x < 0)))
+#undef UNARY
+
+#define BINARY(EXPR)                                                         \
+    if (!vec) {                                                              \
+        const T x = s[a], y = s[b];                                          \
+        s[i] = (EXPR);                                                       \
+    } else if (A && B) {                                                     \
+        _Pragma("omp simd") for (int64_t j = 0; j < V; j++) {                \
+            const T x = A[j], y = B[j];                                      \
+            o[j] = (EXPR);                                                   \
+        }                                                                    \
+    } else if (A) {                                                          \
+        const T y = s[b];                                                    \
+        _Pragma("omp simd") for (int64_t j = 0; j < V; j++) {                \
+            const T x = A[j];                                                \
+            o[j] = (EXPR);                                                   \
+        }                                                                    \
+    } else {                                                                 \
+        const T x = s[a];                                                    \
+        _Pragma("omp simd") for (int64_t j = 0; j < V; j++) {                \
+            const T y = B[j];                                                \
+            o[j] = (EXPR);                                                   \
+        }                                                                    \
+    }                                                                        \
+    break;
+        case OP_ADD: BINARY(x + y)
+        case OP_SUB: BINARY(x - y)
+        case OP_MUL: BINARY(x * y)
+        case OP_DIV: BINARY(x / y)
+        /* min/max propagate NaN like the naive computation would */
+        case OP_MIN: BINARY((x != x || y != y) ? x + y : (x <= y ? x : y))
+        case OP_MAX: BINARY((x != x || y != y) ? x + y : (x >= y ? x : y))
+        case OP_LT: BINARY((T)(x < y))
+        case OP_LE: BINARY((T)(x <= y))
+        case OP_EQ: BINARY((T)(x == y))
+#undef BINARY
+
+        case OP_WHERE: {
+            const T *Cv = c >= 0 && t->nodes[c].kind == K_VEC ? vp[c] : NULL;
+            if (!vec) {
+                s[i] = s[a] != 0 ? s[b] : s[c];
+            } else {
+                const T sa = A ? 0 : s[a], sb = B ? 0 : s[b], sc = Cv ? 0 : s[c];
+                for (int64_t j = 0; j < V; j++) {
+                    const T cond = A ? A[j] : sa;
+                    o[j] = cond != 0 ? (B ? B[j] : sb) : (Cv ? Cv[j] : sc);
+                }
+            }
+            break;
+        }
+        case OP_SUM:
+        case OP_MEAN: {
+            double acc = 0;
+            _Pragma("omp simd reduction(+:acc)") for (int64_t j = 0; j < V; j++) acc += A[j];
+            s[i] = (T)(nd->op == OP_MEAN ? acc / (double)V : acc);
+            break;
+        }
+        case OP_RMAX: {
+            T m = A[0];
+            for (int64_t j = 1; j < V; j++)
+                if (A[j] > m || A[j] != A[j]) m = A[j];
+            s[i] = m;
+            break;
+        }
+        case OP_LSE: {
+            T m = A[0];
+            int has_nan = 0;
+            for (int64_t j = 0; j < V; j++) {
+                if (A[j] > m) m = A[j];
+                has_nan |= A[j] != A[j];
+            }
+            if (has_nan) {
+                s[i] = (T)NAN;
+            } else if (isinf(m)) {
+                s[i] = m; /* +inf, or -inf when every entry is -inf */
+            } else {
+                double acc = 0;
+                _Pragma("omp simd reduction(+:acc)") for (int64_t j = 0; j < V; j++)
+                    acc += exp(A[j] - m);
+                s[i] = (T)(m + log(acc));
+            }
+            break;
+        }
+        case OP_GATHER: {
+            const int64_t k = iv[b];
+            const int64_t ig = t->inputs[t->nodes[b].slot].ignore_index;
+            s[i] = k == ig ? (T)0 : A[k];
+            break;
+        }
+        case OP_VALID:
+            s[i] = iv[a] != t->inputs[t->nodes[a].slot].ignore_index ? (T)1 : (T)0;
+            break;
+        case OP_ONEHOT: {
+            const int64_t k = iv[a];
+            memset(o, 0, (size_t)V * sizeof(T));
+            if (k != t->inputs[t->nodes[a].slot].ignore_index) o[k] = 1;
+            break;
+        }
+        case OP_ARGMAXMASK: {
+            int64_t k = 0;
+            for (int64_t j = 1; j < V; j++)
+                if (A[j] > A[k]) k = j;
+            memset(o, 0, (size_t)V * sizeof(T));
+            o[k] = 1;
+            break;
+        }
+        case OP_BCAST: {
+            const T x = s[a];
+            for (int64_t j = 0; j < V; j++) o[j] = x;
+            break;
+        }
+        case OP_STOPGRAD:
+            if (vec) memcpy(o, A, (size_t)V * sizeof(T));
+            else s[i] = s[a];
+            break;
+        case OP__COUNT:
+            break;
+        }
+        if (vec) vp[i] = o;
+    }
+}
+
+static void FN(run_rows)(const mel_transform *t, const mel_plan *p,
+                         const int32_t *vslot, mel_chunk *ch, int fb)
+{
+    const int64_t V = ch->V;
+    const int64_t R = ch->R;
+    const int nthreads = ch->threads;
+#pragma omp parallel num_threads(nthreads)
+    {
+        int tid = omp_get_thread_num();
+        char *base = (char *)ch->scratch + (int64_t)tid * ch->scratch_per_thread;
+        T *scr = (T *)base;
+        T *s = (T *)(base + (int64_t)p->n_slots * V * (int64_t)sizeof(T));
+        int64_t *iv = (int64_t *)(s + t->n);
+        T **vp = (T **)(iv + t->n);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < R; r++) {
+            FN(run_row)(t, p, vslot, ch, r, scr, s, iv, vp);
+            if (ch->y) ch->y[r] = (double)s[t->out];
+            if (ch->count) ch->count[r] = t->count >= 0 ? (double)s[t->count] : 1.0;
+            for (int k = 0; k < t->n_aux; k++)
+                if (ch->aux[k]) ch->aux[k][r] = (double)s[t->aux[k]];
+            if (!fb) continue;
+            for (int k = 0; k < t->n_inputs; k++)
+                if (ch->ginp[k]) ch->ginp[k][r] = t->adj_input[k] >= 0 ? (double)s[t->adj_input[k]] : 0.0;
+            for (int h = 0; h < t->n_heads; h++) {
+                if (!t->head_diff[h] || !ch->Z[h]) continue;
+                T *dz = (T *)ch->Z[h] + r * V; /* dZ overwrites this row's logits */
+                if (t->adj_head[h] >= 0) memcpy(dz, vp[t->adj_head[h]], (size_t)V * sizeof(T));
+                else memset(dz, 0, (size_t)V * sizeof(T));
+            }
+        }
+    }
+}

@@ -1,0 +1,681 @@
+/*
+ * llama-train -- train a Llama decoder in C with the output layer's loss
+ * computed by libmel (--head mel) or by a full-logits fp32 head written
+ * here (--head naive), or both side by side (--compare).
+ *
+ * --compare keeps two copies of the parameters (and of the optimizer
+ * state) that start from the same initialisation and see the same batches;
+ * the gradient buffer and the activations are shared, since the two models
+ * run one after the other within a step.  So memory is
+ *   3 × params (SGD) or 7 × params (AdamW) + activations + the heads,
+ * about 15 GB for llama-3.2-1b with SGD.
+ *
+ * Exit status: 0 ok; 1 runtime failure (I/O, memory, libmel error,
+ * non-finite loss); 2 bad command line; 3 --compare found a step whose
+ * relative loss difference exceeds --tol.
+ *
+ * See doc/llama.md for the flags, the checkpoint format and results.
+ */
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "data.h"
+#include "head.h"
+#include "mel.h"
+#include "model.h"
+
+/* ------------------------------------------------------------------ flags */
+
+typedef struct options {
+    const char *config_name;
+    llama_config cfg;
+    int set_dim, set_layers, set_heads, set_kv, set_ffn, set_vocab, set_theta,
+        set_tied, set_eps;
+    int steps, batch, seq;
+    double lr;
+    int lr_set;
+    double weight_decay;
+    llama_opt_kind optim;
+    uint64_t seed;
+    int threads;
+    const char *data;
+    int head_mel; /* 1 mel, 0 naive (when not comparing) */
+    int compare;
+    double tol;
+    int64_t chunk_rows, workspace_bytes;
+    const char *save, *load, *log_csv, *plot;
+} options;
+
+static const char *prog = "llama-train";
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"usage: %s [flags]\n"
+"  --config tiny|llama-3.2-1b   preset (default tiny)\n"
+"  --dim N --layers N --heads N --kv-heads N --ffn N --vocab N\n"
+"  --rope-theta X --rms-eps X --tied 0|1        override the preset\n"
+"  --steps N (100) --batch N (8) --seq N (64)\n"
+"  --optim adamw|sgd (adamw) --lr X (adamw 3e-3, sgd 0.05)\n"
+"  --weight-decay X (0)         decoupled, matrices only\n"
+"  --seed N (1234)              init and batch order\n"
+"  --threads N (0 = default)    OpenMP, OpenBLAS and libmel threads\n"
+"  --data FILE                  training text (default: %s/*)\n"
+"  --head mel|naive (mel)       output layer + CE implementation\n"
+"  --compare                    train both heads side by side\n"
+"  --tol X (1e-5)               --compare: max allowed relative difference\n"
+"  --chunk-rows N (0 = auto)    libmel rows per chunk\n"
+"  --workspace-bytes N[k|M|G]   libmel workspace budget (0 = default)\n"
+"  --load FILE --save FILE      checkpoint (format in doc/llama.md)\n"
+"  --log-csv FILE --plot FILE.png\n",
+            prog, LLAMA_DEFAULT_CORPUS_DIR);
+}
+
+static void die_flag(const char *flag, const char *val, const char *why)
+{
+    fprintf(stderr, "%s: bad value for %s: '%s'%s%s\n", prog, flag,
+            val ? val : "(missing)", why ? ": " : "", why ? why : "");
+    exit(2);
+}
+
+static long long parse_int(const char *flag, const char *v, long long lo,
+                           long long hi)
+{
+    if (!v) die_flag(flag, v, "missing value");
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || end == v || *end) die_flag(flag, v, "not an integer");
+    if (x < lo || x > hi) {
+        char why[96];
+        snprintf(why, sizeof why, "must be in [%lld, %lld]", lo, hi);
+        die_flag(flag, v, why);
+    }
+    return x;
+}
+
+static int64_t parse_bytes(const char *flag, const char *v)
+{
+    if (!v) die_flag(flag, v, "missing value");
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || end == v || x < 0) die_flag(flag, v, "not a byte count");
+    int64_t mul = 1;
+    if (*end == 'k' || *end == 'K') mul = 1024, end++;
+    else if (*end == 'm' || *end == 'M') mul = 1024 * 1024, end++;
+    else if (*end == 'g' || *end == 'G') mul = 1024LL * 1024 * 1024, end++;
+    if (*end) die_flag(flag, v, "expected N, Nk, NM or NG");
+    if (x > INT64_MAX / mul) die_flag(flag, v, "too large");
+    return x * mul;
+}
+
+static double parse_double(const char *flag, const char *v, double lo,
+                           double hi)
+{
+    if (!v) die_flag(flag, v, "missing value");
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end || !isfinite(x))
+        die_flag(flag, v, "not a number");
+    if (x < lo || x > hi) {
+        char why[96];
+        snprintf(why, sizeof why, "must be in [%g, %g]", lo, hi);
+        die_flag(flag, v, why);
+    }
+    return x;
+}
+
+static void parse_args(int argc, char **argv, options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->config_name = "tiny";
+    o->steps = 100;
+    o->batch = 8;
+    o->seq = 64;
+    o->optim = OPT_ADAMW;
+    o->seed = 1234;
+    o->head_mel = 1;
+    o->tol = 1e-5;
+    llama_config over = {0};
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        const char *eq = strchr(f, '=');
+        char name[64];
+        const char *v;
+        if (strncmp(f, "--", 2) != 0) die_flag("argument", f, "flags start with --");
+        if (eq && (size_t)(eq - f) < sizeof name) {
+            memcpy(name, f, (size_t)(eq - f));
+            name[eq - f] = 0;
+            v = eq + 1;
+        } else {
+            snprintf(name, sizeof name, "%s", f);
+            v = NULL;
+        }
+#define VAL() (v ? v : (i + 1 < argc ? argv[++i] : NULL))
+        if (!strcmp(name, "--help") || !strcmp(name, "-h")) {
+            usage(stdout);
+            exit(0);
+        } else if (!strcmp(name, "--compare")) {
+            if (v) die_flag(name, v, "takes no value");
+            o->compare = 1;
+        } else if (!strcmp(name, "--config")) {
+            o->config_name = VAL();
+            llama_config tmp;
+            if (!o->config_name || llama_config_preset(o->config_name, &tmp) != 0)
+                die_flag(name, o->config_name, "expected tiny or llama-3.2-1b");
+        } else if (!strcmp(name, "--dim")) {
+            over.dim = (int)parse_int(name, VAL(), 2, 1 << 16); o->set_dim = 1;
+        } else if (!strcmp(name, "--layers")) {
+            over.n_layers = (int)parse_int(name, VAL(), 1, 400); o->set_layers = 1;
+        } else if (!strcmp(name, "--heads")) {
+            over.n_heads = (int)parse_int(name, VAL(), 1, 4096); o->set_heads = 1;
+        } else if (!strcmp(name, "--kv-heads")) {
+            over.n_kv_heads = (int)parse_int(name, VAL(), 1, 4096); o->set_kv = 1;
+        } else if (!strcmp(name, "--ffn")) {
+            over.ffn = (int)parse_int(name, VAL(), 1, 1 << 20); o->set_ffn = 1;
+        } else if (!strcmp(name, "--vocab")) {
+            over.vocab = (int)parse_int(name, VAL(), 256, 1 << 24); o->set_vocab = 1;
+        } else if (!strcmp(name, "--rope-theta")) {
+            over.rope_theta = parse_double(name, VAL(), 1.0000001, 1e12); o->set_theta = 1;
+        } else if (!strcmp(name, "--rms-eps")) {
+            over.rms_eps = parse_double(name, VAL(), 1e-12, 1.0); o->set_eps = 1;
+        } else if (!strcmp(name, "--tied")) {
+            over.tied = (int)parse_int(name, VAL(), 0, 1); o->set_tied = 1;
+        } else if (!strcmp(name, "--steps")) {
+            o->steps = (int)parse_int(name, VAL(), 1, 100000000);
+        } else if (!strcmp(name, "--batch")) {
+            o->batch = (int)parse_int(name, VAL(), 1, 1 << 20);
+        } else if (!strcmp(name, "--seq")) {
+            o->seq = (int)parse_int(name, VAL(), 1, 1 << 16);
+        } else if (!strcmp(name, "--lr")) {
+            o->lr = parse_double(name, VAL(), 0.0, 1e3); o->lr_set = 1;
+        } else if (!strcmp(name, "--weight-decay")) {
+            o->weight_decay = parse_double(name, VAL(), 0.0, 1e3);
+        } else if (!strcmp(name, "--optim")) {
+            const char *x = VAL();
+            if (x && !strcmp(x, "adamw")) o->optim = OPT_ADAMW;
+            else if (x && !strcmp(x, "sgd")) o->optim = OPT_SGD;
+            else die_flag(name, x, "expected adamw or sgd");
+        } else if (!strcmp(name, "--seed")) {
+            o->seed = (uint64_t)parse_int(name, VAL(), 0, INT64_MAX);
+        } else if (!strcmp(name, "--threads")) {
+            o->threads = (int)parse_int(name, VAL(), 0, 4096);
+        } else if (!strcmp(name, "--data")) {
+            o->data = VAL();
+            if (!o->data || !*o->data) die_flag(name, o->data, "expected a file");
+        } else if (!strcmp(name, "--head")) {
+            const char *x = VAL();
+            if (x && !strcmp(x, "mel")) o->head_mel = 1;
+            else if (x && !strcmp(x, "naive")) o->head_mel = 0;
+            else die_flag(name, x, "expected mel or naive");
+        } else if (!strcmp(name, "--tol")) {
+            o->tol = parse_double(name, VAL(), 0.0, 1.0);
+        } else if (!strcmp(name, "--chunk-rows")) {
+            o->chunk_rows = parse_int(name, VAL(), 0, INT64_MAX);
+        } else if (!strcmp(name, "--workspace-bytes")) {
+            o->workspace_bytes = parse_bytes(name, VAL());
+        } else if (!strcmp(name, "--save")) {
+            if (!(o->save = VAL())) die_flag(name, NULL, "expected a file");
+        } else if (!strcmp(name, "--load")) {
+            if (!(o->load = VAL())) die_flag(name, NULL, "expected a file");
+        } else if (!strcmp(name, "--log-csv")) {
+            if (!(o->log_csv = VAL())) die_flag(name, NULL, "expected a file");
+        } else if (!strcmp(name, "--plot")) {
+            if (!(o->plot = VAL())) die_flag(name, NULL, "expected a file");
+        } else {
+            fprintf(stderr, "%s: unknown flag '%s' (see --help)\n", prog, f);
+            exit(2);
+        }
+#undef VAL
+    }
+
+    /* The configuration: the checkpoint's when loading, else the preset;
+     * then the overrides (which must agree with a checkpoint). */
+    char err[512];
+    if (o->load) {
+        if (llama_ckpt_peek(o->load, &o->cfg, NULL, err, sizeof err) != 0) {
+            fprintf(stderr, "%s: --load: %s\n", prog, err);
+            exit(1);
+        }
+        struct { int set; const char *flag; double want, have; } chk[] = {
+            {o->set_dim, "--dim", over.dim, o->cfg.dim},
+            {o->set_layers, "--layers", over.n_layers, o->cfg.n_layers},
+            {o->set_heads, "--heads", over.n_heads, o->cfg.n_heads},
+            {o->set_kv, "--kv-heads", over.n_kv_heads, o->cfg.n_kv_heads},
+            {o->set_ffn, "--ffn", over.ffn, o->cfg.ffn},
+            {o->set_vocab, "--vocab", over.vocab, o->cfg.vocab},
+            {o->set_tied, "--tied", over.tied, o->cfg.tied},
+            {o->set_theta, "--rope-theta", over.rope_theta, o->cfg.rope_theta},
+            {o->set_eps, "--rms-eps", over.rms_eps, o->cfg.rms_eps},
+        };
+        for (size_t i = 0; i < sizeof chk / sizeof chk[0]; i++)
+            if (chk[i].set && chk[i].want != chk[i].have) {
+                fprintf(stderr, "%s: bad value for %s: '%g': checkpoint %s has %g\n",
+                        prog, chk[i].flag, chk[i].want, o->load, chk[i].have);
+                exit(2);
+            }
+    } else {
+        llama_config_preset(o->config_name, &o->cfg);
+        if (o->set_dim) o->cfg.dim = over.dim;
+        if (o->set_layers) o->cfg.n_layers = over.n_layers;
+        if (o->set_heads) o->cfg.n_heads = over.n_heads;
+        if (o->set_kv) o->cfg.n_kv_heads = over.n_kv_heads;
+        if (o->set_ffn) o->cfg.ffn = over.ffn;
+        if (o->set_vocab) o->cfg.vocab = over.vocab;
+        if (o->set_theta) o->cfg.rope_theta = over.rope_theta;
+        if (o->set_eps) o->cfg.rms_eps = over.rms_eps;
+        if (o->set_tied) o->cfg.tied = over.tied;
+    }
+    if (llama_config_check(&o->cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "%s: bad configuration: %s\n", prog, err);
+        exit(2);
+    }
+    if (o->cfg.vocab < 256) {
+        fprintf(stderr, "%s: bad value for --vocab: '%d': byte tokens need >= 256\n",
+                prog, o->cfg.vocab);
+        exit(2);
+    }
+    if (!o->lr_set) o->lr = o->optim == OPT_ADAMW ? 3e-3 : 0.05;
+    if ((int64_t)o->batch * o->seq > INT32_MAX / 2) {
+        fprintf(stderr, "%s: bad value for --batch: '%d': batch·seq too large\n",
+                prog, o->batch);
+        exit(2);
+    }
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Peak resident set size of this process in bytes (VmHWM), -1 if unknown. */
+static int64_t peak_rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    int64_t kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %lld kB", (long long *)&kb) == 1) break;
+    fclose(f);
+    return kb < 0 ? -1 : kb * 1024;
+}
+
+static const char *human(int64_t b, char *buf, size_t n)
+{
+    if (b < 0) snprintf(buf, n, "?");
+    else if (b >= (1LL << 30)) snprintf(buf, n, "%.2f GiB", (double)b / (1LL << 30));
+    else if (b >= (1LL << 20)) snprintf(buf, n, "%.2f MiB", (double)b / (1LL << 20));
+    else if (b >= 1024) snprintf(buf, n, "%.1f KiB", (double)b / 1024);
+    else snprintf(buf, n, "%lld B", (long long)b);
+    return buf;
+}
+
+/* One model being trained: parameters, optimizer and which head it uses. */
+typedef struct trainee {
+    const char *name; /* "mel" or "naive" */
+    int use_mel;
+    float *params;
+    llama_optim opt;
+    double loss, step_s, head_s, total_s;
+    double first_loss;
+} trainee;
+
+/* One training step of model m on (inputs, targets): forward, head,
+ * backward into the shared gradient buffer g, optimizer update.
+ * 0, or -1 with a message printed. */
+static int train_step(trainee *m, const llama_config *c, const llama_layout *lo,
+                      llama_acts *a, float *g, head_mel *hm, head_naive *hn,
+                      const int32_t *inputs, const int32_t *targets)
+{
+    double t0 = now_s();
+    llama_forward(c, lo, m->params, inputs, a);
+    double t1 = now_s();
+    /* X = hn [N, D], W = lm_head [V, D] (the embedding when tied). */
+    const float *W = m->params + lo->lm_head;
+    float *dW = g + lo->lm_head;
+    if (m->use_mel) {
+        if (head_mel_run(hm, a->hn, W, a->N, c->dim, c->vocab, targets, a->dhn,
+                         dW, &m->loss) != 0) {
+            fprintf(stderr, "%s: libmel head failed: %s\n", prog, hm->err);
+            return -1;
+        }
+    } else {
+        head_naive_run(hn, a->hn, W, c->dim, targets, a->dhn, dW, &m->loss);
+    }
+    double t2 = now_s();
+    llama_backward(c, lo, m->params, inputs, a, g);
+    llama_optim_step(&m->opt, c, lo, m->params, g);
+    double t3 = now_s();
+    m->head_s = t2 - t1;
+    m->step_s = t3 - t0;
+    m->total_s += m->step_s;
+    if (!isfinite(m->loss)) {
+        fprintf(stderr, "%s: %s head: loss is %g\n", prog, m->name, m->loss);
+        return -1;
+    }
+    return 0;
+}
+
+static int write_plot(const char *png, const char *csv, const char *title,
+                      int compare)
+{
+    if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
+        printf("plot: gnuplot not found; %s not written (data in %s)\n", png, csv);
+        return 0;
+    }
+    char script[4096 + 256];
+    FILE *f;
+    char sp[4096];
+    snprintf(sp, sizeof sp, "%s.gp", png);
+    if (!(f = fopen(sp, "w"))) {
+        fprintf(stderr, "%s: %s: %s\n", prog, sp, strerror(errno));
+        return -1;
+    }
+    fprintf(f,
+            "set datafile separator ','\n"
+            "set terminal png size 900,700\n"
+            "set output '%s'\n"
+            "set key autotitle columnhead\n",
+            png);
+    if (compare) {
+        fprintf(f,
+                "set multiplot layout 2,1 title '%s'\n"
+                "set ylabel 'training loss'\n"
+                "plot '%s' using 1:2 with lines lw 2 title 'mel head', "
+                "'' using 1:3 with lines dt 2 lw 2 title 'naive head'\n"
+                "set logscale y\n"
+                "set format y '%%.0e'\n"
+                "set xlabel 'step'\n"
+                "set ylabel '|mel - naive| / |naive|'\n"
+                "plot '%s' using 1:($4 > 0 ? $4 : 1e-12) with points pt 7 ps 0.5 "
+                "title 'relative loss difference'\n"
+                "unset multiplot\n",
+                title, csv, csv);
+    } else {
+        fprintf(f,
+                "set title '%s'\nset xlabel 'step'\nset ylabel 'training loss'\n"
+                "plot '%s' using 1:2 with lines lw 2 title 'loss'\n",
+                title, csv);
+    }
+    fclose(f);
+    snprintf(script, sizeof script, "gnuplot '%s'", sp);
+    if (system(script) != 0) {
+        fprintf(stderr, "%s: gnuplot failed on %s\n", prog, sp);
+        return -1;
+    }
+    printf("plot: %s\n", png);
+    return 0;
+}
+
+/* -------------------------------------------------------------------- main */
+
+int main(int argc, char **argv)
+{
+    options o;
+    parse_args(argc, argv, &o);
+    const llama_config *c = &o.cfg;
+    char err[512], b1[32], b2[32], b3[32];
+    int rc = 1;
+
+    if (o.threads > 0) {
+#ifdef _OPENMP
+        omp_set_num_threads(o.threads);
+#endif
+        openblas_set_num_threads(o.threads);
+    }
+
+    llama_layout lo;
+    llama_layout_init(c, &lo);
+    const int64_t N = (int64_t)o.batch * o.seq;
+    const int ncopies = o.compare ? 2 : 1;
+    const int64_t pbytes = lo.total * (int64_t)sizeof(float);
+
+    printf("llama-train: config %s%s: dim %d layers %d heads %d kv-heads %d "
+           "ffn %d vocab %d tied %d rope-theta %g rms-eps %g\n",
+           o.load ? "from " : "", o.load ? o.load : o.config_name, c->dim,
+           c->n_layers, c->n_heads, c->n_kv_heads, c->ffn, c->vocab, c->tied,
+           c->rope_theta, c->rms_eps);
+    printf("llama-train: %lld parameters (%s); seed %llu; batch %d seq %d "
+           "(N = %lld rows); optim %s lr %g wd %g; steps %d; threads %d; "
+           "libmel %s\n",
+           (long long)lo.total, human(pbytes, b1, sizeof b1),
+           (unsigned long long)o.seed, o.batch, o.seq, (long long)N,
+           o.optim == OPT_ADAMW ? "adamw" : "sgd", o.lr, o.weight_decay,
+           o.steps,
+#ifdef _OPENMP
+           omp_get_max_threads(),
+#else
+           1,
+#endif
+           mel_version_string());
+
+    llama_corpus corpus;
+    if (llama_corpus_load(o.data, &corpus, err, sizeof err) != 0) {
+        fprintf(stderr, "%s: %s\n", prog, err);
+        return 1;
+    }
+    printf("llama-train: data %s: %lld bytes, byte-level tokens\n",
+           corpus.source, (long long)corpus.n);
+
+    trainee models[2];
+    memset(models, 0, sizeof models);
+    float *grads = NULL;
+    int32_t *inputs = NULL, *targets = NULL;
+    llama_acts acts;
+    memset(&acts, 0, sizeof acts);
+    head_mel hmel;
+    memset(&hmel, 0, sizeof hmel);
+    head_naive hnaive;
+    memset(&hnaive, 0, sizeof hnaive);
+    FILE *csv = NULL;
+    char csv_path[4096];
+
+    for (int k = 0; k < ncopies; k++) {
+        trainee *m = &models[k];
+        m->use_mel = o.compare ? (k == 0) : o.head_mel;
+        m->name = m->use_mel ? "mel" : "naive";
+        m->params = malloc((size_t)pbytes);
+        if (!m->params ||
+            llama_optim_init(&m->opt, o.optim, o.lr, o.weight_decay, &lo) != 0) {
+            fprintf(stderr, "%s: out of memory for the parameters of copy %d (%s)\n",
+                    prog, k + 1, human(pbytes, b1, sizeof b1));
+            goto out;
+        }
+    }
+    grads = malloc((size_t)pbytes);
+    inputs = malloc((size_t)N * sizeof(int32_t));
+    targets = malloc((size_t)N * sizeof(int32_t));
+    if (!grads || !inputs || !targets ) {
+        fprintf(stderr, "%s: out of memory (gradients, %s)\n", prog,
+                human(pbytes, b1, sizeof b1));
+        goto out;
+    }
+    if (llama_acts_alloc(c, o.batch, o.seq, &acts) != 0) {
+        fprintf(stderr, "%s: out of memory for activations (batch %d seq %d)\n",
+                prog, o.batch, o.seq);
+        goto out;
+    }
+    int need_mel = 0, need_naive = 0;
+    for (int k = 0; k < ncopies; k++) {
+        need_mel |= models[k].use_mel;
+        need_naive |= !models[k].use_mel;
+    }
+    if (need_mel &&
+        head_mel_init(&hmel, o.threads, o.chunk_rows, o.workspace_bytes) != 0) {
+        fprintf(stderr, "%s: libmel: %s\n", prog, hmel.err);
+        goto out;
+    }
+    if (need_naive && head_naive_init(&hnaive, N, c->vocab) != 0) {
+        fprintf(stderr, "%s: out of memory for the naive head's logits (%s)\n",
+                prog, human(2 * N * c->vocab * 4, b1, sizeof b1));
+        goto out;
+    }
+
+    /* Same initialisation for every copy. */
+    double t_init = now_s();
+    if (o.load) {
+        if (llama_ckpt_load(o.load, c, &lo, models[0].params, err, sizeof err) != 0) {
+            fprintf(stderr, "%s: --load: %s\n", prog, err);
+            goto out;
+        }
+    } else {
+        llama_init_params(c, &lo, models[0].params, o.seed);
+    }
+    if (ncopies == 2) memcpy(models[1].params, models[0].params, (size_t)pbytes);
+    printf("llama-train: %s in %.1f s; memory: %d × params + grads %s, "
+           "optimizer %s, activations %s\n",
+           o.load ? "loaded" : "initialised", now_s() - t_init, ncopies,
+           human(pbytes, b1, sizeof b1),
+           human(o.optim == OPT_ADAMW ? 2 * pbytes * ncopies : 0, b2, sizeof b2),
+           human(acts.bytes, b3, sizeof b3));
+
+    if (o.log_csv || o.plot) {
+        if (o.log_csv) snprintf(csv_path, sizeof csv_path, "%s", o.log_csv);
+        else snprintf(csv_path, sizeof csv_path, "%s.csv", o.plot);
+        if (!(csv = fopen(csv_path, "w"))) {
+            fprintf(stderr, "%s: %s: %s\n", prog, csv_path, strerror(errno));
+            goto out;
+        }
+        if (o.compare)
+            fprintf(csv, "step,loss_mel,loss_naive,reldiff,step_mel_s,"
+                         "step_naive_s,head_mel_s,head_naive_s,"
+                         "mel_workspace_bytes\n");
+        else
+            fprintf(csv, "step,loss_%s,step_s,head_s%s\n", models[0].name,
+                    models[0].use_mel ? ",mel_workspace_bytes" : "");
+    }
+
+    /* Batches come from their own stream so that they do not depend on
+     * how the parameters were initialised. */
+    llama_rng data_rng;
+    llama_rng_seed(&data_rng, o.seed ^ 0x5DEECE66Dull);
+    double max_rel = 0;
+    int worst_step = 0, bad_steps = 0;
+    for (int step = 1; step <= o.steps; step++) {
+        llama_corpus_batch(&corpus, &data_rng, o.batch, o.seq, inputs, targets);
+        for (int k = 0; k < ncopies; k++) {
+            if (train_step(&models[k], c, &lo, &acts, grads, &hmel, &hnaive,
+                           inputs, targets) != 0)
+                goto out;
+            if (step == 1) models[k].first_loss = models[k].loss;
+        }
+        if (o.compare) {
+            double lm = models[0].loss, ln = models[1].loss;
+            double rel = fabs(lm - ln) / fmax(fabs(ln), 1e-30);
+            if (!(rel <= max_rel)) { /* NaN counts as worst */
+                max_rel = rel;
+                worst_step = step;
+            }
+            if (!(rel <= o.tol)) bad_steps++;
+            printf("step %d mel %.9f naive %.9f reldiff %.3e\n", step, lm, ln, rel);
+            if (models[0].step_s + models[1].step_s > 2.0)
+                fprintf(stderr, "  step %d time: mel %.2f s (head %.2f s), "
+                                "naive %.2f s (head %.2f s), peak RSS %s\n",
+                        step, models[0].step_s, models[0].head_s,
+                        models[1].step_s, models[1].head_s,
+                        human(peak_rss_bytes(), b1, sizeof b1));
+            if (csv)
+                fprintf(csv, "%d,%.9f,%.9f,%.6e,%.6f,%.6f,%.6f,%.6f,%lld\n", step,
+                        lm, ln, rel, models[0].step_s, models[1].step_s,
+                        models[0].head_s, models[1].head_s,
+                        (long long)hmel.last.peak_workspace_bytes);
+        } else {
+            trainee *m = &models[0];
+            printf("step %d loss %.9f time %.3f s tok/s %.0f\n", step, m->loss,
+                   m->step_s, (double)N / m->step_s);
+            if (csv) {
+                fprintf(csv, "%d,%.9f,%.6f,%.6f", step, m->loss, m->step_s,
+                        m->head_s);
+                if (m->use_mel)
+                    fprintf(csv, ",%lld", (long long)hmel.last.peak_workspace_bytes);
+                fprintf(csv, "\n");
+            }
+        }
+        fflush(stdout);
+        if (csv) fflush(csv);
+    }
+
+    /* ---- summary */
+    printf("summary: %d steps of %lld tokens\n", o.steps, (long long)N);
+    for (int k = 0; k < ncopies; k++) {
+        trainee *m = &models[k];
+        printf("summary: %-5s head: loss first %.6f last %.6f; %.0f tokens/s "
+               "(%.3f s/step)\n",
+               m->name, m->first_loss, m->loss,
+               (double)N * o.steps / m->total_s, m->total_s / o.steps);
+    }
+    if (need_mel)
+        printf("summary: mel   head memory: peak workspace %s (chunk rows %lld, "
+               "%lld chunks)\n",
+               human(hmel.peak_workspace, b1, sizeof b1),
+               (long long)hmel.last.chunk_rows, (long long)hmel.last.chunks);
+    {
+        int64_t nb = 2 * N * c->vocab * (int64_t)sizeof(float);
+        printf("summary: naive head memory: logits + their gradient %s "
+               "(2 x N x V x 4 bytes, N = %lld, V = %d)%s\n",
+               human(nb, b1, sizeof b1), (long long)N, c->vocab,
+               need_naive ? "" : " [not run]");
+    }
+    printf("summary: peak RSS %s\n", human(peak_rss_bytes(), b1, sizeof b1));
+
+    if (o.save) {
+        if (llama_ckpt_save(o.save, c, &lo, models[0].params, o.steps, err,
+                            sizeof err) != 0) {
+            fprintf(stderr, "%s: --save: %s\n", prog, err);
+            goto out;
+        }
+        printf("summary: saved the %s-head model to %s\n", models[0].name, o.save);
+    }
+    if (csv) {
+        fclose(csv);
+        csv = NULL;
+        if (o.log_csv) printf("summary: per-step log in %s\n", o.log_csv);
+    }
+    if (o.plot) {
+        char title[256];
+        snprintf(title, sizeof title, "llama-train %s, %d steps, batch %d x seq %d",
+                 o.load ? "checkpoint" : o.config_name, o.steps, o.batch, o.seq);
+        if (write_plot(o.plot, csv_path, title, o.compare) != 0) goto out;
+    }
+    rc = 0;
+    if (o.compare) {
+        printf("compare: max reldiff %.3e at step %d (tol %.1e): %s\n", max_rel,
+               worst_step, o.tol, bad_steps ? "FAIL" : "PASS");
+        if (bad_steps) {
+            fprintf(stderr, "%s: %d of %d steps exceed --tol %g\n", prog,
+                    bad_steps, o.steps, o.tol);
+            rc = 3;
+        }
+    }
+
+out:
+    if (csv) fclose(csv);
+    for (int k = 0; k < 2; k++) {
+        free(models[k].params);
+        llama_optim_free(&models[k].opt);
+    }
+    free(grads);
+    free(inputs);
+    free(targets);
+    llama_acts_free(&acts);
+    head_mel_free(&hmel);
+    head_naive_free(&hnaive);
+    llama_corpus_free(&corpus);
+    return rc;
+}

@@ -1,0 +1,1 @@
+# The Llama trainer (issue 5).

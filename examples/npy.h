@@ -1,0 +1,30 @@
+/* Reading and writing NumPy .npy files (format versions 1.0, 2.0 and 3.0),
+ * C order, little-endian, dtypes <f8 <f4 <i4 <i8; anything else is rejected
+ * with a clear message.  Used by the mel tool and the tests. */
+#ifndef MEL_NPY_H
+#define MEL_NPY_H
+#include <stddef.h>
+#include <stdint.h>
+#include "mel.h"
+
+#define NPY_MAX_DIMS 8
+
+typedef struct npy_array {
+    mel_dtype dtype;            /* MEL_F64, MEL_F32, MEL_I32 or MEL_I64   */
+    int ndim;                   /* 0 for a scalar                          */
+    int64_t shape[NPY_MAX_DIMS];
+    int64_t count;              /* product of shape (1 for ndim == 0)      */
+    void *data;                 /* malloc'ed, count elements               */
+} npy_array;
+
+/* Load `path`.  Returns 0 on success; otherwise -1 with a one-line message
+ * in err naming the file and what is wrong (missing, truncated, bad magic,
+ * Fortran order, unsupported dtype, ...). */
+int npy_load(const char *path, npy_array *out, char *err, size_t errlen);
+/* Write `a` to `path` (format 1.0).  0 on success, -1 with message. */
+int npy_save(const char *path, const npy_array *a, char *err, size_t errlen);
+/* Free the data of an array loaded or filled by the caller; NULL-safe. */
+void npy_free(npy_array *a);
+/* Convenience: fill a header-only struct for saving a buffer. */
+npy_array npy_view(mel_dtype dtype, void *data, int ndim, const int64_t *shape);
+#endif

@@ -1,0 +1,385 @@
+/*
+ * mel.h -- libmel: memory-efficient f(X·Wᵀ) for LLM output layers.
+ *
+ * libmel computes y = f(X·Wᵀ + b) row by row and its gradients without
+ * holding the N×V logits.  Rows are processed in chunks of R rows; each
+ * chunk's logits are computed in fp32 (fp64 for fp64 inputs), the transform
+ * f is applied by a small "row program", and in the backward pass the
+ * upstream gradient is pushed through f by reverse-mode autodiff of that
+ * program.  Then dX_c = dZ·W and dW += dZᵀ·X_c.
+ *
+ * Conventions used throughout this header
+ *   N  rows (tokens)         D  hidden size
+ *   V  vocabulary (rows of W) R  rows per chunk
+ *   Shapes are written [rows, cols]; matrices are row-major views with an
+ *   explicit leading dimension (row stride, in elements) ld >= cols.
+ *   Sizes are int64_t.  Every function returning mel_status leaves a
+ *   human-readable message in the context (mel_last_error) on failure,
+ *   naming the argument and the value at fault.  No function aborts the
+ *   process on caller input.  Nothing the caller passed is modified except
+ *   the output buffers named in mel_args.
+ *
+ * Thread safety: a mel_ctx is used by one thread at a time.  A compiled
+ * mel_transform is immutable and may be shared by any number of contexts
+ * and threads.  mel_args and mel_graph are plain single-thread objects.
+ */
+#ifndef MEL_H
+#define MEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MEL_VERSION_MAJOR 0
+#define MEL_VERSION_MINOR 1
+#define MEL_VERSION_PATCH 0
+#define MEL_VERSION_NUMBER \
+    (MEL_VERSION_MAJOR * 10000 + MEL_VERSION_MINOR * 100 + MEL_VERSION_PATCH)
+
+#if defined(__GNUC__)
+#define MEL_API __attribute__((visibility("default")))
+#else
+#define MEL_API
+#endif
+
+/* Runtime version: MEL_VERSION_NUMBER of the library actually linked.
+ * Compare with the macro to detect header/library mismatches. */
+MEL_API int mel_version(void);
+/* "0.1.0" */
+MEL_API const char *mel_version_string(void);
+
+/* ------------------------------------------------------------------ status */
+
+/* Status codes.  Values are pinned: they are never renumbered. */
+typedef enum mel_status {
+    MEL_OK = 0,
+    MEL_ERR_INVALID_ARGUMENT = 1, /* a caller-supplied value is wrong        */
+    MEL_ERR_SHAPE = 2,            /* sizes of arguments do not agree         */
+    MEL_ERR_OUT_OF_MEMORY = 3,    /* an allocation failed                    */
+    MEL_ERR_UNSUPPORTED = 4,      /* valid request this build cannot serve   */
+    MEL_ERR_GRAPH = 5,            /* malformed row program                   */
+    MEL_ERR_BUDGET = 6,           /* workspace budget below one row          */
+    MEL_ERR_NONFINITE = 7,        /* non-finite input found (when checked)   */
+    MEL_ERR_OVERFLOW = 8,         /* a size product overflows                */
+    MEL_ERR_BACKEND = 9,          /* BLAS / CUDA reported an error           */
+    MEL_ERR_INTERNAL = 10         /* a bug in libmel: please report          */
+} mel_status;
+
+/* Static string naming a status ("MEL_ERR_SHAPE: ..."); never NULL. */
+MEL_API const char *mel_status_str(mel_status s);
+
+/* ------------------------------------------------------------------ dtypes */
+
+/* Values are pinned. */
+typedef enum mel_dtype {
+    MEL_F64 = 0,  /* double                                        */
+    MEL_F32 = 1,  /* float                                         */
+    MEL_BF16 = 2, /* bfloat16 storage (uint16_t); not yet supported  */
+    MEL_F16 = 3,  /* IEEE half storage (uint16_t); not yet supported */
+    MEL_I32 = 4,  /* int32_t (labels)                              */
+    MEL_I64 = 5   /* int64_t (labels)                              */
+} mel_dtype;
+
+/* "f64", "f32", "bf16", "f16", "i32", "i64"; "?" for anything else. */
+MEL_API const char *mel_dtype_name(mel_dtype t);
+/* Bytes per element, 0 for an unknown dtype. */
+MEL_API size_t mel_dtype_size(mel_dtype t);
+
+/* A matrix view: element (i, j) is at data + (i*ld + j)*sizeof(dtype).
+ * A view never owns its memory. */
+typedef struct mel_matrix {
+    void *data;
+    mel_dtype dtype;
+    int64_t rows, cols, ld;
+} mel_matrix;
+
+/* Convenience constructor; ld = cols when ld == 0. */
+MEL_API mel_matrix mel_mat(void *data, mel_dtype dtype, int64_t rows,
+                           int64_t cols, int64_t ld);
+
+/* ----------------------------------------------------------------- context */
+
+typedef enum mel_backend {
+    MEL_BACKEND_CPU = 0, /* OpenBLAS + OpenMP; host pointers              */
+    MEL_BACKEND_CUDA = 1 /* cuBLAS; device pointers (when built with it)  */
+} mel_backend;
+
+typedef struct mel_ctx mel_ctx;
+
+/* Create a context on a backend.  *out is set to NULL on failure.
+ * MEL_ERR_UNSUPPORTED when the backend is not compiled in (the message
+ * says so; mel_ctx_create_error() returns it, as no context exists). */
+MEL_API mel_status mel_ctx_create(mel_backend backend, mel_ctx **out);
+/* Message of the last failed mel_ctx_create in this thread. */
+MEL_API const char *mel_ctx_create_error(void);
+/* Destroy; NULL is accepted. */
+MEL_API void mel_ctx_destroy(mel_ctx *ctx);
+
+/* The last error message of this context ("" when none). */
+MEL_API const char *mel_last_error(const mel_ctx *ctx);
+
+/* Threads used by the backend (CPU: OpenMP and BLAS threads).  0 restores
+ * the default (the OpenMP default).  Bounds: 0 <= n <= 4096. */
+MEL_API mel_status mel_set_threads(mel_ctx *ctx, int n);
+MEL_API int mel_get_threads(const mel_ctx *ctx);
+
+/* Chunk policy.  chunk_rows > 0: exactly that many rows per chunk (the last
+ * chunk may be short; rows > N means one chunk).  chunk_rows == 0: automatic,
+ * the largest R whose workspace fits the byte budget (see
+ * mel_set_workspace_limit).  Default: automatic. */
+MEL_API mel_status mel_set_chunk_rows(mel_ctx *ctx, int64_t chunk_rows);
+/* Workspace byte budget for automatic chunking and an upper bound that
+ * every call respects.  0 restores the default, MEL_DEFAULT_WORKSPACE.
+ * A call whose single-row workspace exceeds the budget fails with
+ * MEL_ERR_BUDGET and says how many bytes one row needs. */
+#define MEL_DEFAULT_WORKSPACE ((int64_t)256 << 20)
+MEL_API mel_status mel_set_workspace_limit(mel_ctx *ctx, int64_t bytes);
+
+/* Statistics of the last successful call on this context. */
+typedef struct mel_stats {
+    int64_t chunk_rows;           /* rows per chunk used                   */
+    int64_t chunks;               /* number of chunks                      */
+    int64_t peak_workspace_bytes; /* peak bytes held by the allocator      */
+    int64_t gemm_flops;           /* 2·M·N·K summed over GEMMs             */
+    double seconds;               /* wall time of the call                 */
+    double gemm_seconds;          /* part of it spent in GEMMs             */
+} mel_stats;
+MEL_API void mel_get_stats(const mel_ctx *ctx, mel_stats *out);
+
+/* ------------------------------------------------------------ row programs
+ *
+ * A transform is a graph of row-wise primitives built with mel_graph_*.
+ * Per row a value is a VECTOR (length V), a SCALAR, or an INDEX.  Builder
+ * functions return a value handle (>= 0) or -1 on error; errors are sticky
+ * (a later use of -1 propagates) and reported by mel_graph_compile.
+ * Binary operations broadcast a scalar against a vector.
+ *
+ * No derivative is ever written by the user: mel_graph_compile runs
+ * reverse-mode autodiff over the primitives (each has one VJP rule).
+ */
+typedef struct mel_graph mel_graph;
+typedef struct mel_transform mel_transform;
+typedef int32_t mel_val;
+
+MEL_API mel_graph *mel_graph_new(void); /* NULL on out-of-memory */
+MEL_API void mel_graph_free(mel_graph *g);
+
+/* -- leaves -- */
+/* The logits of head h (0 <= h < MEL_MAX_HEADS): z = x·Wᵀ (+ b), fp32 or
+ * fp64.  differentiable != 0 asks for dX, dW (and db) of that head. */
+#define MEL_MAX_HEADS 4
+MEL_API mel_val mel_g_logits(mel_graph *g, int head, int differentiable);
+/* A per-row index input (e.g. "labels"), int32 or int64 at call time.
+ * Values must be in [0, V) or equal ignore_index. */
+MEL_API mel_val mel_g_index(mel_graph *g, const char *name, int64_t ignore_index);
+/* A per-row scalar input (e.g. "advantages"); differentiable != 0 lets
+ * callers ask for its gradient. */
+MEL_API mel_val mel_g_input(mel_graph *g, const char *name, int differentiable);
+/* A constant scalar. */
+MEL_API mel_val mel_g_const(mel_graph *g, double c);
+/* V as a scalar (the vector length of this call). */
+MEL_API mel_val mel_g_vocab(mel_graph *g);
+
+/* -- elementwise unary (vector -> vector, scalar -> scalar) -- */
+MEL_API mel_val mel_g_neg(mel_graph *g, mel_val a);
+MEL_API mel_val mel_g_exp(mel_graph *g, mel_val a);
+MEL_API mel_val mel_g_log(mel_graph *g, mel_val a);
+MEL_API mel_val mel_g_tanh(mel_graph *g, mel_val a);
+MEL_API mel_val mel_g_sigmoid(mel_graph *g, mel_val a);
+MEL_API mel_val mel_g_square(mel_graph *g, mel_val a);
+MEL_API mel_val mel_g_sqrt(mel_graph *g, mel_val a);
+MEL_API mel_val mel_g_log1p(mel_graph *g, mel_val a);
+MEL_API mel_val mel_g_abs(mel_graph *g, mel_val a);
+/* -- binary with scalar<->vector broadcast -- */
+MEL_API mel_val mel_g_add(mel_graph *g, mel_val a, mel_val b);
+MEL_API mel_val mel_g_sub(mel_graph *g, mel_val a, mel_val b);
+MEL_API mel_val mel_g_mul(mel_graph *g, mel_val a, mel_val b);
+MEL_API mel_val mel_g_div(mel_graph *g, mel_val a, mel_val b);
+MEL_API mel_val mel_g_min(mel_graph *g, mel_val a, mel_val b);
+MEL_API mel_val mel_g_max(mel_graph *g, mel_val a, mel_val b);
+/* -- comparisons: 1.0 where true else 0.0; never differentiable -- */
+MEL_API mel_val mel_g_lt(mel_graph *g, mel_val a, mel_val b);
+MEL_API mel_val mel_g_le(mel_graph *g, mel_val a, mel_val b);
+MEL_API mel_val mel_g_eq(mel_graph *g, mel_val a, mel_val b);
+/* -- selection: cond != 0 ? a : b (cond not differentiable) -- */
+MEL_API mel_val mel_g_where(mel_graph *g, mel_val cond, mel_val a, mel_val b);
+/* -- reductions vector -> scalar -- */
+MEL_API mel_val mel_g_sum(mel_graph *g, mel_val a);
+MEL_API mel_val mel_g_mean(mel_graph *g, mel_val a);
+MEL_API mel_val mel_g_rmax(mel_graph *g, mel_val a);
+MEL_API mel_val mel_g_logsumexp(mel_graph *g, mel_val a); /* max-shifted */
+/* -- index access -- */
+/* a[idx]; 0 for a row whose index equals ignore_index. */
+MEL_API mel_val mel_g_gather(mel_graph *g, mel_val a, mel_val idx);
+/* 1.0 for rows whose index is not ignore_index, else 0.0. */
+MEL_API mel_val mel_g_valid(mel_graph *g, mel_val idx);
+/* -- gradient control -- */
+MEL_API mel_val mel_g_stop_gradient(mel_graph *g, mel_val a);
+
+/* -- compositions (built from the primitives above) -- */
+MEL_API mel_val mel_g_clamp(mel_graph *g, mel_val a, double lo, double hi);
+MEL_API mel_val mel_g_scale(mel_graph *g, mel_val a, double c); /* a·c */
+MEL_API mel_val mel_g_log_softmax(mel_graph *g, mel_val z);
+MEL_API mel_val mel_g_softmax(mel_graph *g, mel_val z);
+MEL_API mel_val mel_g_softcap(mel_graph *g, mel_val z, double cap); /* cap·tanh(z/cap) */
+
+/* -- outputs -- */
+/* The per-row result y (a scalar).  Required, set once. */
+MEL_API mel_status mel_g_set_output(mel_graph *g, mel_val y);
+/* The per-row count used by reduction MEAN (e.g. mel_g_valid(labels)).  It
+ * must not depend on logits.  Default: every row counts 1. */
+MEL_API mel_status mel_g_set_count(mel_graph *g, mel_val c);
+/* An extra per-row scalar output (no gradient flows from it), written when
+ * the caller binds a buffer of that name with mel_args_aux. */
+MEL_API mel_status mel_g_add_aux(mel_graph *g, const char *name, mel_val v);
+
+/* Validate, differentiate and compile.  On success *out owns an immutable
+ * transform; the graph may then be freed or reused.  ctx receives the
+ * error message (may be NULL; then mel_ctx_create_error() has it). */
+MEL_API mel_status mel_graph_compile(mel_ctx *ctx, const mel_graph *g,
+                                     const char *name, mel_transform **out);
+MEL_API void mel_transform_free(mel_transform *t);
+MEL_API const char *mel_transform_name(const mel_transform *t);
+/* Human-readable listing of the forward and adjoint programs. */
+MEL_API char *mel_transform_dump(const mel_transform *t); /* free() it */
+/* Number of vector slots the program keeps live at once (for budgets). */
+MEL_API int mel_transform_vector_slots(const mel_transform *t);
+MEL_API int mel_transform_num_heads(const mel_transform *t);
+
+/* --------------------------------------------------------------- built-ins
+ *
+ * Built-in transforms by name with named numeric parameters.  See
+ * doc/transforms.md for each one's formula, inputs and parameters.
+ */
+typedef struct mel_params mel_params;
+MEL_API mel_params *mel_params_new(void);
+MEL_API void mel_params_free(mel_params *p);
+/* Set a parameter; replaces an earlier value of the same name. */
+MEL_API mel_status mel_params_set(mel_params *p, const char *name, double v);
+
+/* Build built-in transform `name` with parameters p (NULL: defaults).
+ * Unknown names, unknown parameters and out-of-range values fail with
+ * MEL_ERR_INVALID_ARGUMENT and a message naming them. */
+MEL_API mel_status mel_transform_builtin(mel_ctx *ctx, const char *name,
+                                         const mel_params *p,
+                                         mel_transform **out);
+/* Number of built-ins, and the i-th one's name and one-line description
+ * of inputs and parameters (NULL when out of range). */
+MEL_API int mel_builtin_count(void);
+MEL_API const char *mel_builtin_name(int i);
+MEL_API const char *mel_builtin_help(int i);
+
+/* ------------------------------------------------------------- call args
+ *
+ * A mel_args binds the caller's buffers to a transform's inputs and
+ * outputs.  Setters only record pointers; everything is validated by the
+ * call that uses it (mel_forward / mel_backward / mel_forward_backward).
+ */
+typedef enum mel_reduction {
+    MEL_REDUCE_NONE = 0,    /* y[i] per row                                  */
+    MEL_REDUCE_SUM = 1,     /* Σ y_i                                         */
+    MEL_REDUCE_MEAN = 2,    /* Σ y_i / Σ count_i (0 when Σ count_i == 0)     */
+    MEL_REDUCE_WEIGHTED = 3 /* Σ w_i·y_i with caller weights w [N]           */
+} mel_reduction;
+
+typedef struct mel_args mel_args;
+MEL_API mel_args *mel_args_new(void);
+MEL_API void mel_args_free(mel_args *a);
+/* Forget every binding. */
+MEL_API void mel_args_clear(mel_args *a);
+
+/* Head h: x [N, D], w [V, D] of the same float dtype, bias [V] of that
+ * dtype or NULL. */
+MEL_API mel_status mel_args_head(mel_args *a, int head, mel_matrix x,
+                                 mel_matrix w, const void *bias);
+/* Index input `name`: n values of dtype MEL_I32 or MEL_I64. */
+MEL_API mel_status mel_args_index(mel_args *a, const char *name,
+                                  const void *idx, mel_dtype dtype, int64_t n);
+/* Scalar per-row input `name`: n values of MEL_F32 or MEL_F64. */
+MEL_API mel_status mel_args_input(mel_args *a, const char *name,
+                                  const void *v, mel_dtype dtype, int64_t n);
+/* Reduction (default MEAN); weights [N] (MEL_F64) for WEIGHTED, else NULL. */
+MEL_API mel_status mel_args_reduction(mel_args *a, mel_reduction r,
+                                      const double *weights);
+
+/* Output y: [N] for NONE, [1] when reduced; dtype MEL_F32 or MEL_F64.
+ * Reductions are accumulated in double. */
+MEL_API mel_status mel_args_output(mel_args *a, void *y, mel_dtype dtype);
+/* Extra per-row output `name` [N] (see mel_g_add_aux). */
+MEL_API mel_status mel_args_aux(mel_args *a, const char *name, void *v,
+                                mel_dtype dtype);
+
+/* Upstream gradient dL/dy: [N] for NONE, [1] when reduced; NULL means 1. */
+MEL_API mel_status mel_args_grad_output(mel_args *a, const void *dy,
+                                        mel_dtype dtype);
+
+/* Gradient buffers of head h (any may have data == NULL / be NULL to skip):
+ *   dx [N, D] in x's dtype; dw [V, D] in MEL_F32 (MEL_F64 for f64 heads);
+ *   db [V] in dw's dtype.
+ * flags: MEL_ACCUMULATE_DX adds into dx instead of overwriting it.
+ * dW and db are always accumulated (dw += ...), as gradients of a weight
+ * shared across micro-batches usually are; zero them first for a fresh
+ * gradient, or pass MEL_OVERWRITE_DW to have libmel zero them. */
+#define MEL_ACCUMULATE_DX 1u
+#define MEL_OVERWRITE_DW 2u
+MEL_API mel_status mel_args_grad_head(mel_args *a, int head, mel_matrix dx,
+                                      mel_matrix dw, void *db, unsigned flags);
+/* Gradient of a differentiable per-row input `name`: [N], F32 or F64,
+ * overwritten. */
+MEL_API mel_status mel_args_grad_input(mel_args *a, const char *name,
+                                       void *g, mel_dtype dtype);
+
+/* --------------------------------------------------------------- engine */
+
+/* y only.  1 GEMM per chunk per head; saves nothing of size N·V. */
+MEL_API mel_status mel_forward(mel_ctx *ctx, const mel_transform *t,
+                               const mel_args *a);
+/* Gradients only, recomputing each chunk's logits (3 GEMMs per chunk
+ * for a differentiable head); any upstream gradient. */
+MEL_API mel_status mel_backward(mel_ctx *ctx, const mel_transform *t,
+                                const mel_args *a);
+/* y and gradients in one pass (3 GEMMs per chunk): use when dL/dy is
+ * known before the forward, as in a training step. */
+MEL_API mel_status mel_forward_backward(mel_ctx *ctx, const mel_transform *t,
+                                        const mel_args *a);
+
+/* ------------------------------------------------------------- gradcheck
+ *
+ * Finite-difference check of a transform: with the inputs bound in `a`
+ * (any float dtype; copied and promoted to f64, never modified), draws a
+ * random projection u (seed), forms L = Σ_i u_i·y_i (reduction NONE) or
+ * L = u·y (reduced), and compares dL/dθ from mel_forward_backward on the
+ * f64 path with central differences (L(θ+h) − L(θ−h)) / 2h for `samples`
+ * random entries of every X, W, bias and differentiable per-row input.
+ * An entry passes when |g − fd| <= atol + rtol·max(|g|, |fd|).
+ */
+typedef struct mel_gradcheck_opts {
+    uint64_t seed;    /* random projection and sampled entries        */
+    int samples;      /* entries per tensor (default 24 when 0)       */
+    double step;      /* h (default 1e-6 when 0)                      */
+    double atol;      /* default 1e-7 when 0                          */
+    double rtol;      /* default 1e-5 when 0                          */
+} mel_gradcheck_opts;
+
+typedef struct mel_gradcheck_report {
+    int checked;        /* entries compared                             */
+    int failed;         /* entries outside tolerance                    */
+    double max_abs_err; /* max |g − fd|                                 */
+    double max_rel_err; /* max |g − fd| / max(|g|, |fd|, 1e-300)        */
+    char worst[160];    /* description of the worst entry               */
+} mel_gradcheck_report;
+
+/* MEL_OK when the check ran (inspect report->failed); an error status when
+ * it could not run. */
+MEL_API mel_status mel_gradcheck(mel_ctx *ctx, const mel_transform *t,
+                                 const mel_args *a,
+                                 const mel_gradcheck_opts *opts,
+                                 mel_gradcheck_report *report);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MEL_H */

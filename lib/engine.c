@@ -1,0 +1,513 @@
+/* The chunk engine: validation, chunk sizing, the chunk loop. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "mel_internal.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Everything a call needs, resolved and validated. */
+typedef struct call {
+    int64_t N, V, D[MEL_MAX_HEADS];
+    mel_dtype ct;
+    size_t es;
+    int used[MEL_MAX_HEADS];   /* head read by the program            */
+    int want_dz[MEL_MAX_HEADS]; /* head whose dZ must be produced      */
+    const mel_bound *idx[MEL_MAX_INPUTS]; /* per transform input slot */
+    const mel_bound *inp[MEL_MAX_INPUTS];
+    const mel_bound *ginp[MEL_MAX_INPUTS];
+    const mel_bound *aux[MEL_MAX_AUX];
+} call;
+
+static const char *head_label(int h) { return h == 0 ? "head 0" : h == 1 ? "head 1 (teacher/reference)" : "head"; }
+
+static mel_status check_matrix(mel_ctx *ctx, const char *what, int h, const mel_matrix *m)
+{
+    if (!m->data)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "%s of head %d: data is NULL", what, h);
+    if (m->rows < 0 || m->cols < 1)
+        return mel_fail(ctx, MEL_ERR_SHAPE, "%s of head %d: shape [%lld, %lld] is invalid (rows >= 0, cols >= 1)",
+                        what, h, (long long)m->rows, (long long)m->cols);
+    if (m->ld < m->cols)
+        return mel_fail(ctx, MEL_ERR_SHAPE, "%s of head %d: ld = %lld is smaller than cols = %lld",
+                        what, h, (long long)m->ld, (long long)m->cols);
+    int64_t tmp;
+    if (!mel_mul_ok(m->rows, m->ld, &tmp) || !mel_mul_ok(tmp, 8, &tmp))
+        return mel_fail(ctx, MEL_ERR_OVERFLOW, "%s of head %d: rows·ld overflows int64", what, h);
+    return MEL_OK;
+}
+
+static const mel_bound *find_bound(const mel_bound *arr, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(arr[i].name, name)) return &arr[i];
+    return NULL;
+}
+
+static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args *a,
+                           int grads, call *c)
+{
+    memset(c, 0, sizeof *c);
+    if (!t) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "transform is NULL");
+    if (!a) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "args is NULL");
+
+    /* heads */
+    int first = -1;
+    for (int h = 0; h < MEL_MAX_HEADS; h++) {
+        if (t->logits_node[h] < 0) {
+            if (a->head[h].set)
+                return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                                "head %d is bound but transform '%s' reads no head %d", h, t->name, h);
+            continue;
+        }
+        const mel_head_args *ha = &a->head[h];
+        if (!ha->set)
+            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                            "%s is not bound: transform '%s' reads its logits (mel_args_head(a, %d, ...))",
+                            head_label(h), t->name, h);
+        mel_status s;
+        if ((s = check_matrix(ctx, "x", h, &ha->x)) || (s = check_matrix(ctx, "w", h, &ha->w)))
+            return s;
+        if (ha->x.dtype != ha->w.dtype)
+            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "head %d: x is %s but w is %s (they must match)",
+                            h, mel_dtype_name(ha->x.dtype), mel_dtype_name(ha->w.dtype));
+        if (ha->x.dtype == MEL_BF16 || ha->x.dtype == MEL_F16)
+            return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "head %d: %s storage is not supported yet (use f32 or f64)",
+                            h, mel_dtype_name(ha->x.dtype));
+        if (ha->x.dtype != MEL_F32 && ha->x.dtype != MEL_F64)
+            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "head %d: x dtype %s (%d) is not a float dtype",
+                            h, mel_dtype_name(ha->x.dtype), (int)ha->x.dtype);
+        if (ha->x.cols != ha->w.cols)
+            return mel_fail(ctx, MEL_ERR_SHAPE, "head %d: x is [%lld, %lld] but w is [%lld, %lld]: D differs",
+                            h, (long long)ha->x.rows, (long long)ha->x.cols, (long long)ha->w.rows,
+                            (long long)ha->w.cols);
+        if (ha->w.rows < 1)
+            return mel_fail(ctx, MEL_ERR_SHAPE, "head %d: w has %lld rows; V must be >= 1", h,
+                            (long long)ha->w.rows);
+        if (first < 0) {
+            first = h;
+            c->N = ha->x.rows;
+            c->V = ha->w.rows;
+            c->ct = ha->x.dtype;
+        } else {
+            if (ha->x.rows != c->N)
+                return mel_fail(ctx, MEL_ERR_SHAPE, "head %d: x has %lld rows but head %d has %lld",
+                                h, (long long)ha->x.rows, first, (long long)c->N);
+            if (ha->w.rows != c->V)
+                return mel_fail(ctx, MEL_ERR_SHAPE, "head %d: w has %lld rows (V) but head %d has %lld",
+                                h, (long long)ha->w.rows, first, (long long)c->V);
+            if (ha->x.dtype != c->ct)
+                return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "head %d is %s but head %d is %s",
+                                h, mel_dtype_name(ha->x.dtype), first, mel_dtype_name(c->ct));
+        }
+        c->used[h] = 1;
+        c->D[h] = ha->x.cols;
+    }
+    c->es = mel_dtype_size(c->ct);
+
+    /* named inputs: every input of the transform bound, nothing unknown bound */
+    for (int k = 0; k < t->n_inputs; k++) {
+        const mel_input_decl *d = &t->inputs[k];
+        const mel_bound *b = find_bound(d->is_index ? a->index : a->input,
+                                        d->is_index ? a->n_index : a->n_input, d->name);
+        if (!b || !b->data)
+            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                            "input '%s' of transform '%s' is not bound (mel_args_%s(a, \"%s\", ...))",
+                            d->name, t->name, d->is_index ? "index" : "input", d->name);
+        if (b->n != c->N)
+            return mel_fail(ctx, MEL_ERR_SHAPE, "input '%s' has %lld values but x has %lld rows",
+                            d->name, (long long)b->n, (long long)c->N);
+        if (d->is_index) {
+            if (b->dtype != MEL_I32 && b->dtype != MEL_I64)
+                return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "index '%s': dtype %s is not i32 or i64",
+                                d->name, mel_dtype_name(b->dtype));
+            for (int64_t i = 0; i < b->n; i++) {
+                int64_t v = b->dtype == MEL_I32 ? ((const int32_t *)b->data)[i]
+                                                : ((const int64_t *)b->data)[i];
+                if ((v < 0 || v >= c->V) && v != d->ignore_index)
+                    return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                                    "%s[%lld] = %lld is outside [0, %lld) and is not ignore_index (%lld)",
+                                    d->name, (long long)i, (long long)v, (long long)c->V,
+                                    (long long)d->ignore_index);
+            }
+            c->idx[k] = b;
+        } else {
+            if (b->dtype != MEL_F32 && b->dtype != MEL_F64)
+                return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "input '%s': dtype %s is not f32 or f64",
+                                d->name, mel_dtype_name(b->dtype));
+            c->inp[k] = b;
+        }
+    }
+    for (int i = 0; i < a->n_index; i++)
+        if (mel_find_input(t->inputs, t->n_inputs, a->index[i].name) < 0 ||
+            !t->inputs[mel_find_input(t->inputs, t->n_inputs, a->index[i].name)].is_index)
+            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "index '%s' is bound but is not an index input of transform '%s'",
+                            a->index[i].name, t->name);
+    for (int i = 0; i < a->n_input; i++) {
+        int k = mel_find_input(t->inputs, t->n_inputs, a->input[i].name);
+        if (k < 0 || t->inputs[k].is_index)
+            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "input '%s' is bound but is not a scalar input of transform '%s'",
+                            a->input[i].name, t->name);
+    }
+
+    /* reduction, outputs */
+    if ((unsigned)a->reduction > MEL_REDUCE_WEIGHTED)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "reduction = %d is not a mel_reduction", (int)a->reduction);
+    if (a->reduction == MEL_REDUCE_WEIGHTED && !a->weights)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "reduction MEL_REDUCE_WEIGHTED needs weights (got NULL)");
+    if (a->y && a->y_dtype != MEL_F32 && a->y_dtype != MEL_F64)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "output y: dtype %s is not f32 or f64", mel_dtype_name(a->y_dtype));
+    if (a->dy && a->dy_dtype != MEL_F32 && a->dy_dtype != MEL_F64)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "grad_output: dtype %s is not f32 or f64", mel_dtype_name(a->dy_dtype));
+    for (int i = 0; i < a->n_aux; i++) {
+        int k;
+        for (k = 0; k < t->n_aux; k++)
+            if (!strcmp(t->aux_name[k], a->aux[i].name)) break;
+        if (k == t->n_aux)
+            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "aux output '%s' is not an output of transform '%s'",
+                            a->aux[i].name, t->name);
+        if (a->aux[i].out && a->aux[i].dtype != MEL_F32 && a->aux[i].dtype != MEL_F64)
+            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "aux output '%s': dtype %s is not f32 or f64",
+                            a->aux[i].name, mel_dtype_name(a->aux[i].dtype));
+        c->aux[k] = a->aux[i].out ? &a->aux[i] : NULL;
+    }
+
+    /* gradients */
+    for (int h = 0; h < MEL_MAX_HEADS; h++) {
+        const mel_head_args *ha = &a->head[h];
+        if (!ha->grad_set) continue;
+        if (!c->used[h] || !t->head_diff[h])
+            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                            "gradients of head %d requested, but head %d is not a differentiable head of '%s'",
+                            h, h, t->name);
+        if (!grads) continue;
+        if (ha->dx.data) {
+            if (ha->dx.rows != c->N || ha->dx.cols != c->D[h] || ha->dx.ld < ha->dx.cols)
+                return mel_fail(ctx, MEL_ERR_SHAPE, "dx of head %d is [%lld, %lld] (ld %lld); want [%lld, %lld]",
+                                h, (long long)ha->dx.rows, (long long)ha->dx.cols, (long long)ha->dx.ld,
+                                (long long)c->N, (long long)c->D[h]);
+            if (ha->dx.dtype != c->ct)
+                return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "dx of head %d is %s; want %s (x's dtype)",
+                                h, mel_dtype_name(ha->dx.dtype), mel_dtype_name(c->ct));
+        }
+        if (ha->dw.data) {
+            if (ha->dw.rows != c->V || ha->dw.cols != c->D[h] || ha->dw.ld < ha->dw.cols)
+                return mel_fail(ctx, MEL_ERR_SHAPE, "dw of head %d is [%lld, %lld] (ld %lld); want [%lld, %lld]",
+                                h, (long long)ha->dw.rows, (long long)ha->dw.cols, (long long)ha->dw.ld,
+                                (long long)c->V, (long long)c->D[h]);
+            if (ha->dw.dtype != c->ct)
+                return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "dw of head %d is %s; want %s",
+                                h, mel_dtype_name(ha->dw.dtype), mel_dtype_name(c->ct));
+        }
+        if (ha->db && !ha->bias)
+            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "db of head %d requested but head %d has no bias", h, h);
+        c->want_dz[h] = ha->dx.data || ha->dw.data || ha->db;
+    }
+    for (int i = 0; i < a->n_grad_input; i++) {
+        int k = mel_find_input(t->inputs, t->n_inputs, a->grad_input[i].name);
+        if (k < 0 || t->inputs[k].is_index || !t->inputs[k].differentiable)
+            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                            "gradient of input '%s' requested, but it is not a differentiable input of '%s'",
+                            a->grad_input[i].name, t->name);
+        if (a->grad_input[i].out && a->grad_input[i].dtype != MEL_F32 && a->grad_input[i].dtype != MEL_F64)
+            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "gradient of input '%s': dtype %s is not f32 or f64",
+                            a->grad_input[i].name, mel_dtype_name(a->grad_input[i].dtype));
+        if (grads && a->grad_input[i].out) c->ginp[k] = &a->grad_input[i];
+    }
+    return MEL_OK;
+}
+
+static double read_real(const void *p, mel_dtype dt, int64_t i)
+{
+    return dt == MEL_F32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
+}
+
+static void write_real(void *p, mel_dtype dt, int64_t i, double v)
+{
+    if (dt == MEL_F32) ((float *)p)[i] = (float)v;
+    else ((double *)p)[i] = v;
+}
+
+/* Bytes of workspace for chunks of R rows. */
+typedef struct sizing {
+    int64_t per_row, fixed, scratch_per_thread;
+    int threads, heads;
+} sizing;
+
+static void size_call(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c,
+                      sizing *sz)
+{
+    sz->threads = ctx->ops->threads(ctx);
+    sz->heads = 0;
+    for (int h = 0; h < MEL_MAX_HEADS; h++) sz->heads += c->used[h];
+    int64_t regs = (int64_t)t->n * ((int64_t)c->es + 8 + (int64_t)sizeof(void *));
+    sz->scratch_per_thread = ((int64_t)p->n_slots * c->V * (int64_t)c->es + regs + 63) / 64 * 64;
+    sz->fixed = sz->scratch_per_thread * sz->threads;
+    /* Z per head + per-row doubles: y, count, seed, aux, input grads */
+    sz->per_row = (int64_t)sz->heads * c->V * (int64_t)c->es +
+                  8 * (3 + t->n_aux + t->n_inputs);
+}
+
+typedef struct run {
+    int64_t R;
+    void *Z[MEL_MAX_HEADS];
+    void *scratch;
+    double *rowbuf; /* y, count, seed, aux..., ginp... each [R] */
+    size_t bytes_Z, bytes_scratch, bytes_rows;
+} run;
+
+static void release(mel_ctx *ctx, run *w)
+{
+    for (int h = 0; h < MEL_MAX_HEADS; h++) mel_ws_free(ctx, w->Z[h], w->bytes_Z);
+    mel_ws_free(ctx, w->scratch, w->bytes_scratch);
+    mel_ws_free(ctx, w->rowbuf, w->bytes_rows);
+    memset(w, 0, sizeof *w);
+}
+
+static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const call *c, const sizing *sz,
+                          int need_Z, run *w)
+{
+    mel_status s = MEL_OK;
+    memset(w, 0, sizeof *w);
+    int64_t R = ctx->chunk_rows;
+    if (R <= 0) {
+        int64_t avail = ctx->workspace_limit - sz->fixed;
+        int64_t per_row = need_Z ? sz->per_row : 8 * (3 + t->n_aux + t->n_inputs);
+        if (avail < per_row)
+            return mel_fail(ctx, MEL_ERR_BUDGET,
+                            "workspace limit %lld bytes is below one row: %lld fixed (%d threads × %d "
+                            "vectors of V = %lld) + %lld per row",
+                            (long long)ctx->workspace_limit, (long long)sz->fixed, sz->threads,
+                            t->fb.n_slots, (long long)c->V, (long long)per_row);
+        R = avail / per_row;
+    }
+    if (R > c->N) R = c->N;
+    if (R < 1) R = 1;
+    w->R = R;
+    int64_t bz;
+    if (!mel_mul_ok(R, c->V, &bz) || !mel_mul_ok(bz, (int64_t)c->es, &bz))
+        return mel_fail(ctx, MEL_ERR_OVERFLOW, "chunk of %lld rows × V = %lld overflows", (long long)R,
+                        (long long)c->V);
+    w->bytes_Z = (size_t)bz;
+    w->bytes_scratch = (size_t)(sz->scratch_per_thread * sz->threads);
+    w->bytes_rows = (size_t)(8 * R * (3 + t->n_aux + t->n_inputs));
+    for (int h = 0; h < MEL_MAX_HEADS && need_Z; h++)
+        if (c->used[h] && !(w->Z[h] = mel_ws_alloc(ctx, w->bytes_Z))) s = MEL_ERR_OUT_OF_MEMORY;
+    if (s == MEL_OK && !(w->scratch = mel_ws_alloc(ctx, w->bytes_scratch))) s = MEL_ERR_OUT_OF_MEMORY;
+    if (s == MEL_OK && !(w->rowbuf = mel_ws_alloc(ctx, w->bytes_rows))) s = MEL_ERR_OUT_OF_MEMORY;
+    if (s != MEL_OK) {
+        release(ctx, w);
+        return mel_fail(ctx, s, "out of memory allocating the workspace for %lld rows × V = %lld",
+                        (long long)R, (long long)c->V);
+    }
+    return MEL_OK;
+}
+
+/* Σ count over all rows (reduction MEAN), without any GEMM. */
+static mel_status total_count(mel_ctx *ctx, const mel_transform *t, const call *c, double *out)
+{
+    *out = (double)c->N;
+    if (t->count < 0 || c->N == 0) return MEL_OK;
+    sizing sz;
+    size_call(ctx, t, &t->cnt, c, &sz);
+    run w;
+    mel_status s = acquire(ctx, t, c, &sz, 0, &w);
+    if (s) return s;
+    double acc = 0;
+    for (int64_t r0 = 0; r0 < c->N && s == MEL_OK; r0 += w.R) {
+        mel_chunk ch;
+        memset(&ch, 0, sizeof ch);
+        ch.r0 = r0;
+        ch.R = c->N - r0 < w.R ? c->N - r0 : w.R;
+        ch.V = c->V;
+        ch.ct = c->ct;
+        for (int k = 0; k < t->n_inputs; k++) {
+            if (c->idx[k]) ch.idx[k] = c->idx[k]->data, ch.idx_dtype[k] = c->idx[k]->dtype;
+            if (c->inp[k]) ch.inp[k] = c->inp[k]->data, ch.inp_dtype[k] = c->inp[k]->dtype;
+        }
+        ch.count = w.rowbuf;
+        ch.scratch = w.scratch;
+        ch.scratch_per_thread = sz.scratch_per_thread;
+        ch.threads = sz.threads;
+        s = ctx->ops->run_rows(ctx, t, &t->cnt, t->vslot, &ch);
+        for (int64_t r = 0; r < ch.R; r++) acc += w.rowbuf[r];
+    }
+    release(ctx, &w);
+    *out = acc;
+    return s;
+}
+
+static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *a, int want_y,
+                          int want_grads)
+{
+    double t0 = now(), gemm_s = 0;
+    int64_t flops = 0;
+    call c;
+    mel_clear_error(ctx);
+    mel_status s = validate(ctx, t, a, want_grads, &c);
+    if (s) return s;
+    ctx->ws_cur = 0;
+    ctx->ws_peak = 0;
+
+    int any_dz = 0;
+    for (int h = 0; h < MEL_MAX_HEADS; h++) any_dz |= c.want_dz[h];
+    int any_ginp = 0;
+    for (int k = 0; k < MEL_MAX_INPUTS; k++) any_ginp |= c.ginp[k] != NULL;
+    int fb = want_grads && (any_dz || any_ginp);
+    const mel_plan *plan = fb ? &t->fb : &t->fwd;
+    const int32_t *vslot = fb ? t->vslot_fb : t->vslot_fwd;
+
+    /* dW / db overwrite */
+    for (int h = 0; h < MEL_MAX_HEADS && want_grads; h++) {
+        const mel_head_args *ha = &a->head[h];
+        if (!c.want_dz[h] || !(ha->flags & MEL_OVERWRITE_DW)) continue;
+        if (ha->dw.data)
+            for (int64_t v = 0; v < c.V; v++)
+                memset((char *)ha->dw.data + (size_t)(v * ha->dw.ld) * c.es, 0, (size_t)c.D[h] * c.es);
+        if (ha->db) memset(ha->db, 0, (size_t)c.V * c.es);
+    }
+
+    /* seed scale and the mean's denominator */
+    double count = (double)c.N;
+    if (a->reduction == MEL_REDUCE_MEAN && (s = total_count(ctx, t, &c, &count))) return s;
+    double dy0 = 1.0;
+    if (a->dy && a->reduction != MEL_REDUCE_NONE) dy0 = read_real(a->dy, a->dy_dtype, 0);
+    double scale = dy0;
+    if (a->reduction == MEL_REDUCE_MEAN) scale = count > 0 ? dy0 / count : 0.0;
+
+    sizing sz;
+    size_call(ctx, t, plan, &c, &sz);
+    run w;
+    if ((s = acquire(ctx, t, &c, &sz, 1, &w))) return s;
+    const int64_t R = w.R;
+    double *ybuf = w.rowbuf, *cbuf = w.rowbuf + R, *seed = w.rowbuf + 2 * R;
+    double *auxbuf = w.rowbuf + 3 * R, *gbuf = auxbuf + (int64_t)t->n_aux * R;
+    double total = 0;
+    int64_t chunks = 0;
+
+    for (int64_t r0 = 0; r0 < c.N && s == MEL_OK; r0 += R, chunks++) {
+        const int64_t Rc = c.N - r0 < R ? c.N - r0 : R;
+        /* Z_h = X_h[r0:r0+Rc] · W_hᵀ (+ b_h)        Z: [Rc, V] */
+        double g0 = now();
+        for (int h = 0; h < MEL_MAX_HEADS && s == MEL_OK; h++) {
+            if (!c.used[h]) continue;
+            const mel_head_args *ha = &a->head[h];
+            s = ctx->ops->gemm(ctx, c.ct, 0, 1, Rc, c.V, c.D[h], 1.0,
+                               (const char *)ha->x.data + (size_t)(r0 * ha->x.ld) * c.es, ha->x.ld,
+                               ha->w.data, ha->w.ld, 0.0, w.Z[h], c.V);
+            flops += 2 * Rc * c.V * c.D[h];
+            if (s == MEL_OK && ha->bias) s = ctx->ops->add_bias(ctx, c.ct, w.Z[h], Rc, c.V, ha->bias);
+        }
+        gemm_s += now() - g0;
+        if (s) break;
+
+        mel_chunk ch;
+        memset(&ch, 0, sizeof ch);
+        ch.r0 = r0;
+        ch.R = Rc;
+        ch.V = c.V;
+        ch.ct = c.ct;
+        for (int h = 0; h < MEL_MAX_HEADS; h++) ch.Z[h] = c.used[h] ? w.Z[h] : NULL;
+        for (int k = 0; k < t->n_inputs; k++) {
+            if (c.idx[k]) ch.idx[k] = c.idx[k]->data, ch.idx_dtype[k] = c.idx[k]->dtype;
+            if (c.inp[k]) ch.inp[k] = c.inp[k]->data, ch.inp_dtype[k] = c.inp[k]->dtype;
+            if (fb && c.ginp[k]) ch.ginp[k] = gbuf + (int64_t)k * R;
+        }
+        ch.y = ybuf;
+        for (int k = 0; k < t->n_aux; k++)
+            if (c.aux[k]) ch.aux[k] = auxbuf + (int64_t)k * R;
+        if (fb) {
+            for (int64_t r = 0; r < Rc; r++) {
+                double sd = scale;
+                if (a->reduction == MEL_REDUCE_NONE && a->dy) sd = read_real(a->dy, a->dy_dtype, r0 + r);
+                else if (a->reduction == MEL_REDUCE_WEIGHTED) sd = dy0 * a->weights[r0 + r];
+                seed[r] = sd;
+            }
+            ch.seed = seed;
+        }
+        ch.scratch = w.scratch;
+        ch.scratch_per_thread = sz.scratch_per_thread;
+        ch.threads = sz.threads;
+        (void)cbuf;
+        if ((s = ctx->ops->run_rows(ctx, t, plan, vslot, &ch))) break;
+
+        /* per-row results */
+        for (int64_t r = 0; r < Rc; r++) {
+            if (a->reduction == MEL_REDUCE_NONE) {
+                if (want_y && a->y) write_real(a->y, a->y_dtype, r0 + r, ybuf[r]);
+            } else {
+                total += a->reduction == MEL_REDUCE_WEIGHTED ? a->weights[r0 + r] * ybuf[r] : ybuf[r];
+            }
+        }
+        for (int k = 0; k < t->n_aux; k++)
+            if (c.aux[k] && want_y)
+                for (int64_t r = 0; r < Rc; r++) write_real(c.aux[k]->out, c.aux[k]->dtype, r0 + r, auxbuf[k * R + r]);
+        for (int k = 0; k < t->n_inputs; k++)
+            if (fb && c.ginp[k])
+                for (int64_t r = 0; r < Rc; r++) write_real(c.ginp[k]->out, c.ginp[k]->dtype, r0 + r, gbuf[k * R + r]);
+
+        /* dX_c = dZ·W, dW += dZᵀ·X_c, db += Σ_rows dZ */
+        if (!fb) continue;
+        g0 = now();
+        for (int h = 0; h < MEL_MAX_HEADS && s == MEL_OK; h++) {
+            if (!c.want_dz[h]) continue;
+            const mel_head_args *ha = &a->head[h];
+            if (ha->dx.data) {
+                double beta = (ha->flags & MEL_ACCUMULATE_DX) ? 1.0 : 0.0;
+                s = ctx->ops->gemm(ctx, c.ct, 0, 0, Rc, c.D[h], c.V, 1.0, w.Z[h], c.V, ha->w.data,
+                                   ha->w.ld, beta,
+                                   (char *)ha->dx.data + (size_t)(r0 * ha->dx.ld) * c.es, ha->dx.ld);
+                flops += 2 * Rc * c.V * c.D[h];
+            }
+            if (s == MEL_OK && ha->dw.data) {
+                s = ctx->ops->gemm(ctx, c.ct, 1, 0, c.V, c.D[h], Rc, 1.0, w.Z[h], c.V,
+                                   (const char *)ha->x.data + (size_t)(r0 * ha->x.ld) * c.es,
+                                   ha->x.ld, 1.0, ha->dw.data, ha->dw.ld);
+                flops += 2 * Rc * c.V * c.D[h];
+            }
+            if (s == MEL_OK && ha->db) s = ctx->ops->colsum(ctx, c.ct, w.Z[h], Rc, c.V, ha->db);
+        }
+        gemm_s += now() - g0;
+    }
+    release(ctx, &w);
+    if (s) return s;
+
+    if (want_y && a->y && a->reduction != MEL_REDUCE_NONE) {
+        double yv = total;
+        if (a->reduction == MEL_REDUCE_MEAN) yv = count > 0 ? total / count : 0.0;
+        write_real(a->y, a->y_dtype, 0, yv);
+    }
+    ctx->stats.chunk_rows = R;
+    ctx->stats.chunks = chunks;
+    ctx->stats.peak_workspace_bytes = ctx->ws_peak;
+    ctx->stats.gemm_flops = flops;
+    ctx->stats.gemm_seconds = gemm_s;
+    ctx->stats.seconds = now() - t0;
+    return MEL_OK;
+}
+
+mel_status mel_forward(mel_ctx *ctx, const mel_transform *t, const mel_args *a)
+{
+    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
+    return execute(ctx, t, a, 1, 0);
+}
+
+mel_status mel_backward(mel_ctx *ctx, const mel_transform *t, const mel_args *a)
+{
+    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
+    return execute(ctx, t, a, 0, 1);
+}
+
+mel_status mel_forward_backward(mel_ctx *ctx, const mel_transform *t, const mel_args *a)
+{
+    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
+    return execute(ctx, t, a, 1, 1);
+}

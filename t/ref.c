@@ -1,0 +1,120 @@
+#include "ref.h"
+#include <math.h>
+#include <stdlib.h>
+
+void ref_logits(int64_t N, int64_t D, int64_t V, const double *X, const double *W,
+                const double *b, double *Z)
+{
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t v = 0; v < V; v++) {
+            double acc = b ? b[v] : 0.0;
+            for (int64_t d = 0; d < D; d++) acc += X[i * D + d] * W[v * D + d];
+            Z[i * V + v] = acc;
+        }
+}
+
+void ref_ce_defaults(ref_ce_opts *o)
+{
+    o->ignore_index = -100;
+    o->label_smoothing = 0;
+    o->z_loss = 0;
+    o->softcap = 0;
+    o->logit_scale = 1;
+    o->temperature = 1;
+}
+
+int64_t ref_ce(int64_t N, int64_t V, const double *Z, const int64_t *labels,
+               const ref_ce_opts *o, double *y, double *G)
+{
+    double *q = malloc((size_t)V * sizeof *q), *dq = malloc((size_t)V * sizeof *dq);
+    int64_t valid = 0;
+    for (int64_t i = 0; i < N; i++) {
+        const double *z = Z + i * V;
+        /* q = cap·tanh(s·z/cap)/T; dq/dz per entry */
+        for (int64_t v = 0; v < V; v++) {
+            double u = z[v] * o->logit_scale, du = o->logit_scale;
+            if (o->softcap > 0) {
+                double th = tanh(u / o->softcap);
+                du *= 1 - th * th;
+                u = o->softcap * th;
+            }
+            q[v] = u / o->temperature;
+            dq[v] = du / o->temperature;
+        }
+        if (labels[i] == o->ignore_index) {
+            y[i] = 0;
+            if (G)
+                for (int64_t v = 0; v < V; v++) G[i * V + v] = 0;
+            continue;
+        }
+        valid++;
+        double m = -INFINITY;
+        for (int64_t v = 0; v < V; v++) m = q[v] > m ? q[v] : m;
+        double se = 0, sq = 0;
+        for (int64_t v = 0; v < V; v++) se += exp(q[v] - m), sq += q[v];
+        double lse = m + log(se);
+        double eps = o->label_smoothing;
+        double nll = lse - q[labels[i]];
+        double smooth = lse - sq / (double)V;
+        y[i] = (1 - eps) * nll + eps * smooth + o->z_loss * lse * lse;
+        if (!G) continue;
+        for (int64_t v = 0; v < V; v++) {
+            double p = exp(q[v] - lse);
+            double g = p - (1 - eps) * (v == labels[i]) - eps / (double)V + 2 * o->z_loss * lse * p;
+            G[i * V + v] = g * dq[v];
+        }
+    }
+    free(q);
+    free(dq);
+    return valid;
+}
+
+void ref_backprop(int64_t N, int64_t D, int64_t V, const double *X, const double *W,
+                  const double *G, const double *s, double *dX, double *dW, double *db)
+{
+    for (int64_t i = 0; i < N * D; i++) dX[i] = 0;
+    for (int64_t i = 0; i < V * D; i++) dW[i] = 0;
+    if (db)
+        for (int64_t v = 0; v < V; v++) db[v] = 0;
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t v = 0; v < V; v++) {
+            double g = s[i] * G[i * V + v];
+            if (g == 0) continue;
+            for (int64_t d = 0; d < D; d++) {
+                dX[i * D + d] += g * W[v * D + d];
+                dW[v * D + d] += g * X[i * D + d];
+            }
+            if (db) db[v] += g;
+        }
+}
+
+static double maxabs(const double *b, int64_t n)
+{
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) m = fabs(b[i]) > m ? fabs(b[i]) : m;
+    return m;
+}
+
+double ref_relerr(const double *a, const double *b, int64_t n, double floor)
+{
+    double den = maxabs(b, n), e = 0;
+    if (den < floor) den = floor;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs(a[i] - b[i]);
+        if (isnan(d)) return NAN;
+        e = d > e ? d : e;
+    }
+    return e / den;
+}
+
+double ref_relerr_f32(const float *a, const double *b, int64_t n, double floor)
+{
+    double den = maxabs(b, n), e = 0;
+    if (den < floor) den = floor;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (isnan(d)) return NAN;
+        e = d > e ? d : e;
+    }
+    return e / den;
+}
