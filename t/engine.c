@@ -1,0 +1,364 @@
+/* The engine's contract: bad input gets a status and a message naming the
+ * argument and value; inputs are never modified; the workspace budget is
+ * respected; results do not depend on the chunk size beyond round-off and
+ * are bitwise reproducible; accumulation flags; degenerate cases. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mel.h"
+#include "ref.h"
+#include "tap.h"
+
+static int has(const char *msg, const char *needle) { return msg && strstr(msg, needle) != NULL; }
+
+#define EXPECT(call, status, needle)                                                            \
+    do {                                                                                       \
+        mel_status s_ = (call);                                                                \
+        ok(s_ == (status) && has(mel_last_error(ctx), needle), "%s -> %s, message has \"%s\"", \
+           #call, #status, needle);                                                            \
+        if (s_ != (status) || !has(mel_last_error(ctx), needle))                               \
+            diag("got %d: %s", (int)s_, mel_last_error(ctx));                                 \
+    } while (0)
+
+enum { N = 13, D = 5, V = 11 };
+static double X[N * D], W[V * D], Y[N + 1], DX[N * D], DW[V * D], DB[V];
+static int64_t LAB[N];
+
+static mel_args *base_args(void)
+{
+    mel_args *a = mel_args_new();
+    mel_args_head(a, 0, mel_mat(X, MEL_F64, N, D, 0), mel_mat(W, MEL_F64, V, D, 0), NULL);
+    mel_args_index(a, "labels", LAB, MEL_I64, N);
+    mel_args_output(a, Y, MEL_F64);
+    return a;
+}
+
+static uint64_t checksum(const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 1099511628211ull;
+    return h;
+}
+
+static void test_errors(mel_ctx *ctx, mel_transform *ce)
+{
+    mel_args *a = base_args();
+    /* NULLs */
+    ok(mel_forward(NULL, ce, a) == MEL_ERR_INVALID_ARGUMENT, "NULL ctx -> MEL_ERR_INVALID_ARGUMENT");
+    EXPECT(mel_forward(ctx, NULL, a), MEL_ERR_INVALID_ARGUMENT, "transform is NULL");
+    EXPECT(mel_forward(ctx, ce, NULL), MEL_ERR_INVALID_ARGUMENT, "args is NULL");
+    /* labels out of range: names the element, the value and the range */
+    LAB[7] = 130000;
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "labels[7] = 130000 is outside [0, 11)");
+    LAB[7] = -5;
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "labels[7] = -5 is outside [0, 11)");
+    LAB[7] = 3;
+    /* shapes */
+    mel_args_head(a, 0, mel_mat(X, MEL_F64, N, D, 0), mel_mat(W, MEL_F64, V, D - 1, 0), NULL);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_SHAPE, "D differs");
+    mel_args_head(a, 0, mel_mat(X, MEL_F64, N, D, D - 1), mel_mat(W, MEL_F64, V, D, 0), NULL);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_SHAPE, "ld = 4 is smaller than cols = 5");
+    mel_args_head(a, 0, mel_mat(NULL, MEL_F64, N, D, 0), mel_mat(W, MEL_F64, V, D, 0), NULL);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "x of head 0: data is NULL");
+    mel_args_head(a, 0, mel_mat(X, MEL_F64, N, D, 0), mel_mat(W, MEL_F32, V, D, 0), NULL);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "x is f64 but w is f32");
+    mel_args_head(a, 0, mel_mat(X, MEL_BF16, N, D, 0), mel_mat(W, MEL_BF16, V, D, 0), NULL);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_UNSUPPORTED, "bf16 storage is not supported yet");
+    mel_args_head(a, 0, mel_mat(X, MEL_I32, N, D, 0), mel_mat(W, MEL_I32, V, D, 0), NULL);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "is not a float dtype");
+    mel_args_head(a, 0, mel_mat(X, MEL_F64, N, D, 0), mel_mat(W, MEL_F64, V, D, 0), NULL);
+    mel_args_head(a, 1, mel_mat(X, MEL_F64, N, D, 0), mel_mat(W, MEL_F64, V, D, 0), NULL);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "head 1 is bound but transform 'ce' reads no head 1");
+    mel_args_free(a);
+    a = base_args();
+    /* inputs */
+    mel_args_index(a, "labels", LAB, MEL_I64, N - 1);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_SHAPE, "input 'labels' has 12 values but x has 13 rows");
+    mel_args_index(a, "labels", LAB, MEL_F32, N);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "index 'labels': dtype f32 is not i32 or i64");
+    mel_args_index(a, "labels", LAB, MEL_I64, N);
+    mel_args_index(a, "label", LAB, MEL_I64, N);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "index 'label' is bound but is not an index input");
+    mel_args_free(a);
+    a = mel_args_new();
+    mel_args_head(a, 0, mel_mat(X, MEL_F64, N, D, 0), mel_mat(W, MEL_F64, V, D, 0), NULL);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "input 'labels' of transform 'ce' is not bound");
+    mel_args_free(a);
+    a = base_args();
+    mel_args_input(a, "advantages", LAB, MEL_F64, N);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "input 'advantages' is bound but is not a scalar input");
+    mel_args_free(a);
+    a = base_args();
+    /* reductions, outputs */
+    mel_args_reduction(a, MEL_REDUCE_WEIGHTED, NULL);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "needs weights");
+    mel_args_reduction(a, (mel_reduction)9, NULL);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "reduction = 9 is not a mel_reduction");
+    mel_args_reduction(a, MEL_REDUCE_MEAN, NULL);
+    mel_args_output(a, Y, MEL_I32);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "output y: dtype i32 is not f32 or f64");
+    mel_args_output(a, Y, MEL_F64);
+    mel_args_aux(a, "kl", Y, MEL_F64);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "aux output 'kl' is not an output of transform 'ce'");
+    mel_args_free(a);
+    a = base_args();
+    /* gradients */
+    mel_args_grad_head(a, 0, mel_mat(DX, MEL_F64, N, D + 1, 0), mel_mat(DW, MEL_F64, V, D, 0), NULL, 0);
+    EXPECT(mel_forward_backward(ctx, ce, a), MEL_ERR_SHAPE, "dx of head 0 is [13, 6] (ld 6); want [13, 5]");
+    mel_args_grad_head(a, 0, mel_mat(DX, MEL_F64, N, D, 0), mel_mat(DW, MEL_F32, V, D, 0), NULL, 0);
+    EXPECT(mel_forward_backward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "dw of head 0 is f32; want f64");
+    mel_args_grad_head(a, 0, mel_mat(DX, MEL_F64, N, D, 0), mel_mat(DW, MEL_F64, V, D, 0), DB, 0);
+    EXPECT(mel_forward_backward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "db of head 0 requested but head 0 has no bias");
+    mel_args_grad_head(a, 0, mel_mat(DX, MEL_F64, N, D, 0), mel_mat(DW, MEL_F64, V, D, 0), NULL, 0);
+    mel_args_grad_head(a, 1, mel_mat(DX, MEL_F64, N, D, 0), mel_mat(DW, MEL_F64, V, D, 0), NULL, 0);
+    EXPECT(mel_forward_backward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "head 1 is not a differentiable head");
+    mel_args_free(a);
+    a = base_args();
+    mel_args_grad_input(a, "labels", DB, MEL_F64);
+    EXPECT(mel_forward_backward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "gradient of input 'labels' requested");
+    mel_args_free(a);
+    /* context settings */
+    EXPECT(mel_set_chunk_rows(ctx, -3), MEL_ERR_INVALID_ARGUMENT, "chunk_rows = -3 is negative");
+    EXPECT(mel_set_threads(ctx, -1), MEL_ERR_INVALID_ARGUMENT, "n = -1 is outside [0, 4096]");
+    EXPECT(mel_set_workspace_limit(ctx, -1), MEL_ERR_INVALID_ARGUMENT, "bytes = -1 is negative");
+    a = base_args();
+    mel_set_workspace_limit(ctx, 100);
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_BUDGET, "workspace limit 100 bytes is below one row");
+    mel_set_workspace_limit(ctx, 0);
+    mel_args_free(a);
+    /* built-ins */
+    mel_transform *t = NULL;
+    mel_params *p = mel_params_new();
+    EXPECT(mel_transform_builtin(ctx, "cross_entropy", NULL, &t), MEL_ERR_INVALID_ARGUMENT,
+           "unknown transform 'cross_entropy' (built-ins: ce,");
+    mel_params_set(p, "label_smothing", 0.1);
+    EXPECT(mel_transform_builtin(ctx, "ce", p, &t), MEL_ERR_INVALID_ARGUMENT,
+           "transform 'ce' has no parameter 'label_smothing'");
+    mel_params_free(p);
+    p = mel_params_new();
+    mel_params_set(p, "label_smoothing", 1.5);
+    EXPECT(mel_transform_builtin(ctx, "ce", p, &t), MEL_ERR_INVALID_ARGUMENT,
+           "parameter label_smoothing = 1.5 is outside [0, 1]");
+    mel_params_set(p, "label_smoothing", NAN);
+    EXPECT(mel_transform_builtin(ctx, "ce", p, &t), MEL_ERR_INVALID_ARGUMENT, "parameter label_smoothing = nan");
+    mel_params_free(p);
+    p = mel_params_new();
+    mel_params_set(p, "ignore_index", 0.5);
+    EXPECT(mel_transform_builtin(ctx, "ce", p, &t), MEL_ERR_INVALID_ARGUMENT, "or not an integer");
+    mel_params_free(p);
+    ok(t == NULL, "failed builds leave *out NULL");
+    /* graphs */
+    mel_graph *g = mel_graph_new();
+    mel_val z = mel_g_logits(g, 0, 1);
+    ok(mel_g_set_output(g, z) == MEL_ERR_GRAPH, "a vector output is rejected");
+    EXPECT(mel_graph_compile(ctx, g, "bad", &t), MEL_ERR_GRAPH, "the per-row output must be a scalar");
+    mel_graph_free(g);
+    g = mel_graph_new();
+    mel_g_logits(g, 0, 1);
+    EXPECT(mel_graph_compile(ctx, g, "bad", &t), MEL_ERR_GRAPH, "no output");
+    mel_graph_free(g);
+    g = mel_graph_new();
+    z = mel_g_logits(g, 0, 1);
+    mel_val l = mel_g_index(g, "labels", -100);
+    mel_g_set_output(g, mel_g_add(g, mel_g_sum(g, z), l));
+    EXPECT(mel_graph_compile(ctx, g, "bad", &t), MEL_ERR_GRAPH, "an operand is an index");
+    mel_graph_free(g);
+    g = mel_graph_new();
+    z = mel_g_logits(g, 0, 1);
+    mel_g_set_output(g, mel_g_sum(g, z));
+    mel_g_set_count(g, mel_g_rmax(g, z));
+    EXPECT(mel_graph_compile(ctx, g, "bad", &t), MEL_ERR_GRAPH, "the count (node");
+    mel_graph_free(g);
+    g = mel_graph_new();
+    mel_g_set_output(g, mel_g_sum(g, 12345));
+    EXPECT(mel_graph_compile(ctx, g, "bad", &t), MEL_ERR_GRAPH, "value 12345 is not a node");
+    mel_graph_free(g);
+    g = mel_graph_new();
+    mel_g_set_output(g, mel_g_const(g, 1));
+    EXPECT(mel_graph_compile(ctx, g, "bad", &t), MEL_ERR_GRAPH, "reads no logits");
+    mel_graph_free(g);
+    g = mel_graph_new();
+    mel_g_logits(g, 7, 1);
+    EXPECT(mel_graph_compile(ctx, g, "bad", &t), MEL_ERR_GRAPH, "head = 7 is outside [0, 4)");
+    mel_graph_free(g);
+    ok(t == NULL, "failed compiles leave *out NULL");
+    /* backends */
+    mel_ctx *c2 = NULL;
+    mel_status s = mel_ctx_create(MEL_BACKEND_CUDA, &c2);
+#ifndef HAVE_CUDA
+    ok(s == MEL_ERR_UNSUPPORTED && c2 == NULL && has(mel_ctx_create_error(), "built without CUDA"),
+       "CUDA context without CUDA -> MEL_ERR_UNSUPPORTED: %s", mel_ctx_create_error());
+#endif
+    mel_ctx_destroy(c2);
+    s = mel_ctx_create((mel_backend)5, &c2);
+    ok(s == MEL_ERR_INVALID_ARGUMENT && has(mel_ctx_create_error(), "backend = 5"), "unknown backend: %s",
+       mel_ctx_create_error());
+    mel_ctx_destroy(NULL);
+    mel_transform_free(NULL);
+    mel_args_free(NULL);
+    mel_graph_free(NULL);
+    mel_params_free(NULL);
+    ok(1, "destroy functions accept NULL");
+    ok(mel_version() == MEL_VERSION_NUMBER, "mel_version() %d matches the header %d", mel_version(),
+       MEL_VERSION_NUMBER);
+    ok(strstr(mel_status_str(MEL_ERR_SHAPE), "MEL_ERR_SHAPE") && mel_status_str((mel_status)99),
+       "mel_status_str names the status and handles unknown values");
+}
+
+/* CE on a larger problem for the budget / invariance / determinism tests */
+enum { BN = 300, BD = 24, BV = 1001 };
+
+static void run_ce(mel_ctx *ctx, mel_transform *ce, const float *x, const float *w, const int64_t *lab,
+                   float *y, float *dx, float *dw)
+{
+    mel_args *a = mel_args_new();
+    mel_args_head(a, 0, mel_mat((void *)x, MEL_F32, BN, BD, 0), mel_mat((void *)w, MEL_F32, BV, BD, 0), NULL);
+    mel_args_index(a, "labels", lab, MEL_I64, BN);
+    mel_args_output(a, y, MEL_F32);
+    mel_args_grad_head(a, 0, mel_mat(dx, MEL_F32, BN, BD, 0), mel_mat(dw, MEL_F32, BV, BD, 0), NULL,
+                       MEL_OVERWRITE_DW);
+    mel_status s = mel_forward_backward(ctx, ce, a);
+    if (s) diag("run_ce: %s", mel_last_error(ctx));
+    mel_args_free(a);
+}
+
+static double maxdiff(const float *a, const float *b, int64_t n)
+{
+    double m = 0, s = 0;
+    for (int64_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i])), s = fmax(s, fabs((double)b[i]));
+    return m / (s > 0 ? s : 1);
+}
+
+static void test_budget_invariance(mel_ctx *ctx, mel_transform *ce, tap_rng *rng)
+{
+    float *x = malloc(BN * BD * 4), *w = malloc(BV * BD * 4);
+    int64_t *lab = malloc(BN * 8);
+    for (int i = 0; i < BN * BD; i++) x[i] = (float)rng_normal(rng);
+    for (int i = 0; i < BV * BD; i++) w[i] = (float)(rng_normal(rng) * 0.3);
+    for (int i = 0; i < BN; i++) lab[i] = i % 7 == 0 ? -100 : rng_int(rng, BV);
+    uint64_t hx = checksum(x, BN * BD * 4), hw = checksum(w, BV * BD * 4), hl = checksum(lab, BN * 8);
+    float y0, dx0[BN * BD], *dw0 = malloc(BV * BD * 4);
+    float y1, dx1[BN * BD], *dw1 = malloc(BV * BD * 4);
+    mel_set_chunk_rows(ctx, BN); /* one chunk: the naive path */
+    mel_set_workspace_limit(ctx, (int64_t)1 << 30);
+    run_ce(ctx, ce, x, w, lab, &y0, dx0, dw0);
+    ok(checksum(x, BN * BD * 4) == hx && checksum(w, BV * BD * 4) == hw && checksum(lab, BN * 8) == hl,
+       "inputs are not modified");
+    mel_set_chunk_rows(ctx, 0);
+    int64_t budgets[] = {64 << 10, 200 << 10, 1 << 20, 3 << 20, (int64_t)1 << 30};
+    for (int k = 0; k < 5; k++) {
+        mel_set_workspace_limit(ctx, budgets[k]);
+        run_ce(ctx, ce, x, w, lab, &y1, dx1, dw1);
+        mel_stats st;
+        mel_get_stats(ctx, &st);
+        ok(st.peak_workspace_bytes <= budgets[k] && st.chunk_rows >= 1,
+           "budget %lld B: peak workspace %lld B, %lld rows per chunk, %lld chunks", (long long)budgets[k],
+           (long long)st.peak_workspace_bytes, (long long)st.chunk_rows, (long long)st.chunks);
+        double e = fmax(fabs(y1 - y0) / fabs(y0), fmax(maxdiff(dx1, dx0, BN * BD), maxdiff(dw1, dw0, BV * BD)));
+        ok(e < 2e-6, "budget %lld B: same result as one chunk within fp32 round-off (rel %.2e)",
+           (long long)budgets[k], e);
+    }
+    mel_set_workspace_limit(ctx, 0);
+    int64_t chunks[] = {1, 7, 64, 299, 301};
+    for (int k = 0; k < 5; k++) {
+        mel_set_chunk_rows(ctx, chunks[k]);
+        run_ce(ctx, ce, x, w, lab, &y1, dx1, dw1);
+        double e = fmax(fabs(y1 - y0) / fabs(y0), fmax(maxdiff(dx1, dx0, BN * BD), maxdiff(dw1, dw0, BV * BD)));
+        ok(e < 2e-6, "chunk_rows %lld: same result as one chunk within fp32 round-off (rel %.2e)",
+           (long long)chunks[k], e);
+    }
+    /* determinism: same inputs, threads and chunk size -> identical bits */
+    mel_set_chunk_rows(ctx, 37);
+    run_ce(ctx, ce, x, w, lab, &y0, dx0, dw0);
+    int same = 1;
+    for (int rep = 0; rep < 3; rep++) {
+        run_ce(ctx, ce, x, w, lab, &y1, dx1, dw1);
+        same &= memcmp(&y0, &y1, 4) == 0 && memcmp(dx0, dx1, sizeof dx0) == 0 &&
+                memcmp(dw0, dw1, BV * BD * 4) == 0;
+    }
+    ok(same, "repeated calls are bitwise identical (chunk 37, %d threads)", mel_get_threads(ctx));
+    mel_set_chunk_rows(ctx, 0);
+    free(x), free(w), free(lab), free(dw0), free(dw1);
+}
+
+static void test_accumulate_and_degenerate(mel_ctx *ctx, mel_transform *ce, tap_rng *rng)
+{
+    for (int i = 0; i < N * D; i++) X[i] = rng_normal(rng);
+    for (int i = 0; i < V * D; i++) W[i] = rng_normal(rng);
+    for (int i = 0; i < N; i++) LAB[i] = rng_int(rng, V);
+    double dx1[N * D], dw1[V * D], y;
+    mel_args *a = base_args();
+    mel_args_output(a, &y, MEL_F64);
+    mel_args_grad_head(a, 0, mel_mat(dx1, MEL_F64, N, D, 0), mel_mat(dw1, MEL_F64, V, D, 0), NULL,
+                       MEL_OVERWRITE_DW);
+    mel_forward_backward(ctx, ce, a);
+    /* twice with accumulation = 2x once */
+    for (int i = 0; i < N * D; i++) DX[i] = 0;
+    for (int i = 0; i < V * D; i++) DW[i] = 0;
+    mel_args_grad_head(a, 0, mel_mat(DX, MEL_F64, N, D, 0), mel_mat(DW, MEL_F64, V, D, 0), NULL,
+                       MEL_ACCUMULATE_DX);
+    mel_forward_backward(ctx, ce, a);
+    mel_forward_backward(ctx, ce, a);
+    double e = 0;
+    for (int i = 0; i < N * D; i++) e = fmax(e, fabs(DX[i] - 2 * dx1[i]));
+    for (int i = 0; i < V * D; i++) e = fmax(e, fabs(DW[i] - 2 * dw1[i]));
+    ok(e < 1e-14, "MEL_ACCUMULATE_DX and dW accumulation: two calls = 2 x one call (err %.1e)", e);
+    /* every row ignored: mean is 0, not NaN, and the gradient is 0 */
+    for (int i = 0; i < N; i++) LAB[i] = -100;
+    mel_args_grad_head(a, 0, mel_mat(DX, MEL_F64, N, D, 0), mel_mat(DW, MEL_F64, V, D, 0), NULL,
+                       MEL_OVERWRITE_DW);
+    mel_status s = mel_forward_backward(ctx, ce, a);
+    double m = 0;
+    for (int i = 0; i < N * D; i++) m = fmax(m, fabs(DX[i]));
+    for (int i = 0; i < V * D; i++) m = fmax(m, fabs(DW[i]));
+    ok(s == MEL_OK && y == 0 && m == 0, "all rows ignored: mean = %g, max |grad| = %g", y, m);
+    /* extreme logits (|z| ~ 1e4): finite loss and gradients, matching the reference */
+    for (int i = 0; i < N; i++) LAB[i] = rng_int(rng, V);
+    for (int i = 0; i < N * D; i++) X[i] *= 3000;
+    s = mel_forward_backward(ctx, ce, a);
+    double Z[N * V], yr[N], G[N * V], sc[N], rdx[N * D], rdw[V * D];
+    ref_ce_opts o;
+    ref_ce_defaults(&o);
+    ref_logits(N, D, V, X, W, NULL, Z);
+    ref_ce(N, V, Z, LAB, &o, yr, G);
+    double want = 0, zmax = 0;
+    for (int i = 0; i < N; i++) want += yr[i] / N, sc[i] = 1.0 / N;
+    for (int i = 0; i < N * V; i++) zmax = fmax(zmax, fabs(Z[i]));
+    ref_backprop(N, D, V, X, W, G, sc, rdx, rdw, NULL);
+    int finite = isfinite(y);
+    for (int i = 0; i < N * D; i++) finite &= isfinite(DX[i]);
+    double ex = ref_relerr(DX, rdx, N * D, 1e-300);
+    ok(s == MEL_OK && finite && fabs(y - want) <= 1e-12 * fabs(want) && ex < 1e-10,
+       "extreme logits (max |z| = %.0f): loss %.6g vs %.6g, dX rel err %.1e, all finite", zmax, y, want, ex);
+    /* N = 0: reductions give 0 */
+    mel_args_head(a, 0, mel_mat(X, MEL_F64, 0, D, 0), mel_mat(W, MEL_F64, V, D, 0), NULL);
+    mel_args_index(a, "labels", LAB, MEL_I64, 0);
+    mel_args_grad_head(a, 0, mel_mat(DX, MEL_F64, 0, D, 0), mel_mat(DW, MEL_F64, V, D, 0), NULL,
+                       MEL_OVERWRITE_DW);
+    y = 99;
+    s = mel_forward_backward(ctx, ce, a);
+    ok(s == MEL_OK && y == 0, "N = 0: mean = %g, status %d", y, (int)s);
+    mel_args_free(a);
+}
+
+int main(void)
+{
+    tap_rng rng;
+    rng_seed(&rng, test_seed(42));
+    mel_ctx *ctx = NULL;
+    if (mel_ctx_create(MEL_BACKEND_CPU, &ctx)) return ok(0, "ctx"), done_testing();
+    mel_transform *ce = NULL;
+    if (mel_transform_builtin(ctx, "ce", NULL, &ce)) return ok(0, "ce: %s", mel_last_error(ctx)), done_testing();
+    for (int i = 0; i < N * D; i++) X[i] = rng_normal(&rng);
+    for (int i = 0; i < V * D; i++) W[i] = rng_normal(&rng);
+    for (int i = 0; i < N; i++) LAB[i] = rng_int(&rng, V);
+    test_errors(ctx, ce);
+    test_budget_invariance(ctx, ce, &rng);
+    test_accumulate_and_degenerate(ctx, ce, &rng);
+    mel_transform_free(ce);
+    mel_ctx_destroy(ctx);
+    return done_testing();
+}
