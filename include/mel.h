@@ -216,6 +216,13 @@ MEL_API mel_val mel_g_logsumexp(mel_graph *g, mel_val a); /* max-shifted */
 MEL_API mel_val mel_g_gather(mel_graph *g, mel_val a, mel_val idx);
 /* 1.0 for rows whose index is not ignore_index, else 0.0. */
 MEL_API mel_val mel_g_valid(mel_graph *g, mel_val idx);
+/* -- segments (several consecutive rows, e.g. the T tokens of a sequence) -- */
+/* Every row is in a segment of `rows` consecutive rows (row i is in segment
+ * i / rows); N must be a multiple of it, and chunks are aligned to it. */
+MEL_API mel_status mel_g_set_segment(mel_graph *g, int64_t rows);
+/* Scalar -> scalar: Σ of a over the rows of this row's segment.  The engine
+ * evaluates the program in phases around each segment sum. */
+MEL_API mel_val mel_g_segment_sum(mel_graph *g, mel_val a);
 /* -- gradient control -- */
 MEL_API mel_val mel_g_stop_gradient(mel_graph *g, mel_val a);
 

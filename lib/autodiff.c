@@ -106,6 +106,8 @@ static void vjp(ad_state *st, int i, mel_val gy)
         break;
     case OP_GATHER: accum(st, a, MUL(gy, mel_g_index_op(g, OP_ONEHOT, b))); break;
     case OP_BCAST: accum(st, a, gy); break;
+    /* y_t = Σ_{t' in seg} a_t'  =>  ā_t = Σ_{t' in seg} ȳ_t' */
+    case OP_SEGSUM: accum(st, a, mel_g_unary(g, OP_SEGSUM, gy)); break;
     }
 #undef C
 #undef MUL
@@ -116,17 +118,47 @@ static void vjp(ad_state *st, int i, mel_val gy)
 
 /* ---------------------------------------------------------- planning */
 
-mel_status mel_plan_build(const mel_transform *t, const int *targets, int nt,
-                          mel_plan *p, int32_t *vslot)
+void mel_plan_free(mel_plan *p)
+{
+    free(p->order);
+    free(p->pslot);
+    free(p->phase_start);
+    memset(p, 0, sizeof *p);
+}
+
+/* Mark, for phase q, the vector nodes of earlier phases that nodes of
+ * phase q read (recursively through vector operands): they are recomputed
+ * in phase q because vectors do not survive a phase barrier. */
+static void mark_recompute(const mel_transform *t, const int32_t *phase, int v, int q, char *in)
+{
+    const mel_node *nd = &t->nodes[v];
+    int ops[3] = {nd->a, nd->b, nd->c};
+    for (int k = 0; k < 3; k++) {
+        int o = ops[k];
+        if (o < 0 || in[o]) continue;
+        const mel_node *on = &t->nodes[o];
+        if (on->kind != K_VEC || phase[o] == q) continue;
+        in[o] = 1;
+        mark_recompute(t, phase, o, q, in);
+    }
+}
+
+mel_status mel_plan_build(const mel_transform *t, const int *targets, int nt, mel_plan *p)
 {
     int n = t->n;
-    char *need = calloc((size_t)n, 1);
-    int32_t *last = malloc((size_t)n * sizeof *last);
-    int32_t *stack = malloc((size_t)n * sizeof *stack);
-    p->order = malloc((size_t)(n ? n : 1) * sizeof *p->order);
-    if (!need || !last || !stack || !p->order) {
-        free(need), free(last), free(stack);
-        return MEL_ERR_OUT_OF_MEMORY;
+    memset(p, 0, sizeof *p);
+    char *need = calloc((size_t)n + 1, 1), *in = calloc((size_t)n + 1, 1);
+    int32_t *phase = malloc(((size_t)n + 1) * sizeof *phase);
+    int32_t *last = malloc(((size_t)n + 1) * sizeof *last);
+    int32_t *stack = malloc(((size_t)n + 1) * sizeof *stack);
+    int32_t *slot = malloc(((size_t)n + 1) * sizeof *slot);
+    int cap = 4 * n + 4;
+    p->order = malloc((size_t)cap * sizeof *p->order);
+    p->pslot = malloc((size_t)cap * sizeof *p->pslot);
+    mel_status st = MEL_OK;
+    if (!need || !in || !phase || !last || !stack || !slot || !p->order || !p->pslot) {
+        st = MEL_ERR_OUT_OF_MEMORY;
+        goto out;
     }
     int sp = 0;
     for (int k = 0; k < nt; k++)
@@ -138,44 +170,92 @@ mel_status mel_plan_build(const mel_transform *t, const int *targets, int nt,
         for (int k = 0; k < 3; k++)
             if (ops[k] >= 0 && !need[ops[k]]) need[ops[k]] = 1, stack[sp++] = ops[k];
     }
-    p->n = 0;
-    for (int i = 0; i < n; i++)
-        if (need[i]) p->order[p->n++] = i;
-    /* liveness: position of the last reader; targets live to the end */
-    for (int i = 0; i < n; i++) last[i] = -1;
-    for (int pos = 0; pos < p->n; pos++) {
-        const mel_node *nd = &t->nodes[p->order[pos]];
+    /* phases: a segment sum starts a new phase */
+    int n_phases = 1;
+    for (int i = 0; i < n; i++) {
+        if (!need[i]) continue;
+        const mel_node *nd = &t->nodes[i];
+        int ph = 0;
         int ops[3] = {nd->a, nd->b, nd->c};
         for (int k = 0; k < 3; k++)
-            if (ops[k] >= 0) last[ops[k]] = pos;
+            if (ops[k] >= 0 && phase[ops[k]] > ph) ph = phase[ops[k]];
+        phase[i] = ph + (nd->op == OP_SEGSUM);
+        if (phase[i] + 1 > n_phases) n_phases = phase[i] + 1;
     }
-    for (int k = 0; k < nt; k++)
-        if (targets[k] >= 0) last[targets[k]] = p->n;
-    /* vector slots: greedy reuse; every vector op is elementwise (or reads
-     * its operand fully before writing), so an operand's slot can be the
-     * result's slot */
-    int32_t *free_list = stack; /* reuse as a stack of free slots */
-    int n_free = 0, n_slots = 0;
-    for (int i = 0; i < n; i++) vslot[i] = -1;
-    for (int pos = 0; pos < p->n; pos++) {
-        int v = p->order[pos];
-        const mel_node *nd = &t->nodes[v];
-        int ops[3] = {nd->a, nd->b, nd->c};
-        for (int k = 0; k < 3; k++) {
-            int o = ops[k];
-            if (o < 0 || vslot[o] < 0 || last[o] != pos) continue;
-            int dup = 0;
-            for (int q = 0; q < k; q++) dup |= ops[q] == o;
-            if (!dup) free_list[n_free++] = vslot[o];
+    p->n_phases = n_phases;
+    p->phase_start = malloc((size_t)(n_phases + 1) * sizeof *p->phase_start);
+    if (!p->phase_start) {
+        st = MEL_ERR_OUT_OF_MEMORY;
+        goto out;
+    }
+    int n_slots = 0;
+    p->n = 0;
+    for (int q = 0; q < n_phases; q++) {
+        memset(in, 0, (size_t)n);
+        for (int i = 0; i < n; i++)
+            if (need[i] && phase[i] == q) in[i] = 1;
+        for (int i = 0; i < n; i++)
+            if (need[i] && phase[i] == q) mark_recompute(t, phase, i, q, in);
+        /* vector targets must be live at the end of the last phase */
+        if (q == n_phases - 1)
+            for (int k = 0; k < nt; k++) {
+                int v = targets[k];
+                if (v >= 0 && t->nodes[v].kind == K_VEC && !in[v]) {
+                    in[v] = 1;
+                    mark_recompute(t, phase, v, q, in);
+                }
+            }
+        int start = p->n;
+        p->phase_start[q] = start;
+        for (int i = 0; i < n; i++)
+            if (in[i]) {
+                if (p->n == cap) {
+                    st = MEL_ERR_INTERNAL;
+                    goto out;
+                }
+                p->order[p->n++] = i;
+            }
+        /* liveness inside the phase */
+        for (int i = 0; i < n; i++) last[i] = -1;
+        for (int pos = start; pos < p->n; pos++) {
+            const mel_node *nd = &t->nodes[p->order[pos]];
+            int ops[3] = {nd->a, nd->b, nd->c};
+            for (int k = 0; k < 3; k++)
+                if (ops[k] >= 0) last[ops[k]] = pos;
         }
-        if (nd->kind == K_VEC && nd->op != OP_LOGITS)
-            vslot[v] = n_free ? free_list[--n_free] : n_slots++;
-        /* a vector nobody reads is dead at once */
-        if (vslot[v] >= 0 && last[v] < 0) free_list[n_free++] = vslot[v];
+        if (q == n_phases - 1)
+            for (int k = 0; k < nt; k++)
+                if (targets[k] >= 0) last[targets[k]] = p->n;
+        /* vector slots: greedy reuse.  Every vector op is elementwise (or
+         * reads its operand fully before writing), so an operand's slot can
+         * be the result's slot. */
+        int32_t *free_list = stack;
+        int n_free = 0, used = 0;
+        for (int i = 0; i < n; i++) slot[i] = -1;
+        for (int pos = start; pos < p->n; pos++) {
+            int v = p->order[pos];
+            const mel_node *nd = &t->nodes[v];
+            int ops[3] = {nd->a, nd->b, nd->c};
+            for (int k = 0; k < 3; k++) {
+                int o = ops[k];
+                if (o < 0 || slot[o] < 0 || last[o] != pos) continue;
+                int dup = 0;
+                for (int q2 = 0; q2 < k; q2++) dup |= ops[q2] == o;
+                if (!dup) free_list[n_free++] = slot[o];
+            }
+            if (nd->kind == K_VEC && nd->op != OP_LOGITS)
+                slot[v] = n_free ? free_list[--n_free] : used++;
+            p->pslot[pos] = slot[v];
+            if (slot[v] >= 0 && last[v] < 0) free_list[n_free++] = slot[v];
+        }
+        if (used > n_slots) n_slots = used;
     }
+    p->phase_start[n_phases] = p->n;
     p->n_slots = n_slots;
-    free(need), free(last), free(stack);
-    return MEL_OK;
+out:
+    free(need), free(in), free(phase), free(last), free(stack), free(slot);
+    if (st != MEL_OK) mel_plan_free(p);
+    return st;
 }
 
 /* ----------------------------------------------------------- compile */
@@ -194,12 +274,9 @@ void mel_transform_free(mel_transform *t)
 {
     if (!t) return;
     free(t->nodes);
-    free(t->vslot_fwd);
-    free(t->vslot_fb);
-    free(t->vslot);
-    free(t->fwd.order);
-    free(t->fb.order);
-    free(t->cnt.order);
+    mel_plan_free(&t->fwd);
+    mel_plan_free(&t->fb);
+    mel_plan_free(&t->cnt);
     free(t);
 }
 
@@ -219,6 +296,10 @@ mel_status mel_graph_compile(mel_ctx *ctx, const mel_graph *src, const char *nam
     if (!any_logits)
         return mel_fail(ctx, MEL_ERR_GRAPH, "mel_graph_compile: the program reads no logits "
                                             "(use mel_g_logits)");
+    for (int i = 0; i < src->n; i++)
+        if (src->nodes[i].op == OP_SEGSUM && src->seg_len <= 0)
+            return mel_fail(ctx, MEL_ERR_GRAPH, "mel_graph_compile: node %d is a segment sum but no "
+                                                "segment length was set (mel_g_set_segment)", i);
     if (src->count >= 0) {
         char *seen = calloc((size_t)src->n, 1);
         if (!seen) return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "mel_graph_compile: out of memory");
@@ -273,6 +354,7 @@ mel_status mel_graph_compile(mel_ctx *ctx, const mel_graph *src, const char *nam
     t->n_inputs = src->n_inputs;
     t->out = src->out;
     t->count = src->count;
+    t->seg_len = src->seg_len;
     t->n_aux = src->n_aux;
     memcpy(t->aux, src->aux, sizeof t->aux);
     memcpy(t->aux_name, src->aux_name, sizeof t->aux_name);
@@ -297,14 +379,10 @@ mel_status mel_graph_compile(mel_ctx *ctx, const mel_graph *src, const char *nam
     for (int k = 0; k < MEL_MAX_INPUTS; k++)
         if (t->adj_input[k] >= 0) targets[nt++] = t->adj_input[k];
 
-    t->vslot_fwd = malloc((size_t)t->n * sizeof(int32_t));
-    t->vslot_fb = malloc((size_t)t->n * sizeof(int32_t));
-    t->vslot = malloc((size_t)t->n * sizeof(int32_t));
-    mel_status s = (t->vslot_fwd && t->vslot_fb && t->vslot) ? MEL_OK : MEL_ERR_OUT_OF_MEMORY;
-    if (s == MEL_OK) s = mel_plan_build(t, targets, n_fwd_targets, &t->fwd, t->vslot_fwd);
-    if (s == MEL_OK) s = mel_plan_build(t, targets, nt, &t->fb, t->vslot_fb);
+    mel_status s = mel_plan_build(t, targets, n_fwd_targets, &t->fwd);
+    if (s == MEL_OK) s = mel_plan_build(t, targets, nt, &t->fb);
     int ct[1] = {t->count};
-    if (s == MEL_OK) s = mel_plan_build(t, ct, t->count >= 0 ? 1 : 0, &t->cnt, t->vslot);
+    if (s == MEL_OK) s = mel_plan_build(t, ct, t->count >= 0 ? 1 : 0, &t->cnt);
     if (s != MEL_OK) {
         mel_transform_free(t);
         return mel_fail(ctx, s, "mel_graph_compile: out of memory while planning");

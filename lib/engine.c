@@ -112,6 +112,9 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
         c->D[h] = ha->x.cols;
     }
     c->es = mel_dtype_size(c->ct);
+    if (t->seg_len > 0 && c->N % t->seg_len != 0)
+        return mel_fail(ctx, MEL_ERR_SHAPE, "x has N = %lld rows, not a multiple of the segment length %lld "
+                        "(seq_len) of transform '%s'", (long long)c->N, (long long)t->seg_len, t->name);
 
     /* named inputs: every input of the transform bound, nothing unknown bound */
     for (int k = 0; k < t->n_inputs; k++) {
@@ -237,6 +240,7 @@ static void write_real(void *p, mel_dtype dt, int64_t i, double v)
 }
 
 /* Bytes of workspace for chunks of R rows. */
+#define ROW_BYTES(t, es) ((int64_t)(t)->n * ((int64_t)(es) + 8) + 8 * (3 + (t)->n_aux + (t)->n_inputs))
 typedef struct sizing {
     int64_t per_row, fixed, scratch_per_thread;
     int threads, heads;
@@ -248,12 +252,12 @@ static void size_call(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, c
     sz->threads = ctx->ops->threads(ctx);
     sz->heads = 0;
     for (int h = 0; h < MEL_MAX_HEADS; h++) sz->heads += c->used[h];
-    int64_t regs = (int64_t)t->n * ((int64_t)c->es + 8 + (int64_t)sizeof(void *));
-    sz->scratch_per_thread = ((int64_t)p->n_slots * c->V * (int64_t)c->es + regs + 63) / 64 * 64;
+    int64_t ptrs = (int64_t)t->n * (int64_t)sizeof(void *);
+    sz->scratch_per_thread = ((int64_t)p->n_slots * c->V * (int64_t)c->es + ptrs + 63) / 64 * 64;
     sz->fixed = sz->scratch_per_thread * sz->threads;
-    /* Z per head + per-row doubles: y, count, seed, aux, input grads */
-    sz->per_row = (int64_t)sz->heads * c->V * (int64_t)c->es +
-                  8 * (3 + t->n_aux + t->n_inputs);
+    /* per row: Z of each head, scalar and index registers, and doubles for
+     * y, count, seed, aux, input grads */
+    sz->per_row = (int64_t)sz->heads * c->V * (int64_t)c->es + ROW_BYTES(t, c->es);
 }
 
 typedef struct run {
@@ -261,7 +265,9 @@ typedef struct run {
     void *Z[MEL_MAX_HEADS];
     void *scratch;
     double *rowbuf; /* y, count, seed, aux..., ginp... each [R] */
-    size_t bytes_Z, bytes_scratch, bytes_rows;
+    void *regs;     /* [R, n] scalar registers (compute type)  */
+    int64_t *iregs; /* [R, n] index registers                   */
+    size_t bytes_Z, bytes_scratch, bytes_rows, bytes_regs, bytes_iregs;
 } run;
 
 static void release(mel_ctx *ctx, run *w)
@@ -269,6 +275,8 @@ static void release(mel_ctx *ctx, run *w)
     for (int h = 0; h < MEL_MAX_HEADS; h++) mel_ws_free(ctx, w->Z[h], w->bytes_Z);
     mel_ws_free(ctx, w->scratch, w->bytes_scratch);
     mel_ws_free(ctx, w->rowbuf, w->bytes_rows);
+    mel_ws_free(ctx, w->regs, w->bytes_regs);
+    mel_ws_free(ctx, w->iregs, w->bytes_iregs);
     memset(w, 0, sizeof *w);
 }
 
@@ -280,17 +288,20 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const call *c, c
     int64_t R = ctx->chunk_rows;
     if (R <= 0) {
         int64_t avail = ctx->workspace_limit - sz->fixed;
-        int64_t per_row = need_Z ? sz->per_row : 8 * (3 + t->n_aux + t->n_inputs);
-        if (avail < per_row)
+        int64_t per_row = need_Z ? sz->per_row : ROW_BYTES(t, c->es);
+        int64_t min_rows = t->seg_len > 0 ? t->seg_len : 1;
+        if (avail < per_row * min_rows)
             return mel_fail(ctx, MEL_ERR_BUDGET,
-                            "workspace limit %lld bytes is below one row: %lld fixed (%d threads × %d "
-                            "vectors of V = %lld) + %lld per row",
-                            (long long)ctx->workspace_limit, (long long)sz->fixed, sz->threads,
+                            "workspace limit %lld bytes is below %lld row%s%s: %lld fixed (%d threads × "
+                            "%d vectors of V = %lld) + %lld per row",
+                            (long long)ctx->workspace_limit, (long long)min_rows, min_rows > 1 ? "s" : "",
+                            min_rows > 1 ? " (one segment)" : "", (long long)sz->fixed, sz->threads,
                             t->fb.n_slots, (long long)c->V, (long long)per_row);
         R = avail / per_row;
     }
     if (R > c->N) R = c->N;
-    if (R < 1) R = 1;
+    if (t->seg_len > 0) R = R / t->seg_len * t->seg_len; /* whole segments per chunk */
+    if (R < 1) R = t->seg_len > 0 ? t->seg_len : 1;
     w->R = R;
     int64_t bz;
     if (!mel_mul_ok(R, c->V, &bz) || !mel_mul_ok(bz, (int64_t)c->es, &bz))
@@ -299,10 +310,14 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const call *c, c
     w->bytes_Z = (size_t)bz;
     w->bytes_scratch = (size_t)(sz->scratch_per_thread * sz->threads);
     w->bytes_rows = (size_t)(8 * R * (3 + t->n_aux + t->n_inputs));
+    w->bytes_regs = (size_t)(R * t->n) * c->es;
+    w->bytes_iregs = (size_t)(R * t->n) * 8;
     for (int h = 0; h < MEL_MAX_HEADS && need_Z; h++)
         if (c->used[h] && !(w->Z[h] = mel_ws_alloc(ctx, w->bytes_Z))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && !(w->scratch = mel_ws_alloc(ctx, w->bytes_scratch))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && !(w->rowbuf = mel_ws_alloc(ctx, w->bytes_rows))) s = MEL_ERR_OUT_OF_MEMORY;
+    if (s == MEL_OK && !(w->regs = mel_ws_alloc(ctx, w->bytes_regs))) s = MEL_ERR_OUT_OF_MEMORY;
+    if (s == MEL_OK && !(w->iregs = mel_ws_alloc(ctx, w->bytes_iregs))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s != MEL_OK) {
         release(ctx, w);
         return mel_fail(ctx, s, "out of memory allocating the workspace for %lld rows × V = %lld",
@@ -334,10 +349,12 @@ static mel_status total_count(mel_ctx *ctx, const mel_transform *t, const call *
             if (c->inp[k]) ch.inp[k] = c->inp[k]->data, ch.inp_dtype[k] = c->inp[k]->dtype;
         }
         ch.count = w.rowbuf;
+        ch.regs = w.regs;
+        ch.iregs = w.iregs;
         ch.scratch = w.scratch;
         ch.scratch_per_thread = sz.scratch_per_thread;
         ch.threads = sz.threads;
-        s = ctx->ops->run_rows(ctx, t, &t->cnt, t->vslot, &ch);
+        s = ctx->ops->run_rows(ctx, t, &t->cnt, &ch);
         for (int64_t r = 0; r < ch.R; r++) acc += w.rowbuf[r];
     }
     release(ctx, &w);
@@ -363,7 +380,6 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     for (int k = 0; k < MEL_MAX_INPUTS; k++) any_ginp |= c.ginp[k] != NULL;
     int fb = want_grads && (any_dz || any_ginp);
     const mel_plan *plan = fb ? &t->fb : &t->fwd;
-    const int32_t *vslot = fb ? t->vslot_fb : t->vslot_fwd;
 
     /* dW / db overwrite */
     for (int h = 0; h < MEL_MAX_HEADS && want_grads; h++) {
@@ -436,8 +452,10 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
         ch.scratch = w.scratch;
         ch.scratch_per_thread = sz.scratch_per_thread;
         ch.threads = sz.threads;
+        ch.regs = w.regs;
+        ch.iregs = w.iregs;
         (void)cbuf;
-        if ((s = ctx->ops->run_rows(ctx, t, plan, vslot, &ch))) break;
+        if ((s = ctx->ops->run_rows(ctx, t, plan, &ch))) break;
 
         /* per-row results */
         for (int64_t r = 0; r < Rc; r++) {

@@ -16,7 +16,7 @@ static const char *const op_names[OP__COUNT] = {
     [OP_EQ] = "eq", [OP_WHERE] = "where", [OP_SUM] = "sum", [OP_MEAN] = "mean",
     [OP_RMAX] = "rmax", [OP_LSE] = "logsumexp", [OP_GATHER] = "gather",
     [OP_VALID] = "valid", [OP_ONEHOT] = "onehot", [OP_ARGMAXMASK] = "argmaxmask",
-    [OP_BCAST] = "broadcast", [OP_STOPGRAD] = "stop_gradient",
+    [OP_BCAST] = "broadcast", [OP_STOPGRAD] = "stop_gradient", [OP_SEGSUM] = "segment_sum",
 };
 
 const char *mel_op_name(int op)
@@ -24,7 +24,7 @@ const char *mel_op_name(int op)
     return op >= 0 && op < OP__COUNT && op_names[op] ? op_names[op] : "?";
 }
 
-int mel_op_is_unary(int op) { return op >= OP_NEG && op <= OP_SIGN; }
+int mel_op_is_unary(int op) { return (op >= OP_NEG && op <= OP_SIGN) || op == OP_SEGSUM; }
 int mel_op_is_binary(int op) { return op >= OP_ADD && op <= OP_EQ; }
 
 mel_graph *mel_graph_new(void)
@@ -199,6 +199,8 @@ mel_val mel_g_unary(mel_graph *g, int op, mel_val a)
                      mel_op_name(op), (int)a);
     mel_node n = mk(op, kind_of(g, a));
     n.a = a;
+    if (op == OP_SEGSUM && kind_of(g, a) != K_SCAL)
+        return gfail(g, "segment_sum: operand %d is not a scalar", (int)a);
     n.grad = (op == OP_SIGN) ? 0 : (int8_t)grad_of(g, a);
     return mel_graph_add_node(g, n);
 }
@@ -295,6 +297,19 @@ mel_val mel_g_index_op(mel_graph *g, int op, mel_val idx)
 }
 
 mel_val mel_g_valid(mel_graph *g, mel_val idx) { return mel_g_index_op(g, OP_VALID, idx); }
+
+mel_val mel_g_segment_sum(mel_graph *g, mel_val a) { return mel_g_unary(g, OP_SEGSUM, a); }
+
+mel_status mel_g_set_segment(mel_graph *g, int64_t rows)
+{
+    if (!g) return MEL_ERR_INVALID_ARGUMENT;
+    if (rows < 1) {
+        gfail(g, "mel_g_set_segment: rows = %lld must be >= 1", (long long)rows);
+        return MEL_ERR_GRAPH;
+    }
+    g->seg_len = rows;
+    return MEL_OK;
+}
 
 mel_val mel_g_stop_gradient(mel_graph *g, mel_val a)
 {

@@ -41,6 +41,7 @@ typedef enum {
     OP_ARGMAXMASK, /* vector: 1 at the first argmax of a, else 0        */
     OP_BCAST,  /* scalar -> vector                                      */
     OP_STOPGRAD,
+    OP_SEGSUM, /* scalar: Σ of a over the rows of this row's segment    */
     OP__COUNT
 } mel_op;
 
@@ -72,22 +73,29 @@ struct mel_graph {
     char aux_name[MEL_MAX_AUX][MEL_NAME_MAX];
     int aux[MEL_MAX_AUX];
     int n_aux;
+    int64_t seg_len; /* rows per segment for OP_SEGSUM; 0 = none      */
     int failed;
     char err[256];
 };
 
-/* One execution plan: which nodes run, in order, and where vectors live. */
+/* One execution plan: which nodes run, in order, and where vectors live.
+ * A plan has phases separated by segment sums (OP_SEGSUM): every row runs
+ * phase q before any row runs phase q+1.  Scalars persist per row across
+ * phases; vectors do not, so a vector needed in a later phase is
+ * recomputed there (it appears again in that phase's order). */
 typedef struct mel_plan {
-    int32_t *order; /* node ids in execution order                   */
+    int32_t *order; /* node ids in execution order (all phases)      */
+    int32_t *pslot; /* per position: scratch vector slot, -1 if none */
     int n;
     int n_slots;    /* scratch vectors per row                        */
+    int n_phases;
+    int32_t *phase_start; /* [n_phases + 1] positions               */
 } mel_plan;
 
 struct mel_transform {
     char name[64];
     mel_node *nodes; /* forward nodes [0, n_fwd), adjoint [n_fwd, n)  */
     int n, n_fwd;
-    int32_t *vslot;  /* per node: scratch slot for vectors, -1 if none */
     mel_input_decl inputs[MEL_MAX_INPUTS];
     int n_inputs;
     int logits_node[MEL_MAX_HEADS];
@@ -103,7 +111,7 @@ struct mel_transform {
     mel_plan fwd;    /* y and aux                                      */
     mel_plan fb;     /* y, aux and all adjoints                        */
     mel_plan cnt;    /* the count node only (no vectors)               */
-    int32_t *vslot_fwd, *vslot_fb; /* per node slot in each plan        */
+    int64_t seg_len; /* rows per segment (OP_SEGSUM), 0 when unused    */
 };
 
 /* ----------------------------------------------------------- the context */
@@ -189,6 +197,8 @@ typedef struct mel_chunk {
     double *ginp[MEL_MAX_INPUTS]; /* [R] gradient of scalar inputs, or NULL */
     void *scratch;              /* per-thread scratch vectors              */
     int64_t scratch_per_thread; /* bytes                                   */
+    void *regs;                 /* per-row scalar registers [R, n] (T)     */
+    int64_t *iregs;             /* per-row index registers [R, n]          */
     int threads;
 } mel_chunk;
 
@@ -211,8 +221,7 @@ struct mel_backend_ops {
                          int64_t V, void *db);
     /* Run plan p of transform t over the chunk. */
     mel_status (*run_rows)(mel_ctx *ctx, const mel_transform *t,
-                           const mel_plan *p, const int32_t *vslot,
-                           mel_chunk *ch);
+                           const mel_plan *p, mel_chunk *ch);
     int (*threads)(mel_ctx *ctx); /* effective thread count */
 };
 
@@ -227,7 +236,8 @@ int mel_op_is_binary(int op);
 const char *mel_op_name(int op);
 /* Build a plan reaching `targets` (n of them); assigns vector slots. */
 mel_status mel_plan_build(const mel_transform *t, const int *targets, int n,
-                          mel_plan *p, int32_t *vslot);
+                          mel_plan *p);
+void mel_plan_free(mel_plan *p);
 int mel_graph_add_node(mel_graph *g, mel_node nd);
 int mel_find_input(const mel_input_decl *in, int n, const char *name);
 

@@ -126,7 +126,7 @@ static void test_errors(mel_ctx *ctx, mel_transform *ce)
     EXPECT(mel_set_workspace_limit(ctx, -1), MEL_ERR_INVALID_ARGUMENT, "bytes = -1 is negative");
     a = base_args();
     mel_set_workspace_limit(ctx, 100);
-    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_BUDGET, "workspace limit 100 bytes is below one row");
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_BUDGET, "workspace limit 100 bytes is below 1 row");
     mel_set_workspace_limit(ctx, 0);
     mel_args_free(a);
     /* built-ins */

@@ -82,8 +82,14 @@ static int read_case_txt(fixture *f)
             fclose(fp);
             return -1;
         }
-        snprintf(f->kv[f->nkv].key, sizeof f->kv[0].key, "%s", line);
-        snprintf(f->kv[f->nkv].val, sizeof f->kv[0].val, "%s", eq + 1);
+        if (strlen(line) >= sizeof f->kv[0].key ||
+            strlen(eq + 1) >= sizeof f->kv[0].val) {
+            diag("%s: key or value too long: %s", path, line);
+            fclose(fp);
+            return -1;
+        }
+        memcpy(f->kv[f->nkv].key, line, strlen(line) + 1);
+        memcpy(f->kv[f->nkv].val, eq + 1, strlen(eq + 1) + 1);
         f->nkv++;
     }
     fclose(fp);

@@ -127,11 +127,11 @@ static mel_status cpu_colsum(mel_ctx *ctx, mel_dtype ct, const void *Z, int64_t 
 #undef FN
 
 static mel_status cpu_run_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan *p,
-                               const int32_t *vslot, mel_chunk *ch)
+                               mel_chunk *ch)
 {
     int fb = p == &t->fb;
-    if (ch->ct == MEL_F32) run_rows_f32(t, p, vslot, ch, fb);
-    else run_rows_f64(t, p, vslot, ch, fb);
+    if (ch->ct == MEL_F32) run_rows_f32(t, p, ch, fb);
+    else run_rows_f64(t, p, ch, fb);
     return MEL_OK;
 }
 

@@ -1,22 +1,22 @@
 /* The CPU row-program executor, instantiated for one real type.
  * Include with T (float or double) and FN(name) defined. */
 
-/* Run plan p for row r of the chunk.  Vectors live in `scr` (n_slots × V)
- * or, for logits, in the chunk's Z rows; s / iv / vp are per-node scalar,
- * index and vector-pointer registers. */
-static void FN(run_row)(const mel_transform *t, const mel_plan *p,
-                        const int32_t *vslot, const mel_chunk *ch, int64_t r,
-                        T *scr, T *s, int64_t *iv, T **vp)
+/* Run positions [p0, p1) of plan p for row r of the chunk.  Vectors live in
+ * `scr` (n_slots × V) or, for logits, in the chunk's Z rows; s / iv are
+ * the row's scalar and index registers (persisting across phases), vp the
+ * thread's vector pointers. */
+static void FN(run_row)(const mel_transform *t, const mel_plan *p, int p0, int p1,
+                        const mel_chunk *ch, int64_t r, T *scr, T *s, int64_t *iv, T **vp)
 {
     const int64_t V = ch->V;
     const int64_t row = ch->r0 + r;
-    for (int pos = 0; pos < p->n; pos++) {
+    for (int pos = p0; pos < p1; pos++) {
         const int i = p->order[pos];
         const mel_node *nd = &t->nodes[i];
         const int a = nd->a, b = nd->b, c = nd->c;
         const int vec = nd->kind == K_VEC;
         T *o = NULL;
-        if (vec && nd->op != OP_LOGITS) o = scr + (int64_t)vslot[i] * V;
+        if (vec && nd->op != OP_LOGITS) o = scr + (int64_t)p->pslot[pos] * V;
         const T *A = a >= 0 && t->nodes[a].kind == K_VEC ? vp[a] : NULL;
         const T *B = b >= 0 && t->nodes[b].kind == K_VEC ? vp[b] : NULL;
         switch ((mel_op)nd->op) {
@@ -175,6 +175,7 @@ static void FN(run_row)(const mel_transform *t, const mel_plan *p,
             if (vec) memcpy(o, A, (size_t)V * sizeof(T));
             else s[i] = s[a];
             break;
+        case OP_SEGSUM: /* computed at the phase barrier */
         case OP__COUNT:
             break;
         }
@@ -182,35 +183,54 @@ static void FN(run_row)(const mel_transform *t, const mel_plan *p,
     }
 }
 
-static void FN(run_rows)(const mel_transform *t, const mel_plan *p,
-                         const int32_t *vslot, mel_chunk *ch, int fb)
+static void FN(run_rows)(const mel_transform *t, const mel_plan *p, mel_chunk *ch, int fb)
 {
     const int64_t V = ch->V;
     const int64_t R = ch->R;
+    const int n = t->n;
     const int nthreads = ch->threads;
+    T *regs = (T *)ch->regs;
+    int64_t *iregs = ch->iregs;
+    for (int q = 0; q < p->n_phases; q++) {
+        const int p0 = p->phase_start[q], p1 = p->phase_start[q + 1];
+        const int final = q == p->n_phases - 1;
+        /* barrier: segment sums that open this phase, in a fixed order */
+        for (int pos = p0; pos < p1 && q > 0; pos++) {
+            const int i = p->order[pos];
+            if (t->nodes[i].op != OP_SEGSUM) continue;
+            const int a = t->nodes[i].a;
+            for (int64_t r0 = 0; r0 < R; r0 += t->seg_len) {
+                double acc = 0;
+                for (int64_t r = r0; r < r0 + t->seg_len && r < R; r++) acc += (double)regs[r * n + a];
+                for (int64_t r = r0; r < r0 + t->seg_len && r < R; r++) regs[r * n + i] = (T)acc;
+            }
+        }
 #pragma omp parallel num_threads(nthreads)
-    {
-        int tid = omp_get_thread_num();
-        char *base = (char *)ch->scratch + (int64_t)tid * ch->scratch_per_thread;
-        T *scr = (T *)base;
-        T *s = (T *)(base + (int64_t)p->n_slots * V * (int64_t)sizeof(T));
-        int64_t *iv = (int64_t *)(s + t->n);
-        T **vp = (T **)(iv + t->n);
+        {
+            int tid = omp_get_thread_num();
+            char *base = (char *)ch->scratch + (int64_t)tid * ch->scratch_per_thread;
+            T *scr = (T *)base;
+            T **vp = (T **)(base + (int64_t)p->n_slots * V * (int64_t)sizeof(T));
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < R; r++) {
-            FN(run_row)(t, p, vslot, ch, r, scr, s, iv, vp);
-            if (ch->y) ch->y[r] = (double)s[t->out];
-            if (ch->count) ch->count[r] = t->count >= 0 ? (double)s[t->count] : 1.0;
-            for (int k = 0; k < t->n_aux; k++)
-                if (ch->aux[k]) ch->aux[k][r] = (double)s[t->aux[k]];
-            if (!fb) continue;
-            for (int k = 0; k < t->n_inputs; k++)
-                if (ch->ginp[k]) ch->ginp[k][r] = t->adj_input[k] >= 0 ? (double)s[t->adj_input[k]] : 0.0;
-            for (int h = 0; h < t->n_heads; h++) {
-                if (!t->head_diff[h] || !ch->Z[h]) continue;
-                T *dz = (T *)ch->Z[h] + r * V; /* dZ overwrites this row's logits */
-                if (t->adj_head[h] >= 0) memcpy(dz, vp[t->adj_head[h]], (size_t)V * sizeof(T));
-                else memset(dz, 0, (size_t)V * sizeof(T));
+            for (int64_t r = 0; r < R; r++) {
+                T *s = regs + r * n;
+                int64_t *iv = iregs + r * n;
+                FN(run_row)(t, p, p0, p1, ch, r, scr, s, iv, vp);
+                if (!final) continue;
+                if (ch->y) ch->y[r] = (double)s[t->out];
+                if (ch->count) ch->count[r] = t->count >= 0 ? (double)s[t->count] : 1.0;
+                for (int k = 0; k < t->n_aux; k++)
+                    if (ch->aux[k]) ch->aux[k][r] = (double)s[t->aux[k]];
+                if (!fb) continue;
+                for (int k = 0; k < t->n_inputs; k++)
+                    if (ch->ginp[k])
+                        ch->ginp[k][r] = t->adj_input[k] >= 0 ? (double)s[t->adj_input[k]] : 0.0;
+                for (int h = 0; h < t->n_heads; h++) {
+                    if (!t->head_diff[h] || !ch->Z[h]) continue;
+                    T *dz = (T *)ch->Z[h] + r * V; /* dZ overwrites this row's logits */
+                    if (t->adj_head[h] >= 0) memcpy(dz, vp[t->adj_head[h]], (size_t)V * sizeof(T));
+                    else memset(dz, 0, (size_t)V * sizeof(T));
+                }
             }
         }
     }

@@ -44,6 +44,9 @@ typedef struct options {
     double lr;
     int lr_set;
     double weight_decay;
+    int cosine;     /* 1: cosine decay to 0.1·lr over the run */
+    int warmup;     /* linear warm-up steps                    */
+    double clip;    /* global gradient-norm clip, 0 = off      */
     llama_opt_kind optim;
     uint64_t seed;
     int threads;
@@ -65,7 +68,10 @@ static void usage(FILE *f)
 "  --dim N --layers N --heads N --kv-heads N --ffn N --vocab N\n"
 "  --rope-theta X --rms-eps X --tied 0|1        override the preset\n"
 "  --steps N (100) --batch N (8) --seq N (64)\n"
-"  --optim adamw|sgd (adamw) --lr X (adamw 3e-3, sgd 0.05)\n"
+"  --optim adamw|sgd (adamw) --lr X (adamw 1e-3, sgd 0.05)\n"
+"  --lr-schedule cosine|constant (cosine: to 0.1·lr at the last step)\n"
+"  --warmup N (0)               linear warm-up steps\n"
+"  --clip X (0 = off)           clip the global gradient norm to X\n"
 "  --weight-decay X (0)         decoupled, matrices only\n"
 "  --seed N (1234)              init and batch order\n"
 "  --threads N (0 = default)    OpenMP, OpenBLAS and libmel threads\n"
@@ -147,6 +153,7 @@ static void parse_args(int argc, char **argv, options *o)
     o->seed = 1234;
     o->head_mel = 1;
     o->tol = 1e-5;
+    o->cosine = 1;
     llama_config over = {0};
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
@@ -200,6 +207,15 @@ static void parse_args(int argc, char **argv, options *o)
             o->seq = (int)parse_int(name, VAL(), 1, 1 << 16);
         } else if (!strcmp(name, "--lr")) {
             o->lr = parse_double(name, VAL(), 0.0, 1e3); o->lr_set = 1;
+        } else if (!strcmp(name, "--lr-schedule")) {
+            const char *x = VAL();
+            if (x && !strcmp(x, "cosine")) o->cosine = 1;
+            else if (x && !strcmp(x, "constant")) o->cosine = 0;
+            else die_flag(name, x, "expected cosine or constant");
+        } else if (!strcmp(name, "--warmup")) {
+            o->warmup = (int)parse_int(name, VAL(), 0, 100000000);
+        } else if (!strcmp(name, "--clip")) {
+            o->clip = parse_double(name, VAL(), 0.0, 1e30);
         } else if (!strcmp(name, "--weight-decay")) {
             o->weight_decay = parse_double(name, VAL(), 0.0, 1e3);
         } else if (!strcmp(name, "--optim")) {
@@ -286,7 +302,7 @@ static void parse_args(int argc, char **argv, options *o)
                 prog, o->cfg.vocab);
         exit(2);
     }
-    if (!o->lr_set) o->lr = o->optim == OPT_ADAMW ? 3e-3 : 0.05;
+    if (!o->lr_set) o->lr = o->optim == OPT_ADAMW ? 1e-3 : 0.05;
     if ((int64_t)o->batch * o->seq > INT32_MAX / 2) {
         fprintf(stderr, "%s: bad value for --batch: '%d': batch·seq too large\n",
                 prog, o->batch);
@@ -332,7 +348,7 @@ typedef struct trainee {
     int use_mel;
     float *params;
     llama_optim opt;
-    double loss, step_s, head_s, total_s;
+    double loss, step_s, head_s, total_s, grad_norm;
     double first_loss;
 } trainee;
 
@@ -341,7 +357,8 @@ typedef struct trainee {
  * 0, or -1 with a message printed. */
 static int train_step(trainee *m, const llama_config *c, const llama_layout *lo,
                       llama_acts *a, float *g, head_mel *hm, head_naive *hn,
-                      const int32_t *inputs, const int32_t *targets)
+                      const int32_t *inputs, const int32_t *targets,
+                      double clip)
 {
     double t0 = now_s();
     llama_forward(c, lo, m->params, inputs, a);
@@ -360,6 +377,19 @@ static int train_step(trainee *m, const llama_config *c, const llama_layout *lo,
     }
     double t2 = now_s();
     llama_backward(c, lo, m->params, inputs, a, g);
+    if (clip > 0) {
+        /* Global L2 norm of the gradient, accumulated in double. */
+        double ss = 0;
+        const int64_t n = lo->total;
+#pragma omp parallel for schedule(static) reduction(+ : ss)
+        for (int64_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
+        m->grad_norm = sqrt(ss);
+        if (m->grad_norm > clip) {
+            const float s = (float)(clip / m->grad_norm);
+#pragma omp parallel for schedule(static)
+            for (int64_t i = 0; i < n; i++) g[i] *= s;
+        }
+    }
     llama_optim_step(&m->opt, c, lo, m->params, g);
     double t3 = now_s();
     m->head_s = t2 - t1;
@@ -452,11 +482,12 @@ int main(int argc, char **argv)
            c->n_layers, c->n_heads, c->n_kv_heads, c->ffn, c->vocab, c->tied,
            c->rope_theta, c->rms_eps);
     printf("llama-train: %lld parameters (%s); seed %llu; batch %d seq %d "
-           "(N = %lld rows); optim %s lr %g wd %g; steps %d; threads %d; "
-           "libmel %s\n",
+           "(N = %lld rows); optim %s lr %g (%s, warm-up %d) wd %g clip %g; "
+           "steps %d; threads %d; libmel %s\n",
            (long long)lo.total, human(pbytes, b1, sizeof b1),
            (unsigned long long)o.seed, o.batch, o.seq, (long long)N,
-           o.optim == OPT_ADAMW ? "adamw" : "sgd", o.lr, o.weight_decay,
+           o.optim == OPT_ADAMW ? "adamw" : "sgd", o.lr,
+           o.cosine ? "cosine" : "constant", o.warmup, o.weight_decay, o.clip,
            o.steps,
 #ifdef _OPENMP
            omp_get_max_threads(),
@@ -569,9 +600,19 @@ int main(int argc, char **argv)
     int worst_step = 0, bad_steps = 0;
     for (int step = 1; step <= o.steps; step++) {
         llama_corpus_batch(&corpus, &data_rng, o.batch, o.seq, inputs, targets);
+        /* Learning rate of this step: linear warm-up, then cosine decay
+         * from lr to 0.1·lr at the last step (or constant). */
+        double lr_t = o.lr;
+        if (step <= o.warmup) {
+            lr_t = o.lr * step / (o.warmup + 1.0);
+        } else if (o.cosine && o.steps > o.warmup + 1) {
+            double fr = (double)(step - o.warmup - 1) / (o.steps - o.warmup - 1);
+            lr_t = o.lr * (0.1 + 0.9 * 0.5 * (1.0 + cos(3.141592653589793 * fr)));
+        }
         for (int k = 0; k < ncopies; k++) {
+            models[k].opt.lr = lr_t;
             if (train_step(&models[k], c, &lo, &acts, grads, &hmel, &hnaive,
-                           inputs, targets) != 0)
+                           inputs, targets, o.clip) != 0)
                 goto out;
             if (step == 1) models[k].first_loss = models[k].loss;
         }

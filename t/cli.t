@@ -1,0 +1,280 @@
+#!/bin/sh
+# t/cli.t -- the mel tool end to end (TAP).
+#
+# No Python: the .npy inputs are written byte by byte with printf, outputs
+# are read back with od, and every expected value is computed here with awk
+# from closed forms of a tiny problem:
+#   N = 2, D = 1, V = 2,  X = [[1], [2]],  W = [[1], [0]],  labels = [0, 1]
+#   logits z0 = [1, 0], z1 = [2, 0]
+#   CE_0 = log(1 + e^-1), CE_1 = log(1 + e^2)
+#   dZ = softmax(z) - onehot(label); dX = dZ·W, dW = dZᵀ·X (÷ 2 for mean).
+set -u
+top_build=${MEL_TOP_BUILDDIR:-.}
+top_src=${MEL_TOP_SRCDIR:-.}
+MEL=$top_build/examples/mel
+if [ ! -x "$MEL" ]; then
+    echo "Bail out! $MEL is not built"
+    exit 1
+fi
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/mel-cli.XXXXXX") || { echo "Bail out! mktemp"; exit 1; }
+trap 'rm -rf "$tmp"' EXIT
+
+n=0
+fails=0
+ok() { # ok STATUS DESCRIPTION
+    n=$((n + 1))
+    if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else
+        echo "not ok $n - $2"
+        fails=$((fails + 1))
+    fi
+}
+diag() { sed 's/^/# /' "$@"; }
+
+# npy FILE DESCR SHAPE DATA [FORTRAN]: a version 1.0 .npy file; DATA is a
+# printf format of octal escapes (little-endian element bytes).
+npy() {
+    dict="{'descr': '$2', 'fortran_order': ${5:-False}, 'shape': $3, }"
+    len=$((${#dict} + 1))
+    pad=$(((64 - (10 + len) % 64) % 64))
+    hl=$((len + pad))
+    {
+        printf '\223NUMPY\001\000'
+        printf "\\$(printf %03o $((hl % 256)))\\$(printf %03o $((hl / 256)))"
+        printf '%s' "$dict"
+        printf "%${pad}s" ''
+        printf '\n'
+        printf "$4"
+    } >"$1"
+}
+# little-endian bytes of a few exact doubles and integers
+F0='\000\000\000\000\000\000\000\000'
+F1='\000\000\000\000\000\000\360\077'
+F2='\000\000\000\000\000\000\000\100'
+I64_0='\000\000\000\000\000\000\000\000'
+I64_1='\001\000\000\000\000\000\000\000'
+I64_5='\005\000\000\000\000\000\000\000'
+I32_0='\000\000\000\000'
+I32_1='\001\000\000\000'
+
+# values FILE: the elements of a float64 or float32 .npy file, one a line
+values() {
+    hl=$(od -A n -t u2 -j 8 -N 2 "$1" | tr -d ' ')
+    case $(head -c 64 "$1") in
+    *"'<f4'"*) t=f4 ;;
+    *) t=f8 ;;
+    esac
+    od -A n -v -t $t -j $((10 + hl)) "$1" | tr -s ' ' '\n' | sed '/^$/d'
+}
+# close GOT WANT [RTOL]: |got - want| <= rtol·(1 + |want|)
+close() {
+    awk -v g="$1" -v w="$2" -v r="${3:-1e-12}" 'BEGIN {
+        d = g - w; if (d < 0) d = -d; a = w < 0 ? -w : w
+        exit !(g != "" && d <= r * (1 + a)) }'
+}
+# close_list FILE "W1 W2 ..." [RTOL]: every value of FILE against the list
+close_list() {
+    got=$(values "$1" | tr '\n' ' ')
+    set -- "$got" "$2" "${3:-1e-12}"
+    awk -v g="$1" -v w="$2" -v r="$3" 'BEGIN {
+        ng = split(g, G, " "); nw = split(w, W, " ")
+        if (ng != nw) exit 1
+        for (i = 1; i <= ng; i++) {
+            d = G[i] - W[i]; if (d < 0) d = -d; a = W[i] < 0 ? -W[i] : W[i]
+            if (d > r * (1 + a)) exit 1
+        }
+        exit 0 }'
+}
+expect() { awk "BEGIN { e = exp(1); $1 }"; }
+
+# ---- inputs
+npy "$tmp/x.npy" '<f8' '(2, 1)' "$F1$F2"
+npy "$tmp/w.npy" '<f8' '(2, 1)' "$F1$F0"
+npy "$tmp/b.npy" '<f8' '(2,)' "$F0$F1"
+npy "$tmp/labels.npy" '<i8' '(2,)' "$I64_0$I64_1"
+npy "$tmp/labels32.npy" '<i4' '(2,)' "$I32_0$I32_1"
+npy "$tmp/labels_bad.npy" '<i8' '(2,)' "$I64_0$I64_5"
+npy "$tmp/labels_f.npy" '<f8' '(2,)' "$F0$F1"
+npy "$tmp/labels3.npy" '<i8' '(3,)' "$I64_0$I64_1$I64_0"
+npy "$tmp/w_d2.npy" '<f8' '(2, 2)' "$F1$F0$F0$F1"
+npy "$tmp/w_v1.npy" '<f8' '(1, 1)' "$F1"
+npy "$tmp/labels_v1.npy" '<i8' '(2,)' "$I64_0$I64_0"
+npy "$tmp/g2.npy" '<f8' '()' "$F2"
+npy "$tmp/ftn2.npy" '<f8' '(2, 2)' "$F1$F2$F1$F2" True
+printf 'this is not a .npy file\n' >"$tmp/garbage.npy"
+npy "$tmp/u2.npy" '<u2' '(2,)' '\000\000\001\000'
+
+ce0=$(expect 'printf "%.17g", log(1 + exp(-1))')
+ce1=$(expect 'printf "%.17g", log(1 + exp(2))')
+mean=$(expect 'printf "%.17g", (log(1 + exp(-1)) + log(1 + exp(2))) / 2')
+# mean-reduced gradients
+p00=$(expect 'printf "%.17g", e / (e + 1)')        # softmax([1, 0])[0]
+p10=$(expect 'printf "%.17g", e^2 / (e^2 + 1)')    # softmax([2, 0])[0]
+dx=$(awk -v a="$p00" -v b="$p10" 'BEGIN { printf "%.17g %.17g", (a - 1) / 2, b / 2 }')
+dw=$(awk -v a="$p00" -v b="$p10" 'BEGIN {
+    printf "%.17g %.17g", ((a - 1) * 1 + b * 2) / 2, ((1 - a) * 1 + ((1 - b) - 1) * 2) / 2 }')
+RUN="run ce --hidden $tmp/x.npy --weight $tmp/w.npy --labels $tmp/labels.npy"
+
+# ---- version, list
+version=$(sed -n 's/^AC_INIT(\[[^]]*\], *\[\([^]]*\)\].*/\1/p' "$top_src/configure.ac")
+out=$("$MEL" --version)
+rc=$?
+case $out in *"$version"*) r=$rc ;; *) r=1 ;; esac
+ok $r "mel --version prints $version ($out)"
+"$MEL" list >"$tmp/list"
+rc=$?
+grep -q '^ce ' "$tmp/list" && [ $rc -eq 0 ]
+ok $? "mel list lists ce"
+
+# ---- run ce, float64, against the closed forms
+$MEL $RUN --dtype f64 --output "$tmp/y.npy" 2>"$tmp/err"
+ok $? "run ce --dtype f64 exits 0" || diag "$tmp/err"
+close_list "$tmp/y.npy" "$mean"
+ok $? "mean CE = (log(1+e^-1) + log(1+e^2))/2 = $mean (got $(values "$tmp/y.npy"))"
+head -c 128 "$tmp/y.npy" | grep -q "'shape': ()"
+ok $? "--output of a reduced y is 0-d"
+got=$($MEL $RUN --dtype f64)
+close "$got" "$mean"
+ok $? "without --output y is printed on stdout ($got)"
+$MEL $RUN --dtype f64 --reduction none --output "$tmp/yn.npy"
+close_list "$tmp/yn.npy" "$ce0 $ce1"
+ok $? "--reduction none gives both rows ($(values "$tmp/yn.npy" | tr '\n' ' '))"
+got=$($MEL $RUN --dtype f64 --reduction sum)
+close "$got" "$(awk -v a="$ce0" -v b="$ce1" 'BEGIN { printf "%.17g", a + b }')"
+ok $? "--reduction sum ($got)"
+got=$($MEL run ce --hidden "$tmp/x.npy" --weight "$tmp/w.npy" --labels "$tmp/labels32.npy" --dtype f64)
+close "$got" "$mean"
+ok $? "int32 labels ($got)"
+
+# ---- gradients in every mode
+for mode in fused recompute naive chunk1; do
+    case $mode in
+    chunk1) flags="--chunk-rows 1" ;;
+    *) flags="--mode $mode" ;;
+    esac
+    rm -f "$tmp/dx.npy" "$tmp/dw.npy" "$tmp/y.npy"
+    $MEL $RUN --dtype f64 $flags --output "$tmp/y.npy" --grad-hidden "$tmp/dx.npy" \
+        --grad-weight "$tmp/dw.npy" --stats "$tmp/stats.json" 2>"$tmp/err"
+    ok $? "$mode: exits 0" || diag "$tmp/err"
+    close_list "$tmp/y.npy" "$mean"
+    ok $? "$mode: y"
+    close_list "$tmp/dx.npy" "$dx"
+    ok $? "$mode: dX = ($dx) (got $(values "$tmp/dx.npy" | tr '\n' ' '))"
+    close_list "$tmp/dw.npy" "$dw"
+    ok $? "$mode: dW = ($dw) (got $(values "$tmp/dw.npy" | tr '\n' ' '))"
+done
+grep -q '"chunks": 2,' "$tmp/stats.json" && grep -q '"chunk_rows": 1,' "$tmp/stats.json" &&
+    grep -q '"peak_workspace_bytes": [1-9]' "$tmp/stats.json" && grep -q '"seconds": ' "$tmp/stats.json"
+ok $? "--stats with --chunk-rows 1: chunk_rows 1, chunks 2, peak_workspace_bytes > 0" ||
+    diag "$tmp/stats.json"
+
+# upstream gradient 2 doubles the gradients
+$MEL $RUN --dtype f64 --grad-output "$tmp/g2.npy" --grad-hidden "$tmp/dx.npy" >/dev/null
+close_list "$tmp/dx.npy" "$(echo "$dx" | awk '{ printf "%.17g %.17g", 2 * $1, 2 * $2 }')"
+ok $? "--grad-output 2 doubles dX"
+
+# bias b = [0, 1]: z0 = [1, 1], z1 = [2, 1]; CE_0 = log 2, CE_1 = log(1 + e)
+$MEL $RUN --dtype f64 --bias "$tmp/b.npy" --output "$tmp/y.npy" --grad-bias "$tmp/db.npy"
+close_list "$tmp/y.npy" "$(expect 'printf "%.17g", (log(2) + log(1 + e)) / 2')"
+ok $? "bias: mean CE = (log 2 + log(1+e))/2"
+# db = Σ_i dZ_i / 2: dZ_0 = [1/2 - 1, 1/2], dZ_1 = [e/(e+1), 1/(e+1) - 1]
+close_list "$tmp/db.npy" "$(expect 'printf "%.17g %.17g", (-0.5 + e / (e + 1)) / 2, (0.5 + 1 / (e + 1) - 1) / 2')"
+ok $? "bias: db (got $(values "$tmp/db.npy" | tr '\n' ' '))"
+
+# V = 1: the only class has probability 1, CE = 0 and dX = 0
+got=$($MEL run ce --hidden "$tmp/x.npy" --weight "$tmp/w_v1.npy" --labels "$tmp/labels_v1.npy" --dtype f64 --grad-hidden "$tmp/dx1.npy")
+close "$got" 0 && close_list "$tmp/dx1.npy" "0 0"
+ok $? "V = 1: CE = 0, dX = 0 ($got)"
+
+# float32 storage: same values to fp32 accuracy; gradients saved as float32
+$MEL $RUN --dtype f32 --output "$tmp/y.npy" --grad-hidden "$tmp/dx.npy" 2>"$tmp/err"
+ok $? "--dtype f32 exits 0" || diag "$tmp/err"
+close_list "$tmp/y.npy" "$mean" 1e-6 && close_list "$tmp/dx.npy" "$dx" 1e-6
+ok $? "--dtype f32: y and dX within 1e-6"
+head -c 128 "$tmp/dx.npy" | grep -q "'<f4'"
+ok $? "--dtype f32: --grad-hidden is float32"
+
+# ---- an outside reference: the PyTorch fixture t/fixtures/ce_bias (f64, sum)
+fx=$top_src/t/fixtures/ce_bias
+# close_files GOT WANT RTOL: the values of two .npy files agree
+close_files() { close_list "$1" "$(values "$2" | tr '\n' ' ')" "$3"; }
+if [ -f "$fx/X.npy" ] && grep -q '^reduction=sum' "$fx/case.txt"; then
+    $MEL run ce --hidden "$fx/X.npy" --weight "$fx/W.npy" --bias "$fx/bias.npy" \
+        --labels "$fx/labels.npy" --reduction sum --dtype f64 --output "$tmp/fy.npy" \
+        --grad-hidden "$tmp/fdx.npy" --grad-weight "$tmp/fdw.npy" --grad-bias "$tmp/fdb.npy" \
+        --chunk-rows 5 2>"$tmp/err"
+    ok $? "run ce on fixture ce_bias exits 0" || diag "$tmp/err"
+    close_files "$tmp/fy.npy" "$fx/y.npy" 1e-10 && close_files "$tmp/fdx.npy" "$fx/dX.npy" 1e-10 &&
+        close_files "$tmp/fdw.npy" "$fx/dW.npy" 1e-10 && close_files "$tmp/fdb.npy" "$fx/db.npy" 1e-10
+    ok $? "fixture ce_bias (torch F.cross_entropy): y, dX, dW, db agree to 1e-10"
+else
+    n=$((n + 1))
+    echo "ok $n # SKIP fixture t/fixtures/ce_bias not present"
+fi
+
+# ---- gradcheck
+"$MEL" gradcheck ce >"$tmp/gc" 2>&1
+rc=$?
+[ $rc -eq 0 ] && grep -q '^PASS' "$tmp/gc" && grep -q 'failed 0' "$tmp/gc"
+ok $? "mel gradcheck ce passes (exit $rc)" || diag "$tmp/gc"
+"$MEL" gradcheck ce --rows 5 --vocab 3 --reduction none --seed 7 --param label_smoothing=0.1 >"$tmp/gc" 2>&1
+rc=$?
+[ $rc -eq 0 ] && grep -q '^PASS' "$tmp/gc"
+ok $? "mel gradcheck ce --reduction none --param label_smoothing=0.1 passes (exit $rc)" ||
+    diag "$tmp/gc"
+
+# ---- bad usage / bad input: exit 2, one line "mel: ..." naming the culprit
+expect_fail() { # expect_fail DESCRIPTION NEEDLE ARGS...
+    desc=$1
+    needle=$2
+    shift 2
+    "$MEL" "$@" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    lines=$(wc -l <"$tmp/err")
+    if [ $rc -eq 2 ] && [ "$lines" -eq 1 ] && grep -q '^mel: ' "$tmp/err" &&
+        grep -qF -- "$needle" "$tmp/err"; then
+        ok 0 "$desc: $(cat "$tmp/err")"
+    else
+        ok 1 "$desc (exit $rc, $lines lines on stderr, want 2 and 1 naming '$needle')"
+        diag "$tmp/err"
+    fi
+}
+expect_fail "missing file" "$tmp/nope.npy" \
+    run ce --hidden "$tmp/nope.npy" --weight "$tmp/w.npy" --labels "$tmp/labels.npy"
+expect_fail "unknown flag" "--frobnicate" $RUN --frobnicate 3
+expect_fail "flag without its value" "--output" $RUN --output
+expect_fail "unknown transform" "nosuch" \
+    run nosuch --hidden "$tmp/x.npy" --weight "$tmp/w.npy" --labels "$tmp/labels.npy"
+expect_fail "unknown command" "frob" frob
+expect_fail "unknown --param" "no_such_param" $RUN --param no_such_param=1
+expect_fail "--param without =" "--param" $RUN --param temperature
+expect_fail "non-numeric --param" "temperature" $RUN --param temperature=warm
+expect_fail "unknown loss_type word" "loss_type" $RUN --param loss_type=ppo
+expect_fail "labels out of range" "labels" \
+    run ce --hidden "$tmp/x.npy" --weight "$tmp/w.npy" --labels "$tmp/labels_bad.npy"
+expect_fail "float labels" "--labels" \
+    run ce --hidden "$tmp/x.npy" --weight "$tmp/w.npy" --labels "$tmp/labels_f.npy"
+expect_fail "unsupported dtype <u2" "'<u2'" \
+    run ce --hidden "$tmp/x.npy" --weight "$tmp/w.npy" --labels "$tmp/u2.npy"
+expect_fail "labels of the wrong length" "--labels" \
+    run ce --hidden "$tmp/x.npy" --weight "$tmp/w.npy" --labels "$tmp/labels3.npy"
+expect_fail "shape mismatch X [2,1] vs W [2,2]" "--weight" \
+    run ce --hidden "$tmp/x.npy" --weight "$tmp/w_d2.npy" --labels "$tmp/labels.npy"
+expect_fail "X given as a 1-d array" "--hidden" \
+    run ce --hidden "$tmp/labels_f.npy" --weight "$tmp/w.npy" --labels "$tmp/labels.npy"
+expect_fail "malformed npy" "garbage.npy" \
+    run ce --hidden "$tmp/garbage.npy" --weight "$tmp/w.npy" --labels "$tmp/labels.npy"
+expect_fail "Fortran-order npy" "Fortran" \
+    run ce --hidden "$tmp/ftn2.npy" --weight "$tmp/w.npy" --labels "$tmp/labels.npy"
+expect_fail "bad --reduction" "--reduction" $RUN --reduction avg
+expect_fail "bad --mode" "--mode" $RUN --mode turbo --grad-hidden "$tmp/dx.npy"
+expect_fail "bad --chunk-rows" "--chunk-rows" $RUN --chunk-rows zero
+expect_fail "bad --dtype" "--dtype" $RUN --dtype f8
+expect_fail "--grad-output of the wrong shape" "--grad-output" \
+    $RUN --grad-output "$tmp/b.npy" --grad-hidden "$tmp/dx.npy"
+expect_fail "--grad-bias without --bias" "--grad-bias" $RUN --grad-bias "$tmp/db.npy"
+expect_fail "missing --hidden" "--hidden" run ce --weight "$tmp/w.npy"
+expect_fail "gradcheck of an unknown transform" "nosuch" gradcheck nosuch
+expect_fail "gradcheck with a bad --rows" "--rows" gradcheck ce --rows -3
+
+echo "1..$n"
+[ $fails -eq 0 ]
