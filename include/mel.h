@@ -279,6 +279,34 @@ MEL_API int mel_builtin_count(void);
 MEL_API const char *mel_builtin_name(int i);
 MEL_API const char *mel_builtin_help(int i);
 
+/* ------------------------------------------------------------------ GRPO
+ *
+ * The "grpo" built-in computes the per-token loss ℓ; TRL's loss types are
+ * all Σ_i w_i·ℓ_i with per-row weights w (reduction MEL_REDUCE_WEIGHTED),
+ * computed over the whole batch (never per chunk):
+ *   grpo     w = m / max(Σ_t m, 1) / B / GA      (per-sequence mean, then mean)
+ *   bnpo     w = m / max(Σ m, 1) / GA
+ *   dr_grpo  w = m / (B · max_completion_length) / GA
+ *   dapo     w = m / max(num_items_in_batch, 1)  (Σ m when num_items_in_batch = 0)
+ * mask [B·T] row-major (row b·T + t is token t of sequence b); w [B·T].
+ */
+typedef enum mel_grpo_loss_type {
+    MEL_GRPO_GRPO = 0,
+    MEL_GRPO_BNPO = 1,
+    MEL_GRPO_DR_GRPO = 2,
+    MEL_GRPO_DAPO = 3
+} mel_grpo_loss_type;
+MEL_API mel_status mel_grpo_weights(mel_ctx *ctx, mel_grpo_loss_type type, int64_t B,
+                                    int64_t T, const double *mask,
+                                    int64_t max_completion_length,
+                                    double num_items_in_batch, int64_t grad_accum,
+                                    double *w);
+/* Group-normalised advantages: rewards [n] in groups of `group` consecutive
+ * completions; adv = (r − mean_group) / (std_group + 1e-4) with Bessel's
+ * std (scale != 0), or r − mean_group (scale == 0). */
+MEL_API mel_status mel_group_advantages(mel_ctx *ctx, const double *rewards, int64_t n,
+                                        int64_t group, int scale, double *adv);
+
 /* ------------------------------------------------------------- call args
  *
  * A mel_args binds the caller's buffers to a transform's inputs and

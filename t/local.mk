@@ -11,3 +11,7 @@ check_PROGRAMS += t/engine.t
 t_engine_t_SOURCES = t/engine.c
 t_engine_t_LDADD = $(TEST_LIBS)
 TESTS += t/engine.t
+check_PROGRAMS += t/grpo.t
+t_grpo_t_SOURCES = t/grpo.c
+t_grpo_t_LDADD = $(TEST_LIBS)
+TESTS += t/grpo.t

@@ -18,7 +18,7 @@ typedef struct pdef {
     int integer;
 } pdef;
 
-#define MAXP 16
+#define MAXP 24
 typedef struct builtin {
     const char *name;
     const char *help;
@@ -135,6 +135,61 @@ static mel_status build_kl(mel_graph *g, const double *p) { return build_kd(g, p
 static mel_status build_rkl(mel_graph *g, const double *p) { return build_kd(g, p, KD_REVERSE); }
 static mel_status build_jsd(mel_graph *g, const double *p) { return build_kd(g, p, KD_JSD); }
 
+/* GRPO per token (doc/transforms.md): ratio r = exp(logp − old) (token) or
+ * exp(s_b), s_b = Σ_t m·(logp − old) / max(Σ_t m, 1) (sequence), then
+ * ℓ = −min(min(r, δ)·A, clamp(r, 1−ε_low, 1+ε_high)·A) + β·k3(ref, logp). */
+enum { G_BETA = P_COMMON, G_EPS_LOW, G_EPS_HIGH, G_DELTA, G_OLD, G_REF, G_LEVEL, G_SEQ, G_LOSS,
+       G_MAXLEN, G_ITEMS };
+static mel_status build_grpo(mel_graph *g, const double *p)
+{
+    const double el = p[G_EPS_LOW], eh = p[G_EPS_HIGH] < 0 ? p[G_EPS_LOW] : p[G_EPS_HIGH];
+    const int seq = p[G_LEVEL] == 1;
+    if (seq && p[G_SEQ] < 1) {
+        mel_g_set_output(g, -1);
+        return MEL_ERR_INVALID_ARGUMENT;
+    }
+    mel_val lab = mel_g_index(g, "labels", (int64_t)p[P_IGNORE]);
+    mel_val z = prep_logits(g, 0, 1, p);
+    mel_val logp = mel_g_sub(g, mel_g_gather(g, z, lab), mel_g_logsumexp(g, z));
+    mel_val mask = mel_g_input(g, "mask", 0);
+    mel_val on = mel_g_lt(g, mel_g_const(g, 0), mel_g_abs(g, mask)); /* mask != 0 */
+    mel_val adv = mel_g_input(g, "advantages", 0);
+    mel_val old = p[G_OLD] ? mel_g_input(g, "old_logp", 0) : mel_g_stop_gradient(g, logp);
+    mel_val zero = mel_g_const(g, 0);
+    mel_val logr = mel_g_sub(g, logp, old);
+    if (seq) {
+        mel_g_set_segment(g, (int64_t)p[G_SEQ]);
+        mel_val num = mel_g_segment_sum(g, mel_g_where(g, on, mel_g_mul(g, mask, logr), zero));
+        mel_val den = mel_g_max(g, mel_g_segment_sum(g, mask), mel_g_const(g, 1));
+        logr = mel_g_div(g, num, den);
+    }
+    mel_val r = mel_g_exp(g, logr);
+    mel_val c1 = p[G_DELTA] > 0 ? mel_g_min(g, r, mel_g_const(g, p[G_DELTA])) : r;
+    mel_val c2 = mel_g_clamp(g, r, 1 - el, 1 + eh);
+    mel_val loss = mel_g_neg(g, mel_g_min(g, mel_g_mul(g, c1, adv), mel_g_mul(g, c2, adv)));
+    if (p[G_BETA] != 0) {
+        mel_val ref;
+        if (p[G_REF] == 1) {
+            mel_val zr = prep_logits(g, 1, 0, p);
+            ref = mel_g_sub(g, mel_g_gather(g, zr, lab), mel_g_logsumexp(g, zr));
+        } else {
+            ref = mel_g_input(g, "ref_logp", 0);
+        }
+        mel_val d = mel_g_sub(g, ref, logp);
+        mel_val kl = mel_g_sub(g, mel_g_sub(g, mel_g_exp(g, d), d), mel_g_const(g, 1));
+        loss = mel_g_add(g, loss, mel_g_scale(g, kl, p[G_BETA]));
+        mel_g_add_aux(g, "kl", mel_g_where(g, on, kl, zero));
+    }
+    /* TRL's clip statistics: ratio below 1−ε_low with A < 0, or above 1+ε_high with A > 0 */
+    mel_val low = mel_g_mul(g, mel_g_lt(g, c1, mel_g_const(g, 1 - el)), mel_g_lt(g, adv, zero));
+    mel_val high = mel_g_mul(g, mel_g_lt(g, mel_g_const(g, 1 + eh), c1), mel_g_lt(g, zero, adv));
+    mel_g_add_aux(g, "is_clipped", mel_g_where(g, on, mel_g_max(g, low, high), zero));
+    mel_g_add_aux(g, "ratio", mel_g_where(g, on, r, zero));
+    mel_g_add_aux(g, "logp", logp);
+    mel_g_set_count(g, mask);
+    return mel_g_set_output(g, mel_g_where(g, on, loss, zero));
+}
+
 /* ------------------------------------------------------------ table */
 
 static const builtin builtins[] = {
@@ -172,6 +227,20 @@ static const builtin builtins[] = {
      "temperature, t2_scale, logit_scale, softcap",
      {COMMON_PARAMS, {"t2_scale", 0, 0, 1, 1}, {"beta", 0.5, 0, 1, 0}},
      build_jsd},
+    {"grpo",
+     "GRPO/DAPO/Dr.GRPO/GSPO policy loss per token  inputs: head 0 (policy), labels, mask, "
+     "advantages (per row), old_logp (when use_old_logp=1), ref_logp (when beta != 0 and "
+     "ref_source=0) or head 1 (ref_source=1)  params: beta, epsilon_low, epsilon_high (default "
+     "= epsilon_low), delta (0 = off), use_old_logp, ref_source, importance_sampling_level "
+     "(0 token, 1 sequence), seq_len, temperature, loss_type (0 grpo, 1 bnpo, 2 dr_grpo, 3 "
+     "dapo), max_completion_length, num_items_in_batch (the last three: for mel_grpo_weights)  "
+     "aux: kl, is_clipped, ratio, logp",
+     {COMMON_PARAMS, {"beta", 0, 0, 1e300, 0}, {"epsilon_low", 0.2, 0, 1, 0},
+      {"epsilon_high", -1, -1, 1e300, 0}, {"delta", 0, 0, 1e300, 0}, {"use_old_logp", 0, 0, 1, 1},
+      {"ref_source", 0, 0, 1, 1}, {"importance_sampling_level", 0, 0, 1, 1},
+      {"seq_len", 0, 0, 1e15, 1}, {"loss_type", 3, 0, 3, 1}, {"max_completion_length", 512, 1, 1e15, 1},
+      {"num_items_in_batch", 0, 0, 1e300, 0}},
+     build_grpo},
 };
 #define N_BUILTINS ((int)(sizeof builtins / sizeof builtins[0]))
 
@@ -223,6 +292,12 @@ mel_status mel_transform_builtin(mel_ctx *ctx, const char *name, const mel_param
     }
     mel_graph *g = mel_graph_new();
     if (!g) return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "mel_transform_builtin: out of memory");
+    if (!strcmp(name, "grpo") && p[G_LEVEL] == 1 && p[G_SEQ] < 1) {
+        mel_graph_free(g);
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                        "transform 'grpo': importance_sampling_level = 1 (sequence) needs seq_len >= 1 "
+                        "(the completion length T; rows are B·T tokens in row-major order)");
+    }
     mel_status s = b->build(g, p);
     if (s == MEL_OK || g->failed) s = mel_graph_compile(ctx, g, name, out);
     else mel_fail(ctx, s, "transform '%s': %s", name, g->err);
