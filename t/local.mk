@@ -15,3 +15,9 @@ check_PROGRAMS += t/grpo.t
 t_grpo_t_SOURCES = t/grpo.c
 t_grpo_t_LDADD = $(TEST_LIBS)
 TESTS += t/grpo.t
+
+# The user-defined transform example doubles as a test (it prints TAP).
+check_PROGRAMS += t/focal.t
+t_focal_t_SOURCES = examples/focal.c
+t_focal_t_LDADD = lib/libmel.la -lm
+TESTS += t/focal.t

@@ -1,1 +1,49 @@
-# The Llama trainer (issue 5).
+# The Llama trainer (issue 5): examples/llama/, doc/llama.md.
+LLAMA_MODEL_SOURCES = \
+	examples/llama/model.c examples/llama/model.h \
+	examples/llama/head.c examples/llama/head.h
+LLAMA_CFLAGS = $(AM_CFLAGS) $(OPENBLAS_CFLAGS) -O2
+LLAMA_LIBS = lib/libmel.la $(OPENBLAS_LIBS) -lm
+
+noinst_PROGRAMS += examples/llama/llama-train
+examples_llama_llama_train_SOURCES = examples/llama/llama-train.c \
+	examples/llama/data.c examples/llama/data.h $(LLAMA_MODEL_SOURCES)
+examples_llama_llama_train_CFLAGS = $(LLAMA_CFLAGS)
+examples_llama_llama_train_LDADD = $(LLAMA_LIBS)
+
+# The C model against HF transformers' LlamaForCausalLM (fixture written by
+# examples/llama/gen_hf_fixture.py; never run by make).
+check_PROGRAMS += t/llama_hf.t
+t_llama_hf_t_SOURCES = t/llama_hf.c $(LLAMA_MODEL_SOURCES)
+t_llama_hf_t_CFLAGS = $(LLAMA_CFLAGS)
+t_llama_hf_t_LDADD = $(TEST_LIBS) $(OPENBLAS_LIBS)
+TESTS += t/llama_hf.t
+
+# --compare on tiny: the mel and naive heads train to the same losses.
+dist_check_SCRIPTS += t/llama_compare.t
+TESTS += t/llama_compare.t
+t/llama_compare.log: examples/llama/llama-train$(EXEEXT)
+
+EXTRA_DIST += examples/llama/gen_hf_fixture.py \
+	examples/llama/compare_logs.sh \
+	t/fixtures/llama/tiny-weights.ckpt \
+	t/fixtures/llama/tiny-grads.ckpt \
+	t/fixtures/llama/tiny-batch.bin
+
+# make demo-llama: train tiny with both heads side by side on the default
+# corpus (/usr/share/common-licenses), print the table summary, each head's
+# memory and the plot.  OMP_WAIT_POLICY=passive keeps OpenMP's spinning
+# threads from starving OpenBLAS's on small machines.
+DEMO_LLAMA_FLAGS = --config tiny --compare --steps 300 --batch 8 --seq 64 \
+	--chunk-rows 64 --seed 1234
+.PHONY: demo-llama
+demo-llama: examples/llama/llama-train$(EXEEXT)
+	OMP_WAIT_POLICY=passive $(builddir)/examples/llama/llama-train \
+	  $(DEMO_LLAMA_FLAGS) --log-csv demo-llama.csv \
+	  $$(command -v gnuplot >/dev/null 2>&1 && echo --plot demo-llama.png) \
+	  > demo-llama.log; rc=$$?; \
+	awk '$$1 == "step" && ($$2 <= 5 || $$2 % 25 == 0)' demo-llama.log; \
+	grep -v '^step ' demo-llama.log | grep -v '^llama-train:'; \
+	echo "demo-llama: full log in demo-llama.log, per-step CSV in demo-llama.csv"; \
+	exit $$rc
+CLEANFILES += demo-llama.log demo-llama.csv demo-llama.png demo-llama.png.gp
