@@ -21,3 +21,7 @@ check_PROGRAMS += t/focal.t
 t_focal_t_SOURCES = examples/focal.c
 t_focal_t_LDADD = lib/libmel.la -lm
 TESTS += t/focal.t
+check_PROGRAMS += t/vmath.t
+t_vmath_t_SOURCES = t/vmath.c
+t_vmath_t_LDADD = t/libtap.la -lm
+TESTS += t/vmath.t

@@ -11,6 +11,15 @@
 #include <cblas.h>
 
 #include "mel_internal.h"
+#include "vmath.h"
+
+/* The row executor is compiled for AVX-512 and AVX2 as well as the
+ * baseline; the loader picks the best the CPU has (GCC ifunc). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define MEL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MEL_CLONES
+#endif
 
 #ifdef HAVE_OPENBLAS_SET_NUM_THREADS
 void openblas_set_num_threads(int);

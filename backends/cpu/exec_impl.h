@@ -1,11 +1,18 @@
 /* The CPU row-program executor, instantiated for one real type.
  * Include with T (float or double) and FN(name) defined. */
 
+/* FEXP / FTANH: the vectorisable float versions for float, libm for the
+ * fp64 reference path. */
+#undef FEXP
+#undef FTANH
+#define FEXP(x) (sizeof(T) == 4 ? (T)mel_expf((float)(x)) : (T)exp((double)(x)))
+#define FTANH(x) (sizeof(T) == 4 ? (T)mel_tanhf((float)(x)) : (T)tanh((double)(x)))
+
 /* Run positions [p0, p1) of plan p for row r of the chunk.  Vectors live in
  * `scr` (n_slots × V) or, for logits, in the chunk's Z rows; s / iv are
  * the row's scalar and index registers (persisting across phases), vp the
  * thread's vector pointers. */
-static void FN(run_row)(const mel_transform *t, const mel_plan *p, int p0, int p1,
+MEL_CLONES static void FN(run_row)(const mel_transform *t, const mel_plan *p, int p0, int p1,
                         const mel_chunk *ch, int64_t r, T *scr, T *s, int64_t *iv, T **vp)
 {
     const int64_t V = ch->V;
@@ -51,10 +58,10 @@ static void FN(run_row)(const mel_transform *t, const mel_plan *p, int p0, int p
     }                                                                        \
     break;
         case OP_NEG: UNARY(x, -x)
-        case OP_EXP: UNARY(x, exp(x))
+        case OP_EXP: UNARY(x, FEXP(x))
         case OP_LOG: UNARY(x, log(x))
-        case OP_TANH: UNARY(x, tanh(x))
-        case OP_SIGMOID: UNARY(x, (T)1 / ((T)1 + exp(-x)))
+        case OP_TANH: UNARY(x, FTANH(x))
+        case OP_SIGMOID: UNARY(x, (T)1 / ((T)1 + FEXP(-x)))
         case OP_SQUARE: UNARY(x, x * x)
         case OP_SQRT: UNARY(x, sqrt(x))
         case OP_LOG1P: UNARY(x, log1p(x))
@@ -138,7 +145,7 @@ static void FN(run_row)(const mel_transform *t, const mel_plan *p, int p0, int p
             } else {
                 double acc = 0;
                 _Pragma("omp simd reduction(+:acc)") for (int64_t j = 0; j < V; j++)
-                    acc += exp(A[j] - m);
+                    acc += FEXP(A[j] - m);
                 s[i] = (T)(m + log(acc));
             }
             break;

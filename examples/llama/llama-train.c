@@ -569,10 +569,11 @@ int main(int argc, char **argv)
         llama_init_params(c, &lo, models[0].params, o.seed);
     }
     if (ncopies == 2) memcpy(models[1].params, models[0].params, (size_t)pbytes);
-    printf("llama-train: %s in %.1f s; memory: %d × params + grads %s, "
-           "optimizer %s, activations %s\n",
-           o.load ? "loaded" : "initialised", now_s() - t_init, ncopies,
-           human(pbytes, b1, sizeof b1),
+    printf("llama-train: %s in %.1f s; memory: parameters %s × %d "
+           "cop%s + one gradient buffer of the same size, optimizer %s, "
+           "activations %s\n",
+           o.load ? "loaded" : "initialised", now_s() - t_init,
+           human(pbytes, b1, sizeof b1), ncopies, ncopies == 1 ? "y" : "ies",
            human(o.optim == OPT_ADAMW ? 2 * pbytes * ncopies : 0, b2, sizeof b2),
            human(acts.bytes, b3, sizeof b3));
 
