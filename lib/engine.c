@@ -17,8 +17,9 @@ static double now(void)
 /* Everything a call needs, resolved and validated. */
 typedef struct call {
     int64_t N, V, D[MEL_MAX_HEADS];
-    mel_dtype ct;
-    size_t es;
+    mel_dtype st; /* storage dtype of X and W                   */
+    mel_dtype ct; /* compute dtype: f64 for f64 storage, else f32 */
+    size_t es;    /* bytes of the compute dtype                  */
     int used[MEL_MAX_HEADS];   /* head read by the program            */
     int want_dz[MEL_MAX_HEADS]; /* head whose dZ must be produced      */
     const mel_bound *idx[MEL_MAX_INPUTS]; /* per transform input slot */
@@ -79,10 +80,8 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
         if (ha->x.dtype != ha->w.dtype)
             return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "head %d: x is %s but w is %s (they must match)",
                             h, mel_dtype_name(ha->x.dtype), mel_dtype_name(ha->w.dtype));
-        if (ha->x.dtype == MEL_BF16 || ha->x.dtype == MEL_F16)
-            return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "head %d: %s storage is not supported yet (use f32 or f64)",
-                            h, mel_dtype_name(ha->x.dtype));
-        if (ha->x.dtype != MEL_F32 && ha->x.dtype != MEL_F64)
+        if (ha->x.dtype != MEL_F32 && ha->x.dtype != MEL_F64 && ha->x.dtype != MEL_BF16 &&
+            ha->x.dtype != MEL_F16)
             return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "head %d: x dtype %s (%d) is not a float dtype",
                             h, mel_dtype_name(ha->x.dtype), (int)ha->x.dtype);
         if (ha->x.cols != ha->w.cols)
@@ -96,7 +95,8 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
             first = h;
             c->N = ha->x.rows;
             c->V = ha->w.rows;
-            c->ct = ha->x.dtype;
+            c->st = ha->x.dtype;
+            c->ct = ha->x.dtype == MEL_F64 ? MEL_F64 : MEL_F32;
         } else {
             if (ha->x.rows != c->N)
                 return mel_fail(ctx, MEL_ERR_SHAPE, "head %d: x has %lld rows but head %d has %lld",
@@ -104,9 +104,9 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
             if (ha->w.rows != c->V)
                 return mel_fail(ctx, MEL_ERR_SHAPE, "head %d: w has %lld rows (V) but head %d has %lld",
                                 h, (long long)ha->w.rows, first, (long long)c->V);
-            if (ha->x.dtype != c->ct)
+            if (ha->x.dtype != c->st)
                 return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "head %d is %s but head %d is %s",
-                                h, mel_dtype_name(ha->x.dtype), first, mel_dtype_name(c->ct));
+                                h, mel_dtype_name(ha->x.dtype), first, mel_dtype_name(c->st));
         }
         c->used[h] = 1;
         c->D[h] = ha->x.cols;
@@ -197,9 +197,9 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
                 return mel_fail(ctx, MEL_ERR_SHAPE, "dx of head %d is [%lld, %lld] (ld %lld); want [%lld, %lld]",
                                 h, (long long)ha->dx.rows, (long long)ha->dx.cols, (long long)ha->dx.ld,
                                 (long long)c->N, (long long)c->D[h]);
-            if (ha->dx.dtype != c->ct)
+            if (ha->dx.dtype != c->st)
                 return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "dx of head %d is %s; want %s (x's dtype)",
-                                h, mel_dtype_name(ha->dx.dtype), mel_dtype_name(c->ct));
+                                h, mel_dtype_name(ha->dx.dtype), mel_dtype_name(c->st));
         }
         if (ha->dw.data) {
             if (ha->dw.rows != c->V || ha->dw.cols != c->D[h] || ha->dw.ld < ha->dw.cols)
@@ -207,8 +207,9 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
                                 h, (long long)ha->dw.rows, (long long)ha->dw.cols, (long long)ha->dw.ld,
                                 (long long)c->V, (long long)c->D[h]);
             if (ha->dw.dtype != c->ct)
-                return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "dw of head %d is %s; want %s",
-                                h, mel_dtype_name(ha->dw.dtype), mel_dtype_name(c->ct));
+                return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "dw of head %d is %s; want %s (dW is "
+                                "accumulated in %s)", h, mel_dtype_name(ha->dw.dtype),
+                                mel_dtype_name(c->ct), mel_dtype_name(c->ct));
         }
         if (ha->db && !ha->bias)
             return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "db of head %d requested but head %d has no bias", h, h);
@@ -243,6 +244,7 @@ static void write_real(void *p, mel_dtype dt, int64_t i, double v)
 #define ROW_BYTES(t, es) ((int64_t)(t)->n * ((int64_t)(es) + 8) + 8 * (3 + (t)->n_aux + (t)->n_inputs))
 typedef struct sizing {
     int64_t per_row, fixed, scratch_per_thread;
+    int64_t conv_fixed, conv_per_row; /* dtype-conversion scratch (bf16/f16) */
     int threads, heads;
 } sizing;
 
@@ -258,6 +260,16 @@ static void size_call(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, c
     /* per row: Z of each head, scalar and index registers, and doubles for
      * y, count, seed, aux, input grads */
     sz->per_row = (int64_t)sz->heads * c->V * (int64_t)c->es + ROW_BYTES(t, c->es);
+    sz->conv_fixed = sz->conv_per_row = 0;
+    for (int h = 0; h < MEL_MAX_HEADS; h++) {
+        if (!c->used[h] || !ctx->ops->conv_bytes) continue;
+        int64_t f0 = ctx->ops->conv_bytes(ctx, c->st, 0, c->D[h], c->V);
+        int64_t f1 = ctx->ops->conv_bytes(ctx, c->st, 1, c->D[h], c->V) - f0;
+        if (f0 > sz->conv_fixed) sz->conv_fixed = f0;
+        if (f1 > sz->conv_per_row) sz->conv_per_row = f1;
+    }
+    sz->fixed += sz->conv_fixed;
+    sz->per_row += sz->conv_per_row;
 }
 
 typedef struct run {
@@ -267,7 +279,8 @@ typedef struct run {
     double *rowbuf; /* y, count, seed, aux..., ginp... each [R] */
     void *regs;     /* [R, n] scalar registers (compute type)  */
     int64_t *iregs; /* [R, n] index registers                   */
-    size_t bytes_Z, bytes_scratch, bytes_rows, bytes_regs, bytes_iregs;
+    void *conv;     /* dtype conversion scratch, or NULL        */
+    size_t bytes_Z, bytes_scratch, bytes_rows, bytes_regs, bytes_iregs, bytes_conv;
 } run;
 
 static void release(mel_ctx *ctx, run *w)
@@ -277,6 +290,7 @@ static void release(mel_ctx *ctx, run *w)
     mel_ws_free(ctx, w->rowbuf, w->bytes_rows);
     mel_ws_free(ctx, w->regs, w->bytes_regs);
     mel_ws_free(ctx, w->iregs, w->bytes_iregs);
+    mel_ws_free(ctx, w->conv, w->bytes_conv);
     memset(w, 0, sizeof *w);
 }
 
@@ -312,12 +326,14 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const call *c, c
     w->bytes_rows = (size_t)(8 * R * (3 + t->n_aux + t->n_inputs));
     w->bytes_regs = (size_t)(R * t->n) * c->es;
     w->bytes_iregs = (size_t)(R * t->n) * 8;
+    w->bytes_conv = need_Z ? (size_t)(sz->conv_fixed + R * sz->conv_per_row) : 0;
     for (int h = 0; h < MEL_MAX_HEADS && need_Z; h++)
         if (c->used[h] && !(w->Z[h] = mel_ws_alloc(ctx, w->bytes_Z))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && !(w->scratch = mel_ws_alloc(ctx, w->bytes_scratch))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && !(w->rowbuf = mel_ws_alloc(ctx, w->bytes_rows))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && !(w->regs = mel_ws_alloc(ctx, w->bytes_regs))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && !(w->iregs = mel_ws_alloc(ctx, w->bytes_iregs))) s = MEL_ERR_OUT_OF_MEMORY;
+    if (s == MEL_OK && w->bytes_conv && !(w->conv = mel_ws_alloc(ctx, w->bytes_conv))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s != MEL_OK) {
         release(ctx, w);
         return mel_fail(ctx, s, "out of memory allocating the workspace for %lld rows × V = %lld",
@@ -416,11 +432,8 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
         for (int h = 0; h < MEL_MAX_HEADS && s == MEL_OK; h++) {
             if (!c.used[h]) continue;
             const mel_head_args *ha = &a->head[h];
-            s = ctx->ops->gemm(ctx, c.ct, 0, 1, Rc, c.V, c.D[h], 1.0,
-                               (const char *)ha->x.data + (size_t)(r0 * ha->x.ld) * c.es, ha->x.ld,
-                               ha->w.data, ha->w.ld, 0.0, w.Z[h], c.V);
+            s = ctx->ops->logits(ctx, &ha->x, r0, Rc, &ha->w, ha->bias, w.Z[h], w.conv);
             flops += 2 * Rc * c.V * c.D[h];
-            if (s == MEL_OK && ha->bias) s = ctx->ops->add_bias(ctx, c.ct, w.Z[h], Rc, c.V, ha->bias);
         }
         gemm_s += now() - g0;
         if (s) break;
@@ -479,16 +492,12 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
             if (!c.want_dz[h]) continue;
             const mel_head_args *ha = &a->head[h];
             if (ha->dx.data) {
-                double beta = (ha->flags & MEL_ACCUMULATE_DX) ? 1.0 : 0.0;
-                s = ctx->ops->gemm(ctx, c.ct, 0, 0, Rc, c.D[h], c.V, 1.0, w.Z[h], c.V, ha->w.data,
-                                   ha->w.ld, beta,
-                                   (char *)ha->dx.data + (size_t)(r0 * ha->dx.ld) * c.es, ha->dx.ld);
+                s = ctx->ops->grad_x(ctx, w.Z[h], Rc, &ha->w, &ha->dx, r0,
+                                     (ha->flags & MEL_ACCUMULATE_DX) != 0, w.conv);
                 flops += 2 * Rc * c.V * c.D[h];
             }
             if (s == MEL_OK && ha->dw.data) {
-                s = ctx->ops->gemm(ctx, c.ct, 1, 0, c.V, c.D[h], Rc, 1.0, w.Z[h], c.V,
-                                   (const char *)ha->x.data + (size_t)(r0 * ha->x.ld) * c.es,
-                                   ha->x.ld, 1.0, ha->dw.data, ha->dw.ld);
+                s = ctx->ops->grad_w(ctx, w.Z[h], Rc, &ha->x, r0, &ha->dw, w.conv);
                 flops += 2 * Rc * c.V * c.D[h];
             }
             if (s == MEL_OK && ha->db) s = ctx->ops->colsum(ctx, c.ct, w.Z[h], Rc, c.V, ha->db);

@@ -219,6 +219,19 @@ struct mel_backend_ops {
     /* db[:] += Σ_r Z[r, :] */
     mel_status (*colsum)(mel_ctx *ctx, mel_dtype ct, const void *Z, int64_t R,
                          int64_t V, void *db);
+    /* The three GEMMs of a chunk on storage dtypes (f64, f32, bf16, f16);
+     * compute type is f64 for f64 storage, else f32.  conv is scratch of
+     * conv_bytes(...) bytes for dtype conversion (NULL when 0).
+     *   logits:  Z[R, V] = X[r0:r0+R]·Wᵀ (+ bias)
+     *   grad_x:  dX[r0:r0+R] (+)= dZ·W
+     *   grad_w:  dW[V, D] += dZᵀ·X[r0:r0+R]      (dW in the compute type) */
+    mel_status (*logits)(mel_ctx *ctx, const mel_matrix *x, int64_t r0, int64_t R,
+                         const mel_matrix *w, const void *bias, void *Z, void *conv);
+    mel_status (*grad_x)(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *w,
+                         const mel_matrix *dx, int64_t r0, int accumulate, void *conv);
+    mel_status (*grad_w)(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *x,
+                         int64_t r0, const mel_matrix *dw, void *conv);
+    int64_t (*conv_bytes)(mel_ctx *ctx, mel_dtype storage, int64_t R, int64_t D, int64_t V);
     /* Run plan p of transform t over the chunk. */
     mel_status (*run_rows)(mel_ctx *ctx, const mel_transform *t,
                            const mel_plan *p, mel_chunk *ch);

@@ -25,3 +25,7 @@ check_PROGRAMS += t/vmath.t
 t_vmath_t_SOURCES = t/vmath.c
 t_vmath_t_LDADD = t/libtap.la -lm
 TESTS += t/vmath.t
+check_PROGRAMS += t/lowp.t
+t_lowp_t_SOURCES = t/lowp.c
+t_lowp_t_LDADD = $(TEST_LIBS)
+TESTS += t/lowp.t
