@@ -77,8 +77,8 @@ MEL_API const char *mel_status_str(mel_status s);
 typedef enum mel_dtype {
     MEL_F64 = 0,  /* double                                        */
     MEL_F32 = 1,  /* float                                         */
-    MEL_BF16 = 2, /* bfloat16 storage (uint16_t); not yet supported  */
-    MEL_F16 = 3,  /* IEEE half storage (uint16_t); not yet supported */
+    MEL_BF16 = 2, /* bfloat16 storage (uint16_t bits)                */
+    MEL_F16 = 3,  /* IEEE binary16 storage (uint16_t bits)           */
     MEL_I32 = 4,  /* int32_t (labels)                              */
     MEL_I64 = 5   /* int64_t (labels)                              */
 } mel_dtype;
@@ -327,7 +327,9 @@ MEL_API void mel_args_free(mel_args *a);
 MEL_API void mel_args_clear(mel_args *a);
 
 /* Head h: x [N, D], w [V, D] of the same float dtype, bias [V] of that
- * dtype or NULL. */
+ * dtype or NULL.  All heads of a call share one dtype.  Storage f64 runs
+ * in f64 (the reference path); f32, bf16 and f16 run logits and row
+ * programs in f32 (16-bit inputs are widened once, on load). */
 MEL_API mel_status mel_args_head(mel_args *a, int head, mel_matrix x,
                                  mel_matrix w, const void *bias);
 /* Index input `name`: n values of dtype MEL_I32 or MEL_I64. */
@@ -352,7 +354,9 @@ MEL_API mel_status mel_args_grad_output(mel_args *a, const void *dy,
                                         mel_dtype dtype);
 
 /* Gradient buffers of head h (any may have data == NULL / be NULL to skip):
- *   dx [N, D] in x's dtype; dw [V, D] in MEL_F32 (MEL_F64 for f64 heads);
+ *   dx [N, D] in x's dtype (for bf16/f16: computed in f32, rounded once);
+ *   dw [V, D] in MEL_F32 (MEL_F64 for f64 heads), also for bf16/f16 heads:
+ *   dW is accumulated in f32 and never rounded by libmel;
  *   db [V] in dw's dtype.
  * flags: MEL_ACCUMULATE_DX adds into dx instead of overwriting it.
  * dW and db are always accumulated (dw += ...), as gradients of a weight
