@@ -16,7 +16,7 @@ TESTS += t/cli.t
 
 # make demo-ce: naive vs recompute vs fused on a CE training step.
 DEMO_CE_FLAGS = --transform ce --rows 4096 --dim 1024 --vocab 32768 --dtype f32 \
-	--modes naive,recompute,fused --repeat 3 --warmup 1
+	--modes naive,recompute,fused --repeat 1 --warmup 0
 .PHONY: demo-ce
 demo-ce: examples/mel$(EXEEXT)
 	$(builddir)/examples/mel bench $(DEMO_CE_FLAGS) --csv demo-ce.csv

@@ -13,9 +13,11 @@
  *   V  vocabulary (rows of W) R  rows per chunk
  *   Shapes are written [rows, cols]; matrices are row-major views with an
  *   explicit leading dimension (row stride, in elements) ld >= cols.
- *   Sizes are int64_t.  Every function returning mel_status leaves a
- *   human-readable message in the context (mel_last_error) on failure,
- *   naming the argument and the value at fault.  No function aborts the
+ *   Sizes are int64_t.  Every function that takes a context and fails
+ *   leaves a human-readable message in it (mel_last_error), naming the
+ *   argument and the value at fault; functions without a context (the
+ *   mel_args_* and mel_params_* setters) only return a status, and the
+ *   call that uses their bindings reports what is wrong with them.  No function aborts the
  *   process on caller input.  Nothing the caller passed is modified except
  *   the output buffers named in mel_args.
  *
@@ -62,9 +64,9 @@ typedef enum mel_status {
     MEL_ERR_UNSUPPORTED = 4,      /* valid request this build cannot serve   */
     MEL_ERR_GRAPH = 5,            /* malformed row program                   */
     MEL_ERR_BUDGET = 6,           /* workspace budget below one row          */
-    MEL_ERR_NONFINITE = 7,        /* non-finite input found (when checked)   */
+    MEL_ERR_NONFINITE = 7,        /* reserved: non-finite input found        */
     MEL_ERR_OVERFLOW = 8,         /* a size product overflows                */
-    MEL_ERR_BACKEND = 9,          /* BLAS / CUDA reported an error           */
+    MEL_ERR_BACKEND = 9,          /* reserved: BLAS / CUDA reported an error */
     MEL_ERR_INTERNAL = 10         /* a bug in libmel: please report          */
 } mel_status;
 
@@ -118,23 +120,30 @@ MEL_API const char *mel_ctx_create_error(void);
 /* Destroy; NULL is accepted. */
 MEL_API void mel_ctx_destroy(mel_ctx *ctx);
 
-/* The last error message of this context ("" when none). */
+/* The message of this context's last failed call ("" after a call that
+ * succeeded). */
 MEL_API const char *mel_last_error(const mel_ctx *ctx);
 
 /* Threads used by the backend (CPU: OpenMP and BLAS threads).  0 restores
- * the default (the OpenMP default).  Bounds: 0 <= n <= 4096. */
+ * the default (the OpenMP default).  Bounds: 0 <= n <= 4096.  OpenBLAS's
+ * thread count is process-wide: contexts used at the same time from
+ * several threads should use the same thread count. */
 MEL_API mel_status mel_set_threads(mel_ctx *ctx, int n);
 MEL_API int mel_get_threads(const mel_ctx *ctx);
 
-/* Chunk policy.  chunk_rows > 0: exactly that many rows per chunk (the last
- * chunk may be short; rows > N means one chunk).  chunk_rows == 0: automatic,
- * the largest R whose workspace fits the byte budget (see
+/* Chunk policy.  chunk_rows > 0: that many rows per chunk (the last chunk
+ * may be short; rows > N means one chunk; for a transform with segments,
+ * rounded down to whole segments, at least one).  chunk_rows == 0:
+ * automatic, the largest R whose workspace fits the byte budget (see
  * mel_set_workspace_limit).  Default: automatic. */
 MEL_API mel_status mel_set_chunk_rows(mel_ctx *ctx, int64_t chunk_rows);
-/* Workspace byte budget for automatic chunking and an upper bound that
- * every call respects.  0 restores the default, MEL_DEFAULT_WORKSPACE.
- * A call whose single-row workspace exceeds the budget fails with
- * MEL_ERR_BUDGET and says how many bytes one row needs. */
+/* Workspace byte budget for automatic chunking: with chunk_rows == 0 every
+ * call's peak workspace (mel_stats.peak_workspace_bytes) stays within it.
+ * A fixed chunk_rows takes precedence: the call then uses what R rows need,
+ * whatever the budget.  0 restores the default, MEL_DEFAULT_WORKSPACE.
+ * With automatic chunking, a call whose workspace for one row (one segment)
+ * exceeds the budget fails with MEL_ERR_BUDGET and says how many bytes are
+ * fixed and how many one row needs. */
 #define MEL_DEFAULT_WORKSPACE ((int64_t)256 << 20)
 MEL_API mel_status mel_set_workspace_limit(mel_ctx *ctx, int64_t bytes);
 
@@ -303,7 +312,7 @@ MEL_API mel_status mel_grpo_weights(mel_ctx *ctx, mel_grpo_loss_type type, int64
                                     double *w);
 /* Group-normalised advantages: rewards [n] in groups of `group` consecutive
  * completions; adv = (r − mean_group) / (std_group + 1e-4) with Bessel's
- * std (scale != 0), or r − mean_group (scale == 0). */
+ * std (scale != 0; needs group >= 2), or r − mean_group (scale == 0). */
 MEL_API mel_status mel_group_advantages(mel_ctx *ctx, const double *rewards, int64_t n,
                                         int64_t group, int scale, double *adv);
 
@@ -377,7 +386,8 @@ MEL_API mel_status mel_args_grad_input(mel_args *a, const char *name,
 MEL_API mel_status mel_forward(mel_ctx *ctx, const mel_transform *t,
                                const mel_args *a);
 /* Gradients only, recomputing each chunk's logits (3 GEMMs per chunk
- * for a differentiable head); any upstream gradient. */
+ * for a differentiable head); any upstream gradient.  At least one
+ * gradient buffer must be bound (MEL_ERR_INVALID_ARGUMENT otherwise). */
 MEL_API mel_status mel_backward(mel_ctx *ctx, const mel_transform *t,
                                 const mel_args *a);
 /* y and gradients in one pass (3 GEMMs per chunk): use when dL/dy is
@@ -394,6 +404,7 @@ MEL_API mel_status mel_forward_backward(mel_ctx *ctx, const mel_transform *t,
  * f64 path with central differences (L(θ+h) − L(θ−h)) / 2h for `samples`
  * random entries of every X, W, bias and differentiable per-row input.
  * An entry passes when |g − fd| <= atol + rtol·max(|g|, |fd|).
+ * The caller's output buffers are not written.
  */
 typedef struct mel_gradcheck_opts {
     uint64_t seed;    /* random projection and sampled entries        */

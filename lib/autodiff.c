@@ -147,7 +147,7 @@ mel_status mel_plan_build(const mel_transform *t, const int *targets, int nt, me
 {
     int n = t->n;
     memset(p, 0, sizeof *p);
-    char *need = calloc((size_t)n + 1, 1), *in = calloc((size_t)n + 1, 1);
+    char *need = calloc((size_t)n + 1, 1), *in = calloc((size_t)n + 1, 1), *own = NULL;
     int32_t *phase = malloc(((size_t)n + 1) * sizeof *phase);
     int32_t *last = malloc(((size_t)n + 1) * sizeof *last);
     int32_t *stack = malloc(((size_t)n + 1) * sizeof *stack);
@@ -188,14 +188,34 @@ mel_status mel_plan_build(const mel_transform *t, const int *targets, int nt, me
         st = MEL_ERR_OUT_OF_MEMORY;
         goto out;
     }
+    /* A vector is computed in its own phase only when something of that
+     * phase reads it (or it is a target and that phase is the last);
+     * readers in later phases recompute it there. */
+    own = calloc((size_t)n + 1, 1);
+    if (!own) {
+        st = MEL_ERR_OUT_OF_MEMORY;
+        goto out;
+    }
+    for (int k = 0; k < nt; k++)
+        if (targets[k] >= 0 && (t->nodes[targets[k]].kind != K_VEC || phase[targets[k]] == n_phases - 1))
+            own[targets[k]] = 1;
+    for (int i = n - 1; i >= 0; i--) {
+        if (!need[i]) continue;
+        const mel_node *nd = &t->nodes[i];
+        if (nd->kind != K_VEC) own[i] = 1;
+        if (!own[i]) continue;
+        int ops[3] = {nd->a, nd->b, nd->c};
+        for (int k = 0; k < 3; k++)
+            if (ops[k] >= 0 && phase[ops[k]] == phase[i]) own[ops[k]] = 1;
+    }
     int n_slots = 0;
     p->n = 0;
     for (int q = 0; q < n_phases; q++) {
         memset(in, 0, (size_t)n);
         for (int i = 0; i < n; i++)
-            if (need[i] && phase[i] == q) in[i] = 1;
+            if (need[i] && own[i] && phase[i] == q) in[i] = 1;
         for (int i = 0; i < n; i++)
-            if (need[i] && phase[i] == q) mark_recompute(t, phase, i, q, in);
+            if (in[i] && phase[i] == q) mark_recompute(t, phase, i, q, in);
         /* vector targets must be live at the end of the last phase */
         if (q == n_phases - 1)
             for (int k = 0; k < nt; k++) {
@@ -253,6 +273,7 @@ mel_status mel_plan_build(const mel_transform *t, const int *targets, int nt, me
     p->phase_start[n_phases] = p->n;
     p->n_slots = n_slots;
 out:
+    free(own);
     free(need), free(in), free(phase), free(last), free(stack), free(slot);
     if (st != MEL_OK) mel_plan_free(p);
     return st;
@@ -283,6 +304,7 @@ void mel_transform_free(mel_transform *t)
 mel_status mel_graph_compile(mel_ctx *ctx, const mel_graph *src, const char *name,
                              mel_transform **out)
 {
+    mel_clear_error(ctx);
     if (!out) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_graph_compile: out is NULL");
     *out = NULL;
     if (!src) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_graph_compile: graph is NULL");

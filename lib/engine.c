@@ -294,8 +294,8 @@ static void release(mel_ctx *ctx, run *w)
     memset(w, 0, sizeof *w);
 }
 
-static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const call *c, const sizing *sz,
-                          int need_Z, run *w)
+static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c,
+                          const sizing *sz, int need_Z, run *w)
 {
     mel_status s = MEL_OK;
     memset(w, 0, sizeof *w);
@@ -310,7 +310,7 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const call *c, c
                             "%d vectors of V = %lld) + %lld per row",
                             (long long)ctx->workspace_limit, (long long)min_rows, min_rows > 1 ? "s" : "",
                             min_rows > 1 ? " (one segment)" : "", (long long)sz->fixed, sz->threads,
-                            t->fb.n_slots, (long long)c->V, (long long)per_row);
+                            p->n_slots, (long long)c->V, (long long)per_row);
         R = avail / per_row;
     }
     if (R > c->N) R = c->N;
@@ -350,7 +350,7 @@ static mel_status total_count(mel_ctx *ctx, const mel_transform *t, const call *
     sizing sz;
     size_call(ctx, t, &t->cnt, c, &sz);
     run w;
-    mel_status s = acquire(ctx, t, c, &sz, 0, &w);
+    mel_status s = acquire(ctx, t, &t->cnt, c, &sz, 0, &w);
     if (s) return s;
     double acc = 0;
     for (int64_t r0 = 0; r0 < c->N && s == MEL_OK; r0 += w.R) {
@@ -395,6 +395,9 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     int any_ginp = 0;
     for (int k = 0; k < MEL_MAX_INPUTS; k++) any_ginp |= c.ginp[k] != NULL;
     int fb = want_grads && (any_dz || any_ginp);
+    if (want_grads && !want_y && !fb)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                        "mel_backward: no gradient buffer is bound (mel_args_grad_head / mel_args_grad_input)");
     const mel_plan *plan = fb ? &t->fb : &t->fwd;
 
     /* dW / db overwrite */
@@ -418,7 +421,7 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     sizing sz;
     size_call(ctx, t, plan, &c, &sz);
     run w;
-    if ((s = acquire(ctx, t, &c, &sz, 1, &w))) return s;
+    if ((s = acquire(ctx, t, plan, &c, &sz, 1, &w))) return s;
     const int64_t R = w.R;
     double *ybuf = w.rowbuf, *cbuf = w.rowbuf + R, *seed = w.rowbuf + 2 * R;
     double *auxbuf = w.rowbuf + 3 * R, *gbuf = auxbuf + (int64_t)t->n_aux * R;

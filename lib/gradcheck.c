@@ -113,8 +113,17 @@ mel_status mel_gradcheck(mel_ctx *ctx, const mel_transform *t, const mel_args *a
     if (o.rtol <= 0) o.rtol = 1e-5;
     uint64_t rng = o.seed;
 
-    /* validate the caller's binding once, through the engine */
-    mel_status s = mel_forward(ctx, t, a);
+    /* validate the caller's binding once, through the engine, on a copy
+     * whose outputs are unbound (the caller's buffers are not written) */
+    mel_args *probe = mel_args_new();
+    if (!probe) return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "mel_gradcheck: out of memory");
+    *probe = *a;
+    probe->y = NULL;
+    probe->n_aux = 0;
+    probe->n_grad_input = 0;
+    for (int h = 0; h < MEL_MAX_HEADS; h++) probe->head[h].grad_set = 0;
+    mel_status s = mel_forward(ctx, t, probe);
+    mel_args_free(probe);
     if (s) return s;
 
     mel_status st = MEL_OK;

@@ -62,6 +62,10 @@ mel_status mel_group_advantages(mel_ctx *ctx, const double *rewards, int64_t n, 
     if (group < 1 || n < 0 || n % group)
         return mel_fail(ctx, MEL_ERR_SHAPE, "mel_group_advantages: n = %lld is not a positive multiple of group = %lld",
                         (long long)n, (long long)group);
+    if (scale && group < 2)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                        "mel_group_advantages: group = %lld has no standard deviation; use group >= 2 "
+                        "or scale = 0", (long long)group);
     for (int64_t g0 = 0; g0 < n; g0 += group) {
         double mean = 0, var = 0;
         for (int64_t i = g0; i < g0 + group; i++) mean += rewards[i];

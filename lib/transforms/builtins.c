@@ -142,7 +142,7 @@ enum { G_BETA = P_COMMON, G_EPS_LOW, G_EPS_HIGH, G_DELTA, G_OLD, G_REF, G_LEVEL,
        G_MAXLEN, G_ITEMS };
 static mel_status build_grpo(mel_graph *g, const double *p)
 {
-    const double el = p[G_EPS_LOW], eh = p[G_EPS_HIGH] < 0 ? p[G_EPS_LOW] : p[G_EPS_HIGH];
+    const double el = p[G_EPS_LOW], eh = p[G_EPS_HIGH] == -1 ? p[G_EPS_LOW] : p[G_EPS_HIGH];
     const int seq = p[G_LEVEL] == 1;
     if (seq && p[G_SEQ] < 1) {
         mel_g_set_output(g, -1);
@@ -152,7 +152,8 @@ static mel_status build_grpo(mel_graph *g, const double *p)
     mel_val z = prep_logits(g, 0, 1, p);
     mel_val logp = mel_g_sub(g, mel_g_gather(g, z, lab), mel_g_logsumexp(g, z));
     mel_val mask = mel_g_input(g, "mask", 0);
-    mel_val on = mel_g_lt(g, mel_g_const(g, 0), mel_g_abs(g, mask)); /* mask != 0 */
+    /* a token counts when mask != 0 and its label is not ignore_index */
+    mel_val on = mel_g_mul(g, mel_g_lt(g, mel_g_const(g, 0), mel_g_abs(g, mask)), mel_g_valid(g, lab));
     mel_val adv = mel_g_input(g, "advantages", 0);
     mel_val old = p[G_OLD] ? mel_g_input(g, "old_logp", 0) : mel_g_stop_gradient(g, logp);
     mel_val zero = mel_g_const(g, 0);
@@ -251,6 +252,7 @@ const char *mel_builtin_help(int i) { return i >= 0 && i < N_BUILTINS ? builtins
 mel_status mel_transform_builtin(mel_ctx *ctx, const char *name, const mel_params *params,
                                  mel_transform **out)
 {
+    mel_clear_error(ctx);
     if (!out) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_transform_builtin: out is NULL");
     *out = NULL;
     if (!name) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_transform_builtin: name is NULL");
@@ -292,6 +294,12 @@ mel_status mel_transform_builtin(mel_ctx *ctx, const char *name, const mel_param
     }
     mel_graph *g = mel_graph_new();
     if (!g) return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "mel_transform_builtin: out of memory");
+    if (!strcmp(name, "grpo") && p[G_EPS_HIGH] < 0 && p[G_EPS_HIGH] != -1) {
+        mel_graph_free(g);
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                        "transform 'grpo': epsilon_high = %g must be >= 0 (or -1: same as epsilon_low)",
+                        p[G_EPS_HIGH]);
+    }
     if (!strcmp(name, "grpo") && p[G_LEVEL] == 1 && p[G_SEQ] < 1) {
         mel_graph_free(g);
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
