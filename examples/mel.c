@@ -1,4 +1,4 @@
-/* mel.c -- the `mel` command-line tool (contract: doc/CLI.md).
+/* mel.c -- the `mel` command-line tool (contract: the CLI section of README.md and doc/api.md).
  *
  *   mel run TRANSFORM [options]        compute a transform and its gradients
  *   mel gradcheck TRANSFORM [options]  finite differences on random inputs
@@ -653,7 +653,7 @@ static double rng_gauss(rng *r)
 }
 
 /* What a built-in needs besides head 0 (until the API can say). */
-enum { NEED_LABELS = 1, NEED_TEACHER = 2, NEED_GRPO = 4 };
+enum { NEED_LABELS = 1, NEED_TEACHER = 2, NEED_GRPO = 4, NEED_OLD = 8, NEED_REF = 16 };
 static const struct {
     const char *name;
     unsigned needs;
@@ -785,6 +785,8 @@ static void bind_problem(mel_args *a, const problem *p, mel_dtype t, void **xs,
         const char *names[4] = {"mask", "advantages", "old_logp", "ref_logp"};
         const double *vals[4] = {p->mask, p->adv, p->old_logp, p->ref_logp};
         for (int i = 0; i < 4; i++) {
+            if (i == 2 && !(p->needs & NEED_OLD)) continue;
+            if (i == 3 && !(p->needs & NEED_REF)) continue;
             s = mel_args_input(a, names[i], vals[i], MEL_F64, p->n);
             if (s != MEL_OK)
                 die(exit_of(s), "binding %s: %s", names[i], mel_status_str(s));
@@ -844,6 +846,7 @@ static int cmd_run(int argc, char **argv)
     int n_in = 0, threads = -1;
     int64_t chunk_rows = -1, ws_bytes = -1;
     mel_reduction red = MEL_REDUCE_MEAN;
+    int red_given = 0;
     param_list *pl = xcalloc(1, sizeof *pl, "params");
 
     optscan o = {argc, 0, argv, "run", run_opts, {0}};
@@ -877,6 +880,7 @@ static int cmd_run(int argc, char **argv)
             chunk_rows = parse_i64(name, val, 1, INT64_MAX);
         else if (!strcmp(name, "--workspace-bytes")) ws_bytes = parse_bytes(name, val);
         else if (!strcmp(name, "--reduction")) {
+            red_given = 1;
             if (!strcmp(val, "none")) red = MEL_REDUCE_NONE;
             else if (!strcmp(val, "sum")) red = MEL_REDUCE_SUM;
             else if (!strcmp(val, "mean")) red = MEL_REDUCE_MEAN;
@@ -931,6 +935,15 @@ static int cmd_run(int argc, char **argv)
     if (s_dtype) parse_dtype("--dtype", s_dtype, &dt);
     mel_dtype gdt = dt == MEL_F64 ? MEL_F64 : MEL_F32; /* dW, db, saved dX */
 
+    /* grpo: the inputs given choose the variant unless a --param says so */
+    int is_grpo = !strcmp(tname, "grpo");
+    double dummy;
+    if (is_grpo) {
+        for (int i = 0; i < n_in; i++)
+            if (!strcmp(in_names[i], "old_logp") && !param_get(pl, "use_old_logp", &dummy))
+                param_add(pl, "use_old_logp=1");
+        if (f_thidden && !param_get(pl, "ref_source", &dummy)) param_add(pl, "ref_source=1");
+    }
     mel_ctx *ctx = make_ctx(s_backend, threads);
     mel_transform *t = build_transform(ctx, "run", tname, pl);
     mel_args *a = own(mel_args_new(), free_args);
@@ -955,6 +968,7 @@ static int cmd_run(int argc, char **argv)
         want_vec(&L, N, "N rows of --hidden");
         check(ctx, mel_args_index(a, "labels", L.a.data, L.a.dtype, N), "--labels");
     }
+    const double *mask = NULL;
     for (int i = 0; i < n_in; i++) {
         char flag[96];
         snprintf(flag, sizeof flag, "--input %s", in_names[i]);
@@ -964,6 +978,25 @@ static int cmd_run(int argc, char **argv)
         /* float or integer (a 0/1 mask) -> f64 */
         double *v = convert(I.a.data, I.a.dtype, N, MEL_F64, flag);
         check(ctx, mel_args_input(a, in_names[i], v, MEL_F64, N), flag);
+        if (!strcmp(in_names[i], "mask")) mask = v;
+    }
+    /* grpo without --reduction: the loss type's global per-row weights */
+    double *gw = NULL;
+    if (is_grpo && !red_given) {
+        double lt = 3, T = 0, maxlen = 512, items = 0;
+        param_get(pl, "loss_type", &lt);
+        param_get(pl, "max_completion_length", &maxlen);
+        param_get(pl, "num_items_in_batch", &items);
+        if (!param_get(pl, "seq_len", &T) || T < 1)
+            die(EXIT_USAGE, "--param seq_len: grpo's loss_type reduction needs the completion length T "
+                "(rows are B·T tokens), or pass --reduction none|sum|mean");
+        if (!mask) die(EXIT_USAGE, "--input mask: grpo needs the completion mask");
+        if (N % (int64_t)T)
+            die(EXIT_USAGE, "--param seq_len=%g: N = %" PRId64 " rows is not a multiple of it", T, N);
+        gw = xcalloc(N > 0 ? N : 1, sizeof(double), "weights");
+        check(ctx, mel_grpo_weights(ctx, (mel_grpo_loss_type)lt, N / (int64_t)T, (int64_t)T, mask,
+                                    (int64_t)maxlen, items, 1, gw), "--param loss_type");
+        red = MEL_REDUCE_WEIGHTED;
     }
     if (f_thidden) {
         input TX = load("--teacher-hidden", f_thidden);
@@ -986,7 +1019,7 @@ static int cmd_run(int argc, char **argv)
                                  NULL),
               "--teacher-hidden/--teacher-weight");
     }
-    check(ctx, mel_args_reduction(a, red, NULL), "--reduction");
+    check(ctx, mel_args_reduction(a, red, gw), "--reduction");
     int64_t ny = red == MEL_REDUCE_NONE ? N : 1;
     double *y = xcalloc(ny, sizeof(double), "--output");
     check(ctx, mel_args_output(a, y, MEL_F64), "--output");
@@ -1159,11 +1192,27 @@ static int cmd_gradcheck(int argc, char **argv)
         die(EXIT_USAGE, "gradcheck: --rows/--dim/--vocab too large for a finite-difference check");
     go.seed = seed;
 
+    unsigned needs = needs_of(tname);
+    double beta = 0, ref_source = 0, use_old = 0;
+    if (needs & NEED_GRPO) {
+        /* with the stop-gradient default the ratio is 1 for every
+         * perturbation, so finite differences need old_logp as data */
+        if (!param_get(pl, "use_old_logp", &use_old)) {
+            param_add(pl, "use_old_logp=1");
+            printf("# grpo: checking with use_old_logp=1 (with old_logp absent, the stop-gradient makes "
+                   "the ratio constant under finite differences)\n");
+        }
+        param_get(pl, "beta", &beta);
+        param_get(pl, "ref_source", &ref_source);
+        if (beta != 0 && ref_source == 1) needs |= NEED_TEACHER;
+        if (beta != 0 && ref_source == 0) needs |= NEED_REF;
+        param_get(pl, "use_old_logp", &use_old);
+        if (use_old != 0) needs |= NEED_OLD;
+    }
     mel_ctx *ctx = make_ctx("cpu", threads);
     mel_transform *t = build_transform(ctx, "gradcheck", tname, pl);
     double ii = -100;
     param_get(pl, "ignore_index", &ii);
-    unsigned needs = needs_of(tname);
     problem p;
     make_problem(&p, n, d, v, needs, with_bias, (int64_t)ii, 1, seed);
 
