@@ -226,10 +226,6 @@ for lt in grpo bnpo dr_grpo dapo; do
         close_files "$tmp/gdw.npy" "$fx/dW.npy" 1e-10
     ok $? "run grpo --param loss_type=$lt: y, dX, dW agree with TRL's fixture to 1e-10" || diag "$tmp/err"
 done
-expect_fail "grpo without seq_len for its loss_type" "seq_len" \
-    run grpo --hidden "$top_src/t/fixtures/grpo_loss_dapo/X.npy" --weight "$top_src/t/fixtures/grpo_loss_dapo/W.npy" \
-    --labels "$top_src/t/fixtures/grpo_loss_dapo/labels.npy" --input mask="$top_src/t/fixtures/grpo_loss_dapo/mask.npy" \
-    --input advantages="$top_src/t/fixtures/grpo_loss_dapo/advantages.npy"
 "$MEL" gradcheck grpo --param importance_sampling_level=sequence --param seq_len=4 --param beta=0.04 >"$tmp/gc" 2>&1
 ok $? "gradcheck grpo (sequence level, beta 0.04) passes" || diag "$tmp/gc"
 
@@ -297,6 +293,11 @@ expect_fail "--grad-bias without --bias" "--grad-bias" $RUN --grad-bias "$tmp/db
 expect_fail "missing --hidden" "--hidden" run ce --weight "$tmp/w.npy"
 expect_fail "gradcheck of an unknown transform" "nosuch" gradcheck nosuch
 expect_fail "gradcheck with a bad --rows" "--rows" gradcheck ce --rows -3
+
+expect_fail "grpo without seq_len for its loss_type" "seq_len" \
+    run grpo --hidden "$top_src/t/fixtures/grpo_loss_dapo/X.npy" --weight "$top_src/t/fixtures/grpo_loss_dapo/W.npy" \
+    --labels "$top_src/t/fixtures/grpo_loss_dapo/labels.npy" --input mask="$top_src/t/fixtures/grpo_loss_dapo/mask.npy" \
+    --input advantages="$top_src/t/fixtures/grpo_loss_dapo/advantages.npy"
 
 echo "1..$n"
 [ $fails -eq 0 ]
