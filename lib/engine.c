@@ -14,6 +14,53 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static double read_real(const void *p, mel_dtype dt, int64_t i)
+{
+    return dt == MEL_F32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
+}
+
+static void write_real(void *p, mel_dtype dt, int64_t i, double v)
+{
+    if (dt == MEL_F32) ((float *)p)[i] = (float)v;
+    else ((double *)p)[i] = v;
+}
+
+/* A host-readable view of caller memory: the pointer itself on a host
+ * backend, else a malloc'ed copy (*tmp, freed by the caller). */
+static mel_status host_view(mel_ctx *ctx, const void *p, size_t bytes, const void **out, void **tmp)
+{
+    *tmp = NULL;
+    *out = p;
+    if (ctx->ops->host_memory || !p || !bytes) return MEL_OK;
+    *tmp = malloc(bytes);
+    if (!*tmp) return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "out of memory copying %zu bytes to the host", bytes);
+    mel_status s = ctx->ops->copy(ctx, *tmp, p, bytes, 0);
+    if (s) {
+        free(*tmp);
+        *tmp = NULL;
+        return s;
+    }
+    *out = *tmp;
+    return MEL_OK;
+}
+
+/* Write n doubles, converted to dtype dt, to caller memory at element
+ * offset off (device memory through copy()). */
+static mel_status put_reals(mel_ctx *ctx, void *dst, mel_dtype dt, int64_t off, const double *v, int64_t n)
+{
+    if (ctx->ops->host_memory) {
+        for (int64_t i = 0; i < n; i++) write_real(dst, dt, off + i, v[i]);
+        return MEL_OK;
+    }
+    size_t es = mel_dtype_size(dt);
+    void *tmp = malloc((size_t)n * es + 1);
+    if (!tmp) return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "out of memory staging %lld outputs", (long long)n);
+    for (int64_t i = 0; i < n; i++) write_real(tmp, dt, i, v[i]);
+    mel_status s = ctx->ops->copy(ctx, (char *)dst + (size_t)off * es, tmp, (size_t)n * es, 1);
+    free(tmp);
+    return s;
+}
+
 /* Everything a call needs, resolved and validated. */
 typedef struct call {
     int64_t N, V, D[MEL_MAX_HEADS];
@@ -132,15 +179,21 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
             if (b->dtype != MEL_I32 && b->dtype != MEL_I64)
                 return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "index '%s': dtype %s is not i32 or i64",
                                 d->name, mel_dtype_name(b->dtype));
+            const void *hv;
+            void *tmp;
+            mel_status s = host_view(ctx, b->data, (size_t)b->n * mel_dtype_size(b->dtype), &hv, &tmp);
+            if (s) return s;
             for (int64_t i = 0; i < b->n; i++) {
-                int64_t v = b->dtype == MEL_I32 ? ((const int32_t *)b->data)[i]
-                                                : ((const int64_t *)b->data)[i];
-                if ((v < 0 || v >= c->V) && v != d->ignore_index)
+                int64_t v = b->dtype == MEL_I32 ? ((const int32_t *)hv)[i] : ((const int64_t *)hv)[i];
+                if ((v < 0 || v >= c->V) && v != d->ignore_index) {
+                    free(tmp);
                     return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                                     "%s[%lld] = %lld is outside [0, %lld) and is not ignore_index (%lld)",
                                     d->name, (long long)i, (long long)v, (long long)c->V,
                                     (long long)d->ignore_index);
+                }
             }
+            free(tmp);
             c->idx[k] = b;
         } else {
             if (b->dtype != MEL_F32 && b->dtype != MEL_F64)
@@ -229,17 +282,6 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
     return MEL_OK;
 }
 
-static double read_real(const void *p, mel_dtype dt, int64_t i)
-{
-    return dt == MEL_F32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
-}
-
-static void write_real(void *p, mel_dtype dt, int64_t i, double v)
-{
-    if (dt == MEL_F32) ((float *)p)[i] = (float)v;
-    else ((double *)p)[i] = v;
-}
-
 /* Bytes of workspace for chunks of R rows. */
 #define ROW_BYTES(t, es) ((int64_t)(t)->n * ((int64_t)(es) + 8) + 8 * (3 + (t)->n_aux + (t)->n_inputs))
 typedef struct sizing {
@@ -276,7 +318,8 @@ typedef struct run {
     int64_t R;
     void *Z[MEL_MAX_HEADS];
     void *scratch;
-    double *rowbuf; /* y, count, seed, aux..., ginp... each [R] */
+    double *rowbuf; /* y, count, seed, aux..., ginp... each [R] (workspace) */
+    double *hrow;   /* its host mirror: rowbuf itself on a host backend      */
     void *regs;     /* [R, n] scalar registers (compute type)  */
     int64_t *iregs; /* [R, n] index registers                   */
     void *conv;     /* dtype conversion scratch, or NULL        */
@@ -291,6 +334,7 @@ static void release(mel_ctx *ctx, run *w)
     mel_ws_free(ctx, w->regs, w->bytes_regs);
     mel_ws_free(ctx, w->iregs, w->bytes_iregs);
     mel_ws_free(ctx, w->conv, w->bytes_conv);
+    if (w->hrow != w->rowbuf) free(w->hrow);
     memset(w, 0, sizeof *w);
 }
 
@@ -334,6 +378,10 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
     if (s == MEL_OK && !(w->regs = mel_ws_alloc(ctx, w->bytes_regs))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && !(w->iregs = mel_ws_alloc(ctx, w->bytes_iregs))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && w->bytes_conv && !(w->conv = mel_ws_alloc(ctx, w->bytes_conv))) s = MEL_ERR_OUT_OF_MEMORY;
+    if (s == MEL_OK) {
+        w->hrow = ctx->ops->host_memory ? w->rowbuf : malloc(w->bytes_rows);
+        if (!w->hrow) s = MEL_ERR_OUT_OF_MEMORY;
+    }
     if (s != MEL_OK) {
         release(ctx, w);
         return mel_fail(ctx, s, "out of memory allocating the workspace for %lld rows × V = %lld",
@@ -371,7 +419,9 @@ static mel_status total_count(mel_ctx *ctx, const mel_transform *t, const call *
         ch.scratch_per_thread = sz.scratch_per_thread;
         ch.threads = sz.threads;
         s = ctx->ops->run_rows(ctx, t, &t->cnt, &ch);
-        for (int64_t r = 0; r < ch.R; r++) acc += w.rowbuf[r];
+        if (s == MEL_OK && w.hrow != w.rowbuf)
+            s = ctx->ops->copy(ctx, w.hrow, w.rowbuf, (size_t)ch.R * sizeof(double), 0);
+        for (int64_t r = 0; r < ch.R && s == MEL_OK; r++) acc += w.hrow[r];
     }
     release(ctx, &w);
     *out = acc;
@@ -404,27 +454,41 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     for (int h = 0; h < MEL_MAX_HEADS && want_grads; h++) {
         const mel_head_args *ha = &a->head[h];
         if (!c.want_dz[h] || !(ha->flags & MEL_OVERWRITE_DW)) continue;
-        if (ha->dw.data)
-            for (int64_t v = 0; v < c.V; v++)
-                memset((char *)ha->dw.data + (size_t)(v * ha->dw.ld) * c.es, 0, (size_t)c.D[h] * c.es);
-        if (ha->db) memset(ha->db, 0, (size_t)c.V * c.es);
+        if (ha->dw.data && (s = ctx->ops->zero2d(ctx, ha->dw.data, c.V, (size_t)c.D[h] * c.es,
+                                                 (size_t)ha->dw.ld * c.es)))
+            return s;
+        if (ha->db && (s = ctx->ops->zero2d(ctx, ha->db, 1, (size_t)c.V * c.es, (size_t)c.V * c.es)))
+            return s;
     }
+
+    /* the upstream gradient and weights, readable on the host */
+    const void *dy = NULL, *wts = NULL;
+    void *dy_tmp = NULL, *w_tmp = NULL;
+    int64_t n_dy = a->reduction == MEL_REDUCE_NONE ? c.N : 1;
+    if (a->dy && (s = host_view(ctx, a->dy, (size_t)n_dy * mel_dtype_size(a->dy_dtype), &dy, &dy_tmp)))
+        return s;
+    if (a->reduction == MEL_REDUCE_WEIGHTED &&
+        (s = host_view(ctx, a->weights, (size_t)c.N * sizeof(double), &wts, &w_tmp))) {
+        free(dy_tmp);
+        return s;
+    }
+    const double *wv = wts;
 
     /* seed scale and the mean's denominator */
     double count = (double)c.N;
-    if (a->reduction == MEL_REDUCE_MEAN && (s = total_count(ctx, t, &c, &count))) return s;
+    if (a->reduction == MEL_REDUCE_MEAN && (s = total_count(ctx, t, &c, &count))) goto out;
     double dy0 = 1.0;
-    if (a->dy && a->reduction != MEL_REDUCE_NONE) dy0 = read_real(a->dy, a->dy_dtype, 0);
+    if (dy && a->reduction != MEL_REDUCE_NONE) dy0 = read_real(dy, a->dy_dtype, 0);
     double scale = dy0;
     if (a->reduction == MEL_REDUCE_MEAN) scale = count > 0 ? dy0 / count : 0.0;
 
     sizing sz;
     size_call(ctx, t, plan, &c, &sz);
     run w;
-    if ((s = acquire(ctx, t, plan, &c, &sz, 1, &w))) return s;
+    if ((s = acquire(ctx, t, plan, &c, &sz, 1, &w))) goto out;
     const int64_t R = w.R;
-    double *ybuf = w.rowbuf, *cbuf = w.rowbuf + R, *seed = w.rowbuf + 2 * R;
-    double *auxbuf = w.rowbuf + 3 * R, *gbuf = auxbuf + (int64_t)t->n_aux * R;
+    /* row buffer layout (doubles): y [R], count [R], seed [R], aux [n_aux·R], ginp [n_inputs·R] */
+    const int64_t o_seed = 2 * R, o_aux = 3 * R, o_gin = 3 * R + (int64_t)t->n_aux * R;
     double total = 0;
     int64_t chunks = 0;
 
@@ -451,42 +515,48 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
         for (int k = 0; k < t->n_inputs; k++) {
             if (c.idx[k]) ch.idx[k] = c.idx[k]->data, ch.idx_dtype[k] = c.idx[k]->dtype;
             if (c.inp[k]) ch.inp[k] = c.inp[k]->data, ch.inp_dtype[k] = c.inp[k]->dtype;
-            if (fb && c.ginp[k]) ch.ginp[k] = gbuf + (int64_t)k * R;
+            if (fb && c.ginp[k]) ch.ginp[k] = w.rowbuf + o_gin + (int64_t)k * R;
         }
-        ch.y = ybuf;
+        ch.y = w.rowbuf;
         for (int k = 0; k < t->n_aux; k++)
-            if (c.aux[k]) ch.aux[k] = auxbuf + (int64_t)k * R;
+            if (c.aux[k]) ch.aux[k] = w.rowbuf + o_aux + (int64_t)k * R;
         if (fb) {
+            /* seed_r = dL/dy_r: the upstream gradient times the reduction's weight */
+            double *seed = w.hrow + o_seed;
             for (int64_t r = 0; r < Rc; r++) {
                 double sd = scale;
-                if (a->reduction == MEL_REDUCE_NONE && a->dy) sd = read_real(a->dy, a->dy_dtype, r0 + r);
-                else if (a->reduction == MEL_REDUCE_WEIGHTED) sd = dy0 * a->weights[r0 + r];
+                if (a->reduction == MEL_REDUCE_NONE && dy) sd = read_real(dy, a->dy_dtype, r0 + r);
+                else if (a->reduction == MEL_REDUCE_WEIGHTED) sd = dy0 * wv[r0 + r];
                 seed[r] = sd;
             }
-            ch.seed = seed;
+            if (w.hrow != w.rowbuf &&
+                (s = ctx->ops->copy(ctx, w.rowbuf + o_seed, seed, (size_t)Rc * sizeof(double), 1)))
+                break;
+            ch.seed = w.rowbuf + o_seed;
         }
         ch.scratch = w.scratch;
         ch.scratch_per_thread = sz.scratch_per_thread;
         ch.threads = sz.threads;
         ch.regs = w.regs;
         ch.iregs = w.iregs;
-        (void)cbuf;
         if ((s = ctx->ops->run_rows(ctx, t, plan, &ch))) break;
 
-        /* per-row results */
-        for (int64_t r = 0; r < Rc; r++) {
-            if (a->reduction == MEL_REDUCE_NONE) {
-                if (want_y && a->y) write_real(a->y, a->y_dtype, r0 + r, ybuf[r]);
-            } else {
-                total += a->reduction == MEL_REDUCE_WEIGHTED ? a->weights[r0 + r] * ybuf[r] : ybuf[r];
-            }
+        /* per-row results: y, aux, input gradients */
+        if (w.hrow != w.rowbuf && (s = ctx->ops->copy(ctx, w.hrow, w.rowbuf, w.bytes_rows, 0))) break;
+        const double *ybuf = w.hrow;
+        if (a->reduction == MEL_REDUCE_NONE) {
+            if (want_y && a->y && (s = put_reals(ctx, a->y, a->y_dtype, r0, ybuf, Rc))) break;
+        } else {
+            for (int64_t r = 0; r < Rc; r++)
+                total += a->reduction == MEL_REDUCE_WEIGHTED ? wv[r0 + r] * ybuf[r] : ybuf[r];
         }
-        for (int k = 0; k < t->n_aux; k++)
+        for (int k = 0; k < t->n_aux && s == MEL_OK; k++)
             if (c.aux[k] && want_y)
-                for (int64_t r = 0; r < Rc; r++) write_real(c.aux[k]->out, c.aux[k]->dtype, r0 + r, auxbuf[k * R + r]);
-        for (int k = 0; k < t->n_inputs; k++)
+                s = put_reals(ctx, c.aux[k]->out, c.aux[k]->dtype, r0, w.hrow + o_aux + (int64_t)k * R, Rc);
+        for (int k = 0; k < t->n_inputs && s == MEL_OK; k++)
             if (fb && c.ginp[k])
-                for (int64_t r = 0; r < Rc; r++) write_real(c.ginp[k]->out, c.ginp[k]->dtype, r0 + r, gbuf[k * R + r]);
+                s = put_reals(ctx, c.ginp[k]->out, c.ginp[k]->dtype, r0, w.hrow + o_gin + (int64_t)k * R, Rc);
+        if (s) break;
 
         /* dX_c = dZ·W, dW += dZᵀ·X_c, db += Σ_rows dZ */
         if (!fb) continue;
@@ -508,12 +578,12 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
         gemm_s += now() - g0;
     }
     release(ctx, &w);
-    if (s) return s;
+    if (s) goto out;
 
     if (want_y && a->y && a->reduction != MEL_REDUCE_NONE) {
         double yv = total;
         if (a->reduction == MEL_REDUCE_MEAN) yv = count > 0 ? total / count : 0.0;
-        write_real(a->y, a->y_dtype, 0, yv);
+        if ((s = put_reals(ctx, a->y, a->y_dtype, 0, &yv, 1))) goto out;
     }
     ctx->stats.chunk_rows = R;
     ctx->stats.chunks = chunks;
@@ -521,7 +591,10 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     ctx->stats.gemm_flops = flops;
     ctx->stats.gemm_seconds = gemm_s;
     ctx->stats.seconds = now() - t0;
-    return MEL_OK;
+out:
+    free(dy_tmp);
+    free(w_tmp);
+    return s;
 }
 
 mel_status mel_forward(mel_ctx *ctx, const mel_transform *t, const mel_args *a)

@@ -105,6 +105,9 @@ mel_status mel_gradcheck(mel_ctx *ctx, const mel_transform *t, const mel_args *a
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_gradcheck: %s is NULL",
                         !t ? "transform" : !a ? "args" : "report");
     memset(rep, 0, sizeof *rep);
+    if (!ctx->ops->host_memory)
+        return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "mel_gradcheck: runs on the CPU backend (host memory, "
+                        "fp64); this context's backend is %s", ctx->ops->name);
     mel_gradcheck_opts o = {0};
     if (opts) o = *opts;
     if (o.samples <= 0) o.samples = 24;

@@ -204,6 +204,15 @@ typedef struct mel_chunk {
 
 struct mel_backend_ops {
     const char *name;
+    /* 1 when the caller's buffers and the workspace are host memory (CPU):
+     * the engine then reads and writes them directly.  0 (a device):
+     * every transfer goes through copy(), and zero2d clears memory. */
+    int host_memory;
+    /* dst ← src, bytes; to_device: host → device, else device → host.
+     * Synchronous: when it returns, dst holds the data. */
+    mel_status (*copy)(mel_ctx *ctx, void *dst, const void *src, size_t bytes, int to_device);
+    /* rows × row_bytes at p with a stride of ld_bytes set to zero */
+    mel_status (*zero2d)(mel_ctx *ctx, void *p, int64_t rows, size_t row_bytes, size_t ld_bytes);
     mel_status (*init)(mel_ctx *ctx);
     void (*fini)(mel_ctx *ctx);
     void *(*alloc)(mel_ctx *ctx, size_t bytes);

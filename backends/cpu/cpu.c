@@ -31,6 +31,18 @@ static int cpu_threads(mel_ctx *ctx)
 }
 
 static mel_status cpu_init(mel_ctx *ctx) { return MEL_OK; }
+
+static mel_status cpu_copy(mel_ctx *ctx, void *dst, const void *src, size_t bytes, int to_device)
+{
+    memcpy(dst, src, bytes);
+    return MEL_OK;
+}
+
+static mel_status cpu_zero2d(mel_ctx *ctx, void *p, int64_t rows, size_t row_bytes, size_t ld_bytes)
+{
+    for (int64_t r = 0; r < rows; r++) memset((char *)p + (size_t)r * ld_bytes, 0, row_bytes);
+    return MEL_OK;
+}
 static void cpu_fini(mel_ctx *ctx) {}
 
 static void *cpu_alloc(mel_ctx *ctx, size_t bytes)
@@ -297,6 +309,9 @@ static mel_status cpu_run_rows(mel_ctx *ctx, const mel_transform *t, const mel_p
 
 const mel_backend_ops mel_cpu_backend = {
     .name = "cpu",
+    .host_memory = 1,
+    .copy = cpu_copy,
+    .zero2d = cpu_zero2d,
     .init = cpu_init,
     .fini = cpu_fini,
     .alloc = cpu_alloc,
