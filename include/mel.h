@@ -64,7 +64,7 @@ typedef enum mel_status {
     MEL_ERR_UNSUPPORTED = 4,      /* valid request this build cannot serve   */
     MEL_ERR_GRAPH = 5,            /* malformed row program                   */
     MEL_ERR_BUDGET = 6,           /* workspace budget below one row          */
-    MEL_ERR_NONFINITE = 7,        /* reserved: non-finite input found        */
+    MEL_ERR_NONFINITE = 7,        /* non-finite input (mel_set_check_finite) */
     MEL_ERR_OVERFLOW = 8,         /* a size product overflows                */
     MEL_ERR_BACKEND = 9,          /* reserved: BLAS / CUDA reported an error */
     MEL_ERR_INTERNAL = 10         /* a bug in libmel: please report          */
@@ -146,6 +146,15 @@ MEL_API mel_status mel_set_chunk_rows(mel_ctx *ctx, int64_t chunk_rows);
  * fixed and how many one row needs. */
 #define MEL_DEFAULT_WORKSPACE ((int64_t)256 << 20)
 MEL_API mel_status mel_set_workspace_limit(mel_ctx *ctx, int64_t bytes);
+
+/* Non-finite inputs.  By default NaN and ±Inf in X, W, bias or per-row
+ * inputs propagate as in the naive computation (a NaN logit makes that
+ * row's loss and gradients NaN; +Inf logits give NaN like the naive
+ * softmax).  With check != 0 every call first scans X, W, bias and the
+ * per-row float inputs and fails with MEL_ERR_NONFINITE naming the first
+ * bad element ("x of head 0: [3, 7] = nan").  The scan reads every input
+ * once (about the cost of reading W).  Default: 0. */
+MEL_API mel_status mel_set_check_finite(mel_ctx *ctx, int check);
 
 /* Statistics of the last successful call on this context. */
 typedef struct mel_stats {

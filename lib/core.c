@@ -141,6 +141,13 @@ int mel_get_threads(const mel_ctx *ctx)
     return ctx->ops->threads ? ctx->ops->threads((mel_ctx *)ctx) : 1;
 }
 
+mel_status mel_set_check_finite(mel_ctx *ctx, int check)
+{
+    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
+    ctx->check_finite = check != 0;
+    return MEL_OK;
+}
+
 mel_status mel_set_chunk_rows(mel_ctx *ctx, int64_t chunk_rows)
 {
     if (!ctx) return MEL_ERR_INVALID_ARGUMENT;

@@ -93,6 +93,52 @@ static mel_status check_matrix(mel_ctx *ctx, const char *what, int h, const mel_
     return MEL_OK;
 }
 
+/* value of element k of a float array of dtype dt (f64, f32, bf16, f16) */
+static double float_at(const void *p, mel_dtype dt, int64_t k)
+{
+    switch (dt) {
+    case MEL_F64: return ((const double *)p)[k];
+    case MEL_F32: return ((const float *)p)[k];
+    case MEL_BF16: {
+        uint32_t u = (uint32_t)((const uint16_t *)p)[k] << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    case MEL_F16: {
+        _Float16 h;
+        memcpy(&h, (const uint16_t *)p + k, 2);
+        return (double)h;
+    }
+    default: return 0;
+    }
+}
+
+/* MEL_ERR_NONFINITE naming the first NaN/Inf of a [rows, cols] view */
+static mel_status check_finite(mel_ctx *ctx, const char *what, int h, const void *data, mel_dtype dt,
+                               int64_t rows, int64_t cols, int64_t ld)
+{
+    const void *hv;
+    void *tmp;
+    size_t bytes = (size_t)((rows > 0 ? (rows - 1) * ld : 0) + cols) * mel_dtype_size(dt);
+    mel_status s = host_view(ctx, data, rows > 0 ? bytes : 0, &hv, &tmp);
+    if (s) return s;
+    for (int64_t i = 0; i < rows && s == MEL_OK; i++)
+        for (int64_t j = 0; j < cols; j++) {
+            double v = float_at(hv, dt, i * ld + j);
+            if (!isfinite(v)) {
+                if (rows == 1 && h < 0)
+                    s = mel_fail(ctx, MEL_ERR_NONFINITE, "%s[%lld] = %g", what, (long long)j, v);
+                else
+                    s = mel_fail(ctx, MEL_ERR_NONFINITE, "%s of head %d: [%lld, %lld] = %g", what, h,
+                                 (long long)i, (long long)j, v);
+                break;
+            }
+        }
+    free(tmp);
+    return s;
+}
+
 static const mel_bound *find_bound(const mel_bound *arr, int n, const char *name)
 {
     for (int i = 0; i < n; i++)
@@ -212,6 +258,24 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
         if (k < 0 || t->inputs[k].is_index)
             return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "input '%s' is bound but is not a scalar input of transform '%s'",
                             a->input[i].name, t->name);
+    }
+
+    if (ctx->check_finite) {
+        for (int h = 0; h < MEL_MAX_HEADS; h++) {
+            if (!c->used[h]) continue;
+            const mel_head_args *ha = &a->head[h];
+            mel_status s;
+            if ((s = check_finite(ctx, "x", h, ha->x.data, ha->x.dtype, ha->x.rows, ha->x.cols, ha->x.ld)) ||
+                (s = check_finite(ctx, "w", h, ha->w.data, ha->w.dtype, ha->w.rows, ha->w.cols, ha->w.ld)) ||
+                (ha->bias && (s = check_finite(ctx, "bias", h, ha->bias, ha->w.dtype, 1, c->V, c->V))))
+                return s;
+        }
+        for (int k = 0; k < t->n_inputs; k++) {
+            mel_status s;
+            if (c->inp[k] && (s = check_finite(ctx, c->inp[k]->name, -1, c->inp[k]->data, c->inp[k]->dtype, 1,
+                                               c->N, c->N)))
+                return s;
+        }
     }
 
     /* reduction, outputs */

@@ -123,6 +123,7 @@ struct mel_ctx {
     const mel_backend_ops *ops;
     void *be; /* backend state */
     int threads;
+    int check_finite;
     int64_t chunk_rows;
     int64_t workspace_limit;
     /* allocator accounting */

@@ -344,6 +344,57 @@ static void test_accumulate_and_degenerate(mel_ctx *ctx, mel_transform *ce, tap_
     mel_args_free(a);
 }
 
+/* NaN / Inf: propagate like the naive computation; or, with
+ * mel_set_check_finite, fail naming the first bad element */
+static void test_nonfinite(mel_ctx *ctx, mel_transform *ce, tap_rng *rng)
+{
+    for (int i = 0; i < N * D; i++) X[i] = rng_normal(rng);
+    for (int i = 0; i < V * D; i++) W[i] = rng_normal(rng);
+    for (int i = 0; i < N; i++) LAB[i] = rng_int(rng, V);
+    double y[N], dx[N * D], dw[V * D];
+    X[3 * D + 2] = NAN;
+    mel_args *a = base_args();
+    mel_args_reduction(a, MEL_REDUCE_NONE, NULL);
+    mel_args_output(a, y, MEL_F64);
+    mel_args_grad_head(a, 0, mel_mat(dx, MEL_F64, N, D, 0), mel_mat(dw, MEL_F64, V, D, 0), NULL, MEL_OVERWRITE_DW);
+    mel_status s = mel_forward_backward(ctx, ce, a);
+    int others = 1;
+    for (int i = 0; i < N; i++)
+        if (i != 3) others &= isfinite(y[i]);
+    int dxrow = 1;
+    for (int i = 0; i < N * D; i++)
+        if (i / D != 3) dxrow &= isfinite(dx[i]);
+    ok(s == MEL_OK && isnan(y[3]) && others && dxrow && isnan(dx[3 * D]),
+       "NaN in x row 3 propagates to y[3] and dX row 3 only (and into dW), as the naive path");
+    mel_set_check_finite(ctx, 1);
+    EXPECT(mel_forward_backward(ctx, ce, a), MEL_ERR_NONFINITE, "x of head 0: [3, 2] = nan");
+    X[3 * D + 2] = 0.5;
+    W[4 * D + 1] = -INFINITY;
+    EXPECT(mel_forward(ctx, ce, a), MEL_ERR_NONFINITE, "w of head 0: [4, 1] = -inf");
+    W[4 * D + 1] = 0.5;
+    ok(mel_forward(ctx, ce, a) == MEL_OK, "finite inputs pass the check");
+    mel_set_check_finite(ctx, 0);
+    mel_args_free(a);
+    /* a per-row input */
+    mel_graph *g = mel_graph_new();
+    mel_g_set_output(g, mel_g_mul(g, mel_g_logsumexp(g, mel_g_logits(g, 0, 1)), mel_g_input(g, "adv", 0)));
+    mel_transform *t = NULL;
+    mel_graph_compile(ctx, g, "lse_times_adv", &t);
+    mel_graph_free(g);
+    double adv[N];
+    for (int i = 0; i < N; i++) adv[i] = 1;
+    adv[5] = INFINITY;
+    a = mel_args_new();
+    mel_args_head(a, 0, mel_mat(X, MEL_F64, N, D, 0), mel_mat(W, MEL_F64, V, D, 0), NULL);
+    mel_args_input(a, "adv", adv, MEL_F64, N);
+    mel_args_output(a, y, MEL_F64);
+    mel_set_check_finite(ctx, 1);
+    EXPECT(mel_forward(ctx, t, a), MEL_ERR_NONFINITE, "adv[5] = inf");
+    mel_set_check_finite(ctx, 0);
+    mel_args_free(a);
+    mel_transform_free(t);
+}
+
 int main(void)
 {
     tap_rng rng;
@@ -358,6 +409,7 @@ int main(void)
     test_errors(ctx, ce);
     test_budget_invariance(ctx, ce, &rng);
     test_accumulate_and_degenerate(ctx, ce, &rng);
+    test_nonfinite(ctx, ce, &rng);
     mel_transform_free(ce);
     mel_ctx_destroy(ctx);
     return done_testing();
