@@ -200,6 +200,9 @@ MEL_API mel_val mel_g_input(mel_graph *g, const char *name, int differentiable);
 MEL_API mel_val mel_g_const(mel_graph *g, double c);
 /* V as a scalar (the vector length of this call). */
 MEL_API mel_val mel_g_vocab(mel_graph *g);
+/* The vector of column indices 0, 1, ..., V−1 (e.g. to mask padded
+ * vocabulary columns: mel_g_lt(g, mel_g_iota(g), mel_g_const(g, V_valid))). */
+MEL_API mel_val mel_g_iota(mel_graph *g);
 
 /* -- elementwise unary (vector -> vector, scalar -> scalar) -- */
 MEL_API mel_val mel_g_neg(mel_graph *g, mel_val a);

@@ -63,7 +63,7 @@ static void vjp(ad_state *st, int i, mel_val gy)
     switch ((mel_op)nd.op) {
     /* leaves and non-differentiable operations */
     case OP_LOGITS: case OP_INDEX: case OP_INPUT: case OP_CONST: case OP_VOCAB:
-    case OP_SEED: case OP_SIGN: case OP_LT: case OP_LE: case OP_EQ:
+    case OP_SEED: case OP_IOTA: case OP_SIGN: case OP_LT: case OP_LE: case OP_EQ:
     case OP_VALID: case OP_ONEHOT: case OP_ARGMAXMASK: case OP_STOPGRAD:
     case OP__COUNT:
         break;

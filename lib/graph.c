@@ -17,6 +17,7 @@ static const char *const op_names[OP__COUNT] = {
     [OP_RMAX] = "rmax", [OP_LSE] = "logsumexp", [OP_GATHER] = "gather",
     [OP_VALID] = "valid", [OP_ONEHOT] = "onehot", [OP_ARGMAXMASK] = "argmaxmask",
     [OP_BCAST] = "broadcast", [OP_STOPGRAD] = "stop_gradient", [OP_SEGSUM] = "segment_sum",
+    [OP_IOTA] = "iota",
 };
 
 const char *mel_op_name(int op)
@@ -177,6 +178,12 @@ mel_val mel_g_const(mel_graph *g, double c)
     mel_node n = mk(OP_CONST, K_SCAL);
     n.cval = c;
     return mel_graph_add_node(g, n);
+}
+
+mel_val mel_g_iota(mel_graph *g)
+{
+    if (!g || g->failed) return -1;
+    return mel_graph_add_node(g, mk(OP_IOTA, K_VEC));
 }
 
 mel_val mel_g_vocab(mel_graph *g)

@@ -42,6 +42,7 @@ typedef enum {
     OP_BCAST,  /* scalar -> vector                                      */
     OP_STOPGRAD,
     OP_SEGSUM, /* scalar: Σ of a over the rows of this row's segment    */
+    OP_IOTA,   /* leaf vector: the column index j (0 .. V-1)            */
     OP__COUNT
 } mel_op;
 

@@ -29,3 +29,7 @@ check_PROGRAMS += t/lowp.t
 t_lowp_t_SOURCES = t/lowp.c
 t_lowp_t_LDADD = $(TEST_LIBS)
 TESTS += t/lowp.t
+check_PROGRAMS += t/vpad.t
+t_vpad_t_SOURCES = t/vpad.c
+t_vpad_t_LDADD = $(TEST_LIBS)
+TESTS += t/vpad.t

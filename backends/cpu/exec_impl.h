@@ -44,6 +44,9 @@ MEL_CLONES static void FN(run_row)(const mel_transform *t, const mel_plan *p, in
         }
         case OP_CONST: s[i] = (T)nd->cval; continue;
         case OP_VOCAB: s[i] = (T)V; continue;
+        case OP_IOTA:
+            for (int64_t j = 0; j < V; j++) o[j] = (T)j;
+            break;
         case OP_SEED: s[i] = (T)ch->seed[r]; continue;
 
 #define UNARY(X, EXPR)                                                       \

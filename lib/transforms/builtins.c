@@ -29,21 +29,40 @@ typedef struct builtin {
 /* -------------------------------------------------- shared pieces */
 
 /* Common parameter indices: every built-in lists these first, in this order. */
-enum { P_IGNORE, P_SCALE, P_SOFTCAP, P_TEMP, P_COMMON };
+enum { P_IGNORE, P_SCALE, P_SOFTCAP, P_TEMP, P_VVALID, P_COMMON };
 #define COMMON_PARAMS                                                  \
     {"ignore_index", -100, -1e18, 1e18, 1},                            \
     {"logit_scale", 1, -1e300, 1e300, 0},                              \
     {"softcap", 0, 0, 1e300, 0},                                       \
-    {"temperature", 1, 1e-300, 1e300, 0}
+    {"temperature", 1, 1e-300, 1e300, 0},                              \
+    {"vocab_valid", 0, 0, 1e15, 1}
 
-/* z ← z·logit_scale, then cap·tanh(z/cap), then z/T. */
+/* Vocabulary padding: with vocab_valid = Vv > 0 only columns j < Vv are
+ * real; the others behave as −∞: their logit is replaced by −1e30, whose
+ * probability is exactly 0 in f32 and f64 and, unlike −∞, keeps every
+ * difference and product finite (0·(−∞) would be NaN, and a NaN on a path
+ * with zero gradient still poisons the gradient).  No gradient reaches the
+ * padded columns. */
+#define PAD_LOGIT (-1e30)
+static mel_val col_mask(mel_graph *g, const double *p)
+{
+    return p[P_VVALID] > 0 ? mel_g_lt(g, mel_g_iota(g), mel_g_const(g, p[P_VVALID])) : -1;
+}
+
+/* v where the column is real, else `fill` (v unchanged without padding) */
+static mel_val on_cols(mel_graph *g, mel_val mask, mel_val v, double fill)
+{
+    return mask < 0 ? v : mel_g_where(g, mask, v, mel_g_const(g, fill));
+}
+
+/* z ← z·logit_scale, then cap·tanh(z/cap), then z/T; padded columns −∞. */
 static mel_val prep_logits(mel_graph *g, int head, int diff, const double *p)
 {
     mel_val z = mel_g_logits(g, head, diff);
     if (p[P_SCALE] != 1) z = mel_g_scale(g, z, p[P_SCALE]);
     if (p[P_SOFTCAP] > 0) z = mel_g_softcap(g, z, p[P_SOFTCAP]);
     if (p[P_TEMP] != 1) z = mel_g_scale(g, z, 1.0 / p[P_TEMP]);
-    return z;
+    return on_cols(g, col_mask(g, p), z, PAD_LOGIT);
 }
 
 /* y = valid ? v : 0 with count = valid; where() keeps NaN/inf of ignored
@@ -65,7 +84,11 @@ static mel_status build_ce(mel_graph *g, const double *p)
     mel_val lse = mel_g_logsumexp(g, z);
     mel_val loss = mel_g_sub(g, lse, mel_g_gather(g, z, lab));
     if (p[CE_LS] > 0) {
-        mel_val smooth = mel_g_sub(g, lse, mel_g_mean(g, z));
+        /* mean of z over the real columns */
+        mel_val mz = p[P_VVALID] > 0
+                         ? mel_g_scale(g, mel_g_sum(g, on_cols(g, col_mask(g, p), z, 0)), 1.0 / p[P_VVALID])
+                         : mel_g_mean(g, z);
+        mel_val smooth = mel_g_sub(g, lse, mz);
         loss = mel_g_add(g, mel_g_scale(g, loss, 1 - p[CE_LS]), mel_g_scale(g, smooth, p[CE_LS]));
     }
     if (p[CE_Z] > 0) loss = mel_g_add(g, loss, mel_g_scale(g, mel_g_square(g, lse), p[CE_Z]));
@@ -85,7 +108,9 @@ static mel_status build_entropy(mel_graph *g, const double *p)
     mel_val z = prep_logits(g, 0, 1, p);
     mel_val lse = mel_g_logsumexp(g, z);
     mel_val prob = mel_g_exp(g, mel_g_sub(g, z, lse));
-    return mel_g_set_output(g, mel_g_sub(g, lse, mel_g_sum(g, mel_g_mul(g, prob, z))));
+    /* p·z is 0·(−∞) on padded columns: take 0 there */
+    mel_val pz = on_cols(g, col_mask(g, p), mel_g_mul(g, prob, z), 0);
+    return mel_g_set_output(g, mel_g_sub(g, lse, mel_g_sum(g, pz)));
 }
 
 static mel_status build_z_loss(mel_graph *g, const double *p)
@@ -98,10 +123,11 @@ static mel_status build_z_loss(mel_graph *g, const double *p)
 enum { KD_T2 = P_COMMON, KD_BETA };
 typedef enum { KD_FORWARD, KD_REVERSE, KD_JSD } kd_kind;
 
-/* Σ p_a·(log p_a − log p_b) over the vocabulary, from log-probs. */
-static mel_val kl_of(mel_graph *g, mel_val la, mel_val lb)
+/* Σ p_a·(log p_a − log p_b) over the real columns, from log-probs
+ * (padded columns are −∞ − (−∞): excluded by the mask) */
+static mel_val kl_of(mel_graph *g, mel_val la, mel_val lb, mel_val mask)
 {
-    return mel_g_sum(g, mel_g_mul(g, mel_g_exp(g, la), mel_g_sub(g, la, lb)));
+    return mel_g_sum(g, on_cols(g, mask, mel_g_mul(g, mel_g_exp(g, la), mel_g_sub(g, la, lb)), 0));
 }
 
 static mel_status build_kd(mel_graph *g, const double *p, kd_kind kind)
@@ -112,11 +138,11 @@ static mel_status build_kd(mel_graph *g, const double *p, kd_kind kind)
     double beta = p[KD_BETA];
     if (kind == KD_FORWARD) kind = KD_JSD, beta = 0;
     else if (kind == KD_REVERSE) kind = KD_JSD, beta = 1;
-    mel_val d;
+    mel_val d, cm = col_mask(g, p);
     if (beta == 0) {
-        d = kl_of(g, lt, ls); /* KL(p_t ‖ p_s) */
+        d = kl_of(g, lt, ls, cm); /* KL(p_t ‖ p_s) */
     } else if (beta == 1) {
-        d = kl_of(g, ls, lt); /* KL(p_s ‖ p_t) */
+        d = kl_of(g, ls, lt, cm); /* KL(p_s ‖ p_t) */
     } else {
         /* log m = log(β·p_t + (1−β)·p_s), shifted by max(lt, ls) so the sum
          * inside the log is at least min(β, 1−β) */
@@ -124,8 +150,8 @@ static mel_status build_kd(mel_graph *g, const double *p, kd_kind kind)
         mel_val in = mel_g_add(g, mel_g_scale(g, mel_g_exp(g, mel_g_sub(g, lt, mx)), beta),
                                mel_g_scale(g, mel_g_exp(g, mel_g_sub(g, ls, mx)), 1 - beta));
         mel_val lm = mel_g_add(g, mx, mel_g_log(g, in));
-        d = mel_g_add(g, mel_g_scale(g, kl_of(g, lt, lm), beta),
-                      mel_g_scale(g, kl_of(g, ls, lm), 1 - beta));
+        d = mel_g_add(g, mel_g_scale(g, kl_of(g, lt, lm, cm), beta),
+                      mel_g_scale(g, kl_of(g, ls, lm, cm), 1 - beta));
     }
     if (p[KD_T2] != 0) d = mel_g_scale(g, d, p[P_TEMP] * p[P_TEMP]);
     return finish_masked(g, lab, d);
@@ -196,36 +222,36 @@ static mel_status build_grpo(mel_graph *g, const double *p)
 static const builtin builtins[] = {
     {"ce",
      "cross-entropy  inputs: head 0, labels  params: ignore_index, label_smoothing, z_loss, "
-     "logit_scale, softcap, temperature",
+     "logit_scale, softcap, temperature, vocab_valid",
      {COMMON_PARAMS, {"label_smoothing", 0, 0, 1, 0}, {"z_loss", 0, 0, 1e300, 0}},
      build_ce},
     {"logprob",
      "token log-probability z[label] - logsumexp(z)  inputs: head 0, labels  params: "
-     "ignore_index, logit_scale, softcap, temperature",
+     "ignore_index, logit_scale, softcap, temperature, vocab_valid",
      {COMMON_PARAMS},
      build_logprob},
     {"entropy",
-     "entropy -sum p log p  inputs: head 0  params: logit_scale, softcap, temperature",
+     "entropy -sum p log p  inputs: head 0  params: logit_scale, softcap, temperature, vocab_valid",
      {COMMON_PARAMS},
      build_entropy},
     {"z_loss",
-     "logsumexp(z)^2  inputs: head 0  params: logit_scale, softcap, temperature",
+     "logsumexp(z)^2  inputs: head 0  params: logit_scale, softcap, temperature, vocab_valid",
      {COMMON_PARAMS},
      build_z_loss},
     {"kl",
      "forward KL(teacher || student)  inputs: head 0 (student), head 1 (teacher), labels  "
-     "params: ignore_index, temperature, t2_scale, logit_scale, softcap",
+     "params: ignore_index, temperature, t2_scale, logit_scale, softcap, vocab_valid",
      {COMMON_PARAMS, {"t2_scale", 0, 0, 1, 1}},
      build_kl},
     {"reverse_kl",
      "reverse KL(student || teacher)  inputs: head 0 (student), head 1 (teacher), labels  "
-     "params: ignore_index, temperature, t2_scale, logit_scale, softcap",
+     "params: ignore_index, temperature, t2_scale, logit_scale, softcap, vocab_valid",
      {COMMON_PARAMS, {"t2_scale", 0, 0, 1, 1}},
      build_rkl},
     {"jsd",
      "generalised JSD beta*KL(t||m) + (1-beta)*KL(s||m), m = beta*p_t + (1-beta)*p_s  inputs: "
      "head 0 (student), head 1 (teacher), labels  params: beta (default 0.5), ignore_index, "
-     "temperature, t2_scale, logit_scale, softcap",
+     "temperature, t2_scale, logit_scale, softcap, vocab_valid",
      {COMMON_PARAMS, {"t2_scale", 0, 0, 1, 1}, {"beta", 0.5, 0, 1, 0}},
      build_jsd},
     {"grpo",
@@ -233,7 +259,7 @@ static const builtin builtins[] = {
      "advantages (per row), old_logp (when use_old_logp=1), ref_logp (when beta != 0 and "
      "ref_source=0) or head 1 (ref_source=1)  params: beta, epsilon_low, epsilon_high (default "
      "= epsilon_low), delta (0 = off), use_old_logp, ref_source, importance_sampling_level "
-     "(0 token, 1 sequence), seq_len, temperature, loss_type (0 grpo, 1 bnpo, 2 dr_grpo, 3 "
+     "(0 token, 1 sequence), seq_len, temperature, vocab_valid, loss_type (0 grpo, 1 bnpo, 2 dr_grpo, 3 "
      "dapo), max_completion_length, num_items_in_batch (the last three: for mel_grpo_weights)  "
      "aux: kl, is_clipped, ratio, logp",
      {COMMON_PARAMS, {"beta", 0, 0, 1e300, 0}, {"epsilon_low", 0.2, 0, 1, 0},
