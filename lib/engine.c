@@ -361,7 +361,8 @@ static void size_call(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, c
     sz->heads = 0;
     for (int h = 0; h < MEL_MAX_HEADS; h++) sz->heads += c->used[h];
     int64_t ptrs = (int64_t)t->n * (int64_t)sizeof(void *);
-    sz->scratch_per_thread = ((int64_t)p->n_slots * c->V * (int64_t)c->es + ptrs + 63) / 64 * 64;
+    /* slots (rounded to 64 bytes), then the vector pointers (see exec_impl.h) */
+    sz->scratch_per_thread = ((int64_t)p->n_slots * c->V * (int64_t)c->es + 63) / 64 * 64 + (ptrs + 63) / 64 * 64;
     sz->fixed = sz->scratch_per_thread * sz->threads;
     /* per row: Z of each head, scalar and index registers, and doubles for
      * y, count, seed, aux, input grads */

@@ -220,7 +220,8 @@ static void FN(run_rows)(const mel_transform *t, const mel_plan *p, mel_chunk *c
             int tid = omp_get_thread_num();
             char *base = (char *)ch->scratch + (int64_t)tid * ch->scratch_per_thread;
             T *scr = (T *)base;
-            T **vp = (T **)(base + (int64_t)p->n_slots * V * (int64_t)sizeof(T));
+            /* the vector pointers follow the slots, 64-byte aligned */
+            T **vp = (T **)(base + ((int64_t)p->n_slots * V * (int64_t)sizeof(T) + 63) / 64 * 64);
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < R; r++) {
                 T *s = regs + r * n;

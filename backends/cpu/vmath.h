@@ -12,7 +12,8 @@
 static inline float mel_expf(float x)
 {
     const float lo = -86.5f, hi = 88.75f;
-    float xc = x < lo ? lo : (x > hi ? hi : x);
+    /* clamp (NaN to 0: the integer conversion below must see a number) */
+    float xc = x != x ? 0.0f : (x < lo ? lo : (x > hi ? hi : x));
     /* x = n·ln2 + r, |r| <= ln2/2; ln2 split in two for an exact n·ln2_hi */
     float n = __builtin_floorf(xc * 1.44269504089f + 0.5f);
     float r = xc - n * 0.693359375f;
@@ -28,7 +29,7 @@ static inline float mel_expf(float x)
     p = p * r + 1.0f;
     /* 2^n = 2^(n−1)·2 so that n = 128 (x just below the overflow
      * threshold) stays representable until the final product */
-    int32_t e = ((int32_t)n + 126) << 23;
+    uint32_t e = (uint32_t)((int32_t)n + 126) << 23; /* n + 126 in [1, 254] */
     float s;
     memcpy(&s, &e, sizeof s);
     float y = (p * s) * 2.0f;
