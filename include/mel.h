@@ -120,6 +120,14 @@ MEL_API const char *mel_ctx_create_error(void);
 /* Destroy; NULL is accepted. */
 MEL_API void mel_ctx_destroy(mel_ctx *ctx);
 
+/* Workspace caching.  A context keeps the workspace of its largest call
+ * so far between calls (no allocation or page faults in a training loop);
+ * mel_ctx_held_bytes says how much it holds, mel_ctx_trim releases it
+ * (mel_ctx_destroy does too).  mel_stats.peak_workspace_bytes is what one
+ * call used. */
+MEL_API int64_t mel_ctx_held_bytes(const mel_ctx *ctx);
+MEL_API void mel_ctx_trim(mel_ctx *ctx);
+
 /* The message of this context's last failed call ("" after a call that
  * succeeded). */
 MEL_API const char *mel_last_error(const mel_ctx *ctx);

@@ -121,6 +121,7 @@ mel_status mel_ctx_create(mel_backend backend, mel_ctx **out)
 void mel_ctx_destroy(mel_ctx *ctx)
 {
     if (!ctx) return;
+    if (ctx->arena) ctx->ops->free(ctx, ctx->arena);
     if (ctx->ops->fini) ctx->ops->fini(ctx);
     free(ctx);
 }
@@ -180,11 +181,28 @@ void mel_get_stats(const mel_ctx *ctx, mel_stats *out)
     *out = ctx->stats;
 }
 
+size_t mel_ws_round(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+mel_status mel_ws_reserve(mel_ctx *ctx, size_t bytes)
+{
+    if (ctx->arena_used) return mel_fail(ctx, MEL_ERR_INTERNAL, "workspace reserved while in use");
+    if (ctx->arena && ctx->arena_size >= bytes) return MEL_OK;
+    if (ctx->arena) ctx->ops->free(ctx, ctx->arena);
+    ctx->arena = NULL;
+    ctx->arena_size = 0;
+    ctx->arena = ctx->ops->alloc(ctx, bytes ? bytes : 64);
+    if (!ctx->arena)
+        return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "out of memory: workspace of %zu bytes", bytes);
+    ctx->arena_size = bytes ? bytes : 64;
+    return MEL_OK;
+}
+
 void *mel_ws_alloc(mel_ctx *ctx, size_t bytes)
 {
-    if (bytes == 0) bytes = 1;
-    void *p = ctx->ops->alloc(ctx, bytes);
-    if (!p) return NULL;
+    size_t r = mel_ws_round(bytes ? bytes : 1);
+    if (!ctx->arena || ctx->arena_used + r > ctx->arena_size) return NULL;
+    void *p = (char *)ctx->arena + ctx->arena_used;
+    ctx->arena_used += r;
     ctx->ws_cur += (int64_t)bytes;
     if (ctx->ws_cur > ctx->ws_peak) ctx->ws_peak = ctx->ws_cur;
     return p;
@@ -193,10 +211,19 @@ void *mel_ws_alloc(mel_ctx *ctx, size_t bytes)
 void mel_ws_free(mel_ctx *ctx, void *p, size_t bytes)
 {
     if (!p) return;
-    if (bytes == 0) bytes = 1;
-    ctx->ops->free(ctx, p);
     ctx->ws_cur -= (int64_t)bytes;
+    if (ctx->ws_cur <= 0) ctx->ws_cur = 0, ctx->arena_used = 0;
 }
+
+void mel_ctx_trim(mel_ctx *ctx)
+{
+    if (!ctx || ctx->arena_used) return;
+    if (ctx->arena) ctx->ops->free(ctx, ctx->arena);
+    ctx->arena = NULL;
+    ctx->arena_size = 0;
+}
+
+int64_t mel_ctx_held_bytes(const mel_ctx *ctx) { return ctx ? (int64_t)ctx->arena_size : 0; }
 
 /* ------------------------------------------------------------- params */
 

@@ -436,6 +436,12 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
     w->bytes_regs = (size_t)(R * t->n) * c->es;
     w->bytes_iregs = (size_t)(R * t->n) * 8;
     w->bytes_conv = need_Z ? (size_t)(sz->conv_fixed + R * sz->conv_per_row) : 0;
+    size_t total = mel_ws_round(w->bytes_scratch) + mel_ws_round(w->bytes_rows) +
+                   mel_ws_round(w->bytes_regs) + mel_ws_round(w->bytes_iregs) +
+                   (w->bytes_conv ? mel_ws_round(w->bytes_conv) : 0);
+    for (int h = 0; h < MEL_MAX_HEADS && need_Z; h++)
+        if (c->used[h]) total += mel_ws_round(w->bytes_Z);
+    if ((s = mel_ws_reserve(ctx, total))) return s;
     for (int h = 0; h < MEL_MAX_HEADS && need_Z; h++)
         if (c->used[h] && !(w->Z[h] = mel_ws_alloc(ctx, w->bytes_Z))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && !(w->scratch = mel_ws_alloc(ctx, w->bytes_scratch))) s = MEL_ERR_OUT_OF_MEMORY;

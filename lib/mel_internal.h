@@ -127,7 +127,11 @@ struct mel_ctx {
     int check_finite;
     int64_t chunk_rows;
     int64_t workspace_limit;
-    /* allocator accounting */
+    /* workspace: one arena kept between calls (grown when a call needs
+     * more, released by mel_ctx_trim / mel_ctx_destroy); a call carves its
+     * buffers from it.  ws_cur / ws_peak count the bytes a call uses. */
+    void *arena;
+    size_t arena_size, arena_used;
     int64_t ws_cur, ws_peak;
     mel_stats stats;
     char err[512];
@@ -139,7 +143,13 @@ mel_status mel_fail(mel_ctx *ctx, mel_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void mel_clear_error(mel_ctx *ctx);
 
-/* Workspace through the context allocator (peak recorded). */
+/* Workspace through the context allocator (peak recorded).  mel_ws_reserve
+ * makes the arena at least `bytes` (the sum of mel_ws_round of the buffers
+ * about to be taken) while nothing is taken; mel_ws_alloc carves a buffer
+ * (64-byte aligned), mel_ws_free gives it back (the arena is reused once
+ * everything is given back). */
+mel_status mel_ws_reserve(mel_ctx *ctx, size_t bytes);
+size_t mel_ws_round(size_t bytes);
 void *mel_ws_alloc(mel_ctx *ctx, size_t bytes);
 void mel_ws_free(mel_ctx *ctx, void *p, size_t bytes);
 

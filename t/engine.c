@@ -261,6 +261,10 @@ static void test_budget_invariance(mel_ctx *ctx, mel_transform *ce, tap_rng *rng
         ok(e < 2e-6, "budget %lld B: same result as one chunk within fp32 round-off (rel %.2e)",
            (long long)budgets[k], e);
     }
+    ok(mel_ctx_held_bytes(ctx) >= (int64_t)1227696, "the context keeps its largest workspace (%lld B)",
+       (long long)mel_ctx_held_bytes(ctx));
+    mel_ctx_trim(ctx);
+    ok(mel_ctx_held_bytes(ctx) == 0, "mel_ctx_trim releases it");
     mel_set_workspace_limit(ctx, 0);
     int64_t chunks[] = {1, 7, 64, 299, 301};
     for (int k = 0; k < 5; k++) {
