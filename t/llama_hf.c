@@ -58,6 +58,7 @@ typedef struct fixture_batch {
     int32_t *pos;    /* [npos] rows n = b*T + t */
     float *logits;   /* [npos, V] */
     double *rel_l2_32, *rel_max_32; /* [ntens] */
+    void *raw;       /* the file's bytes: every field above points into it */
 } fixture_batch;
 
 static int load_batch(fixture_batch *fb, int V)
@@ -83,7 +84,8 @@ static int load_batch(fixture_batch *fb, int V)
     memcpy(&fb->logit_err32, q, 8);        q += 8;
     fb->rel_l2_32 = (double *)q;           q += 8L * fb->ntens;
     fb->rel_max_32 = (double *)q;
-    return 0; /* p is kept: the fields point into it */
+    fb->raw = p; /* kept: the fields point into it; freed by main */
+    return 0;
 bad:
     free(p);
     return -1;
@@ -269,5 +271,6 @@ int main(void)
     free(w);
     free(g);
     free(gref);
+    free(fb.raw);
     return done_testing();
 }
