@@ -149,6 +149,11 @@ static void test_errors(mel_ctx *ctx, mel_transform *ce)
     mel_params_set(p, "ignore_index", 0.5);
     EXPECT(mel_transform_builtin(ctx, "ce", p, &t), MEL_ERR_INVALID_ARGUMENT, "or not an integer");
     mel_params_free(p);
+    p = mel_params_new();
+    mel_params_set(p, "ignore_index", -1);
+    EXPECT(mel_transform_builtin(ctx, "entropy", p, &t), MEL_ERR_INVALID_ARGUMENT,
+           "transform 'entropy' reads no labels: parameter ignore_index does not apply");
+    mel_params_free(p);
     ok(t == NULL, "failed builds leave *out NULL");
     /* graphs */
     mel_graph *g = mel_graph_new();

@@ -231,11 +231,11 @@ static const builtin builtins[] = {
      {COMMON_PARAMS},
      build_logprob},
     {"entropy",
-     "entropy -sum p log p  inputs: head 0  params: logit_scale, softcap, temperature, vocab_valid",
+     "entropy -sum p log p  inputs: head 0 (no labels)  params: logit_scale, softcap, temperature, vocab_valid",
      {COMMON_PARAMS},
      build_entropy},
     {"z_loss",
-     "logsumexp(z)^2  inputs: head 0  params: logit_scale, softcap, temperature, vocab_valid",
+     "logsumexp(z)^2  inputs: head 0 (no labels)  params: logit_scale, softcap, temperature, vocab_valid",
      {COMMON_PARAMS},
      build_z_loss},
     {"kl",
@@ -311,6 +311,10 @@ mel_status mel_transform_builtin(mel_ctx *ctx, const char *name, const mel_param
             return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                             "transform '%s' has no parameter '%s' (it has: %s)", name, pn, list);
         }
+        if (k == P_IGNORE && (b->build == build_entropy || b->build == build_z_loss))
+            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                            "transform '%s' reads no labels: parameter ignore_index does not apply "
+                            "(mask rows with a weighted reduction)", name);
         const pdef *d = &b->params[k];
         if (!isfinite(v) || v < d->lo || v > d->hi || (d->integer && v != floor(v)))
             return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
