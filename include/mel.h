@@ -284,6 +284,19 @@ MEL_API char *mel_transform_dump(const mel_transform *t); /* free() it */
 /* Number of vector slots the program keeps live at once (for budgets). */
 MEL_API int mel_transform_vector_slots(const mel_transform *t);
 MEL_API int mel_transform_num_heads(const mel_transform *t);
+/* 1 when head h is read by the transform, 2 when it is also differentiable. */
+MEL_API int mel_transform_head(const mel_transform *t, int h);
+/* The named per-row inputs the transform reads (all must be bound): their
+ * number, and the i-th one's name (NULL when out of range), with
+ * *is_index = 1 for an index input (mel_args_index), 0 for a scalar one
+ * (mel_args_input), and *differentiable for a scalar input's gradient.
+ * Either out pointer may be NULL. */
+MEL_API int mel_transform_num_inputs(const mel_transform *t);
+MEL_API const char *mel_transform_input(const mel_transform *t, int i, int *is_index,
+                                        int *differentiable);
+/* The aux outputs (mel_args_aux): number and names. */
+MEL_API int mel_transform_num_aux(const mel_transform *t);
+MEL_API const char *mel_transform_aux(const mel_transform *t, int i);
 
 /* --------------------------------------------------------------- built-ins
  *

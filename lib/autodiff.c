@@ -415,6 +415,29 @@ mel_status mel_graph_compile(mel_ctx *ctx, const mel_graph *src, const char *nam
 
 const char *mel_transform_name(const mel_transform *t) { return t ? t->name : "(null)"; }
 int mel_transform_num_heads(const mel_transform *t) { return t ? t->n_heads : 0; }
+
+int mel_transform_head(const mel_transform *t, int h)
+{
+    if (!t || h < 0 || h >= MEL_MAX_HEADS || t->logits_node[h] < 0) return 0;
+    return t->head_diff[h] ? 2 : 1;
+}
+
+int mel_transform_num_inputs(const mel_transform *t) { return t ? t->n_inputs : 0; }
+
+const char *mel_transform_input(const mel_transform *t, int i, int *is_index, int *differentiable)
+{
+    if (!t || i < 0 || i >= t->n_inputs) return NULL;
+    if (is_index) *is_index = t->inputs[i].is_index;
+    if (differentiable) *differentiable = t->inputs[i].differentiable;
+    return t->inputs[i].name;
+}
+
+int mel_transform_num_aux(const mel_transform *t) { return t ? t->n_aux : 0; }
+
+const char *mel_transform_aux(const mel_transform *t, int i)
+{
+    return t && i >= 0 && i < t->n_aux ? t->aux_name[i] : NULL;
+}
 int mel_transform_vector_slots(const mel_transform *t)
 {
     if (!t) return 0;

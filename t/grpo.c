@@ -239,6 +239,24 @@ int main(void)
         mel_transform_free(t);
     }
 
+    /* introspection: what the grpo variants read */
+    {
+        cfg c1 = {3, 1, 1, 1, 0.04, 0.2, 0.2, 0};
+        mel_transform *t1 = build(ctx, &c1);
+        char names[160] = "";
+        for (int i = 0; i < mel_transform_num_inputs(t1); i++) {
+            int idx = -1, d = -1;
+            const char *nm = mel_transform_input(t1, i, &idx, &d);
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s:%c", i ? "," : "", nm,
+                     idx ? 'i' : 's');
+        }
+        ok(!strcmp(names, "labels:i,mask:s,advantages:s,old_logp:s") && mel_transform_head(t1, 0) == 2 &&
+               mel_transform_head(t1, 1) == 1 && mel_transform_head(t1, 2) == 0 &&
+               mel_transform_num_aux(t1) == 4 && !strcmp(mel_transform_aux(t1, 0), "kl") &&
+               mel_transform_input(t1, 9, NULL, NULL) == NULL,
+           "introspection: inputs %s, heads 0 (differentiable) and 1, aux kl/is_clipped/ratio/logp", names);
+        mel_transform_free(t1);
+    }
     /* helpers */
     double w[N], r[12] = {1, 0, 0, 1, 2, 2, 2, 2, 0.5, -1, 3, 0}, adv[12];
     ok(mel_grpo_weights(ctx, MEL_GRPO_GRPO, B, T, MASK, MAXLEN, 0, 2, w) == MEL_OK &&
