@@ -148,11 +148,17 @@ MEL_API mel_status mel_set_chunk_rows(mel_ctx *ctx, int64_t chunk_rows);
 /* Workspace byte budget for automatic chunking: with chunk_rows == 0 every
  * call's peak workspace (mel_stats.peak_workspace_bytes) stays within it.
  * A fixed chunk_rows takes precedence: the call then uses what R rows need,
- * whatever the budget.  0 restores the default, MEL_DEFAULT_WORKSPACE.
- * With automatic chunking, a call whose workspace for one row (one segment)
- * exceeds the budget fails with MEL_ERR_BUDGET and says how many bytes are
- * fixed and how many one row needs. */
-#define MEL_DEFAULT_WORKSPACE ((int64_t)256 << 20)
+ * whatever the budget.  With automatic chunking, a call whose workspace
+ * for one row (one segment) exceeds the budget fails with MEL_ERR_BUDGET
+ * and says how many bytes are fixed and how many one row needs.
+ *
+ * bytes == 0 (the default) is the automatic budget: 1/16 of what the call
+ * would need with all N rows in one chunk (the naive workspace: ~N·V·4
+ * bytes per head in f32), clamped to [MEL_DEFAULT_WORKSPACE_MIN,
+ * MEL_DEFAULT_WORKSPACE]: at most 6.25% of the naive memory once N·V is
+ * large, while chunks stay large enough for efficient GEMMs. */
+#define MEL_DEFAULT_WORKSPACE ((int64_t)512 << 20)     /* the default's upper bound */
+#define MEL_DEFAULT_WORKSPACE_MIN ((int64_t)16 << 20)  /* the default's lower bound */
 MEL_API mel_status mel_set_workspace_limit(mel_ctx *ctx, int64_t bytes);
 
 /* Non-finite inputs.  By default NaN and ±Inf in X, W, bias or per-row

@@ -107,7 +107,7 @@ mel_status mel_ctx_create(mel_backend backend, mel_ctx **out)
     if (!ctx) return mel_fail(NULL, MEL_ERR_OUT_OF_MEMORY, "mel_ctx_create: out of memory");
     ctx->kind = backend;
     ctx->ops = ops;
-    ctx->workspace_limit = MEL_DEFAULT_WORKSPACE;
+    ctx->workspace_limit = 0; /* automatic (see mel_set_workspace_limit) */
     mel_status s = ops->init ? ops->init(ctx) : MEL_OK;
     if (s != MEL_OK) {
         mel_fail(NULL, s, "mel_ctx_create: %s backend: %s", ops->name, ctx->err);
@@ -167,7 +167,7 @@ mel_status mel_set_workspace_limit(mel_ctx *ctx, int64_t bytes)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                         "mel_set_workspace_limit: bytes = %lld is negative",
                         (long long)bytes);
-    ctx->workspace_limit = bytes ? bytes : MEL_DEFAULT_WORKSPACE;
+    ctx->workspace_limit = bytes;
     return MEL_OK;
 }
 

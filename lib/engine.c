@@ -409,15 +409,22 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
     mel_status s = MEL_OK;
     memset(w, 0, sizeof *w);
     int64_t R = ctx->chunk_rows;
+    int64_t limit = ctx->workspace_limit;
+    if (limit <= 0) { /* automatic: 1/16 of the one-chunk workspace, clamped */
+        double naive = (double)sz->fixed + (double)(need_Z ? sz->per_row : ROW_BYTES(t, c->es)) * (double)c->N;
+        limit = (int64_t)(naive / 16);
+        if (limit < MEL_DEFAULT_WORKSPACE_MIN) limit = MEL_DEFAULT_WORKSPACE_MIN;
+        if (limit > MEL_DEFAULT_WORKSPACE) limit = MEL_DEFAULT_WORKSPACE;
+    }
     if (R <= 0) {
-        int64_t avail = ctx->workspace_limit - sz->fixed;
+        int64_t avail = limit - sz->fixed;
         int64_t per_row = need_Z ? sz->per_row : ROW_BYTES(t, c->es);
         int64_t min_rows = t->seg_len > 0 ? t->seg_len : 1;
         if (avail < per_row * min_rows)
             return mel_fail(ctx, MEL_ERR_BUDGET,
                             "workspace limit %lld bytes is below %lld row%s%s: %lld fixed (%d threads × "
                             "%d vectors of V = %lld) + %lld per row",
-                            (long long)ctx->workspace_limit, (long long)min_rows, min_rows > 1 ? "s" : "",
+                            (long long)limit, (long long)min_rows, min_rows > 1 ? "s" : "",
                             min_rows > 1 ? " (one segment)" : "", (long long)sz->fixed, sz->threads,
                             p->n_slots, (long long)c->V, (long long)per_row);
         R = avail / per_row;
