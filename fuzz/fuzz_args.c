@@ -168,16 +168,22 @@ static void fa_engine(fz *f, mel_ctx *ctx)
     mel_args *a = mel_args_new();
     int64_t N = fz_size(f, 6), V = fz_size(f, 7);
     int64_t D[MEL_MAX_HEADS];
-    /* outputs [N] are sized for the largest row count bound: the library's
-     * N is the rows of the first head the transform reads */
-    int64_t NY = N;
+    /* outputs [N] and db [V] are sized for the largest row count bound: the
+     * library's N and V are those of the first head the transform reads */
+    int64_t NY = 0, NV = 0; /* max over the heads actually bound */
+    struct {
+        mel_matrix dx, dw;
+        size_t es;
+        int head, want_db;
+        unsigned flags;
+    } pg[MEL_MAX_HEADS];
+    int npg = 0;
     unsigned heads = fz_u8(f);
     if (heads < 128) heads = (unsigned)((1 << mel_transform_num_heads(t)) - 1);
     for (int h = 0; h < MEL_MAX_HEADS; h++) {
         D[h] = fz_size(f, 3);
         if (!(heads >> h & 1)) continue;
         int64_t xr = fz_u8(f) < 240 ? N : fz_size(f, 6);
-        if (xr > NY) NY = xr;
         int64_t wr = fz_u8(f) < 240 ? V : fz_size(f, 7);
         int64_t wc = fz_u8(f) < 240 ? D[h] : fz_size(f, 3);
         mel_matrix x = fa_matrix(f, &st, xr, D[h], MEL_F32, 1);
@@ -187,17 +193,30 @@ static void fa_engine(fz *f, mel_ctx *ctx)
             int64_t bb = fa_bytes(wr, mel_dtype_size(x.dtype));
             bias = fa_alloc(&st, bb);
         }
-        mel_args_head(a, fz_u8(f) < 250 ? h : (int)fz_size(f, 9), x, w, bias);
+        if (mel_args_head(a, fz_u8(f) < 250 ? h : (int)fz_size(f, 9), x, w, bias) == MEL_OK) {
+            if (xr > NY) NY = xr; /* only heads actually bound count */
+            if (wr > NV) NV = wr;
+        }
         if (fz_u8(f) < 128) {
             mel_matrix dx = fa_matrix(f, &st, fz_u8(f) < 240 ? xr : fz_size(f, 6), D[h], x.dtype, 0);
             if (fz_u8(f) < 40) dx.data = NULL;
-            mel_matrix dw = fa_matrix(f, &st, fz_u8(f) < 240 ? wr : fz_size(f, 7), wc, x.dtype, 0);
+            /* dw and db: f32, or f64 for f64 heads (also for bf16/f16 heads, mel.h) */
+            mel_dtype gt = x.dtype == MEL_F64 ? MEL_F64 : MEL_F32;
+            mel_matrix dw = fa_matrix(f, &st, fz_u8(f) < 240 ? wr : fz_size(f, 7), wc, gt, 0);
             if (fz_u8(f) < 40) dw.data = NULL;
-            /* db [V] in "dw's dtype", which mel.h defines as the head's (f32 or f64) */
-            void *db = fz_u8(f) < 64 ? fa_alloc(&st, fa_bytes(wr, mel_dtype_size(x.dtype))) : NULL;
-            unsigned flags = fz_u8(f) % 8;
-            mel_args_grad_head(a, fz_u8(f) < 250 ? h : (int)fz_size(f, 9), dx, dw, db, flags);
+            /* db [V] in dw's dtype; V is the library's (any bound head's w
+             * rows), so db is bound after the loop */
+            pg[npg].want_db = fz_u8(f) < 64;
+            pg[npg].es = mel_dtype_size(gt);
+            pg[npg].flags = fz_u8(f) % 8;
+            pg[npg].head = fz_u8(f) < 250 ? h : (int)fz_size(f, 9);
+            pg[npg].dx = dx, pg[npg].dw = dw;
+            npg++;
         }
+    }
+    for (int k = 0; k < npg; k++) {
+        void *db = pg[k].want_db ? fa_alloc(&st, fa_bytes(NV, pg[k].es)) : NULL;
+        mel_args_grad_head(a, pg[k].head, pg[k].dx, pg[k].dw, db, pg[k].flags);
     }
     int nin = (int)(fz_u8(f) % 8);
     for (int k = 0; k < nin; k++) fa_per_row(f, &st, a, N, V);

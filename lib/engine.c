@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "mel_internal.h"
+#include "half.h"
 
 static double now(void)
 {
@@ -105,11 +106,7 @@ static double float_at(const void *p, mel_dtype dt, int64_t k)
         memcpy(&f, &u, 4);
         return f;
     }
-    case MEL_F16: {
-        _Float16 h;
-        memcpy(&h, (const uint16_t *)p + k, 2);
-        return (double)h;
-    }
+    case MEL_F16: return mel_f16_to_f32(((const uint16_t *)p)[k]);
     default: return 0;
     }
 }
@@ -419,8 +416,9 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
     if (R <= 0) {
         int64_t avail = limit - sz->fixed;
         int64_t per_row = need_Z ? sz->per_row : ROW_BYTES(t, c->es);
-        int64_t min_rows = t->seg_len > 0 ? t->seg_len : 1;
-        if (avail < per_row * min_rows)
+        /* an empty batch needs no whole segment */
+        int64_t min_rows = t->seg_len > 0 && c->N > 0 ? t->seg_len : 1, need;
+        if (!mel_mul_ok(per_row, min_rows, &need) || avail < need)
             return mel_fail(ctx, MEL_ERR_BUDGET,
                             "workspace limit %lld bytes is below %lld row%s%s: %lld fixed (%d threads × "
                             "%d vectors of V = %lld) + %lld per row",
@@ -430,8 +428,8 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
         R = avail / per_row;
     }
     if (R > c->N) R = c->N;
-    if (t->seg_len > 0) R = R / t->seg_len * t->seg_len; /* whole segments per chunk */
-    if (R < 1) R = t->seg_len > 0 ? t->seg_len : 1;
+    if (t->seg_len > 0 && c->N > 0) R = R / t->seg_len * t->seg_len; /* whole segments per chunk */
+    if (R < 1) R = t->seg_len > 0 && c->N > 0 ? t->seg_len : 1;
     w->R = R;
     int64_t bz;
     if (!mel_mul_ok(R, c->V, &bz) || !mel_mul_ok(bz, (int64_t)c->es, &bz))

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "mel_internal.h"
+#include "half.h"
 
 static uint64_t mix(uint64_t *s)
 {
@@ -25,11 +26,7 @@ static double elem(const void *data, mel_dtype dt, int64_t k)
         memcpy(&f, &u, 4);
         return f;
     }
-    case MEL_F16: {
-        _Float16 h;
-        memcpy(&h, (const uint16_t *)data + k, 2);
-        return (double)h;
-    }
+    case MEL_F16: return mel_f16_to_f32(((const uint16_t *)data)[k]);
     default: return ((const double *)data)[k];
     }
 }

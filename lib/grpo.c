@@ -15,6 +15,10 @@ mel_status mel_grpo_weights(mel_ctx *ctx, mel_grpo_loss_type type, int64_t B, in
     if (B < 1 || T < 1)
         return mel_fail(ctx, MEL_ERR_SHAPE, "mel_grpo_weights: B = %lld, T = %lld must be >= 1",
                         (long long)B, (long long)T);
+    int64_t BT;
+    if (!mel_mul_ok(B, T, &BT) || !mel_mul_ok(BT, (int64_t)sizeof(double), &BT))
+        return mel_fail(ctx, MEL_ERR_OVERFLOW, "mel_grpo_weights: B·T = %lld·%lld overflows",
+                        (long long)B, (long long)T);
     if (grad_accum < 1)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_grpo_weights: grad_accum = %lld must be >= 1",
                         (long long)grad_accum);
@@ -62,6 +66,9 @@ mel_status mel_group_advantages(mel_ctx *ctx, const double *rewards, int64_t n, 
     if (group < 1 || n < 0 || n % group)
         return mel_fail(ctx, MEL_ERR_SHAPE, "mel_group_advantages: n = %lld is not a positive multiple of group = %lld",
                         (long long)n, (long long)group);
+    if (n > INT64_MAX / (int64_t)sizeof(double))
+        return mel_fail(ctx, MEL_ERR_OVERFLOW, "mel_group_advantages: n = %lld doubles overflow int64 bytes",
+                        (long long)n);
     if (scale && group < 2)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                         "mel_group_advantages: group = %lld has no standard deviation; use group >= 2 "

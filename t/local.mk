@@ -24,6 +24,7 @@ TESTS += t/focal.t
 check_PROGRAMS += t/vmath.t
 t_vmath_t_SOURCES = t/vmath.c
 t_vmath_t_LDADD = t/libtap.la -lm
+t_vmath_t_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/lib
 TESTS += t/vmath.t
 check_PROGRAMS += t/lowp.t
 t_lowp_t_SOURCES = t/lowp.c

@@ -23,13 +23,14 @@ TESTS += t/fuzz_regress.t
 # make valgrind: every compiled TAP test under valgrind's memcheck (leaks
 # included); a test with an error or a definite/indirect leak fails.  The
 # slow ones are skipped (VALGRIND_SKIP: huge shapes, the llama model, and
-# the two long numerical tests ce and fixtures, which ASan covers in CI);
+# the two long numerical tests ce and fixtures, and threads, whose 4
+# pthreads valgrind runs one at a time: ASan covers them in CI);
 # "possibly lost" blocks are the
 # OpenMP and OpenBLAS thread pools and are not counted.
 VALGRIND = valgrind
 VALGRIND_FLAGS = --leak-check=full --errors-for-leak-kinds=definite,indirect \
 	--show-leak-kinds=definite,indirect --error-exitcode=1 --quiet
-VALGRIND_SKIP = t/huge.t t/llama_hf.t t/ce.t t/fixtures.t
+VALGRIND_SKIP = t/huge.t t/llama_hf.t t/ce.t t/fixtures.t t/threads.t
 .PHONY: valgrind
 valgrind: $(check_PROGRAMS)
 	@command -v $(VALGRIND) >/dev/null 2>&1 || { echo "make valgrind: $(VALGRIND) not found (Debian: apt-get install valgrind)" >&2; exit 1; }

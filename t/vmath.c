@@ -6,6 +6,7 @@
 
 #include "tap.h"
 #include "cpu/vmath.h"
+#include "half.h"
 
 int main(void)
 {
@@ -36,5 +37,47 @@ int main(void)
     ok(mel_expf(-INFINITY) == 0 && mel_expf(-1000.f) == 0, "exp underflows to 0");
     ok(mel_expf(0) == 1.0f, "exp(0) = 1 exactly");
     ok(mel_tanhf(INFINITY) == 1 && mel_tanhf(-INFINITY) == -1 && mel_tanhf(0) == 0, "tanh(±inf) = ±1, tanh(0) = 0");
+    /* 16-bit conversions: bf16 exact widening and rounding; f16 against the
+     * compiler's _Float16 (an independent implementation) where it exists */
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = mel_bf16_to_f32((uint16_t)h);
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        bad += u != h << 16;
+        if (f == f) bad += mel_f32_to_bf16(f) != h;
+    }
+    ok(bad == 0, "bf16: every value widens exactly and narrows back (%d mismatches)", bad);
+    ok(mel_f32_to_bf16(1.00390625f) == 0x3f80 && mel_f32_to_bf16(1.01171875f) == 0x3f82,
+       "bf16 rounds to nearest even at ties");
+#ifdef __FLT16_MAX__
+    bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        _Float16 x;
+        uint16_t hh = (uint16_t)h;
+        memcpy(&x, &hh, 2);
+        float want = (float)x, got = mel_f16_to_f32(hh);
+        if (!(want == got || (want != want && got != got))) bad++;
+    }
+    ok(bad == 0, "f16 -> f32: all 65536 values equal _Float16's (%d mismatches)", bad);
+    bad = 0;
+    tap_rng rng;
+    rng_seed(&rng, 5);
+    for (int k = 0; k < 2000000; k++) {
+        uint32_t u = (uint32_t)rng_u64(&rng);
+        if (k < 65536) u = ((uint32_t)k << 13) ^ (uint32_t)(rng_u64(&rng) & 0x1fffu); /* near every f16 */
+        float f;
+        memcpy(&f, &u, 4);
+        _Float16 x = (_Float16)f;
+        uint16_t want, got = mel_f32_to_f16(f);
+        memcpy(&want, &x, 2);
+        if (f != f) bad += (got & 0x7c00u) != 0x7c00u || !(got & 0x3ffu);
+        else bad += want != got;
+    }
+    ok(bad == 0, "f32 -> f16: 2e6 values (every f16 neighbourhood, random bits) equal _Float16's rounding (%d mismatches)", bad);
+#else
+    skip("the compiler has no _Float16 to compare the f16 conversions with");
+    skip("the compiler has no _Float16 to compare the f16 conversions with");
+#endif
     return done_testing();
 }

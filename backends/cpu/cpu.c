@@ -12,6 +12,7 @@
 
 #include "mel_internal.h"
 #include "vmath.h"
+#include "half.h"
 
 /* The row executor is compiled for AVX-512 and AVX2 as well as the
  * baseline; the loader picks the best the CPU has (GCC ifunc). */
@@ -89,37 +90,10 @@ static mel_status cpu_gemm(mel_ctx *ctx, mel_dtype ct, int transA, int transB,
 
 /* ------------------------------------------------ bf16 / f16 storage */
 
-static inline float bf16_to_f32(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
-    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even */
-    return (uint16_t)(u >> 16);
-}
-
-static inline float f16_to_f32(uint16_t h)
-{
-    _Float16 v;
-    memcpy(&v, &h, 2);
-    return (float)v;
-}
-
-static inline uint16_t f32_to_f16(float f)
-{
-    _Float16 v = (_Float16)f; /* round to nearest even */
-    uint16_t h;
-    memcpy(&h, &v, 2);
-    return h;
-}
+#define bf16_to_f32 mel_bf16_to_f32
+#define f32_to_bf16 mel_f32_to_bf16
+#define f16_to_f32 mel_f16_to_f32
+#define f32_to_f16 mel_f32_to_f16
 
 /* rows [r0, r0+R) of a 16-bit matrix view into a packed f32 block */
 static void load16(const mel_matrix *m, int64_t r0, int64_t R, float *out, int nt)

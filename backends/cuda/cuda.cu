@@ -1,0 +1,1043 @@
+/* The CUDA backend: cuBLAS GEMMs and a generic row-program executor.
+ *
+ * Everything mirrors the CPU backend (backends/cpu/cpu.c, exec_impl.h):
+ * the same operations with the same semantics (NaN handling of min/max,
+ * rmax and logsumexp, first-index argmax, ignore_index, segment sums at
+ * the phase barriers, dZ written over the logits row at the end of the
+ * last phase).  Only the order of floating-point sums differs.
+ *
+ * Memory: caller pointers (X, W, bias, labels, inputs, outputs, gradients)
+ * and the workspace are device memory; the engine stages per-row transfers
+ * through copy() (host_memory = 0).  The context works on the device that
+ * is current when it is created, on a stream of its own created with
+ * cudaStreamCreate: a blocking stream, so work the caller queues on the
+ * legacy default stream (cudaMemcpy, kernels on stream 0) is ordered after
+ * libmel's.  Kernels and GEMMs are queued asynchronously; copy() waits.
+ * The last chunk's gradient GEMMs may still be running when a call returns
+ * (the backend interface has no end-of-call hook): a caller reading the
+ * gradients from a non-blocking stream must synchronise first.
+ *
+ * Row executor: one thread block of MEL_CU_BS threads per row.  Vector
+ * operations are loops over V strided by the threads; reductions (sum,
+ * mean, rmax, logsumexp, argmax) go through shared memory in a fixed tree
+ * order, so results are deterministic and do not depend on the chunk size
+ * or on how many rows run at once.  Scalars are computed by thread 0 in the
+ * per-row registers (ch->regs / ch->iregs, device memory).
+ *
+ * Concurrent rows: the engine sizes the vector scratch as
+ * threads() × scratch_per_thread.  This backend's threads() is the number
+ * of rows run at once (one scratch region each): mel_set_threads(ctx, n)
+ * when n > 0, else the device's multiprocessor count.  A phase is one
+ * kernel launch of min(threads, R) blocks; block b runs rows b, b + grid,
+ * b + 2·grid, ... with scratch region b.
+ *
+ * The transform (nodes, plans) is uploaded to the device once and cached
+ * in the backend state (validated against the host copy on every use, so a
+ * freed transform whose address is reused is never mistaken for another).
+ *
+ * GEMMs: f32 / f64 by cublasSgemm / cublasDgemm; bf16 / f16 logits by
+ * cublasGemmEx with 16-bit inputs, f32 output and f32 compute.  dX and dW
+ * for 16-bit storage use f32 copies of W (in blocks) and X (chunk rows) in
+ * the conversion scratch, as the CPU backend does, and dX is rounded once
+ * into the 16-bit dX by a kernel.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef MEL_CUDA_EMU
+#include "emu_cuda.h" /* host emulation of the kernels (testing without a GPU) */
+#else
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+/* kernel launches; MEL_LAUNCH_BAR marks kernels that use __syncthreads */
+#define MEL_LAUNCH(k, grid, block, stream, ...) k<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#define MEL_LAUNCH_BAR(k, grid, block, stream, ...) k<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#endif
+
+extern "C" {
+#include "mel_internal.h"
+}
+
+#ifndef MEL_CU_BS
+#define MEL_CU_BS 256       /* threads per block of the row executor (a power of 2) */
+#endif
+#define MEL_CU_CACHE 8      /* transforms kept on the device               */
+
+/* ------------------------------------------------------------- state */
+
+typedef struct cu_cached {
+    const mel_transform *t; /* key (validated against `host`)             */
+    char *host;             /* nodes, then order / pslot of fwd, fb, cnt   */
+    char *dev;              /* the same bytes on the device               */
+    size_t bytes;
+    size_t off_order[3], off_pslot[3];
+    int n, pn[3];
+} cu_cached;
+
+typedef struct cu_state {
+    int device, sms;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    cu_cached cache[MEL_CU_CACHE];
+    int next_evict;
+    cudaError_t deferred; /* an asynchronous error seen where none could be returned */
+} cu_state;
+
+static cu_state *st_of(mel_ctx *ctx) { return (cu_state *)ctx->be; }
+
+static mel_status cu_err(mel_ctx *ctx, cudaError_t e, const char *what)
+{
+    return mel_fail(ctx, MEL_ERR_BACKEND, "cuda: %s: %s (%s)", what, cudaGetErrorName(e),
+                    cudaGetErrorString(e));
+}
+
+static mel_status blas_err(mel_ctx *ctx, cublasStatus_t e, const char *what)
+{
+    return mel_fail(ctx, MEL_ERR_BACKEND, "cuda: %s: cuBLAS status %d", what, (int)e);
+}
+
+/* An error left by an earlier asynchronous operation (reported once). */
+static mel_status take_deferred(mel_ctx *ctx)
+{
+    cu_state *st = st_of(ctx);
+    if (st->deferred == cudaSuccess) return MEL_OK;
+    cudaError_t e = st->deferred;
+    st->deferred = cudaSuccess;
+    return cu_err(ctx, e, "an earlier asynchronous operation failed");
+}
+
+static mel_status launched(mel_ctx *ctx, const char *what)
+{
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? MEL_OK : cu_err(ctx, e, what);
+}
+
+static int fits_int(int64_t v) { return v >= 0 && v <= 2147483647; }
+static int is16(mel_dtype t) { return t == MEL_BF16 || t == MEL_F16; }
+
+/* blocks for a grid-stride loop over n elements */
+static unsigned grid_for(int64_t n, int bs)
+{
+    int64_t b = (n + bs - 1) / bs;
+    if (b < 1) b = 1;
+    if (b > 65535 * 16) b = 65535 * 16;
+    return (unsigned)b;
+}
+
+/* ------------------------------------------------------ init / memory */
+
+static void cache_drop(cu_cached *e)
+{
+    if (e->dev) cudaFree(e->dev);
+    free(e->host);
+    memset(e, 0, sizeof *e);
+}
+
+static void cu_fini(mel_ctx *ctx)
+{
+    cu_state *st = st_of(ctx);
+    if (!st) return;
+    if (st->stream) cudaStreamSynchronize(st->stream);
+    for (int k = 0; k < MEL_CU_CACHE; k++) cache_drop(&st->cache[k]);
+    if (st->blas) cublasDestroy(st->blas);
+    if (st->stream) cudaStreamDestroy(st->stream);
+    free(st);
+    ctx->be = NULL;
+}
+
+static mel_status cu_init(mel_ctx *ctx)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        if (e != cudaSuccess)
+            return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "no CUDA device (%s: %s)", cudaGetErrorName(e),
+                            cudaGetErrorString(e));
+        return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "no CUDA device");
+    }
+    cu_state *st = (cu_state *)calloc(1, sizeof *st);
+    if (!st) return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "cuda: out of memory");
+    ctx->be = st;
+    if ((e = cudaGetDevice(&st->device)) != cudaSuccess ||
+        (e = cudaDeviceGetAttribute(&st->sms, cudaDevAttrMultiProcessorCount, st->device)) != cudaSuccess ||
+        (e = cudaStreamCreate(&st->stream)) != cudaSuccess) {
+        mel_status s = cu_err(ctx, e, "initialising the device");
+        cu_fini(ctx);
+        return s;
+    }
+    if (st->sms < 1) st->sms = 1;
+    cublasStatus_t b = cublasCreate(&st->blas);
+    if (b == CUBLAS_STATUS_SUCCESS) b = cublasSetStream(st->blas, st->stream);
+    /* full fp32 GEMMs (no TF32): results comparable with the CPU backend */
+    if (b == CUBLAS_STATUS_SUCCESS) b = cublasSetMathMode(st->blas, CUBLAS_DEFAULT_MATH);
+    if (b != CUBLAS_STATUS_SUCCESS) {
+        mel_status s = blas_err(ctx, b, "creating the cuBLAS handle");
+        cu_fini(ctx);
+        return s;
+    }
+    return MEL_OK;
+}
+
+static int cu_threads(mel_ctx *ctx)
+{
+    if (ctx->threads > 0) return ctx->threads;
+    cu_state *st = st_of(ctx);
+    return st ? st->sms : 1;
+}
+
+static void *cu_alloc(mel_ctx *ctx, size_t bytes)
+{
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+        cudaGetLastError(); /* clear the (non-sticky) allocation error */
+        return NULL;
+    }
+    return p;
+}
+
+static void cu_free(mel_ctx *ctx, void *p)
+{
+    cu_state *st = st_of(ctx);
+    /* wait for the work queued on this memory (the workspace arena is freed
+     * when it is regrown, trimmed or the context destroyed), and keep an
+     * error for the next operation that can report it */
+    cudaError_t e = cudaStreamSynchronize(st->stream);
+    if (e != cudaSuccess && st->deferred == cudaSuccess) st->deferred = e;
+    cudaFree(p);
+}
+
+static mel_status cu_copy(mel_ctx *ctx, void *dst, const void *src, size_t bytes, int to_device)
+{
+    cu_state *st = st_of(ctx);
+    mel_status s = take_deferred(ctx);
+    if (s || bytes == 0) return s;
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, st->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(st->stream);
+    return e == cudaSuccess ? MEL_OK : cu_err(ctx, e, to_device ? "copy to the device" : "copy to the host");
+}
+
+static mel_status cu_zero2d(mel_ctx *ctx, void *p, int64_t rows, size_t row_bytes, size_t ld_bytes)
+{
+    cu_state *st = st_of(ctx);
+    mel_status s = take_deferred(ctx);
+    if (s || rows <= 0 || row_bytes == 0) return s;
+    cudaError_t e = cudaMemset2DAsync(p, ld_bytes, 0, row_bytes, (size_t)rows, st->stream);
+    return e == cudaSuccess ? MEL_OK : cu_err(ctx, e, "cudaMemset2DAsync");
+}
+
+/* ---------------------------------------------------------------- GEMMs */
+
+/* Row-major C[M,N] = alpha·op(A)·op(B) + beta·C is column-major
+ * Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands and the dimensions M and N. */
+static mel_status cu_gemm(mel_ctx *ctx, mel_dtype ct, int transA, int transB, int64_t M, int64_t N,
+                          int64_t K, double alpha, const void *A, int64_t lda, const void *B,
+                          int64_t ldb, double beta, void *C, int64_t ldc)
+{
+    if (!fits_int(M) || !fits_int(N) || !fits_int(K) || !fits_int(lda) || !fits_int(ldb) || !fits_int(ldc))
+        return mel_fail(ctx, MEL_ERR_OVERFLOW,
+                        "cuda gemm: a dimension (M=%lld N=%lld K=%lld lda=%lld ldb=%lld ldc=%lld) "
+                        "exceeds the 32-bit cuBLAS index range",
+                        (long long)M, (long long)N, (long long)K, (long long)lda, (long long)ldb,
+                        (long long)ldc);
+    if (M == 0 || N == 0) return MEL_OK;
+    cu_state *st = st_of(ctx);
+    cublasOperation_t ta = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t tb = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasStatus_t b;
+    if (ct == MEL_F32) {
+        float al = (float)alpha, be = (float)beta;
+        b = cublasSgemm(st->blas, ta, tb, (int)N, (int)M, (int)K, &al, (const float *)B, (int)ldb,
+                        (const float *)A, (int)lda, &be, (float *)C, (int)ldc);
+    } else if (ct == MEL_F64) {
+        b = cublasDgemm(st->blas, ta, tb, (int)N, (int)M, (int)K, &alpha, (const double *)B, (int)ldb,
+                        (const double *)A, (int)lda, &beta, (double *)C, (int)ldc);
+    } else {
+        return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "cuda gemm: compute dtype %s", mel_dtype_name(ct));
+    }
+    return b == CUBLAS_STATUS_SUCCESS ? MEL_OK : blas_err(ctx, b, "cublas gemm");
+}
+
+/* 16-bit inputs (same dtype), f32 output and f32 compute. */
+static mel_status cu_gemm16(mel_ctx *ctx, mel_dtype st16, int transA, int transB, int64_t M, int64_t N,
+                            int64_t K, const void *A, int64_t lda, const void *B, int64_t ldb,
+                            float beta, float *C, int64_t ldc)
+{
+    if (!fits_int(M) || !fits_int(N) || !fits_int(K) || !fits_int(lda) || !fits_int(ldb) || !fits_int(ldc))
+        return mel_fail(ctx, MEL_ERR_OVERFLOW,
+                        "cuda gemm: a dimension (M=%lld N=%lld K=%lld) exceeds the 32-bit cuBLAS index range",
+                        (long long)M, (long long)N, (long long)K);
+    if (M == 0 || N == 0) return MEL_OK;
+    cu_state *st = st_of(ctx);
+    cudaDataType_t dt = st16 == MEL_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    float one = 1.0f;
+    cublasStatus_t b = cublasGemmEx(st->blas, transB ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                    transA ? CUBLAS_OP_T : CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, B, dt,
+                                    (int)ldb, A, dt, (int)lda, &beta, C, CUDA_R_32F, (int)ldc,
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    return b == CUBLAS_STATUS_SUCCESS ? MEL_OK : blas_err(ctx, b, "cublasGemmEx (16-bit inputs)");
+}
+
+/* ------------------------------------------------- conversion kernels */
+
+__device__ __forceinline__ float bf16_to_f32(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
+
+__device__ __forceinline__ uint16_t f32_to_bf16(float f)
+{
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+__device__ __forceinline__ float f16_to_f32(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+__device__ __forceinline__ uint16_t f32_to_f16(float f) { return __half_as_ushort(__float2half_rn(f)); }
+
+__device__ __forceinline__ float load16(uint16_t h, int bf) { return bf ? bf16_to_f32(h) : f16_to_f32(h); }
+
+/* out[r, j] = in[(r0 + r)·ld + j] widened to f32, packed [R, C] */
+__global__ void k_widen16(const uint16_t *in, int64_t ld, int64_t r0, int64_t R, int64_t C, int bf, float *out)
+{
+    const int64_t n = R * C;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = k / C, j = k - r * C;
+        out[k] = load16(in[(r0 + r) * ld + j], bf);
+    }
+}
+
+/* dX[r0 + r, j] = round16(g[r, j] (+ dX[r0 + r, j])) */
+__global__ void k_store16(uint16_t *dx, int64_t ld, int64_t r0, int64_t R, int64_t C, const float *g,
+                          int accumulate, int bf)
+{
+    const int64_t n = R * C;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = k / C, j = k - r * C;
+        uint16_t *o = dx + (r0 + r) * ld + j;
+        float v = g[k];
+        if (accumulate) v += load16(*o, bf);
+        *o = bf ? f32_to_bf16(v) : f32_to_f16(v);
+    }
+}
+
+/* Z[r, j] += bias[j]; the bias is in the storage dtype (bs) */
+template <typename T>
+__global__ void k_add_bias(T *Z, int64_t R, int64_t V, const void *bias, int bs)
+{
+    const int64_t n = R * V;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t j = k % V;
+        T b;
+        if (bs == MEL_F64) b = (T)((const double *)bias)[j];
+        else if (bs == MEL_F32) b = (T)((const float *)bias)[j];
+        else b = (T)load16(((const uint16_t *)bias)[j], bs == MEL_BF16);
+        Z[k] += b;
+    }
+}
+
+/* db[j] += Σ_r Z[r, j]: one thread per column, rows in order, in double
+ * (the CPU backend's order: bit-identical sums for the same Z) */
+template <typename T>
+__global__ void k_colsum(const T *Z, int64_t R, int64_t V, T *db)
+{
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < V; j += (int64_t)gridDim.x * blockDim.x) {
+        double acc = 0;
+        for (int64_t r = 0; r < R; r++) acc += (double)Z[r * V + j];
+        db[j] += (T)acc;
+    }
+}
+
+static mel_status bias_launch(mel_ctx *ctx, mel_dtype ct, void *Z, int64_t R, int64_t V, const void *bias,
+                              mel_dtype bs)
+{
+    if (R <= 0) return MEL_OK;
+    cu_state *st = st_of(ctx);
+    unsigned g = grid_for(R * V, 256);
+    if (ct == MEL_F32) MEL_LAUNCH(k_add_bias<float>, g, 256, st->stream, (float *)Z, R, V, bias, (int)bs);
+    else MEL_LAUNCH(k_add_bias<double>, g, 256, st->stream, (double *)Z, R, V, bias, (int)bs);
+    return launched(ctx, "bias kernel");
+}
+
+static mel_status cu_add_bias(mel_ctx *ctx, mel_dtype ct, void *Z, int64_t R, int64_t V, const void *bias)
+{
+    return bias_launch(ctx, ct, Z, R, V, bias, ct);
+}
+
+static mel_status cu_colsum(mel_ctx *ctx, mel_dtype ct, const void *Z, int64_t R, int64_t V, void *db)
+{
+    cu_state *st = st_of(ctx);
+    unsigned g = grid_for(V, 256);
+    if (ct == MEL_F32) MEL_LAUNCH(k_colsum<float>, g, 256, st->stream, (const float *)Z, R, V, (float *)db);
+    else MEL_LAUNCH(k_colsum<double>, g, 256, st->stream, (const double *)Z, R, V, (double *)db);
+    return launched(ctx, "column-sum kernel");
+}
+
+/* W rows per f32 conversion block: about 16 MiB */
+static int64_t wblock(int64_t V, int64_t D)
+{
+    int64_t b = ((int64_t)16 << 20) / (4 * (D > 0 ? D : 1));
+    if (b < 64) b = 64;
+    return b < V ? b : V;
+}
+
+/* 16-bit storage: X chunk in f32 [R, D], dX chunk in f32 [R, D], a W block
+ * in f32 [wblock, D].  f32 / f64 storage needs none. */
+static int64_t cu_conv_bytes(mel_ctx *ctx, mel_dtype st, int64_t R, int64_t D, int64_t V)
+{
+    if (!is16(st)) return 0;
+    return 4 * (2 * R * D + wblock(V, D) * D);
+}
+
+static mel_status widen(mel_ctx *ctx, const mel_matrix *m, int64_t r0, int64_t R, float *out)
+{
+    if (R <= 0) return MEL_OK;
+    cu_state *st = st_of(ctx);
+    const unsigned g = grid_for(R * m->cols, 256);
+    MEL_LAUNCH(k_widen16, g, 256, st->stream, (const uint16_t *)m->data, m->ld, r0, R, m->cols, m->dtype == MEL_BF16,
+               out);
+    return launched(ctx, "16-bit widening kernel");
+}
+
+static mel_status cu_logits(mel_ctx *ctx, const mel_matrix *x, int64_t r0, int64_t R, const mel_matrix *w,
+                            const void *bias, void *Z, void *conv)
+{
+    const int64_t V = w->rows, D = w->cols;
+    mel_status s = take_deferred(ctx);
+    if (s) return s;
+    const size_t es = mel_dtype_size(x->dtype);
+    const char *xr = (const char *)x->data + (size_t)(r0 * x->ld) * es;
+    mel_dtype ct = x->dtype == MEL_F64 ? MEL_F64 : MEL_F32;
+    if (is16(x->dtype))
+        s = cu_gemm16(ctx, x->dtype, 0, 1, R, V, D, xr, x->ld, w->data, w->ld, 0.0f, (float *)Z, V);
+    else
+        s = cu_gemm(ctx, x->dtype, 0, 1, R, V, D, 1.0, xr, x->ld, w->data, w->ld, 0.0, Z, V);
+    if (s == MEL_OK && bias) s = bias_launch(ctx, ct, Z, R, V, bias, w->dtype);
+    return s;
+}
+
+static mel_status cu_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *w, const mel_matrix *dx,
+                            int64_t r0, int accumulate, void *conv)
+{
+    const int64_t V = w->rows, D = w->cols;
+    mel_status s = take_deferred(ctx);
+    if (s) return s;
+    if (!is16(w->dtype)) {
+        size_t es = mel_dtype_size(w->dtype);
+        return cu_gemm(ctx, w->dtype, 0, 0, R, D, V, 1.0, dZ, V, w->data, w->ld, accumulate ? 1.0 : 0.0,
+                       (char *)dx->data + (size_t)(r0 * dx->ld) * es, dx->ld);
+    }
+    if (R <= 0) return MEL_OK;
+    float *dxf = (float *)conv + R * D, *wf = (float *)conv + 2 * R * D;
+    const int64_t vb = wblock(V, D);
+    for (int64_t v0 = 0; v0 < V; v0 += vb) {
+        int64_t n = V - v0 < vb ? V - v0 : vb;
+        if ((s = widen(ctx, w, v0, n, wf))) return s;
+        /* dXf (+)= dZ[:, v0:v0+n] · Wf */
+        if ((s = cu_gemm(ctx, MEL_F32, 0, 0, R, D, n, 1.0, (const float *)dZ + v0, V, wf, D, v0 ? 1.0 : 0.0,
+                         dxf, D)))
+            return s;
+    }
+    cu_state *st = st_of(ctx);
+    const unsigned g = grid_for(R * D, 256);
+    MEL_LAUNCH(k_store16, g, 256, st->stream, (uint16_t *)dx->data, dx->ld, r0, R, D, dxf, accumulate,
+               dx->dtype == MEL_BF16);
+    return launched(ctx, "16-bit dX kernel");
+}
+
+static mel_status cu_grad_w(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *x, int64_t r0,
+                            const mel_matrix *dw, void *conv)
+{
+    const int64_t V = dw->rows, D = dw->cols;
+    mel_status s = take_deferred(ctx);
+    if (s) return s;
+    if (!is16(x->dtype)) {
+        size_t es = mel_dtype_size(x->dtype);
+        return cu_gemm(ctx, x->dtype, 1, 0, V, D, R, 1.0, dZ, V, (const char *)x->data + (size_t)(r0 * x->ld) * es,
+                       x->ld, 1.0, dw->data, dw->ld);
+    }
+    float *xf = (float *)conv;
+    if ((s = widen(ctx, x, r0, R, xf))) return s;
+    return cu_gemm(ctx, MEL_F32, 1, 0, V, D, R, 1.0, dZ, V, xf, D, 1.0, dw->data, dw->ld);
+}
+
+/* ------------------------------------------------------ the row executor */
+
+/* The transform as the kernels see it (passed by value). */
+typedef struct cu_prog {
+    const mel_node *nodes;
+    const int32_t *order, *pslot;
+    int n, n_slots, out, count, n_aux, n_inputs, n_heads;
+    int64_t seg_len;
+    int aux[MEL_MAX_AUX];
+    int adj_input[MEL_MAX_INPUTS];
+    int adj_head[MEL_MAX_HEADS];
+    int head_diff[MEL_MAX_HEADS];
+    int64_t ignore[MEL_MAX_INPUTS];
+} cu_prog;
+
+/* The chunk (device pointers), passed by value. */
+typedef struct cu_chunk {
+    int64_t r0, R, V;
+    void *Z[MEL_MAX_HEADS];
+    const void *idx[MEL_MAX_INPUTS];
+    const void *inp[MEL_MAX_INPUTS];
+    int idx32[MEL_MAX_INPUTS]; /* index dtype is i32 (else i64)   */
+    int inpf32[MEL_MAX_INPUTS]; /* scalar input dtype is f32 (else f64) */
+    const double *seed;
+    double *y, *count;
+    double *aux[MEL_MAX_AUX];
+    double *ginp[MEL_MAX_INPUTS];
+    char *scratch;
+    int64_t spt, vp_off; /* bytes per scratch region; offset of the vector pointers in it */
+    void *regs;
+    int64_t *iregs;
+} cu_chunk;
+
+__device__ __forceinline__ float m_exp(float x) { return expf(x); }
+__device__ __forceinline__ double m_exp(double x) { return exp(x); }
+__device__ __forceinline__ float m_log(float x) { return logf(x); }
+__device__ __forceinline__ double m_log(double x) { return log(x); }
+__device__ __forceinline__ float m_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double m_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float m_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double m_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float m_log1p(float x) { return log1pf(x); }
+__device__ __forceinline__ double m_log1p(double x) { return log1p(x); }
+__device__ __forceinline__ float m_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ double m_abs(double x) { return fabs(x); }
+
+template <typename T, int OP>
+__device__ __forceinline__ T un(T x)
+{
+    if constexpr (OP == OP_NEG) return -x;
+    else if constexpr (OP == OP_EXP) return m_exp(x);
+    else if constexpr (OP == OP_LOG) return m_log(x);
+    else if constexpr (OP == OP_TANH) return m_tanh(x);
+    else if constexpr (OP == OP_SIGMOID) return (T)1 / ((T)1 + m_exp(-x));
+    else if constexpr (OP == OP_SQUARE) return x * x;
+    else if constexpr (OP == OP_SQRT) return m_sqrt(x);
+    else if constexpr (OP == OP_LOG1P) return m_log1p(x);
+    else if constexpr (OP == OP_ABS) return m_abs(x);
+    else return (T)((x > 0) - (x < 0)); /* OP_SIGN */
+}
+
+template <typename T, int OP>
+__device__ __forceinline__ T bin(T x, T y)
+{
+    if constexpr (OP == OP_ADD) return x + y;
+    else if constexpr (OP == OP_SUB) return x - y;
+    else if constexpr (OP == OP_MUL) return x * y;
+    else if constexpr (OP == OP_DIV) return x / y;
+    /* min/max propagate NaN like the naive computation would */
+    else if constexpr (OP == OP_MIN) return (x != x || y != y) ? x + y : (x <= y ? x : y);
+    else if constexpr (OP == OP_MAX) return (x != x || y != y) ? x + y : (x >= y ? x : y);
+    else if constexpr (OP == OP_LT) return (T)(x < y);
+    else if constexpr (OP == OP_LE) return (T)(x <= y);
+    else return (T)(x == y); /* OP_EQ */
+}
+
+/* A unary op: o = f(A) for a vector, s[i] = f(s[a]) for a scalar. */
+template <typename T, int OP>
+__device__ __forceinline__ void do_un(int vec, T *o, const T *A, T *s, int i, int a, int64_t V)
+{
+    if (vec) {
+        for (int64_t j = threadIdx.x; j < V; j += MEL_CU_BS) o[j] = un<T, OP>(A[j]);
+    } else if (threadIdx.x == 0) {
+        s[i] = un<T, OP>(s[a]);
+    }
+}
+
+template <typename T, int OP>
+__device__ __forceinline__ void do_bin(int vec, T *o, const T *A, const T *B, T *s, int i, int a, int b,
+                                       int64_t V)
+{
+    if (!vec) {
+        if (threadIdx.x == 0) s[i] = bin<T, OP>(s[a], s[b]);
+    } else if (A && B) {
+        for (int64_t j = threadIdx.x; j < V; j += MEL_CU_BS) o[j] = bin<T, OP>(A[j], B[j]);
+    } else if (A) {
+        const T y = s[b];
+        for (int64_t j = threadIdx.x; j < V; j += MEL_CU_BS) o[j] = bin<T, OP>(A[j], y);
+    } else {
+        const T x = s[a];
+        for (int64_t j = threadIdx.x; j < V; j += MEL_CU_BS) o[j] = bin<T, OP>(x, B[j]);
+    }
+}
+
+/* Shared memory of the block reductions. */
+typedef struct red_sh {
+    double v[MEL_CU_BS];
+    long long k[MEL_CU_BS];
+    int nan[MEL_CU_BS];
+} red_sh;
+
+/* Σ of the threads' partial sums, in a fixed tree order; every thread
+ * gets the result. */
+__device__ double block_sum(double part, red_sh *sh)
+{
+    const int tid = threadIdx.x;
+    sh->v[tid] = part;
+    __syncthreads();
+    for (int w = MEL_CU_BS / 2; w > 0; w >>= 1) {
+        if (tid < w) sh->v[tid] += sh->v[tid + w];
+        __syncthreads();
+    }
+    double r = sh->v[0];
+    __syncthreads();
+    return r;
+}
+
+/* First index of the largest non-NaN entry of A (the CPU's sequential
+ * `if (A[j] > A[k]) k = j` among non-NaN entries; -1 when every entry is
+ * NaN), whether any entry is NaN, and whether A[0] is NaN.  Every thread
+ * gets the results.  A is read only before the first barrier, so the
+ * caller may overwrite A afterwards (an output in A's slot). */
+template <typename T>
+__device__ void block_argmax(const T *A, int64_t V, red_sh *sh, int64_t *k_out, int *nan_out, int *nan0_out)
+{
+    const int tid = threadIdx.x;
+    *nan0_out = A[0] != A[0];
+    double bv = 0;
+    long long bk = -1;
+    int nan = 0;
+    for (int64_t j = tid; j < V; j += MEL_CU_BS) {
+        const T x = A[j];
+        if (x != x) {
+            nan = 1;
+        } else if (bk < 0 || (double)x > bv) {
+            bv = (double)x;
+            bk = j;
+        }
+    }
+    sh->v[tid] = bv;
+    sh->k[tid] = bk;
+    sh->nan[tid] = nan;
+    __syncthreads();
+    for (int w = MEL_CU_BS / 2; w > 0; w >>= 1) {
+        if (tid < w) {
+            const long long ka = sh->k[tid], kb = sh->k[tid + w];
+            const double va = sh->v[tid], vb = sh->v[tid + w];
+            int take_b;
+            if (kb < 0) take_b = 0;
+            else if (ka < 0) take_b = 1;
+            else if (vb > va) take_b = 1;
+            else if (va > vb) take_b = 0;
+            else take_b = kb < ka; /* equal values: the first index */
+            if (take_b) sh->v[tid] = vb, sh->k[tid] = kb;
+            sh->nan[tid] |= sh->nan[tid + w];
+        }
+        __syncthreads();
+    }
+    *k_out = sh->k[0];
+    *nan_out = sh->nan[0];
+    __syncthreads();
+}
+
+#define OPS_ELEMENTWISE_UN(X) X(OP_NEG) X(OP_EXP) X(OP_LOG) X(OP_TANH) X(OP_SIGMOID) X(OP_SQUARE) \
+    X(OP_SQRT) X(OP_LOG1P) X(OP_ABS) X(OP_SIGN)
+#define OPS_ELEMENTWISE_BIN(X) X(OP_ADD) X(OP_SUB) X(OP_MUL) X(OP_DIV) X(OP_MIN) X(OP_MAX) \
+    X(OP_LT) X(OP_LE) X(OP_EQ)
+
+/* Positions [p0, p1) of the plan for the rows of the chunk.  Block b runs
+ * rows b, b + gridDim.x, ... with scratch region b. */
+template <typename T>
+__global__ void __launch_bounds__(MEL_CU_BS) k_phase(cu_prog t, cu_chunk c, int p0, int p1, int final, int fb)
+{
+    __shared__ red_sh sh;
+    const int tid = threadIdx.x;
+    const int64_t V = c.V;
+    char *base = c.scratch + (int64_t)blockIdx.x * c.spt;
+    T *scr = (T *)base;
+    T **vp = (T **)(base + c.vp_off);
+    for (int64_t r = blockIdx.x; r < c.R; r += gridDim.x) {
+        T *s = (T *)c.regs + r * t.n;
+        int64_t *iv = c.iregs + r * t.n;
+        const int64_t row = c.r0 + r;
+        for (int pos = p0; pos < p1; pos++) {
+            const int i = t.order[pos];
+            const mel_node nd = t.nodes[i];
+            const int a = nd.a, b = nd.b, cc = nd.c;
+            const int vec = nd.kind == K_VEC;
+            T *o = vec && nd.op != OP_LOGITS ? scr + (int64_t)t.pslot[pos] * V : NULL;
+            const T *A = a >= 0 && t.nodes[a].kind == K_VEC ? vp[a] : NULL;
+            const T *B = b >= 0 && t.nodes[b].kind == K_VEC ? vp[b] : NULL;
+            switch (nd.op) {
+            case OP_LOGITS:
+                if (tid == 0) vp[i] = (T *)c.Z[nd.head] + r * V;
+                break;
+            case OP_INDEX:
+                if (tid == 0)
+                    iv[i] = c.idx32[nd.slot] ? (int64_t)((const int32_t *)c.idx[nd.slot])[row]
+                                             : ((const int64_t *)c.idx[nd.slot])[row];
+                break;
+            case OP_INPUT:
+                if (tid == 0)
+                    s[i] = c.inpf32[nd.slot] ? (T)((const float *)c.inp[nd.slot])[row]
+                                             : (T)((const double *)c.inp[nd.slot])[row];
+                break;
+            case OP_CONST:
+                if (tid == 0) s[i] = (T)nd.cval;
+                break;
+            case OP_VOCAB:
+                if (tid == 0) s[i] = (T)V;
+                break;
+            case OP_IOTA:
+                for (int64_t j = tid; j < V; j += MEL_CU_BS) o[j] = (T)j;
+                break;
+            case OP_SEED:
+                if (tid == 0) s[i] = (T)c.seed[r];
+                break;
+#define UN_CASE(OPC) \
+    case OPC: do_un<T, OPC>(vec, o, A, s, i, a, V); break;
+            OPS_ELEMENTWISE_UN(UN_CASE)
+#undef UN_CASE
+#define BIN_CASE(OPC) \
+    case OPC: do_bin<T, OPC>(vec, o, A, B, s, i, a, b, V); break;
+            OPS_ELEMENTWISE_BIN(BIN_CASE)
+#undef BIN_CASE
+            case OP_WHERE: {
+                const T *Cv = cc >= 0 && t.nodes[cc].kind == K_VEC ? vp[cc] : NULL;
+                if (!vec) {
+                    if (tid == 0) s[i] = s[a] != 0 ? s[b] : s[cc];
+                } else {
+                    const T sa = A ? (T)0 : s[a], sb = B ? (T)0 : s[b], sc = Cv ? (T)0 : s[cc];
+                    for (int64_t j = tid; j < V; j += MEL_CU_BS) {
+                        const T cond = A ? A[j] : sa;
+                        o[j] = cond != 0 ? (B ? B[j] : sb) : (Cv ? Cv[j] : sc);
+                    }
+                }
+                break;
+            }
+            case OP_SUM:
+            case OP_MEAN: {
+                double part = 0;
+                for (int64_t j = tid; j < V; j += MEL_CU_BS) part += (double)A[j];
+                const double acc = block_sum(part, &sh);
+                if (tid == 0) s[i] = (T)(nd.op == OP_MEAN ? acc / (double)V : acc);
+                break;
+            }
+            case OP_RMAX: {
+                int64_t k;
+                int nan, nan0;
+                block_argmax<T>(A, V, &sh, &k, &nan, &nan0);
+                if (tid == 0) s[i] = nan ? (T)NAN : A[k];
+                break;
+            }
+            case OP_LSE: {
+                int64_t k;
+                int nan, nan0;
+                block_argmax<T>(A, V, &sh, &k, &nan, &nan0);
+                if (nan) {
+                    if (tid == 0) s[i] = (T)NAN;
+                } else {
+                    const T m = A[k];
+                    if (isinf(m)) {
+                        if (tid == 0) s[i] = m; /* +inf, or -inf when every entry is -inf */
+                    } else {
+                        double part = 0;
+                        for (int64_t j = tid; j < V; j += MEL_CU_BS) part += (double)m_exp((T)(A[j] - m));
+                        const double acc = block_sum(part, &sh);
+                        if (tid == 0) s[i] = (T)((double)m + log(acc));
+                    }
+                }
+                break;
+            }
+            case OP_GATHER:
+                if (tid == 0) {
+                    const int64_t k = iv[b];
+                    s[i] = k == t.ignore[t.nodes[b].slot] ? (T)0 : A[k];
+                }
+                break;
+            case OP_VALID:
+                if (tid == 0) s[i] = iv[a] != t.ignore[t.nodes[a].slot] ? (T)1 : (T)0;
+                break;
+            case OP_ONEHOT: {
+                const int64_t k = iv[a];
+                const int on = k != t.ignore[t.nodes[a].slot];
+                for (int64_t j = tid; j < V; j += MEL_CU_BS) o[j] = on && j == k ? (T)1 : (T)0;
+                break;
+            }
+            case OP_ARGMAXMASK: {
+                /* o may be A's slot: A is not read after block_argmax */
+                int64_t k;
+                int nan, nan0;
+                block_argmax<T>(A, V, &sh, &k, &nan, &nan0);
+                /* the CPU's scan stays at 0 when A[0] is NaN */
+                if (k < 0 || nan0) k = 0;
+                for (int64_t j = tid; j < V; j += MEL_CU_BS) o[j] = j == k ? (T)1 : (T)0;
+                break;
+            }
+            case OP_BCAST: {
+                const T x = s[a];
+                for (int64_t j = tid; j < V; j += MEL_CU_BS) o[j] = x;
+                break;
+            }
+            case OP_STOPGRAD:
+                if (vec) {
+                    for (int64_t j = tid; j < V; j += MEL_CU_BS) o[j] = A[j];
+                } else if (tid == 0) {
+                    s[i] = s[a];
+                }
+                break;
+            default: /* OP_SEGSUM: computed at the phase barrier */
+                break;
+            }
+            if (vec && nd.op != OP_LOGITS && tid == 0) vp[i] = o;
+            __syncthreads();
+        }
+        if (final) {
+            if (tid == 0) {
+                if (c.y) c.y[r] = (double)s[t.out];
+                if (c.count) c.count[r] = t.count >= 0 ? (double)s[t.count] : 1.0;
+                for (int k = 0; k < t.n_aux; k++)
+                    if (c.aux[k]) c.aux[k][r] = (double)s[t.aux[k]];
+                if (fb)
+                    for (int k = 0; k < t.n_inputs; k++)
+                        if (c.ginp[k]) c.ginp[k][r] = t.adj_input[k] >= 0 ? (double)s[t.adj_input[k]] : 0.0;
+            }
+            if (fb)
+                for (int h = 0; h < t.n_heads; h++) {
+                    if (!t.head_diff[h] || !c.Z[h]) continue;
+                    T *dz = (T *)c.Z[h] + r * V; /* dZ overwrites this row's logits */
+                    const T *g = t.adj_head[h] >= 0 ? vp[t.adj_head[h]] : NULL;
+                    for (int64_t j = tid; j < V; j += MEL_CU_BS) dz[j] = g ? g[j] : (T)0;
+                    __syncthreads();
+                }
+        }
+        __syncthreads();
+    }
+}
+
+/* The segment sums that open phase [p0, p1): one thread per segment, rows
+ * in order, in double (the CPU's order). */
+template <typename T>
+__global__ void k_segsum(cu_prog t, T *regs, int64_t R, int p0, int p1)
+{
+    const int64_t sg = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t r0 = sg * t.seg_len;
+    if (r0 >= R) return;
+    const int64_t r1 = r0 + t.seg_len < R ? r0 + t.seg_len : R;
+    for (int pos = p0; pos < p1; pos++) {
+        const int i = t.order[pos];
+        if (t.nodes[i].op != OP_SEGSUM) continue;
+        const int a = t.nodes[i].a;
+        double acc = 0;
+        for (int64_t r = r0; r < r1; r++) acc += (double)regs[r * t.n + a];
+        for (int64_t r = r0; r < r1; r++) regs[r * t.n + i] = (T)acc;
+    }
+}
+
+/* ------------------------------------------- the transform on the device */
+
+static int op_supported(int op)
+{
+    switch (op) {
+    case OP_LOGITS: case OP_INDEX: case OP_INPUT: case OP_CONST: case OP_VOCAB: case OP_SEED:
+    case OP_IOTA:
+    case OP_NEG: case OP_EXP: case OP_LOG: case OP_TANH: case OP_SIGMOID: case OP_SQUARE: case OP_SQRT:
+    case OP_LOG1P: case OP_ABS: case OP_SIGN:
+    case OP_ADD: case OP_SUB: case OP_MUL: case OP_DIV: case OP_MIN: case OP_MAX:
+    case OP_LT: case OP_LE: case OP_EQ: case OP_WHERE:
+    case OP_SUM: case OP_MEAN: case OP_RMAX: case OP_LSE:
+    case OP_GATHER: case OP_VALID: case OP_ONEHOT: case OP_ARGMAXMASK: case OP_BCAST: case OP_STOPGRAD:
+    case OP_SEGSUM:
+        return 1;
+    }
+    return 0;
+}
+
+static size_t up8(size_t v) { return (v + 7) / 8 * 8; }
+
+static const mel_plan *plan_k(const mel_transform *t, int k) { return k == 0 ? &t->fwd : k == 1 ? &t->fb : &t->cnt; }
+
+static int cache_matches(const cu_cached *e, const mel_transform *t)
+{
+    if (e->t != t || e->n != t->n) return 0;
+    if (memcmp(e->host, t->nodes, (size_t)t->n * sizeof(mel_node))) return 0;
+    for (int k = 0; k < 3; k++) {
+        const mel_plan *p = plan_k(t, k);
+        if (e->pn[k] != p->n) return 0;
+        if (p->n && (memcmp(e->host + e->off_order[k], p->order, (size_t)p->n * 4) ||
+                     memcmp(e->host + e->off_pslot[k], p->pslot, (size_t)p->n * 4)))
+            return 0;
+    }
+    return 1;
+}
+
+static mel_status cache_get(mel_ctx *ctx, const mel_transform *t, cu_cached **out)
+{
+    cu_state *st = st_of(ctx);
+    for (int k = 0; k < MEL_CU_CACHE; k++)
+        if (st->cache[k].t && cache_matches(&st->cache[k], t)) {
+            *out = &st->cache[k];
+            return MEL_OK;
+        }
+    for (int i = 0; i < t->n; i++)
+        if (!op_supported(t->nodes[i].op))
+            return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "cuda backend: operation %s (%d) of transform '%s' "
+                            "is not implemented on the GPU", mel_op_name(t->nodes[i].op), (int)t->nodes[i].op,
+                            t->name);
+    cu_cached *e = &st->cache[st->next_evict];
+    st->next_evict = (st->next_evict + 1) % MEL_CU_CACHE;
+    cache_drop(e);
+    size_t off = up8((size_t)t->n * sizeof(mel_node));
+    for (int k = 0; k < 3; k++) {
+        const mel_plan *p = plan_k(t, k);
+        e->pn[k] = p->n;
+        e->off_order[k] = off;
+        off = up8(off + (size_t)p->n * 4);
+        e->off_pslot[k] = off;
+        off = up8(off + (size_t)p->n * 4);
+    }
+    e->bytes = off > 0 ? off : 8;
+    e->host = (char *)calloc(1, e->bytes);
+    if (!e->host) return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "cuda: out of memory caching transform '%s'", t->name);
+    memcpy(e->host, t->nodes, (size_t)t->n * sizeof(mel_node));
+    for (int k = 0; k < 3; k++) {
+        const mel_plan *p = plan_k(t, k);
+        if (!p->n) continue;
+        memcpy(e->host + e->off_order[k], p->order, (size_t)p->n * 4);
+        memcpy(e->host + e->off_pslot[k], p->pslot, (size_t)p->n * 4);
+    }
+    e->n = t->n;
+    cudaError_t ce = cudaMalloc((void **)&e->dev, e->bytes);
+    if (ce != cudaSuccess) {
+        cudaGetLastError();
+        e->dev = NULL;
+        cache_drop(e);
+        return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "cuda: out of device memory caching transform '%s'", t->name);
+    }
+    ce = cudaMemcpyAsync(e->dev, e->host, e->bytes, cudaMemcpyHostToDevice, st->stream);
+    if (ce == cudaSuccess) ce = cudaStreamSynchronize(st->stream);
+    if (ce != cudaSuccess) {
+        cache_drop(e);
+        return cu_err(ctx, ce, "uploading the transform");
+    }
+    e->t = t;
+    *out = e;
+    return MEL_OK;
+}
+
+static mel_status cu_run_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, mel_chunk *ch)
+{
+    cu_state *st = st_of(ctx);
+    mel_status s = take_deferred(ctx);
+    if (s || ch->R <= 0) return s;
+    const int k = p == &t->fwd ? 0 : p == &t->fb ? 1 : p == &t->cnt ? 2 : -1;
+    if (k < 0) return mel_fail(ctx, MEL_ERR_INTERNAL, "cuda run_rows: the plan is not one of transform '%s'", t->name);
+    if (ch->ct != MEL_F32 && ch->ct != MEL_F64)
+        return mel_fail(ctx, MEL_ERR_INTERNAL, "cuda run_rows: compute dtype %s", mel_dtype_name(ch->ct));
+    cu_cached *e = NULL;
+    if ((s = cache_get(ctx, t, &e))) return s;
+
+    const size_t es = ch->ct == MEL_F32 ? 4 : 8;
+    cu_prog dt;
+    memset(&dt, 0, sizeof dt);
+    dt.nodes = (const mel_node *)e->dev;
+    dt.order = (const int32_t *)(e->dev + e->off_order[k]);
+    dt.pslot = (const int32_t *)(e->dev + e->off_pslot[k]);
+    dt.n = t->n;
+    dt.n_slots = p->n_slots;
+    dt.out = t->out;
+    dt.count = t->count;
+    dt.n_aux = t->n_aux;
+    dt.n_inputs = t->n_inputs;
+    dt.n_heads = t->n_heads;
+    dt.seg_len = t->seg_len;
+    for (int q = 0; q < MEL_MAX_AUX; q++) dt.aux[q] = t->aux[q];
+    for (int q = 0; q < MEL_MAX_INPUTS; q++) {
+        dt.adj_input[q] = t->adj_input[q];
+        dt.ignore[q] = t->inputs[q].ignore_index;
+    }
+    for (int h = 0; h < MEL_MAX_HEADS; h++) {
+        dt.adj_head[h] = t->adj_head[h];
+        dt.head_diff[h] = t->head_diff[h];
+    }
+
+    cu_chunk dc;
+    memset(&dc, 0, sizeof dc);
+    dc.r0 = ch->r0;
+    dc.R = ch->R;
+    dc.V = ch->V;
+    for (int h = 0; h < MEL_MAX_HEADS; h++) dc.Z[h] = ch->Z[h];
+    for (int q = 0; q < MEL_MAX_INPUTS; q++) {
+        dc.idx[q] = ch->idx[q];
+        dc.idx32[q] = ch->idx_dtype[q] == MEL_I32;
+        dc.inp[q] = ch->inp[q];
+        dc.inpf32[q] = ch->inp_dtype[q] == MEL_F32;
+        dc.ginp[q] = ch->ginp[q];
+    }
+    for (int q = 0; q < MEL_MAX_AUX; q++) dc.aux[q] = ch->aux[q];
+    dc.seed = ch->seed;
+    dc.y = ch->y;
+    dc.count = ch->count;
+    dc.scratch = (char *)ch->scratch;
+    dc.spt = ch->scratch_per_thread;
+    /* vector pointers after the slots, 8-byte aligned (the engine's
+     * 64-byte rounding of scratch_per_thread leaves room for the padding) */
+    dc.vp_off = (int64_t)up8((size_t)p->n_slots * (size_t)ch->V * es);
+    dc.regs = ch->regs;
+    dc.iregs = ch->iregs;
+    if (dc.vp_off + (int64_t)t->n * (int64_t)sizeof(void *) > ch->scratch_per_thread || ch->threads < 1)
+        return mel_fail(ctx, MEL_ERR_INTERNAL,
+                        "cuda run_rows: scratch of %lld bytes per row (%d rows) is below %lld (%d slots × V = %lld)",
+                        (long long)ch->scratch_per_thread, ch->threads,
+                        (long long)(dc.vp_off + (int64_t)t->n * (int64_t)sizeof(void *)), p->n_slots,
+                        (long long)ch->V);
+
+    const unsigned grid = (unsigned)(ch->R < ch->threads ? ch->R : ch->threads);
+    const int fb = k == 1;
+    for (int q = 0; q < p->n_phases; q++) {
+        const int p0 = p->phase_start[q], p1 = p->phase_start[q + 1];
+        if (q > 0) {
+            int any = 0;
+            for (int pos = p0; pos < p1; pos++) any |= t->nodes[p->order[pos]].op == OP_SEGSUM;
+            if (any) {
+                if (t->seg_len <= 0)
+                    return mel_fail(ctx, MEL_ERR_INTERNAL, "cuda run_rows: segment sum without a segment length");
+                const int64_t nseg = (ch->R + t->seg_len - 1) / t->seg_len;
+                const unsigned g = grid_for(nseg, 128);
+                if (ch->ct == MEL_F32) MEL_LAUNCH(k_segsum<float>, g, 128, st->stream, dt, (float *)ch->regs, ch->R, p0, p1);
+                else MEL_LAUNCH(k_segsum<double>, g, 128, st->stream, dt, (double *)ch->regs, ch->R, p0, p1);
+                if ((s = launched(ctx, "segment-sum kernel"))) return s;
+            }
+        }
+        const int final = q == p->n_phases - 1;
+        if (ch->ct == MEL_F32) MEL_LAUNCH_BAR(k_phase<float>, grid, MEL_CU_BS, st->stream, dt, dc, p0, p1, final, fb);
+        else MEL_LAUNCH_BAR(k_phase<double>, grid, MEL_CU_BS, st->stream, dt, dc, p0, p1, final, fb);
+        if ((s = launched(ctx, "row-program kernel"))) return s;
+    }
+    return MEL_OK;
+}
+
+static mel_backend_ops make_ops(void)
+{
+    mel_backend_ops o;
+    memset(&o, 0, sizeof o);
+    o.name = "cuda";
+    o.host_memory = 0;
+    o.copy = cu_copy;
+    o.zero2d = cu_zero2d;
+    o.init = cu_init;
+    o.fini = cu_fini;
+    o.alloc = cu_alloc;
+    o.free = cu_free;
+    o.gemm = cu_gemm;
+    o.add_bias = cu_add_bias;
+    o.colsum = cu_colsum;
+    o.logits = cu_logits;
+    o.grad_x = cu_grad_x;
+    o.grad_w = cu_grad_w;
+    o.conv_bytes = cu_conv_bytes;
+    o.run_rows = cu_run_rows;
+    o.threads = cu_threads;
+    return o;
+}
+
+static const mel_backend_ops cuda_ops = make_ops();
+
+extern "C" const mel_backend_ops *mel_cuda_backend_ptr(void) { return &cuda_ops; }

@@ -1,0 +1,1003 @@
+/* The CUDA backend against the CPU backend, on the same inputs.
+ *
+ * Skips ("1..0 # SKIP no CUDA device (...)") when a CUDA context cannot be
+ * created: libmel built without CUDA, or no device.
+ *
+ * What is compared, per output (y, aux outputs, dX, dW, db, input
+ * gradients): the normalised squared error
+ *       nse = Σ (gpu − cpu)² / Σ cpu²
+ * over the finite entries; an infinity must be the same infinity on both
+ * backends; a NaN on either side fails.
+ *
+ *   storage   reference            tolerance
+ *   f32       CPU backend, f32     nse <= 1e-10  (relative RMS 1e-5)
+ *   f64       CPU backend, f64     nse <= 1e-20  (relative RMS 1e-10)
+ *   bf16/f16  CPU backend, f64 on  as t/lowp.c, max |err| / max |ref|:
+ *             the widened inputs     y, dW, db 3e-5; dX 2^-8 + 3e-5 (bf16),
+ *                                     2^-11 + 3e-5 (f16)
+ *
+ * Cases: every built-in transform (ce with options, logprob, entropy,
+ * z_loss, kl, reverse_kl, jsd, grpo at token and sequence level) and one
+ * small graph per primitive (unary, binary with broadcasts, comparisons,
+ * where, reductions, index operations with a negative and a real-column
+ * ignore_index, iota, stop_gradient, segment sums, the scalar versions of
+ * every operation, two differentiable heads, argmax ties), each for f32 and
+ * f64: forward (reduction NONE), forward-backward (NONE with a per-row
+ * upstream gradient, MEAN, WEIGHTED) and backward (MEL_ACCUMULATE_DX into a
+ * pre-filled dX, MEL_OVERWRITE_DW over a pre-filled dW), at GPU chunk sizes
+ * auto, 1, 7 and N, on shapes with V below, around and above the
+ * executor's block of 256 threads.  Also: special values (infinities and
+ * NaN of rmax, logsumexp, min, max: NaN where the CPU gives NaN, with the
+ * finite gradient of rmax over NaN entries), few or many concurrent rows
+ * (mel_set_threads), run-to-run determinism, bf16/f16 against the fp64
+ * reference (also accumulating into dX), guard bytes before and after
+ * every buffer (checked after every call), and one shape with
+ * N·V > 2^31 in a single chunk (skipped with a message when the device has
+ * too little free memory).
+ *
+ * MEL_CUDA_TEST_ONLY=text runs only the cases, and the groups
+ * group:threads, group:lowp and group:big, whose name contains text.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mel.h"
+#include "ref.h"
+#include "tap.h"
+
+#ifdef HAVE_CUDA
+#include <cuda_runtime.h>
+
+/* ------------------------------------------------------------ buffers */
+
+enum { GUARD = 256 };
+#define GUARD_BYTE 0xA5
+
+/* A buffer with GUARD bytes of GUARD_BYTE before and after its data, in
+ * device memory (dev) or host memory. */
+typedef struct buf {
+    int dev;
+    unsigned char *base;
+    size_t bytes;
+} buf;
+
+static void *bdata(const buf *b) { return b->base ? b->base + GUARD : NULL; }
+
+static void *bnew(buf *b, int dev, size_t bytes)
+{
+    b->dev = dev;
+    b->bytes = bytes;
+    b->base = NULL;
+    size_t all = bytes + 2 * GUARD;
+    if (dev) {
+        if (cudaMalloc((void **)&b->base, all) != cudaSuccess) {
+            b->base = NULL;
+            return NULL;
+        }
+        cudaMemset(b->base, GUARD_BYTE, all);
+        cudaMemset(b->base + GUARD, 0, bytes);
+    } else {
+        b->base = malloc(all);
+        if (!b->base) return NULL;
+        memset(b->base, GUARD_BYTE, all);
+        memset(b->base + GUARD, 0, bytes);
+    }
+    return bdata(b);
+}
+
+static void bput(buf *b, const void *src, size_t bytes)
+{
+    if (b->dev) cudaMemcpy(b->base + GUARD, src, bytes, cudaMemcpyHostToDevice);
+    else memcpy(b->base + GUARD, src, bytes);
+}
+
+static void bget(const buf *b, void *dst, size_t bytes)
+{
+    if (b->dev) cudaMemcpy(dst, b->base + GUARD, bytes, cudaMemcpyDeviceToHost);
+    else memcpy(dst, b->base + GUARD, bytes);
+}
+
+static int bguard_ok(const buf *b)
+{
+    if (!b->base) return 1;
+    unsigned char g[2 * GUARD];
+    if (b->dev) {
+        cudaMemcpy(g, b->base, GUARD, cudaMemcpyDeviceToHost);
+        cudaMemcpy(g + GUARD, b->base + GUARD + b->bytes, GUARD, cudaMemcpyDeviceToHost);
+    } else {
+        memcpy(g, b->base, GUARD);
+        memcpy(g + GUARD, b->base + GUARD + b->bytes, GUARD);
+    }
+    for (int i = 0; i < 2 * GUARD; i++)
+        if (g[i] != GUARD_BYTE) return 0;
+    return 1;
+}
+
+static void bfree(buf *b)
+{
+    if (!b->base) return;
+    if (b->dev) cudaFree(b->base);
+    else free(b->base);
+    b->base = NULL;
+}
+
+/* ------------------------------------------------------------ dtypes */
+
+static uint16_t to_bf16(double v)
+{
+    float f = (float)v;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static double from_bf16(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static uint16_t to_f16(double v)
+{
+    _Float16 x = (_Float16)(float)v;
+    uint16_t h;
+    memcpy(&h, &x, 2);
+    return h;
+}
+
+static double from_f16(uint16_t h)
+{
+    _Float16 x;
+    memcpy(&x, &h, 2);
+    return (double)x;
+}
+
+/* n doubles as dtype dt into out (mel_dtype_size(dt)·n bytes) */
+static void encode(const double *v, int64_t n, mel_dtype dt, void *out)
+{
+    for (int64_t i = 0; i < n; i++) switch (dt) {
+        case MEL_F64: ((double *)out)[i] = v[i]; break;
+        case MEL_F32: ((float *)out)[i] = (float)v[i]; break;
+        case MEL_BF16: ((uint16_t *)out)[i] = to_bf16(v[i]); break;
+        case MEL_F16: ((uint16_t *)out)[i] = to_f16(v[i]); break;
+        default: break;
+        }
+}
+
+static void decode(const void *in, int64_t n, mel_dtype dt, double *v)
+{
+    for (int64_t i = 0; i < n; i++) switch (dt) {
+        case MEL_F64: v[i] = ((const double *)in)[i]; break;
+        case MEL_F32: v[i] = ((const float *)in)[i]; break;
+        case MEL_BF16: v[i] = from_bf16(((const uint16_t *)in)[i]); break;
+        case MEL_F16: v[i] = from_f16(((const uint16_t *)in)[i]); break;
+        default: break;
+        }
+}
+
+/* v rounded through dtype dt (the values a 16-bit run really sees) */
+static void round_through(double *v, int64_t n, mel_dtype dt)
+{
+    void *tmp = malloc((size_t)n * 8 + 8);
+    encode(v, n, dt, tmp);
+    decode(tmp, n, dt, v);
+    free(tmp);
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = calloc(1, n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(99);
+    }
+    return p;
+}
+
+/* ------------------------------------------------------------ problems */
+
+enum { MAXI = 4, MAXA = 6, MAXH = 2 };
+
+/* What a transform reads and what is asked of it. */
+typedef struct spec {
+    char name[64];
+    mel_transform *t;
+    int heads;              /* heads bound: 1 or 2                      */
+    int diff[MAXH];         /* gradients bound for this head            */
+    int bias;               /* bias on every head                       */
+    int labels;             /* binds "labels"                           */
+    int64_t ignore;         /* ignore_index of the labels               */
+    const char *inp[MAXI];  /* scalar inputs bound                      */
+    int n_inp;
+    const char *gin[MAXI];  /* input gradients asked                    */
+    int n_gin;
+    const char *aux[MAXA];  /* aux outputs bound                        */
+    int n_aux;
+    int64_t seg;            /* N must be a multiple (0: none)           */
+    int64_t lab_max;        /* labels drawn below it (0: V)             */
+} spec;
+
+typedef struct prob {
+    int64_t N, D, V;
+    double *X[MAXH], *W[MAXH], *B[MAXH];
+    int64_t *lab;
+    double *inp[MAXI]; /* values of spec inputs, by position            */
+    double *dy;        /* [N] upstream gradient (reduction NONE)        */
+    double *wts;       /* [N] weights (reduction WEIGHTED)              */
+} prob;
+
+typedef enum { M_FWD, M_FB_NONE, M_FB_MEAN, M_FB_W, M_BWD, M__N } mode;
+static const char *mode_name[] = {"forward", "fwd-bwd NONE", "fwd-bwd MEAN", "fwd-bwd WEIGHTED",
+                                  "backward NONE (accumulate dX, overwrite dW)"};
+
+/* Outputs of one call, widened to double. */
+typedef struct result {
+    mel_status s;
+    char err[300];
+    int guards_ok;
+    int64_t ny;
+    double *y, *aux[MAXA], *dX[MAXH], *dW[MAXH], *db[MAXH], *gin[MAXI];
+} result;
+
+static void result_free(result *r)
+{
+    free(r->y);
+    for (int k = 0; k < MAXA; k++) free(r->aux[k]);
+    for (int h = 0; h < MAXH; h++) free(r->dX[h]), free(r->dW[h]), free(r->db[h]);
+    for (int k = 0; k < MAXI; k++) free(r->gin[k]);
+    memset(r, 0, sizeof *r);
+}
+
+static int64_t label_of(const spec *sp, tap_rng *rng, int64_t i, int64_t V)
+{
+    return i % 5 == 3 ? sp->ignore : rng_int(rng, sp->lab_max > 0 && sp->lab_max < V ? sp->lab_max : V);
+}
+
+/* When set, run() pre-fills dX with X and passes MEL_ACCUMULATE_DX, and
+ * pre-fills dW and db with W and b (MEL_OVERWRITE_DW must clear them). */
+static int g_acc;
+
+/* Run spec sp on problem p with storage dtype dt on ctx (device memory
+ * when dev). chunk: chunk_rows (0 = automatic). */
+static void run(mel_ctx *ctx, int dev, const spec *sp, const prob *p, mel_dtype dt, mode m, int64_t chunk,
+                result *res)
+{
+    memset(res, 0, sizeof *res);
+    const int64_t N = p->N, D = p->D, V = p->V;
+    const mel_dtype gt = dt == MEL_F64 ? MEL_F64 : MEL_F32; /* dW, db dtype */
+    const size_t es = mel_dtype_size(dt), gs = mel_dtype_size(gt);
+    const int grads = m != M_FWD;
+    const mel_reduction red = m == M_FB_MEAN ? MEL_REDUCE_MEAN : m == M_FB_W ? MEL_REDUCE_WEIGHTED : MEL_REDUCE_NONE;
+    buf bx[MAXH], bw[MAXH], bb[MAXH], bdx[MAXH], bdw[MAXH], bdb[MAXH], blab, binp[MAXI], bgin[MAXI], baux[MAXA],
+        by, bdy, bwts;
+    memset(bx, 0, sizeof bx), memset(bw, 0, sizeof bw), memset(bb, 0, sizeof bb), memset(bdx, 0, sizeof bdx);
+    memset(bdw, 0, sizeof bdw), memset(bdb, 0, sizeof bdb), memset(&blab, 0, sizeof blab);
+    memset(binp, 0, sizeof binp), memset(bgin, 0, sizeof bgin), memset(baux, 0, sizeof baux);
+    memset(&by, 0, sizeof by), memset(&bdy, 0, sizeof bdy), memset(&bwts, 0, sizeof bwts);
+
+    mel_args *a = mel_args_new();
+    void *tmp = xmalloc((size_t)(N > V ? N : V) * (size_t)(D > 1 ? D : 1) * 8 + 64);
+    for (int h = 0; h < sp->heads; h++) {
+        encode(p->X[h], N * D, dt, tmp);
+        bnew(&bx[h], dev, (size_t)(N * D) * es);
+        bput(&bx[h], tmp, (size_t)(N * D) * es);
+        encode(p->W[h], V * D, dt, tmp);
+        bnew(&bw[h], dev, (size_t)(V * D) * es);
+        bput(&bw[h], tmp, (size_t)(V * D) * es);
+        if (sp->bias) {
+            encode(p->B[h], V, dt, tmp);
+            bnew(&bb[h], dev, (size_t)V * es);
+            bput(&bb[h], tmp, (size_t)V * es);
+        }
+        mel_args_head(a, h, mel_mat(bdata(&bx[h]), dt, N, D, 0), mel_mat(bdata(&bw[h]), dt, V, D, 0),
+                      sp->bias ? bdata(&bb[h]) : NULL);
+        if (grads && sp->diff[h]) {
+            bnew(&bdx[h], dev, (size_t)(N * D) * es);
+            bnew(&bdw[h], dev, (size_t)(V * D) * gs);
+            if (sp->bias) bnew(&bdb[h], dev, (size_t)V * gs);
+            if (g_acc) {
+                encode(p->X[h], N * D, dt, tmp);
+                bput(&bdx[h], tmp, (size_t)(N * D) * es);
+                encode(p->W[h], V * D, gt, tmp);
+                bput(&bdw[h], tmp, (size_t)(V * D) * gs);
+                if (sp->bias) {
+                    encode(p->B[h], V, gt, tmp);
+                    bput(&bdb[h], tmp, (size_t)V * gs);
+                }
+            }
+            mel_args_grad_head(a, h, mel_mat(bdata(&bdx[h]), dt, N, D, 0), mel_mat(bdata(&bdw[h]), gt, V, D, 0),
+                               sp->bias ? bdata(&bdb[h]) : NULL, MEL_OVERWRITE_DW | (g_acc ? MEL_ACCUMULATE_DX : 0));
+        }
+    }
+    /* labels as i64 for f64 runs, i32 for the others: both index paths */
+    const mel_dtype lt = dt == MEL_F64 ? MEL_I64 : MEL_I32;
+    if (sp->labels) {
+        bnew(&blab, dev, (size_t)N * 8);
+        if (lt == MEL_I64) {
+            bput(&blab, p->lab, (size_t)N * 8);
+        } else {
+            int32_t *l32 = tmp;
+            for (int64_t i = 0; i < N; i++) l32[i] = (int32_t)p->lab[i];
+            bput(&blab, l32, (size_t)N * 4);
+        }
+        mel_args_index(a, "labels", bdata(&blab), lt, N);
+    }
+    /* scalar inputs in f32 for f32 runs, else f64 */
+    const mel_dtype it = dt == MEL_F32 ? MEL_F32 : MEL_F64;
+    for (int k = 0; k < sp->n_inp; k++) {
+        encode(p->inp[k], N, it, tmp);
+        bnew(&binp[k], dev, (size_t)N * mel_dtype_size(it));
+        bput(&binp[k], tmp, (size_t)N * mel_dtype_size(it));
+        mel_args_input(a, sp->inp[k], bdata(&binp[k]), it, N);
+    }
+    for (int k = 0; k < sp->n_gin && grads; k++) {
+        bnew(&bgin[k], dev, (size_t)N * 8);
+        mel_args_grad_input(a, sp->gin[k], bdata(&bgin[k]), MEL_F64);
+    }
+    for (int k = 0; k < sp->n_aux; k++) {
+        bnew(&baux[k], dev, (size_t)N * 8);
+        mel_args_aux(a, sp->aux[k], bdata(&baux[k]), MEL_F64);
+    }
+    res->ny = red == MEL_REDUCE_NONE ? N : 1;
+    bnew(&by, dev, (size_t)res->ny * 8);
+    mel_args_output(a, bdata(&by), MEL_F64);
+    if (red == MEL_REDUCE_WEIGHTED) {
+        bnew(&bwts, dev, (size_t)N * 8);
+        bput(&bwts, p->wts, (size_t)N * 8);
+    }
+    mel_args_reduction(a, red, red == MEL_REDUCE_WEIGHTED ? bdata(&bwts) : NULL);
+    if (grads) {
+        double dy1 = 1.7;
+        bnew(&bdy, dev, (size_t)res->ny * 8);
+        bput(&bdy, red == MEL_REDUCE_NONE ? p->dy : &dy1, (size_t)res->ny * 8);
+        mel_args_grad_output(a, bdata(&bdy), MEL_F64);
+    }
+
+    mel_set_chunk_rows(ctx, chunk);
+    if (m == M_FWD) res->s = mel_forward(ctx, sp->t, a);
+    else if (m == M_BWD) res->s = mel_backward(ctx, sp->t, a);
+    else res->s = mel_forward_backward(ctx, sp->t, a);
+    snprintf(res->err, sizeof res->err, "%s", res->s ? mel_last_error(ctx) : "");
+
+    /* results */
+    res->guards_ok = 1;
+    buf *all[] = {&bx[0], &bx[1], &bw[0], &bw[1], &bb[0], &bb[1], &bdx[0], &bdx[1], &bdw[0], &bdw[1],
+                  &bdb[0], &bdb[1], &blab, &binp[0], &binp[1], &binp[2], &binp[3], &bgin[0], &bgin[1],
+                  &bgin[2], &bgin[3], &baux[0], &baux[1], &baux[2], &baux[3], &baux[4], &baux[5], &by,
+                  &bdy, &bwts};
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) res->guards_ok &= bguard_ok(all[k]);
+    res->y = xmalloc((size_t)res->ny * 8);
+    if (m != M_BWD) bget(&by, res->y, (size_t)res->ny * 8);
+    for (int k = 0; k < sp->n_aux; k++) {
+        res->aux[k] = xmalloc((size_t)N * 8);
+        if (m != M_BWD) bget(&baux[k], res->aux[k], (size_t)N * 8);
+    }
+    for (int k = 0; k < sp->n_gin && grads; k++) {
+        res->gin[k] = xmalloc((size_t)N * 8);
+        bget(&bgin[k], res->gin[k], (size_t)N * 8);
+    }
+    for (int h = 0; h < sp->heads && grads; h++) {
+        if (!sp->diff[h]) continue;
+        res->dX[h] = xmalloc((size_t)(N * D) * 8);
+        bget(&bdx[h], tmp, (size_t)(N * D) * es);
+        decode(tmp, N * D, dt, res->dX[h]);
+        res->dW[h] = xmalloc((size_t)(V * D) * 8);
+        bget(&bdw[h], tmp, (size_t)(V * D) * gs);
+        decode(tmp, V * D, gt, res->dW[h]);
+        if (sp->bias) {
+            res->db[h] = xmalloc((size_t)V * 8);
+            bget(&bdb[h], tmp, (size_t)V * gs);
+            decode(tmp, V, gt, res->db[h]);
+        }
+    }
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) bfree(all[k]);
+    free(tmp);
+    mel_args_free(a);
+}
+
+/* ----------------------------------------------------------- comparing */
+
+typedef struct cmp {
+    double worst;     /* largest nse                      */
+    char what[64];    /* output with the largest nse      */
+    int bad;          /* NaN, or infinities that differ   */
+    char bad_what[64];
+} cmp;
+
+static void cmp_init(cmp *c)
+{
+    memset(c, 0, sizeof *c);
+}
+
+/* nse of g against c over n entries (see the header) */
+static void cmp_add(cmp *c, const char *what, const double *g, const double *ref, int64_t n)
+{
+    if (!g || !ref) return;
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (isnan(g[i]) || isnan(ref[i]) || ((isinf(g[i]) || isinf(ref[i])) && g[i] != ref[i])) {
+            if (!c->bad) snprintf(c->bad_what, sizeof c->bad_what, "%s[%lld] gpu %g cpu %g", what, (long long)i,
+                                  g[i], ref[i]);
+            c->bad = 1;
+            continue;
+        }
+        if (isinf(ref[i])) continue;
+        num += (g[i] - ref[i]) * (g[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    double e = num == 0 ? 0 : num / fmax(den, 1e-300);
+    if (e > c->worst || !c->what[0]) {
+        c->worst = e > c->worst ? e : c->worst;
+        snprintf(c->what, sizeof c->what, "%s", what);
+    }
+}
+
+static void cmp_results(cmp *c, const spec *sp, const prob *p, mode m, const result *g, const result *r)
+{
+    if (m != M_BWD) cmp_add(c, "y", g->y, r->y, g->ny);
+    for (int k = 0; k < sp->n_aux && m != M_BWD; k++) cmp_add(c, sp->aux[k], g->aux[k], r->aux[k], p->N);
+    for (int k = 0; k < sp->n_gin; k++) cmp_add(c, sp->gin[k], g->gin[k], r->gin[k], p->N);
+    for (int h = 0; h < sp->heads; h++) {
+        char w[32];
+        snprintf(w, sizeof w, "dX%d", h);
+        cmp_add(c, w, g->dX[h], r->dX[h], p->N * p->D);
+        snprintf(w, sizeof w, "dW%d", h);
+        cmp_add(c, w, g->dW[h], r->dW[h], p->V * p->D);
+        snprintf(w, sizeof w, "db%d", h);
+        cmp_add(c, w, g->db[h], r->db[h], p->V);
+    }
+}
+
+/* ------------------------------------------------------------ problems */
+
+/* Problem of shape N×D×V for spec sp: inputs drawn from rng. */
+static void prob_make(prob *p, const spec *sp, int64_t N, int64_t D, int64_t V, tap_rng *rng, mel_ctx *cpu)
+{
+    memset(p, 0, sizeof *p);
+    p->N = N, p->D = D, p->V = V;
+    for (int h = 0; h < MAXH; h++) {
+        p->X[h] = xmalloc((size_t)(N * D) * 8);
+        p->W[h] = xmalloc((size_t)(V * D) * 8);
+        p->B[h] = xmalloc((size_t)V * 8);
+        for (int64_t i = 0; i < N * D; i++) p->X[h][i] = rng_normal(rng) * 2 / sqrt((double)D);
+        for (int64_t i = 0; i < V * D; i++) p->W[h][i] = rng_normal(rng);
+        for (int64_t i = 0; i < V; i++) p->B[h][i] = rng_normal(rng) * 0.3;
+    }
+    p->lab = xmalloc((size_t)N * 8);
+    for (int64_t i = 0; i < N; i++) p->lab[i] = label_of(sp, rng, i, V);
+    p->dy = xmalloc((size_t)N * 8);
+    p->wts = xmalloc((size_t)N * 8);
+    for (int64_t i = 0; i < N; i++) p->dy[i] = 0.5 + rng_uniform(rng), p->wts[i] = rng_uniform(rng) / (double)N;
+    /* log-probabilities of head 0 (fp64 CPU), for old_logp / ref_logp */
+    double *lp = xmalloc((size_t)N * 8);
+    int need_lp = 0;
+    for (int k = 0; k < sp->n_inp; k++) need_lp |= !strcmp(sp->inp[k], "old_logp") || !strcmp(sp->inp[k], "ref_logp");
+    if (need_lp) {
+        mel_transform *t = NULL;
+        mel_params *pp = mel_params_new();
+        mel_params_set(pp, "ignore_index", (double)sp->ignore);
+        mel_transform_builtin(cpu, "logprob", pp, &t);
+        mel_params_free(pp);
+        mel_args *a = mel_args_new();
+        mel_args_head(a, 0, mel_mat(p->X[0], MEL_F64, N, D, 0), mel_mat(p->W[0], MEL_F64, V, D, 0),
+                      sp->bias ? p->B[0] : NULL);
+        mel_args_index(a, "labels", p->lab, MEL_I64, N);
+        mel_args_reduction(a, MEL_REDUCE_NONE, NULL);
+        mel_args_output(a, lp, MEL_F64);
+        mel_set_chunk_rows(cpu, 0);
+        if (!t || mel_forward(cpu, t, a)) diag("logprob for the GRPO inputs failed: %s", mel_last_error(cpu));
+        mel_args_free(a);
+        mel_transform_free(t);
+    }
+    /* ratio offsets per segment (or per row), far from the clip edges
+     * 1 ± 0.2 / 1 + 0.28: e^±0.05 inside, e^±0.5 outside */
+    static const double delta[] = {0.05, -0.5, -0.05, 0.5};
+    for (int k = 0; k < sp->n_inp; k++) {
+        double *v = p->inp[k] = xmalloc((size_t)N * 8);
+        for (int64_t i = 0; i < N; i++) {
+            const char *nm = sp->inp[k];
+            int64_t grp = sp->seg > 0 ? i / sp->seg : i;
+            if (!strcmp(nm, "a")) v[i] = 0.3 + rng_uniform(rng);
+            else if (!strcmp(nm, "mask")) v[i] = i % 7 == 5 ? 0.0 : 1.0;
+            else if (!strcmp(nm, "advantages")) v[i] = rng_normal(rng);
+            else if (!strcmp(nm, "old_logp")) v[i] = lp[i] - delta[grp % 4];
+            else if (!strcmp(nm, "ref_logp")) v[i] = lp[i] + 0.1 * rng_normal(rng);
+            else v[i] = rng_normal(rng);
+        }
+    }
+    free(lp);
+}
+
+static void prob_free(prob *p)
+{
+    for (int h = 0; h < MAXH; h++) free(p->X[h]), free(p->W[h]), free(p->B[h]);
+    for (int k = 0; k < MAXI; k++) free(p->inp[k]);
+    free(p->lab), free(p->dy), free(p->wts);
+    memset(p, 0, sizeof *p);
+}
+
+/* ------------------------------------------------------------ the specs */
+
+static int n_specs;
+static spec specs[80];
+
+static spec *add_builtin(mel_ctx *cpu, const char *label, const char *name, const char *params)
+{
+    spec *sp = &specs[n_specs];
+    memset(sp, 0, sizeof *sp);
+    snprintf(sp->name, sizeof sp->name, "%s", label);
+    mel_params *pp = mel_params_new();
+    char buf_[256];
+    snprintf(buf_, sizeof buf_, "%s", params ? params : "");
+    sp->ignore = -100;
+    for (char *tok = strtok(buf_, " "); tok; tok = strtok(NULL, " ")) {
+        char *eq = strchr(tok, '=');
+        if (!eq) continue;
+        *eq = 0;
+        mel_params_set(pp, tok, atof(eq + 1));
+        if (!strcmp(tok, "ignore_index")) sp->ignore = (int64_t)atof(eq + 1);
+        if (!strcmp(tok, "seq_len")) sp->seg = (int64_t)atof(eq + 1);
+        if (!strcmp(tok, "vocab_valid")) sp->lab_max = (int64_t)atof(eq + 1);
+    }
+    mel_status s = mel_transform_builtin(cpu, name, pp, &sp->t);
+    mel_params_free(pp);
+    if (!ok(s == MEL_OK, "builtin %s (%s) builds", name, params ? params : "defaults")) {
+        diag("%s", mel_last_error(cpu));
+        return NULL;
+    }
+    sp->heads = mel_transform_num_heads(sp->t);
+    sp->diff[0] = 1;
+    sp->labels = strcmp(name, "entropy") && strcmp(name, "z_loss");
+    n_specs++;
+    return sp;
+}
+
+/* Per-primitive graphs: z = head 0 (differentiable), u = head 1, lab =
+ * labels (ignore -1), a = differentiable scalar input in (0.3, 1.3). */
+static mel_val wsum(mel_graph *g, mel_val v, mel_val u) { return mel_g_sum(g, mel_g_mul(g, v, mel_g_sigmoid(g, u))); }
+static mel_val C(mel_graph *g, double c) { return mel_g_const(g, c); }
+
+enum { P_SEG = 33, P_TWOHEADS = 36, P_AUX = 37, P_SPECIAL = 38, P_IGN0 = 40, P__N = 41 };
+static const char *prim_name[P__N] = {
+    "neg", "exp", "log", "tanh", "sigmoid", "square", "sqrt", "log1p", "abs (sign)",
+    "add vv", "sub vv", "mul vv", "div vv", "min vv", "max vv",
+    "add vs", "sub sv", "mul vs", "div sv", "min vs", "max sv",
+    "where vector cond", "where le/eq, scalar branch", "stop_gradient", "vocab", "sum", "mean",
+    "rmax (argmaxmask)", "logsumexp", "gather/valid (onehot)", "log_softmax", "softmax",
+    "scalar ops", "segment_sum", "where scalar cond", "iota", "two differentiable heads",
+    "aux outputs and count", "special values", "rmax ties (first index)",
+    "gather/valid/onehot, ignore_index 0 (a real column)"};
+
+static mel_val prim_build(mel_graph *g, int k, mel_val z, mel_val u, mel_val l, mel_val a)
+{
+    switch (k) {
+    case 0: return wsum(g, mel_g_neg(g, z), u);
+    case 1: return wsum(g, mel_g_exp(g, z), u);
+    case 2: return wsum(g, mel_g_log(g, mel_g_add(g, mel_g_exp(g, z), C(g, 0.5))), u);
+    case 3: return wsum(g, mel_g_tanh(g, z), u);
+    case 4: return wsum(g, mel_g_sigmoid(g, z), u);
+    case 5: return wsum(g, mel_g_square(g, z), u);
+    case 6: return wsum(g, mel_g_sqrt(g, mel_g_add(g, mel_g_square(g, z), C(g, 1))), u);
+    case 7: return wsum(g, mel_g_log1p(g, mel_g_exp(g, z)), u);
+    case 8: return wsum(g, mel_g_abs(g, mel_g_sub(g, z, mel_g_scale(g, u, 0.5))), u);
+    case 9: return wsum(g, mel_g_add(g, z, mel_g_square(g, u)), u);
+    case 10: return wsum(g, mel_g_sub(g, mel_g_square(g, u), z), u);
+    case 11: return wsum(g, mel_g_mul(g, z, z), u);
+    case 12: return wsum(g, mel_g_div(g, z, mel_g_add(g, mel_g_square(g, z), C(g, 2))), u);
+    case 13: return wsum(g, mel_g_min(g, z, mel_g_scale(g, u, 0.5)), u);
+    case 14: return wsum(g, mel_g_max(g, z, mel_g_scale(g, u, 0.5)), u);
+    case 15: return wsum(g, mel_g_add(g, z, a), u);
+    case 16: return wsum(g, mel_g_sub(g, a, z), u);
+    case 17: return wsum(g, mel_g_mul(g, z, a), u);
+    case 18: return wsum(g, mel_g_div(g, a, mel_g_add(g, mel_g_exp(g, z), C(g, 1))), u);
+    case 19: return wsum(g, mel_g_min(g, z, a), u);
+    case 20: return wsum(g, mel_g_max(g, a, z), u);
+    case 21: return wsum(g, mel_g_where(g, mel_g_lt(g, z, C(g, 0)), mel_g_square(g, z), mel_g_scale(g, z, 3)), u);
+    case 22: return wsum(g, mel_g_where(g, mel_g_le(g, z, a), z, mel_g_mul(g, mel_g_eq(g, z, z), a)), u);
+    case 23: return wsum(g, mel_g_mul(g, z, mel_g_stop_gradient(g, z)), u);
+    case 24: return wsum(g, mel_g_mul(g, z, mel_g_add(g, a, mel_g_vocab(g))), u);
+    case 25: return mel_g_sum(g, mel_g_mul(g, z, mel_g_sigmoid(g, u)));
+    case 26: return mel_g_square(g, mel_g_mean(g, mel_g_mul(g, z, mel_g_sigmoid(g, u))));
+    case 27: return mel_g_mul(g, mel_g_rmax(g, z), mel_g_sum(g, mel_g_sigmoid(g, u)));
+    case 28: return mel_g_logsumexp(g, mel_g_mul(g, z, mel_g_sigmoid(g, u)));
+    case 29: return mel_g_mul(g, mel_g_gather(g, z, l), mel_g_add(g, mel_g_valid(g, l), a));
+    case 30: return wsum(g, mel_g_log_softmax(g, z), u);
+    case 31: return wsum(g, mel_g_softmax(g, z), u);
+    case 32: {
+        mel_val s = mel_g_mean(g, z);
+        mel_val t = mel_g_add(g, mel_g_tanh(g, s), mel_g_sigmoid(g, s));
+        t = mel_g_add(g, t, mel_g_log(g, mel_g_add(g, mel_g_exp(g, s), a)));
+        t = mel_g_add(g, t, mel_g_sqrt(g, mel_g_add(g, mel_g_square(g, s), C(g, 1))));
+        t = mel_g_add(g, t, mel_g_log1p(g, mel_g_abs(g, mel_g_sub(g, s, C(g, 5)))));
+        t = mel_g_sub(g, t, mel_g_div(g, mel_g_neg(g, s), mel_g_add(g, a, C(g, 1))));
+        t = mel_g_add(g, t, mel_g_mul(g, mel_g_min(g, s, a), mel_g_max(g, s, mel_g_neg(g, a))));
+        t = mel_g_add(g, t, mel_g_where(g, mel_g_lt(g, s, a), mel_g_stop_gradient(g, s), mel_g_le(g, a, s)));
+        t = mel_g_add(g, t, mel_g_mul(g, mel_g_eq(g, a, a), mel_g_rmax(g, u)));
+        return t;
+    }
+    case 33: { /* segments of 4 rows: phases around the segment sums */
+        mel_g_set_segment(g, 4);
+        mel_val s1 = mel_g_segment_sum(g, mel_g_logsumexp(g, z));
+        mel_val s2 = mel_g_segment_sum(g, mel_g_mul(g, a, mel_g_gather(g, z, l)));
+        mel_val t = mel_g_add(g, mel_g_mul(g, s1, mel_g_mean(g, z)), s2);
+        /* a second barrier: a segment sum of something using the first */
+        mel_val s3 = mel_g_segment_sum(g, mel_g_mul(g, t, wsum(g, z, u)));
+        return mel_g_add(g, t, mel_g_scale(g, s3, 0.01));
+    }
+    case 34: return wsum(g, mel_g_where(g, mel_g_lt(g, a, C(g, 0.8)), z, mel_g_square(g, z)), u);
+    case 35: {
+        mel_val io = mel_g_iota(g);
+        mel_val m = mel_g_lt(g, io, C(g, 7));
+        return wsum(g, mel_g_mul(g, mel_g_where(g, m, z, mel_g_neg(g, z)), mel_g_scale(g, io, 0.001)), u);
+    }
+    case 36: return mel_g_sum(g, mel_g_mul(g, mel_g_softmax(g, z), mel_g_log_softmax(g, u)));
+    case 37: {
+        mel_g_add_aux(g, "m", mel_g_rmax(g, z));
+        mel_g_add_aux(g, "l", mel_g_logsumexp(g, u));
+        mel_g_add_aux(g, "g", mel_g_gather(g, u, l));
+        mel_g_set_count(g, mel_g_add(g, mel_g_valid(g, l), a));
+        return mel_g_sub(g, mel_g_logsumexp(g, z), mel_g_gather(g, z, l));
+    }
+    case 38: { /* forward only: infinities and NaN */
+        mel_val ninf = mel_g_log(g, mel_g_mul(g, mel_g_min(g, z, C(g, 0)), C(g, 0))); /* log(±0) = -inf */
+        mel_g_add_aux(g, "lse_all_-inf", mel_g_logsumexp(g, ninf));
+        mel_g_add_aux(g, "rmax_all_-inf", mel_g_rmax(g, ninf));
+        mel_g_add_aux(g, "lse_+inf", mel_g_logsumexp(g, mel_g_neg(g, ninf)));
+        mel_g_add_aux(g, "lse_nan", mel_g_logsumexp(g, mel_g_log(g, z)));
+        mel_g_add_aux(g, "rmax_nan", mel_g_rmax(g, mel_g_log(g, z)));
+        mel_g_add_aux(g, "minmax_nan", mel_g_sum(g, mel_g_add(g, mel_g_min(g, mel_g_log(g, z), u),
+                                                            mel_g_max(g, u, mel_g_log(g, z)))));
+        mel_g_add_aux(g, "sum_-inf", mel_g_sum(g, mel_g_log(g, mel_g_max(g, z, C(g, 0))))); /* -inf where some z <= 0 */
+        /* y = rmax(log z) is NaN on rows with a z < 0, but its gradient is
+         * finite: onehot(argmax)/z, the argmax taken over the non-NaN entries
+         * (index 0 when log z[0] is NaN) */
+        return mel_g_rmax(g, mel_g_log(g, z));
+    }
+    case 39: { /* entries with z >= 0.3 tie exactly at 2 (z − z = 0) and depend on z: the
+                * gradient goes to the first of them only (argmaxmask's first index) */
+        mel_val tie = mel_g_add(g, mel_g_sub(g, z, mel_g_stop_gradient(g, z)), C(g, 2));
+        mel_val v = mel_g_where(g, mel_g_lt(g, z, C(g, 0.3)), z, tie);
+        return mel_g_mul(g, mel_g_rmax(g, v), mel_g_sum(g, mel_g_sigmoid(g, u)));
+    }
+    case 40: /* labels equal to 0 are ignored: gather gives 0 there, onehot (its VJP) all 0 */
+        return mel_g_add(g, mel_g_mul(g, mel_g_gather(g, z, l), mel_g_add(g, mel_g_valid(g, l), a)),
+                         mel_g_gather(g, u, l));
+    }
+    return -1;
+}
+
+static spec *add_prim(mel_ctx *cpu, int k)
+{
+    spec *sp = &specs[n_specs];
+    memset(sp, 0, sizeof *sp);
+    snprintf(sp->name, sizeof sp->name, "prim %s", prim_name[k]);
+    mel_graph *g = mel_graph_new();
+    mel_val z = mel_g_logits(g, 0, 1);
+    mel_val u = mel_g_logits(g, 1, k == P_TWOHEADS);
+    mel_val l = mel_g_index(g, "labels", k == P_IGN0 ? 0 : -1);
+    mel_val a = mel_g_input(g, "a", 1);
+    mel_g_set_output(g, prim_build(g, k, z, u, l, a));
+    mel_status s = mel_graph_compile(cpu, g, sp->name, &sp->t);
+    mel_graph_free(g);
+    if (!ok(s == MEL_OK, "%s compiles", sp->name)) {
+        diag("%s", mel_last_error(cpu));
+        return NULL;
+    }
+    sp->heads = 2;
+    sp->diff[0] = 1;
+    sp->diff[1] = k == P_TWOHEADS;
+    sp->labels = 1;
+    sp->ignore = k == P_IGN0 ? 0 : -1;
+    sp->inp[sp->n_inp++] = "a";
+    sp->gin[sp->n_gin++] = "a";
+    if (k == P_SEG) sp->seg = 4;
+    if (k == P_AUX) sp->aux[0] = "m", sp->aux[1] = "l", sp->aux[2] = "g", sp->n_aux = 3;
+    if (k == P_SPECIAL) {
+        static const char *sa[] = {"lse_all_-inf", "rmax_all_-inf", "lse_+inf", "lse_nan", "rmax_nan", "minmax_nan"};
+        for (int q = 0; q < 6; q++) sp->aux[q] = sa[q];
+        sp->n_aux = 6; /* (MAXA) "sum_-inf" stays unbound */
+    }
+    n_specs++;
+    return sp;
+}
+
+static void make_specs(mel_ctx *cpu)
+{
+    spec *sp;
+    add_builtin(cpu, "ce", "ce", NULL);
+    if ((sp = add_builtin(cpu, "ce bias+smoothing+z_loss", "ce", "label_smoothing=0.1 z_loss=0.001"))) sp->bias = 1;
+    add_builtin(cpu, "ce softcap+scale+temperature", "ce", "softcap=5 logit_scale=1.3 temperature=0.7 ignore_index=-1");
+    add_builtin(cpu, "ce ignore_index=0 (a real column)", "ce", "ignore_index=0");
+    add_builtin(cpu, "ce vocab_valid", "ce", "vocab_valid=11 label_smoothing=0.05");
+    add_builtin(cpu, "logprob", "logprob", "temperature=1.5");
+    add_builtin(cpu, "entropy", "entropy", NULL);
+    add_builtin(cpu, "z_loss", "z_loss", "softcap=3");
+    add_builtin(cpu, "kl", "kl", "temperature=2 t2_scale=1");
+    add_builtin(cpu, "reverse_kl", "reverse_kl", NULL);
+    add_builtin(cpu, "jsd", "jsd", "beta=0.3");
+    if ((sp = add_builtin(cpu, "grpo token, old_logp, ref_logp", "grpo",
+                          "beta=0.04 use_old_logp=1 epsilon_high=0.28"))) {
+        const char *in[] = {"mask", "advantages", "old_logp", "ref_logp"};
+        for (int k = 0; k < 4; k++) sp->inp[sp->n_inp++] = in[k];
+        sp->aux[0] = "kl", sp->aux[1] = "is_clipped", sp->aux[2] = "ratio", sp->aux[3] = "logp", sp->n_aux = 4;
+    }
+    if ((sp = add_builtin(cpu, "grpo token, stop-gradient, ref head, delta", "grpo",
+                          "beta=0.1 ref_source=1 delta=1.5"))) {
+        sp->inp[sp->n_inp++] = "mask", sp->inp[sp->n_inp++] = "advantages";
+        sp->aux[0] = "kl", sp->aux[1] = "ratio", sp->n_aux = 2;
+    }
+    if ((sp = add_builtin(cpu, "grpo sequence", "grpo", "importance_sampling_level=1 seq_len=4 use_old_logp=1"))) {
+        const char *in[] = {"mask", "advantages", "old_logp"};
+        for (int k = 0; k < 3; k++) sp->inp[sp->n_inp++] = in[k];
+        sp->aux[0] = "is_clipped", sp->aux[1] = "ratio", sp->n_aux = 2;
+    }
+    for (int k = 0; k < P__N; k++) add_prim(cpu, k);
+}
+
+/* ----------------------------------------------------------------- tests */
+
+/* MEL_CUDA_TEST_ONLY=text: only the cases and groups whose name contains text */
+static int group_on(const char *name)
+{
+    const char *only = getenv("MEL_CUDA_TEST_ONLY");
+    return !only || !*only || strstr(name, only) != NULL;
+}
+
+static const int64_t shapes[][3] = {{12, 4, 13}, {36, 24, 301}, {64, 40, 4099}};
+
+static void compare_all(mel_ctx *gpu, mel_ctx *cpu, tap_rng *rng)
+{
+    const char *only = getenv("MEL_CUDA_TEST_ONLY"); /* a substring of the case names */
+    for (int si = 0; si < n_specs; si++) {
+        const spec *sp = &specs[si];
+        if (only && *only && !strstr(sp->name, only)) continue;
+        const int special = strstr(sp->name, "special") != NULL;
+        for (size_t shi = 0; shi < sizeof shapes / sizeof shapes[0]; shi++) {
+            const int64_t N = shapes[shi][0], D = shapes[shi][1], V = shapes[shi][2];
+            prob p;
+            prob_make(&p, sp, N, D, V, rng, cpu);
+            for (int di = 0; di < 2; di++) {
+                const mel_dtype dt = di ? MEL_F64 : MEL_F32;
+                const double tol = dt == MEL_F32 ? 1e-10 : 1e-20;
+                for (int m = 0; m < M__N; m++) {
+                    if (special && m == M_BWD) continue;
+                    if (m == M_BWD && shi != 1) continue;
+                    result ref;
+                    mel_set_chunk_rows(cpu, 0);
+                    g_acc = m == M_BWD;
+                    run(cpu, 0, sp, &p, dt, (mode)m, 0, &ref);
+                    if (ref.s) {
+                        ok(0, "%s %s %s N=%lld V=%lld: CPU reference runs", sp->name, mel_dtype_name(dt),
+                           mode_name[m], (long long)N, (long long)V);
+                        diag("%s", ref.err);
+                        result_free(&ref);
+                        continue;
+                    }
+                    const int64_t chunks[] = {0, 1, 7, N};
+                    cmp c;
+                    cmp_init(&c);
+                    int all_ok = 1, guards = ref.guards_ok;
+                    char err[400] = "";
+                    for (int ci = 0; ci < 4; ci++) {
+                        result g;
+                        run(gpu, 1, sp, &p, dt, (mode)m, chunks[ci], &g);
+                        if (g.s) {
+                            all_ok = 0;
+                            snprintf(err, sizeof err, "chunk %lld: %s", (long long)chunks[ci], g.err);
+                        } else if (special) {
+                            /* y and aux: NaN must be NaN on both, infinities equal, the
+                             * rest close; the gradients as usual */
+                            for (int k = -1; k < sp->n_aux; k++) {
+                                const double *gv = k < 0 ? g.y : g.aux[k], *rv = k < 0 ? ref.y : ref.aux[k];
+                                const int64_t n = k < 0 ? g.ny : N;
+                                int nans = 0, agree = 1;
+                                double num = 0, den = 0;
+                                for (int64_t i = 0; i < n; i++) {
+                                    if (isnan(rv[i]) || isnan(gv[i])) {
+                                        nans++;
+                                        agree &= isnan(rv[i]) && isnan(gv[i]);
+                                    } else if (isinf(rv[i]) || isinf(gv[i])) {
+                                        agree &= rv[i] == gv[i];
+                                    } else {
+                                        num += (gv[i] - rv[i]) * (gv[i] - rv[i]), den += rv[i] * rv[i];
+                                    }
+                                }
+                                if (!agree || num > tol * fmax(den, 1e-300)) {
+                                    c.bad = 1;
+                                    snprintf(c.bad_what, sizeof c.bad_what, "%s (chunk %lld)",
+                                             k < 0 ? "y" : sp->aux[k], (long long)chunks[ci]);
+                                }
+                                if (k < 0 && m == M_FWD && !nans) {
+                                    c.bad = 1; /* the case must produce NaN rows */
+                                    snprintf(c.bad_what, sizeof c.bad_what, "y has no NaN rows");
+                                }
+                            }
+                            if (m != M_FWD) {
+                                spec grads_only = *sp;
+                                grads_only.n_aux = 0;
+                                cmp_results(&c, &grads_only, &p, M_BWD, &g, &ref);
+                            }
+                        } else {
+                            cmp_results(&c, sp, &p, (mode)m, &g, &ref);
+                        }
+                        guards &= g.guards_ok;
+                        result_free(&g);
+                    }
+                    g_acc = 0;
+                    ok(all_ok && guards && !c.bad && c.worst <= tol,
+                       "%s %s %s N=%lld D=%lld V=%lld, chunks auto/1/7/N: worst nse %.1e (%s)%s", sp->name,
+                       mel_dtype_name(dt), mode_name[m], (long long)N, (long long)D, (long long)V, c.worst,
+                       c.what[0] ? c.what : "-", guards ? "" : " GUARD BYTES OVERWRITTEN");
+                    if (!all_ok) diag("%s", err);
+                    if (c.bad) diag("NaN or infinity mismatch: %s", c.bad_what);
+                    result_free(&ref);
+                }
+            }
+            prob_free(&p);
+        }
+    }
+}
+
+/* Few rows at once (mel_set_threads), and run-to-run determinism. */
+static void threads_and_determinism(mel_ctx *gpu, mel_ctx *cpu, tap_rng *rng)
+{
+    const spec *sp = &specs[1]; /* ce with bias and options */
+    for (int k = 0; k < n_specs; k++)
+        if (strstr(specs[k].name, "grpo sequence")) sp = &specs[k];
+    prob p;
+    prob_make(&p, sp, 36, 24, 301, rng, cpu);
+    result ref;
+    run(cpu, 0, sp, &p, MEL_F32, M_FB_NONE, 0, &ref);
+    const int th[] = {1, 3, 1000};
+    for (int k = 0; k < 3; k++) {
+        mel_set_threads(gpu, th[k]);
+        result g;
+        run(gpu, 1, sp, &p, MEL_F32, M_FB_NONE, 7, &g);
+        cmp c;
+        cmp_init(&c);
+        if (!g.s) cmp_results(&c, sp, &p, M_FB_NONE, &g, &ref);
+        ok(!g.s && g.guards_ok && !c.bad && c.worst <= 1e-10, "%s with %d rows at once: worst nse %.1e (%s)",
+           sp->name, th[k], c.worst, c.what);
+        if (g.s) diag("%s", g.err);
+        result_free(&g);
+    }
+    mel_set_threads(gpu, 0);
+    result g1, g2;
+    run(gpu, 1, sp, &p, MEL_F32, M_FB_NONE, 7, &g1);
+    run(gpu, 1, sp, &p, MEL_F32, M_FB_NONE, 7, &g2);
+    int same = !g1.s && !g2.s && !memcmp(g1.y, g2.y, (size_t)p.N * 8) &&
+               !memcmp(g1.dX[0], g2.dX[0], (size_t)(p.N * p.D) * 8) &&
+               !memcmp(g1.dW[0], g2.dW[0], (size_t)(p.V * p.D) * 8);
+    ok(same, "%s: two identical GPU calls give bit-identical y, dX, dW", sp->name);
+    result_free(&g1), result_free(&g2), result_free(&ref);
+    prob_free(&p);
+}
+
+/* bf16 / f16 storage against the fp64 CPU reference on the rounded inputs. */
+static void lowp(mel_ctx *gpu, mel_ctx *cpu, tap_rng *rng)
+{
+    static const int64_t sh[][4] = {{37, 24, 301, 5}, {64, 96, 5003, 0}, {50, 130, 8999, 17}};
+    const char *which[] = {"ce", "ce bias+smoothing+z_loss", "kl", "grpo token, old_logp, ref_logp"};
+    for (int w = 0; w < 4; w++) {
+        const spec *sp = NULL;
+        for (int k = 0; k < n_specs; k++)
+            if (!strcmp(specs[k].name, which[w])) sp = &specs[k];
+        if (!sp) continue;
+        for (int s = 0; s < 3; s++) {
+            for (int di = 0; di < 2; di++) {
+                const mel_dtype dt = di ? MEL_F16 : MEL_BF16;
+                prob p;
+                prob_make(&p, sp, sh[s][0], sh[s][1], sh[s][2], rng, cpu);
+                for (int h = 0; h < MAXH; h++) {
+                    round_through(p.X[h], p.N * p.D, dt);
+                    round_through(p.W[h], p.V * p.D, dt);
+                    round_through(p.B[h], p.V, dt);
+                }
+                result ref, g;
+                g_acc = s == 1; /* dX pre-filled with X (already rounded), MEL_ACCUMULATE_DX */
+                run(cpu, 0, sp, &p, MEL_F64, M_FB_MEAN, 0, &ref);
+                run(gpu, 1, sp, &p, dt, M_FB_MEAN, sh[s][3], &g);
+                g_acc = 0;
+                double ey = 1, ex = 1, ew = 1, eb = 0;
+                if (!ref.s && !g.s) {
+                    ey = fabs(g.y[0] - ref.y[0]) / fmax(fabs(ref.y[0]), 1.0);
+                    ex = ref_relerr(g.dX[0], ref.dX[0], p.N * p.D, 1e-300);
+                    ew = ref_relerr(g.dW[0], ref.dW[0], p.V * p.D, 1e-300);
+                    if (sp->bias) eb = ref_relerr(g.db[0], ref.db[0], p.V, 1e-300);
+                }
+                const double tx = (dt == MEL_BF16 ? 0x1p-8 : 0x1p-11) + 3e-5;
+                ok(!ref.s && !g.s && g.guards_ok && ey < 3e-5 && ex < tx && ew < 3e-5 && eb < 3e-5,
+                   "%s %s N=%lld D=%lld V=%lld chunk %lld%s vs fp64: rel err y %.1e dX %.1e (tol %.1e) dW %.1e db %.1e",
+                   sp->name, mel_dtype_name(dt), (long long)p.N, (long long)p.D, (long long)p.V,
+                   (long long)sh[s][3], s == 1 ? " accumulate dX" : "", ey, ex, tx, ew, eb);
+                if (ref.s) diag("cpu: %s", ref.err);
+                if (g.s) diag("gpu: %s", g.err);
+                result_free(&ref), result_free(&g);
+                prob_free(&p);
+            }
+        }
+    }
+}
+
+/* N·V > 2^31 in one chunk on the GPU (its logits indices pass 2^31). */
+static void big(mel_ctx *gpu, mel_ctx *cpu, tap_rng *rng)
+{
+    const int64_t N = 65536, D = 8, V = 32771; /* N·V = 2147680256 > 2^31 */
+    size_t fr = 0, tot = 0;
+    cudaMemGetInfo(&fr, &tot);
+    const double need = (double)N * (double)V * 4 + (1u << 30);
+    if ((double)fr < need) {
+        skip("N·V > 2^31: the device has %.1f GiB free, %.1f GiB needed", fr / 1073741824.0, need / 1073741824.0);
+        return;
+    }
+    const spec *sp = &specs[0]; /* ce */
+    prob p;
+    prob_make(&p, sp, N, D, V, rng, cpu);
+    result ref, g1, g0;
+    run(cpu, 0, sp, &p, MEL_F32, M_FB_NONE, 0, &ref);
+    mel_set_workspace_limit(gpu, (int64_t)1 << 30);
+    run(gpu, 1, sp, &p, MEL_F32, M_FB_NONE, N, &g1); /* one chunk: R·V > 2^31 */
+    mel_stats st;
+    mel_get_stats(gpu, &st);
+    run(gpu, 1, sp, &p, MEL_F32, M_FB_NONE, 0, &g0);
+    mel_set_workspace_limit(gpu, 0);
+    cmp c1, c0;
+    cmp_init(&c1), cmp_init(&c0);
+    if (!ref.s && !g1.s) cmp_results(&c1, sp, &p, M_FB_NONE, &g1, &ref);
+    if (!ref.s && !g0.s) cmp_results(&c0, sp, &p, M_FB_NONE, &g0, &ref);
+    ok(!ref.s && !g1.s && g1.guards_ok && !c1.bad && c1.worst <= 1e-10,
+       "ce f32 N=%lld V=%lld (N·V > 2^31) in %lld chunk(s) of %lld rows: worst nse %.1e (%s)", (long long)N,
+       (long long)V, (long long)st.chunks, (long long)st.chunk_rows, c1.worst, c1.what);
+    if (g1.s) diag("%s", g1.err);
+    ok(!ref.s && !g0.s && g0.guards_ok && !c0.bad && c0.worst <= 1e-10,
+       "ce f32 N=%lld V=%lld automatic chunks (1 GiB budget): worst nse %.1e (%s)", (long long)N, (long long)V,
+       c0.worst, c0.what);
+    if (g0.s) diag("%s", g0.err);
+    result_free(&ref), result_free(&g1), result_free(&g0);
+    prob_free(&p);
+}
+#endif /* HAVE_CUDA */
+
+int main(void)
+{
+    mel_ctx *gpu = NULL;
+    if (mel_ctx_create(MEL_BACKEND_CUDA, &gpu) != MEL_OK) {
+        char why[600];
+        snprintf(why, sizeof why, "no CUDA device (%s)", mel_ctx_create_error());
+        skip_all(why);
+    }
+#ifndef HAVE_CUDA
+    /* a CUDA context without the CUDA build cannot happen */
+    ok(0, "mel_ctx_create(MEL_BACKEND_CUDA) succeeded in a build without CUDA");
+    mel_ctx_destroy(gpu);
+    return done_testing();
+#else
+    tap_rng rng;
+    rng_seed(&rng, test_seed(77));
+    mel_ctx *cpu = NULL;
+    if (mel_ctx_create(MEL_BACKEND_CPU, &cpu)) return ok(0, "cpu context"), done_testing();
+    {
+        int dev = -1;
+        struct cudaDeviceProp prop;
+        cudaGetDevice(&dev);
+        if (cudaGetDeviceProperties(&prop, dev) == cudaSuccess)
+            diag("device %d: %s, sm_%d%d, %d SMs, %.1f GiB", dev, prop.name, prop.major, prop.minor,
+                 prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);
+        diag("rows at once (mel_get_threads): %d", mel_get_threads(gpu));
+    }
+    make_specs(cpu);
+    compare_all(gpu, cpu, &rng);
+    if (group_on("group:threads")) threads_and_determinism(gpu, cpu, &rng);
+    if (group_on("group:lowp")) lowp(gpu, cpu, &rng);
+    if (group_on("group:big")) big(gpu, cpu, &rng);
+    for (int k = 0; k < n_specs; k++) mel_transform_free(specs[k].t);
+    mel_ctx_destroy(cpu);
+    mel_ctx_destroy(gpu);
+    return done_testing();
+#endif
+}
