@@ -155,8 +155,9 @@ MEL_API mel_status mel_set_chunk_rows(mel_ctx *ctx, int64_t chunk_rows);
  * bytes == 0 (the default) is the automatic budget: 1/16 of what the call
  * would need with all N rows in one chunk (the naive workspace: ~N·V·4
  * bytes per head in f32), clamped to [MEL_DEFAULT_WORKSPACE_MIN,
- * MEL_DEFAULT_WORKSPACE]: at most 6.25% of the naive memory once N·V is
- * large, while chunks stay large enough for efficient GEMMs. */
+ * MEL_DEFAULT_WORKSPACE], and raised if needed to hold the fixed part
+ * (per-thread vectors) plus 32 rows: at most 6.25% of the naive memory
+ * once N·V is large, while chunks stay large enough for efficient GEMMs. */
 #define MEL_DEFAULT_WORKSPACE ((int64_t)512 << 20)     /* the default's upper bound */
 #define MEL_DEFAULT_WORKSPACE_MIN ((int64_t)16 << 20)  /* the default's lower bound */
 MEL_API mel_status mel_set_workspace_limit(mel_ctx *ctx, int64_t bytes);

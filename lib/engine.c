@@ -412,6 +412,12 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
         limit = (int64_t)(naive / 16);
         if (limit < MEL_DEFAULT_WORKSPACE_MIN) limit = MEL_DEFAULT_WORKSPACE_MIN;
         if (limit > MEL_DEFAULT_WORKSPACE) limit = MEL_DEFAULT_WORKSPACE;
+        /* and never so small that it cannot hold the fixed part and 32 rows
+         * (e.g. a device running hundreds of rows at once) */
+        int64_t rows = c->N < 32 ? (c->N > 0 ? c->N : 1) : 32;
+        if (t->seg_len > rows) rows = t->seg_len;
+        int64_t floor_bytes = sz->fixed + rows * (need_Z ? sz->per_row : ROW_BYTES(t, c->es));
+        if (limit < floor_bytes) limit = floor_bytes;
     }
     if (R <= 0) {
         int64_t avail = limit - sz->fixed;
@@ -654,6 +660,7 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
         gemm_s += now() - g0;
     }
     release(ctx, &w);
+    if (s == MEL_OK && ctx->ops->sync) s = ctx->ops->sync(ctx); /* the last GEMMs may be queued */
     if (s) goto out;
 
     if (want_y && a->y && a->reduction != MEL_REDUCE_NONE) {

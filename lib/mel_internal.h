@@ -256,7 +256,10 @@ struct mel_backend_ops {
     /* Run plan p of transform t over the chunk. */
     mel_status (*run_rows)(mel_ctx *ctx, const mel_transform *t,
                            const mel_plan *p, mel_chunk *ch);
-    int (*threads)(mel_ctx *ctx); /* effective thread count */
+    int (*threads)(mel_ctx *ctx); /* effective thread count (device: rows at once) */
+    /* Wait until all queued work of the call is done and report deferred
+     * errors (NULL: the backend is synchronous). */
+    mel_status (*sync)(mel_ctx *ctx);
 };
 
 extern const mel_backend_ops mel_cpu_backend;

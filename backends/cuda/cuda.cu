@@ -212,6 +212,17 @@ static void cu_free(mel_ctx *ctx, void *p)
     cudaFree(p);
 }
 
+/* End of a call: wait for the queued kernels and GEMMs and report their errors. */
+static mel_status cu_sync(mel_ctx *ctx)
+{
+    cu_state *st = st_of(ctx);
+    mel_status s = take_deferred(ctx);
+    if (s) return s;
+    cudaError_t e = cudaStreamSynchronize(st->stream);
+    if (e != cudaSuccess) return cu_err(ctx, e, "synchronising at the end of the call");
+    return MEL_OK;
+}
+
 static mel_status cu_copy(mel_ctx *ctx, void *dst, const void *src, size_t bytes, int to_device)
 {
     cu_state *st = st_of(ctx);
@@ -1035,6 +1046,7 @@ static mel_backend_ops make_ops(void)
     o.conv_bytes = cu_conv_bytes;
     o.run_rows = cu_run_rows;
     o.threads = cu_threads;
+    o.sync = cu_sync;
     return o;
 }
 
