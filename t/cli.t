@@ -211,6 +211,28 @@ else
     echo "ok $n # SKIP fixture t/fixtures/ce_bias not present"
 fi
 
+# ---- every CE fixture (PyTorch F.cross_entropy, f64) through `mel run ce`:
+# f64 to 1e-12 at chunk sizes 1, 3 and one chunk; f32 to 1e-5 at chunk 7
+for fx in "$top_src"/t/fixtures/ce_*; do
+    c=$(basename "$fx")
+    red=$(sed -n 's/^reduction=//p' "$fx/case.txt")
+    params=$(grep '^param\.' "$fx/case.txt" | sed 's/^param\./--param /' | tr '\n' ' ')
+    extra=""
+    [ -f "$fx/bias.npy" ] && extra="$extra --bias $fx/bias.npy --grad-bias $tmp/cdb.npy"
+    [ -f "$fx/grad_output.npy" ] && extra="$extra --grad-output $fx/grad_output.npy"
+    for spec in "f64 1 1e-12" "f64 3 1e-12" "f64 100000 1e-12" "f32 7 1e-5"; do
+        set -- $spec
+        # shellcheck disable=SC2086
+        $MEL run ce --hidden "$fx/X.npy" --weight "$fx/W.npy" --labels "$fx/labels.npy" $params \
+            --reduction "$red" --dtype "$1" --chunk-rows "$2" $extra --output "$tmp/cy.npy" \
+            --grad-hidden "$tmp/cdx.npy" --grad-weight "$tmp/cdw.npy" 2>"$tmp/err" &&
+            close_files "$tmp/cy.npy" "$fx/y.npy" "$3" && close_files "$tmp/cdx.npy" "$fx/dX.npy" "$3" &&
+            close_files "$tmp/cdw.npy" "$fx/dW.npy" "$3" &&
+            { [ ! -f "$fx/bias.npy" ] || close_files "$tmp/cdb.npy" "$fx/db.npy" "$3"; }
+        ok $? "run ce on $c ($red) --dtype $1 --chunk-rows $2: y, dX, dW$([ -f "$fx/bias.npy" ] && echo ", db") within $3 of PyTorch" || diag "$tmp/err"
+    done
+done
+
 # ---- GRPO through the CLI: --param loss_type chooses TRL's reduction
 # (the fixtures t/fixtures/grpo_loss_* were written by TRL 1.16's loss code)
 for lt in grpo bnpo dr_grpo dapo; do
