@@ -94,6 +94,15 @@ static void *own(void *p, void (*fn)(void *))
     return p;
 }
 
+/* Release everything registered after the first `mark` entries. */
+static void release_to(size_t mark)
+{
+    while (g_nowned > mark) {
+        owned o = g_owned[--g_nowned];
+        o.fn(o.p);
+    }
+}
+
 /* Release p now (it must have been registered). */
 static void release(void *p)
 {
@@ -383,6 +392,32 @@ static mel_transform *build_transform(mel_ctx *ctx, const char *cmd,
     return own(t, free_transform);
 }
 
+/* The CUDA context when the tool runs on one (caller buffers are then
+ * device memory), else NULL. */
+static mel_ctx *g_dev_ctx;
+
+static void free_dev(void *p) { mel_free(g_dev_ctx, p); }
+
+/* The buffer the library should see for host data h of `bytes` bytes: h
+ * itself on the CPU backend, else a device copy (mel_alloc + mel_to_device,
+ * registered with own()).  NULL stays NULL. */
+static void *to_dev(const void *h, size_t bytes, const char *what)
+{
+    if (!g_dev_ctx || !h) return (void *)h;
+    void *d = NULL;
+    check(g_dev_ctx, mel_alloc(g_dev_ctx, bytes, &d), what);
+    own(d, free_dev);
+    check(g_dev_ctx, mel_to_device(g_dev_ctx, d, h, bytes), what);
+    return d;
+}
+
+/* Copy the library's buffer d (from to_dev) back into host buffer h. */
+static void from_dev(void *h, const void *d, size_t bytes, const char *what)
+{
+    if (!g_dev_ctx || !h || h == d) return;
+    check(g_dev_ctx, mel_to_host(g_dev_ctx, h, d, bytes), what);
+}
+
 static mel_ctx *make_ctx(const char *backend, int threads)
 {
     mel_backend b;
@@ -397,12 +432,9 @@ static mel_ctx *make_ctx(const char *backend, int threads)
             m && *m ? m : mel_status_str(s));
     }
     own(ctx, free_ctx);
-    if (b == MEL_BACKEND_CUDA)
-        /* The public API takes device pointers for CUDA contexts and has no
-         * allocation or copy helpers, so this tool (host buffers) cannot
-         * drive one yet. */
-        die(EXIT_USAGE, "--backend cuda: the mel tool has host buffers only; "
-            "libmel's API offers no device-memory helpers yet");
+    /* a CUDA context takes device pointers: to_dev / from_dev stage the
+     * tool's host buffers through mel_alloc and mel_to_device / mel_to_host */
+    if (b == MEL_BACKEND_CUDA) g_dev_ctx = ctx;
     if (threads >= 0) check(ctx, mel_set_threads(ctx, threads), "--threads");
     return ctx;
 }
@@ -764,19 +796,22 @@ static void bind_problem(mel_args *a, const problem *p, mel_dtype t, void **xs,
                          void **ws)
 {
     int64_t nd = p->n * p->d, vd = p->v * p->d;
-    *xs = convert(p->x, MEL_F64, nd, t, "X");
-    *ws = convert(p->w, MEL_F64, vd, t, "W");
-    void *b = p->bias ? convert(p->bias, MEL_F64, p->v, t, "bias") : NULL;
+    size_t es = mel_dtype_size(t);
+    *xs = to_dev(convert(p->x, MEL_F64, nd, t, "X"), (size_t)nd * es, "X");
+    *ws = to_dev(convert(p->w, MEL_F64, vd, t, "W"), (size_t)vd * es, "W");
+    void *b = p->bias ? to_dev(convert(p->bias, MEL_F64, p->v, t, "bias"), (size_t)p->v * es, "bias")
+                      : NULL;
     mel_status s = mel_args_head(a, 0, mel_mat(*xs, t, p->n, p->d, 0),
                                  mel_mat(*ws, t, p->v, p->d, 0), b);
     if (s != MEL_OK) die(exit_of(s), "binding head 0: %s", mel_status_str(s));
     if (p->needs & NEED_LABELS) {
-        s = mel_args_index(a, "labels", p->labels, MEL_I64, p->n);
+        s = mel_args_index(a, "labels", to_dev(p->labels, (size_t)p->n * 8, "labels"), MEL_I64,
+                           p->n);
         if (s != MEL_OK) die(exit_of(s), "binding labels: %s", mel_status_str(s));
     }
     if (p->needs & NEED_TEACHER) {
-        void *tx = convert(p->tx, MEL_F64, nd, t, "teacher X");
-        void *tw = convert(p->tw, MEL_F64, vd, t, "teacher W");
+        void *tx = to_dev(convert(p->tx, MEL_F64, nd, t, "teacher X"), (size_t)nd * es, "teacher X");
+        void *tw = to_dev(convert(p->tw, MEL_F64, vd, t, "teacher W"), (size_t)vd * es, "teacher W");
         s = mel_args_head(a, 1, mel_mat(tx, t, p->n, p->d, 0),
                           mel_mat(tw, t, p->v, p->d, 0), NULL);
         if (s != MEL_OK) die(exit_of(s), "binding head 1: %s", mel_status_str(s));
@@ -787,7 +822,8 @@ static void bind_problem(mel_args *a, const problem *p, mel_dtype t, void **xs,
         for (int i = 0; i < 4; i++) {
             if (i == 2 && !(p->needs & NEED_OLD)) continue;
             if (i == 3 && !(p->needs & NEED_REF)) continue;
-            s = mel_args_input(a, names[i], vals[i], MEL_F64, p->n);
+            s = mel_args_input(a, names[i], to_dev(vals[i], (size_t)p->n * 8, names[i]), MEL_F64,
+                               p->n);
             if (s != MEL_OK)
                 die(exit_of(s), "binding %s: %s", names[i], mel_status_str(s));
         }
@@ -949,14 +985,19 @@ static int cmd_run(int argc, char **argv)
     mel_args *a = own(mel_args_new(), free_args);
     if (!a) die(EXIT_FAILED, "out of memory");
 
-    void *x = convert(X.a.data, X.a.dtype, X.a.count, dt, "--hidden");
-    void *w = convert(W.a.data, W.a.dtype, W.a.count, dt, "--weight");
+    /* on --backend cuda every buffer the library sees is a device copy
+     * (to_dev); outputs come back with from_dev */
+    const size_t es = mel_dtype_size(dt), ges = mel_dtype_size(gdt);
+    void *x = to_dev(convert(X.a.data, X.a.dtype, X.a.count, dt, "--hidden"),
+                     (size_t)X.a.count * es, "--hidden");
+    void *w = to_dev(convert(W.a.data, W.a.dtype, W.a.count, dt, "--weight"),
+                     (size_t)W.a.count * es, "--weight");
     void *b = NULL;
     if (f_bias) {
         input B = load("--bias", f_bias);
         want_float(&B);
         want_vec(&B, V, "V rows of --weight");
-        b = convert(B.a.data, B.a.dtype, V, dt, "--bias");
+        b = to_dev(convert(B.a.data, B.a.dtype, V, dt, "--bias"), (size_t)V * es, "--bias");
     }
     check(ctx, mel_args_head(a, 0, mel_mat(x, dt, N, D, 0), mel_mat(w, dt, V, D, 0), b),
           "--hidden/--weight");
@@ -966,7 +1007,10 @@ static int cmd_run(int argc, char **argv)
             die(EXIT_USAGE, "--labels: %s: dtype %s is not supported (want int32 or int64)",
                 f_labels, np_name(L.a.dtype));
         want_vec(&L, N, "N rows of --hidden");
-        check(ctx, mel_args_index(a, "labels", L.a.data, L.a.dtype, N), "--labels");
+        check(ctx, mel_args_index(a, "labels",
+                                  to_dev(L.a.data, (size_t)N * mel_dtype_size(L.a.dtype), "--labels"),
+                                  L.a.dtype, N),
+              "--labels");
     }
     const double *mask = NULL;
     for (int i = 0; i < n_in; i++) {
@@ -977,7 +1021,7 @@ static int cmd_run(int argc, char **argv)
         want_vec(&I, N, "N rows of --hidden");
         /* float or integer (a 0/1 mask) -> f64 */
         double *v = convert(I.a.data, I.a.dtype, N, MEL_F64, flag);
-        check(ctx, mel_args_input(a, in_names[i], v, MEL_F64, N), flag);
+        check(ctx, mel_args_input(a, in_names[i], to_dev(v, (size_t)N * 8, flag), MEL_F64, N), flag);
         if (!strcmp(in_names[i], "mask")) mask = v;
     }
     /* grpo without --reduction: the loss type's global per-row weights */
@@ -1013,16 +1057,20 @@ static int cmd_run(int argc, char **argv)
             die(EXIT_USAGE, "--teacher-weight: %s: shape (%" PRId64 ", %" PRId64 "), want (%"
                 PRId64 ", %" PRId64 ") (V of --weight, D of --teacher-hidden)",
                 f_tweight, TW.a.shape[0], TW.a.shape[1], V, TD);
-        void *tx = convert(TX.a.data, TX.a.dtype, TX.a.count, dt, "--teacher-hidden");
-        void *tw = convert(TW.a.data, TW.a.dtype, TW.a.count, dt, "--teacher-weight");
+        void *tx = to_dev(convert(TX.a.data, TX.a.dtype, TX.a.count, dt, "--teacher-hidden"),
+                          (size_t)TX.a.count * es, "--teacher-hidden");
+        void *tw = to_dev(convert(TW.a.data, TW.a.dtype, TW.a.count, dt, "--teacher-weight"),
+                          (size_t)TW.a.count * es, "--teacher-weight");
         check(ctx, mel_args_head(a, 1, mel_mat(tx, dt, N, TD, 0), mel_mat(tw, dt, V, TD, 0),
                                  NULL),
               "--teacher-hidden/--teacher-weight");
     }
-    check(ctx, mel_args_reduction(a, red, gw), "--reduction");
+    check(ctx, mel_args_reduction(a, red, to_dev(gw, (size_t)N * 8, "--param loss_type")),
+          "--reduction");
     int64_t ny = red == MEL_REDUCE_NONE ? N : 1;
     double *y = xcalloc(ny, sizeof(double), "--output");
-    check(ctx, mel_args_output(a, y, MEL_F64), "--output");
+    void *y_d = to_dev(y, (size_t)ny * 8, "--output");
+    check(ctx, mel_args_output(a, y_d, MEL_F64), "--output");
     if (f_gout) {
         input G = load("--grad-output", f_gout);
         want_float(&G);
@@ -1034,15 +1082,19 @@ static int cmd_run(int argc, char **argv)
                 f_gout, s);
         }
         double *g = convert(G.a.data, G.a.dtype, ny, MEL_F64, "--grad-output");
-        check(ctx, mel_args_grad_output(a, g, MEL_F64), "--grad-output");
+        check(ctx, mel_args_grad_output(a, to_dev(g, (size_t)ny * 8, "--grad-output"), MEL_F64),
+              "--grad-output");
     }
-    void *dx = NULL, *dw = NULL, *db = NULL;
+    void *dx = NULL, *dw = NULL, *db = NULL, *dx_d = NULL, *dw_d = NULL, *db_d = NULL;
     if (want_grad) {
-        if (f_gx) dx = xcalloc(mul64(N, D, "--grad-hidden"), mel_dtype_size(dt), "--grad-hidden");
-        if (f_gw) dw = xcalloc(mul64(V, D, "--grad-weight"), mel_dtype_size(gdt), "--grad-weight");
-        if (f_gb) db = xcalloc(V, mel_dtype_size(gdt), "--grad-bias");
-        check(ctx, mel_args_grad_head(a, 0, mel_mat(dx, dt, N, D, 0), mel_mat(dw, gdt, V, D, 0),
-                                      db, MEL_OVERWRITE_DW),
+        if (f_gx) dx = xcalloc(mul64(N, D, "--grad-hidden"), es, "--grad-hidden");
+        if (f_gw) dw = xcalloc(mul64(V, D, "--grad-weight"), ges, "--grad-weight");
+        if (f_gb) db = xcalloc(V, ges, "--grad-bias");
+        dx_d = to_dev(dx, (size_t)(N * D) * es, "--grad-hidden");
+        dw_d = to_dev(dw, (size_t)(V * D) * ges, "--grad-weight");
+        db_d = to_dev(db, (size_t)V * ges, "--grad-bias");
+        check(ctx, mel_args_grad_head(a, 0, mel_mat(dx_d, dt, N, D, 0), mel_mat(dw_d, gdt, V, D, 0),
+                                      db_d, MEL_OVERWRITE_DW),
               "--grad-hidden/--grad-weight/--grad-bias");
     }
 
@@ -1077,7 +1129,11 @@ static int cmd_run(int argc, char **argv)
     }
     double wall = now_s() - t0;
 
-    /* ---- outputs */
+    /* ---- outputs (back from the device on --backend cuda) */
+    from_dev(y, y_d, (size_t)ny * 8, "--output");
+    from_dev(dx, dx_d, (size_t)(N * D) * es, "--grad-hidden");
+    from_dev(dw, dw_d, (size_t)(V * D) * ges, "--grad-weight");
+    from_dev(db, db_d, (size_t)V * ges, "--grad-bias");
     if (f_out) {
         int64_t shp[1] = {N};
         save("--output", f_out, MEL_F64, y, red == MEL_REDUCE_NONE ? 1 : 0, shp);
@@ -1249,7 +1305,8 @@ static const optspec bench_opts[] = {
     {"--rows", 1}, {"--dim", 1}, {"--vocab", 1}, {"--transform", 1},
     {"--dtype", 1}, {"--modes", 1}, {"--repeat", 1}, {"--warmup", 1},
     {"--threads", 1}, {"--csv", 1}, {"--seed", 1}, {"--param", 1},
-    {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--help", 0}, {NULL, 0}};
+    {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--backend", 1}, {"--help", 0},
+    {NULL, 0}};
 
 static void usage_bench(FILE *f)
 {
@@ -1261,6 +1318,8 @@ static void usage_bench(FILE *f)
 "  --repeat K (3)  --warmup K (1)  --threads K (default)  --seed S (1)\n"
 "  --chunk-rows R / --workspace-bytes B (recompute, fused; default automatic)\n"
 "  --param NAME=VALUE  --csv FILE (units in the column names)\n"
+"  --backend cpu|cuda (cpu): cuda runs on device buffers (times include the\n"
+"  end-of-call synchronisation; threads = rows run at once)\n"
 "  naive = one chunk of N rows (the full logits); recompute = forward then\n"
 "  backward; fused = forward_backward.  max_rss is the process-wide maximum so far.\n");
 }
@@ -1277,11 +1336,34 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/* Peak resident memory: VmHWM from /proc/self/status (which
+ * reset_peak_rss() can reset), else getrusage's lifetime maximum. */
 static int64_t max_rss_bytes(void)
 {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f) {
+        char line[256];
+        long long kb = -1;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "VmHWM: %lld kB", &kb) == 1) break;
+        fclose(f);
+        if (kb >= 0) return (int64_t)kb * 1024;
+    }
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return -1;
     return (int64_t)ru.ru_maxrss * 1024; /* KiB on Linux */
+}
+
+/* Start a new peak-RSS measurement at the current RSS (Linux: writing 5 to
+ * /proc/self/clear_refs resets VmHWM), so that the bench's own set-up (the
+ * f64 inputs it generates, then converts) is not counted.  Returns 0 when
+ * the reset worked. */
+static int reset_peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f) return -1;
+    int ok = fputs("5", f) >= 0;
+    return fclose(f) == 0 && ok ? 0 : -1;
 }
 
 static void git_commit(char *buf, size_t len)
@@ -1300,9 +1382,9 @@ static void git_commit(char *buf, size_t len)
 static int cmd_bench(int argc, char **argv)
 {
     const char *rows_s = "4096", *modes_s = "naive,recompute,fused", *tname = "ce",
-               *csv = NULL;
+               *csv = NULL, *backend = "cpu";
     int64_t d = 1024, v = 32768, chunk = 0, ws_bytes = -1;
-    int repeat = 3, warmup = 1, threads = -1;
+    int repeat = 3, warmup = 1, threads = -1, rss_reset_ok = 0;
     uint64_t seed = 1;
     mel_dtype dt = MEL_F32;
     param_list *pl = xcalloc(1, sizeof *pl, "params");
@@ -1329,6 +1411,7 @@ static int cmd_bench(int argc, char **argv)
         else if (!strcmp(name, "--param")) param_add(pl, val);
         else if (!strcmp(name, "--chunk-rows")) chunk = parse_i64(name, val, 1, INT64_MAX);
         else if (!strcmp(name, "--workspace-bytes")) ws_bytes = parse_bytes(name, val);
+        else if (!strcmp(name, "--backend")) backend = val;
     }
 
     /* --rows list */
@@ -1361,7 +1444,7 @@ static int cmd_bench(int argc, char **argv)
         if (!nmodes) die(EXIT_USAGE, "--modes: no value in '%s'", modes_s);
     }
 
-    mel_ctx *ctx = make_ctx("cpu", threads);
+    mel_ctx *ctx = make_ctx(backend, threads);
     mel_transform *t = build_transform(ctx, "bench", tname, pl);
     double ii = -100;
     param_get(pl, "ignore_index", &ii);
@@ -1379,10 +1462,10 @@ static int cmd_bench(int argc, char **argv)
     git_commit(commit, sizeof commit);
     char header[800];
     snprintf(header, sizeof header,
-             "# machine: %s; nproc %ld; threads %d; OPENBLAS_CORETYPE=%s; commit %s; "
+             "# machine: %s; nproc %ld; backend %s; threads %d; OPENBLAS_CORETYPE=%s; commit %s; "
              "libmel %s; transform %s; dtype %s; dim %" PRId64 "; vocab %" PRId64
              "; repeat %d; warmup %d",
-             machine, nproc, mel_get_threads(ctx), coretype && *coretype ? coretype : "unset",
+             machine, nproc, backend, mel_get_threads(ctx), coretype && *coretype ? coretype : "unset",
              commit, mel_version_string(), tname, mel_dtype_name(dt), d, v, repeat, warmup);
 
     FILE *cf = NULL;
@@ -1407,6 +1490,7 @@ static int cmd_bench(int argc, char **argv)
     for (int ri = 0; ri < nrows; ri++) {
         int64_t n = rows[ri];
         mul64(n, v, "--rows x --vocab");
+        const size_t mark = g_nowned; /* this rows setting's buffers */
         problem p;
         make_problem(&p, n, d, v, needs, 0, (int64_t)ii, 0, seed + (uint64_t)ri);
         mel_args *a = own(mel_args_new(), free_args);
@@ -1419,11 +1503,15 @@ static int cmd_bench(int argc, char **argv)
         release(p.tx);
         release(p.tw);
         mel_dtype gdt = dt == MEL_F64 ? MEL_F64 : MEL_F32;
-        void *dx = xcalloc(n * d, mel_dtype_size(dt), "dX");
-        void *dw = xcalloc(v * d, mel_dtype_size(gdt), "dW");
+        const size_t dxb = (size_t)(n * d) * mel_dtype_size(dt), dwb = (size_t)(v * d) * mel_dtype_size(gdt);
+        void *dx = to_dev(xcalloc(n * d, mel_dtype_size(dt), "dX"), dxb, "dX");
+        void *dw = to_dev(xcalloc(v * d, mel_dtype_size(gdt), "dW"), dwb, "dW");
+        /* peak RSS from here: inputs, outputs, workspace and the process */
+        rss_reset_ok = reset_peak_rss() == 0;
         double y = 0;
+        void *y_d = to_dev(&y, sizeof y, "y");
         check(ctx, mel_args_reduction(a, MEL_REDUCE_MEAN, NULL), "bench");
-        check(ctx, mel_args_output(a, &y, MEL_F64), "bench");
+        check(ctx, mel_args_output(a, y_d, MEL_F64), "bench");
         check(ctx, mel_args_grad_head(a, 0, mel_mat(dx, dt, n, d, 0), mel_mat(dw, gdt, v, d, 0),
                                       NULL, MEL_OVERWRITE_DW),
               "bench");
@@ -1464,6 +1552,7 @@ static int cmd_bench(int argc, char **argv)
                 if (times[i] < mn) mn = times[i];
                 if (times[i] > mx) mx = times[i];
             }
+            from_dev(&y, y_d, sizeof y, "y");
             double med = median(times, repeat), gmed = median(gtimes, repeat);
             double gfs = gmed > 0 ? (double)cs.total.gemm_flops / gmed * 1e-9 : 0;
             int64_t naive_bytes = n * v * (int64_t)lsz;
@@ -1483,12 +1572,15 @@ static int cmd_bench(int argc, char **argv)
                         cs.total.gemm_flops, gfs, cs.total.peak_workspace_bytes, naive_bytes,
                         rss, y);
         }
-        release(a);
-        release(dx);
-        release(dw);
+        release_to(mark); /* args, inputs, gradients (host and device) */
     }
-    printf("# max_rss is getrusage(RUSAGE_SELF).ru_maxrss: a process-wide maximum that "
-           "includes the inputs and never goes down; peak_ws is libmel's own count\n");
+    if (rss_reset_ok)
+        printf("# max_rss is the peak RSS (VmHWM) since the inputs were ready: inputs, outputs, "
+               "workspace and the process itself, not the bench's f64 set-up; run one mode per "
+               "process for a clean figure (examples/bench/run.sh); peak_ws is libmel's own count\n");
+    else
+        printf("# max_rss is getrusage(RUSAGE_SELF).ru_maxrss: a process-wide maximum that "
+               "includes the bench's set-up and never goes down; peak_ws is libmel's own count\n");
     int bad = 0;
     if (cf) {
         bad = ferror(cf) != 0;

@@ -66,7 +66,7 @@ typedef enum mel_status {
     MEL_ERR_BUDGET = 6,           /* workspace budget below one row          */
     MEL_ERR_NONFINITE = 7,        /* non-finite input (mel_set_check_finite) */
     MEL_ERR_OVERFLOW = 8,         /* a size product overflows                */
-    MEL_ERR_BACKEND = 9,          /* reserved: BLAS / CUDA reported an error */
+    MEL_ERR_BACKEND = 9,          /* CUDA / cuBLAS reported an error         */
     MEL_ERR_INTERNAL = 10         /* a bug in libmel: please report          */
 } mel_status;
 
@@ -132,8 +132,9 @@ MEL_API void mel_ctx_trim(mel_ctx *ctx);
  * succeeded). */
 MEL_API const char *mel_last_error(const mel_ctx *ctx);
 
-/* Threads used by the backend (CPU: OpenMP and BLAS threads).  0 restores
- * the default (the OpenMP default).  Bounds: 0 <= n <= 4096.  OpenBLAS's
+/* Threads used by the backend (CPU: OpenMP and BLAS threads; CUDA: rows
+ * run at once, default the number of multiprocessors).  0 restores the
+ * default (CPU: the OpenMP default).  Bounds: 0 <= n <= 4096.  OpenBLAS's
  * thread count is process-wide: contexts used at the same time from
  * several threads should use the same thread count. */
 MEL_API mel_status mel_set_threads(mel_ctx *ctx, int n);
@@ -157,7 +158,14 @@ MEL_API mel_status mel_set_chunk_rows(mel_ctx *ctx, int64_t chunk_rows);
  * bytes per head in f32), clamped to [MEL_DEFAULT_WORKSPACE_MIN,
  * MEL_DEFAULT_WORKSPACE], and raised if needed to hold the fixed part
  * (per-thread vectors) plus 32 rows: at most 6.25% of the naive memory
- * once N·V is large, while chunks stay large enough for efficient GEMMs. */
+ * once N·V is large, while chunks stay large enough for efficient GEMMs.
+ * On a CUDA context the upper bound is instead half the device memory that
+ * is free when the call starts (cudaMemGetInfo; the workspace the context
+ * already holds counts as free, since a call reuses or replaces it), so
+ * large batches get large chunks on a large device and a nearly full
+ * device gets small ones; the lower bound and the fixed + 32 rows floor are
+ * the same.  An explicit limit (bytes > 0) is always respected as is, on
+ * every backend. */
 #define MEL_DEFAULT_WORKSPACE ((int64_t)512 << 20)     /* the default's upper bound */
 #define MEL_DEFAULT_WORKSPACE_MIN ((int64_t)16 << 20)  /* the default's lower bound */
 MEL_API mel_status mel_set_workspace_limit(mel_ctx *ctx, int64_t bytes);
@@ -170,6 +178,51 @@ MEL_API mel_status mel_set_workspace_limit(mel_ctx *ctx, int64_t bytes);
  * bad element ("x of head 0: [3, 7] = nan").  The scan reads every input
  * once (about the cost of reading W).  Default: 0. */
 MEL_API mel_status mel_set_check_finite(mel_ctx *ctx, int check);
+
+/* ------------------------------------------------- CUDA streams and memory
+ *
+ * On a MEL_BACKEND_CUDA context every buffer bound in mel_args (X, W, bias,
+ * labels, per-row inputs, weights, y, aux outputs, dL/dy and all gradients)
+ * is device memory on the device that was current when the context was
+ * created; on MEL_BACKEND_CPU it is host memory.  The helpers below let a
+ * caller allocate and fill such buffers through the context, without
+ * linking the CUDA runtime, so the same code serves both backends.
+ */
+
+/* Queue all of this context's device work (kernels, cuBLAS GEMMs, copies)
+ * on `stream`, a cudaStream_t passed as void *; NULL goes back to the
+ * context's own stream (the default: a blocking stream created with the
+ * context, ordered with the legacy default stream).  To use the legacy
+ * default stream itself pass cudaStreamLegacy.  Work libmel queued on the
+ * previous stream is ordered before anything queued on the new one (an
+ * event, no host wait).  libmel synchronises the stream only where it must
+ * return data to the host: the end of every mel_forward / mel_backward /
+ * mel_forward_backward call (so outputs are complete when it returns),
+ * mel_to_device / mel_to_host, and releasing memory (mel_free, workspace
+ * regrowth, mel_ctx_trim, mel_ctx_destroy).  The stream must stay valid
+ * until another one is set or the context is destroyed.
+ * MEL_ERR_UNSUPPORTED (with a message) on a context that is not CUDA. */
+MEL_API mel_status mel_set_cuda_stream(mel_ctx *ctx, void *stream);
+
+/* Memory for the caller's buffers: device memory on a CUDA context
+ * (cudaMalloc), host memory on the CPU backend (malloc).  Not counted as
+ * workspace (mel_stats, mel_ctx_held_bytes) and not released by
+ * mel_ctx_trim; free it with mel_free on the same context before
+ * destroying the context.  bytes == 0 allocates a minimal block.
+ * MEL_ERR_INVALID_ARGUMENT when out is NULL, MEL_ERR_OUT_OF_MEMORY when
+ * the allocation fails (*out is then NULL). */
+MEL_API mel_status mel_alloc(mel_ctx *ctx, size_t bytes, void **out);
+/* Free memory from mel_alloc (waits for the work queued on the context's
+ * stream first).  NULL is accepted. */
+MEL_API void mel_free(mel_ctx *ctx, void *p);
+/* Copy bytes from host memory src to memory dst of the context (device
+ * memory on CUDA), and back.  Synchronous: ordered after the work queued on
+ * the context's stream, and complete when the function returns.  On the
+ * CPU backend both are memcpy.  bytes == 0 does nothing; otherwise a NULL
+ * dst or src is MEL_ERR_INVALID_ARGUMENT; a CUDA failure is
+ * MEL_ERR_BACKEND. */
+MEL_API mel_status mel_to_device(mel_ctx *ctx, void *dst, const void *src, size_t bytes);
+MEL_API mel_status mel_to_host(mel_ctx *ctx, void *dst, const void *src, size_t bytes);
 
 /* Statistics of the last successful call on this context. */
 typedef struct mel_stats {
@@ -378,7 +431,9 @@ MEL_API void mel_args_clear(mel_args *a);
 /* Head h: x [N, D], w [V, D] of the same float dtype, bias [V] of that
  * dtype or NULL.  All heads of a call share one dtype.  Storage f64 runs
  * in f64 (the reference path); f32, bf16 and f16 run logits and row
- * programs in f32 (16-bit inputs are widened once, on load). */
+ * programs in f32: 16-bit values are widened to f32 for the GEMMs (on the
+ * CPU in blocks of W rows, repeated per chunk; on CUDA inside cuBLAS), never
+ * rounded on the way back except dX, once. */
 MEL_API mel_status mel_args_head(mel_args *a, int head, mel_matrix x,
                                  mel_matrix w, const void *bias);
 /* Index input `name`: n values of dtype MEL_I32 or MEL_I64. */

@@ -171,6 +171,65 @@ mel_status mel_set_workspace_limit(mel_ctx *ctx, int64_t bytes)
     return MEL_OK;
 }
 
+mel_status mel_set_cuda_stream(mel_ctx *ctx, void *stream)
+{
+    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
+    mel_clear_error(ctx);
+    if (!ctx->ops->set_stream)
+        return mel_fail(ctx, MEL_ERR_UNSUPPORTED,
+                        "mel_set_cuda_stream: the %s backend has no CUDA streams (only a "
+                        "MEL_BACKEND_CUDA context takes one)", ctx->ops->name);
+    return ctx->ops->set_stream(ctx, stream);
+}
+
+/* ------------------------------------------------ caller memory helpers */
+
+mel_status mel_alloc(mel_ctx *ctx, size_t bytes, void **out)
+{
+    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
+    mel_clear_error(ctx);
+    if (!out) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_alloc: out is NULL");
+    *out = NULL;
+    void *p = ctx->ops->alloc(ctx, bytes ? bytes : 1);
+    if (!p)
+        return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "mel_alloc: out of %s memory allocating %zu bytes",
+                        ctx->ops->host_memory ? "host" : "device", bytes);
+    *out = p;
+    return MEL_OK;
+}
+
+void mel_free(mel_ctx *ctx, void *p)
+{
+    if (ctx && p) ctx->ops->free(ctx, p);
+}
+
+static mel_status transfer(mel_ctx *ctx, const char *fn, void *dst, const void *src, size_t bytes,
+                           int to_device)
+{
+    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
+    mel_clear_error(ctx);
+    if (bytes == 0) return MEL_OK;
+    if (!dst) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "%s: dst is NULL (bytes = %zu)", fn, bytes);
+    if (!src) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "%s: src is NULL (bytes = %zu)", fn, bytes);
+    mel_status s = ctx->ops->copy(ctx, dst, src, bytes, to_device);
+    if (s != MEL_OK && ctx->err[0]) {
+        char m[sizeof ctx->err];
+        snprintf(m, sizeof m, "%s", ctx->err);
+        mel_fail(ctx, s, "%s: %s", fn, m);
+    }
+    return s;
+}
+
+mel_status mel_to_device(mel_ctx *ctx, void *dst, const void *src, size_t bytes)
+{
+    return transfer(ctx, "mel_to_device", dst, src, bytes, 1);
+}
+
+mel_status mel_to_host(mel_ctx *ctx, void *dst, const void *src, size_t bytes)
+{
+    return transfer(ctx, "mel_to_host", dst, src, bytes, 0);
+}
+
 void mel_get_stats(const mel_ctx *ctx, mel_stats *out)
 {
     if (!out) return;

@@ -226,13 +226,16 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
             void *tmp;
             mel_status s = host_view(ctx, b->data, (size_t)b->n * mel_dtype_size(b->dtype), &hv, &tmp);
             if (s) return s;
+            /* vocabulary padding: only the first `limit` columns are real */
+            int64_t hi = d->limit > 0 && d->limit < c->V ? d->limit : c->V;
             for (int64_t i = 0; i < b->n; i++) {
                 int64_t v = b->dtype == MEL_I32 ? ((const int32_t *)hv)[i] : ((const int64_t *)hv)[i];
-                if ((v < 0 || v >= c->V) && v != d->ignore_index) {
+                if ((v < 0 || v >= hi) && v != d->ignore_index) {
                     free(tmp);
                     return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
-                                    "%s[%lld] = %lld is outside [0, %lld) and is not ignore_index (%lld)",
-                                    d->name, (long long)i, (long long)v, (long long)c->V,
+                                    "%s[%lld] = %lld is outside [0, %lld)%s and is not ignore_index (%lld)",
+                                    d->name, (long long)i, (long long)v, (long long)hi,
+                                    hi < c->V ? " (the real vocabulary, vocab_valid)" : "",
                                     (long long)d->ignore_index);
                 }
             }
@@ -411,7 +414,11 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
         double naive = (double)sz->fixed + (double)(need_Z ? sz->per_row : ROW_BYTES(t, c->es)) * (double)c->N;
         limit = (int64_t)(naive / 16);
         if (limit < MEL_DEFAULT_WORKSPACE_MIN) limit = MEL_DEFAULT_WORKSPACE_MIN;
-        if (limit > MEL_DEFAULT_WORKSPACE) limit = MEL_DEFAULT_WORKSPACE;
+        /* upper bound: the backend's (CUDA: half the free device memory),
+         * else MEL_DEFAULT_WORKSPACE */
+        int64_t upper = ctx->ops->device_budget ? ctx->ops->device_budget(ctx) : 0;
+        if (upper <= 0) upper = MEL_DEFAULT_WORKSPACE;
+        if (limit > upper) limit = upper;
         /* and never so small that it cannot hold the fixed part and 32 rows
          * (e.g. a device running hundreds of rows at once) */
         int64_t rows = c->N < 32 ? (c->N > 0 ? c->N : 1) : 32;

@@ -61,6 +61,7 @@ typedef struct mel_input_decl {
     int is_index;
     int differentiable; /* scalar inputs only                           */
     int64_t ignore_index; /* index inputs only                          */
+    int64_t limit;        /* index inputs: valid values are < min(limit, V); 0 = V */
 } mel_input_decl;
 
 struct mel_graph {
@@ -260,6 +261,13 @@ struct mel_backend_ops {
     /* Wait until all queued work of the call is done and report deferred
      * errors (NULL: the backend is synchronous). */
     mel_status (*sync)(mel_ctx *ctx);
+    /* Optional (NULL: the backend has no streams).  Queue all further work
+     * on `stream` (a cudaStream_t; NULL: the backend's own stream). */
+    mel_status (*set_stream)(mel_ctx *ctx, void *stream);
+    /* Optional: the upper bound of the automatic workspace budget in bytes
+     * (CUDA: half the free device memory); 0 = no opinion, then
+     * MEL_DEFAULT_WORKSPACE is used.  NULL: no opinion. */
+    int64_t (*device_budget)(mel_ctx *ctx);
 };
 
 extern const mel_backend_ops mel_cpu_backend;

@@ -321,5 +321,26 @@ expect_fail "grpo without seq_len for its loss_type" "seq_len" \
     --labels "$top_src/t/fixtures/grpo_loss_dapo/labels.npy" --input mask="$top_src/t/fixtures/grpo_loss_dapo/mask.npy" \
     --input advantages="$top_src/t/fixtures/grpo_loss_dapo/advantages.npy"
 
+# ---- --backend cuda: without CUDA (or without a device) a usage error, one
+# line naming the backend; with a device, the closed forms through device
+# buffers (mel_alloc / mel_to_device / mel_to_host)
+"$MEL" $RUN --dtype f64 --backend cuda --output "$tmp/yc.npy" --grad-hidden "$tmp/dxc.npy" \
+    >"$tmp/out" 2>"$tmp/err"
+rc=$?
+if [ $rc -eq 0 ]; then
+    close_list "$tmp/yc.npy" "$mean" && close_list "$tmp/dxc.npy" "$dx"
+    ok $? "run ce --backend cuda on a device: y and dX match the closed forms"
+else
+    lines=$(wc -l <"$tmp/err")
+    [ $rc -eq 2 ] && [ "$lines" -eq 1 ] && grep -q '^mel: --backend cuda: ' "$tmp/err"
+    ok $? "run ce --backend cuda without a CUDA device: exit 2, one line naming the backend: $(cat "$tmp/err")" ||
+        diag "$tmp/err"
+    "$MEL" bench --backend cuda --rows 4 --dim 2 --vocab 8 >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    lines=$(wc -l <"$tmp/err")
+    [ $rc -eq 2 ] && [ "$lines" -eq 1 ] && grep -q '^mel: --backend cuda: ' "$tmp/err"
+    ok $? "bench --backend cuda without a CUDA device: exit 2, one line naming the backend" || diag "$tmp/err"
+fi
+
 echo "1..$n"
 [ $fails -eq 0 ]

@@ -35,8 +35,12 @@
  * N·V > 2^31 in a single chunk (skipped with a message when the device has
  * too little free memory).
  *
+ * Also: mel_set_cuda_stream (a caller's stream gives bit-identical results)
+ * and the mel_alloc / mel_to_device / mel_to_host round trip.
+ *
  * MEL_CUDA_TEST_ONLY=text runs only the cases, and the groups
- * group:threads, group:lowp and group:big, whose name contains text.
+ * group:threads, group:stream, group:lowp and group:big, whose name
+ * contains text.
  */
 #include <math.h>
 #include <stdio.h>
@@ -878,6 +882,53 @@ static void threads_and_determinism(mel_ctx *gpu, mel_ctx *cpu, tap_rng *rng)
     prob_free(&p);
 }
 
+/* mel_set_cuda_stream: the same call on a caller's stream (cudaStreamCreate)
+ * gives bit-identical results to the context's own stream, and going back
+ * (NULL) works; mel_alloc / mel_to_device / mel_to_host round trip. */
+static void streams_and_memory(mel_ctx *gpu, mel_ctx *cpu, tap_rng *rng)
+{
+    const spec *sp = &specs[1]; /* ce with bias and options */
+    prob p;
+    prob_make(&p, sp, 36, 24, 301, rng, cpu);
+    result g0, g1, g2;
+    run(gpu, 1, sp, &p, MEL_F32, M_FB_NONE, 7, &g0);
+    cudaStream_t cs = NULL;
+    cudaError_t ce = cudaStreamCreate(&cs);
+    mel_status s1 = ce == cudaSuccess ? mel_set_cuda_stream(gpu, (void *)cs) : MEL_ERR_BACKEND;
+    ok(s1 == MEL_OK, "mel_set_cuda_stream(a cudaStreamCreate stream): %s",
+       ce != cudaSuccess ? cudaGetErrorString(ce) : mel_last_error(gpu));
+    run(gpu, 1, sp, &p, MEL_F32, M_FB_NONE, 7, &g1);
+    mel_status s2 = mel_set_cuda_stream(gpu, NULL);
+    run(gpu, 1, sp, &p, MEL_F32, M_FB_NONE, 0, &g2);
+    const size_t ny = (size_t)p.N * 8, nx = (size_t)(p.N * p.D) * 8, nw = (size_t)(p.V * p.D) * 8;
+    ok(!g0.s && !g1.s && g1.guards_ok && !memcmp(g0.y, g1.y, ny) && !memcmp(g0.dX[0], g1.dX[0], nx) &&
+           !memcmp(g0.dW[0], g1.dW[0], nw),
+       "%s on a caller's stream: y, dX, dW bit-identical to the context's own stream", sp->name);
+    if (g1.s) diag("%s", g1.err);
+    cmp c;
+    cmp_init(&c);
+    if (!g2.s && !g0.s) cmp_results(&c, sp, &p, M_FB_NONE, &g2, &g0);
+    ok(s2 == MEL_OK && !g2.s && g2.guards_ok && !c.bad && c.worst <= 1e-10,
+       "back on the own stream (NULL), automatic chunks: worst nse %.1e vs chunk 7 (%s)", c.worst, c.what);
+    if (g2.s) diag("%s", g2.err);
+    if (cs) cudaStreamDestroy(cs);
+    result_free(&g0), result_free(&g1), result_free(&g2);
+    prob_free(&p);
+
+    unsigned char src[1000], back[1000];
+    for (int i = 0; i < 1000; i++) src[i] = (unsigned char)(i * 13 + 1);
+    memset(back, 0, sizeof back);
+    void *d = NULL;
+    const int64_t held = mel_ctx_held_bytes(gpu);
+    mel_status a = mel_alloc(gpu, sizeof src, &d);
+    mel_status b = a ? a : mel_to_device(gpu, d, src, sizeof src);
+    mel_status c2 = b ? b : mel_to_host(gpu, back, d, sizeof back);
+    ok(!c2 && !memcmp(src, back, sizeof src) && mel_ctx_held_bytes(gpu) == held,
+       "mel_alloc / mel_to_device / mel_to_host round trip on the device (not workspace): %s",
+       c2 ? mel_last_error(gpu) : "ok");
+    mel_free(gpu, d);
+}
+
 /* bf16 / f16 storage against the fp64 CPU reference on the rounded inputs. */
 static void lowp(mel_ctx *gpu, mel_ctx *cpu, tap_rng *rng)
 {
@@ -993,6 +1044,7 @@ int main(void)
     make_specs(cpu);
     compare_all(gpu, cpu, &rng);
     if (group_on("group:threads")) threads_and_determinism(gpu, cpu, &rng);
+    if (group_on("group:stream")) streams_and_memory(gpu, cpu, &rng);
     if (group_on("group:lowp")) lowp(gpu, cpu, &rng);
     if (group_on("group:big")) big(gpu, cpu, &rng);
     for (int k = 0; k < n_specs; k++) mel_transform_free(specs[k].t);

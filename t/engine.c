@@ -201,6 +201,32 @@ static void test_errors(mel_ctx *ctx, mel_transform *ce)
     s = mel_ctx_create((mel_backend)5, &c2);
     ok(s == MEL_ERR_INVALID_ARGUMENT && has(mel_ctx_create_error(), "backend = 5"), "unknown backend: %s",
        mel_ctx_create_error());
+    /* streams and caller-memory helpers on the CPU backend */
+    EXPECT(mel_set_cuda_stream(ctx, NULL), MEL_ERR_UNSUPPORTED, "cpu backend has no CUDA streams");
+    {
+        unsigned char src[100], back[100];
+        for (int i = 0; i < 100; i++) src[i] = (unsigned char)(i * 7 + 3);
+        memset(back, 0, sizeof back);
+        void *buf = NULL;
+        const int64_t held0 = mel_ctx_held_bytes(ctx);
+        s = mel_alloc(ctx, sizeof src, &buf);
+        ok(s == MEL_OK && buf, "mel_alloc on the cpu backend");
+        s = mel_to_device(ctx, buf, src, sizeof src);
+        mel_status s2 = mel_to_host(ctx, back, buf, sizeof back);
+        ok(s == MEL_OK && s2 == MEL_OK && !memcmp(src, back, sizeof src),
+           "mel_to_device / mel_to_host round trip is exact");
+        EXPECT(mel_alloc(ctx, 8, NULL), MEL_ERR_INVALID_ARGUMENT, "mel_alloc: out is NULL");
+        EXPECT(mel_to_device(ctx, NULL, src, 8), MEL_ERR_INVALID_ARGUMENT, "mel_to_device: dst is NULL");
+        EXPECT(mel_to_device(ctx, buf, NULL, 8), MEL_ERR_INVALID_ARGUMENT, "mel_to_device: src is NULL");
+        EXPECT(mel_to_host(ctx, NULL, buf, 8), MEL_ERR_INVALID_ARGUMENT, "mel_to_host: dst is NULL");
+        EXPECT(mel_to_host(ctx, back, NULL, 8), MEL_ERR_INVALID_ARGUMENT, "mel_to_host: src is NULL");
+        ok(mel_to_host(ctx, NULL, NULL, 0) == MEL_OK, "a copy of 0 bytes accepts NULL");
+        ok(mel_ctx_held_bytes(ctx) == held0, "mel_alloc is not counted as workspace");
+        mel_free(ctx, buf);
+        mel_free(ctx, NULL);
+        ok(mel_alloc(NULL, 8, &buf) == MEL_ERR_INVALID_ARGUMENT && mel_to_device(NULL, back, src, 8) ==
+           MEL_ERR_INVALID_ARGUMENT, "a NULL context is MEL_ERR_INVALID_ARGUMENT");
+    }
     mel_ctx_destroy(NULL);
     mel_transform_free(NULL);
     mel_args_free(NULL);

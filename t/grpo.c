@@ -239,6 +239,27 @@ int main(void)
         mel_transform_free(t);
     }
 
+    /* a token with an ignored label does not count, even with mask 1: the
+     * mean equals the mean with that token's mask set to 0 */
+    {
+        cfg c1 = {1, 1, 1, -1, 0, 0.2, 0.2, 0};
+        mel_transform *t1 = build(ctx, &c1);
+        double w1[N], ya, yb, keep_m = MASK[1];
+        int64_t keep_l = LAB[1];
+        for (int i = 0; i < N; i++) w1[i] = 1;
+        mel_args *a = bind(&c1, OLD, w1, &ya);
+        mel_args_reduction(a, MEL_REDUCE_MEAN, NULL);
+        MASK[1] = 1, LAB[1] = -100;
+        mel_status s1 = mel_forward(ctx, t1, a);
+        MASK[1] = 0, LAB[1] = keep_l;
+        mel_args_output(a, &yb, MEL_F64);
+        mel_status s2 = mel_forward(ctx, t1, a);
+        MASK[1] = keep_m;
+        ok(s1 == MEL_OK && s2 == MEL_OK && fabs(ya - yb) <= 1e-14 * fabs(yb),
+           "an ignored label with mask 1 counts as padding (sequence level, mean): %.15g vs %.15g", ya, yb);
+        mel_args_free(a);
+        mel_transform_free(t1);
+    }
     /* introspection: what the grpo variants read */
     {
         cfg c1 = {3, 1, 1, 1, 0.04, 0.2, 0.2, 0};

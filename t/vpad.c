@@ -81,6 +81,40 @@ int main(void)
         mel_transform_free(tu);
     }
     (void)T;
+    /* a label in a padded column is an error; vocab_valid > V is the same as no padding */
+    {
+        mel_params *p = mel_params_new();
+        mel_params_set(p, "vocab_valid", VV);
+        mel_params_set(p, "label_smoothing", 0.1);
+        mel_transform *t = NULL, *t2 = NULL, *t0 = NULL;
+        mel_transform_builtin(ctx, "ce", p, &t);
+        mel_params_set(p, "vocab_valid", V + 10);
+        mel_transform_builtin(ctx, "ce", p, &t2);
+        mel_params_set(p, "vocab_valid", 0);
+        mel_transform_builtin(ctx, "ce", p, &t0);
+        mel_params_free(p);
+        double y0, y2;
+        int64_t l2[N];
+        memcpy(l2, lab, sizeof l2);
+        l2[2] = VV + 1;
+        mel_args *a = mel_args_new();
+        mel_args_head(a, 0, mel_mat(X, MEL_F64, N, D, 0), mel_mat(W2, MEL_F64, V, D, 0), NULL);
+        mel_args_index(a, "labels", l2, MEL_I64, N);
+        mel_args_output(a, &y0, MEL_F64);
+        mel_status s = mel_forward(ctx, t, a);
+        ok(s == MEL_ERR_INVALID_ARGUMENT && strstr(mel_last_error(ctx), "labels[2] = 24 is outside [0, 23) (the real vocabulary"),
+           "a label in a padded column is rejected: %s", mel_last_error(ctx));
+        mel_args_index(a, "labels", lab, MEL_I64, N);
+        for (int i = 0; i < V * D; i++) W2[i] = rng_normal(&rng) * 0.5; /* finite everywhere */
+        mel_args_output(a, &y0, MEL_F64);
+        mel_status s0 = mel_forward(ctx, t0, a);
+        mel_args_output(a, &y2, MEL_F64);
+        mel_status s2 = mel_forward(ctx, t2, a);
+        ok(s0 == MEL_OK && s2 == MEL_OK && fabs(y0 - y2) <= 1e-14 * fabs(y0),
+           "vocab_valid > V behaves as no padding (label smoothing mean over V): %.15g vs %.15g", y2, y0);
+        mel_args_free(a);
+        mel_transform_free(t), mel_transform_free(t2), mel_transform_free(t0);
+    }
     mel_ctx_destroy(ctx);
     return done_testing();
 }

@@ -12,10 +12,17 @@
  * is current when it is created, on a stream of its own created with
  * cudaStreamCreate: a blocking stream, so work the caller queues on the
  * legacy default stream (cudaMemcpy, kernels on stream 0) is ordered after
- * libmel's.  Kernels and GEMMs are queued asynchronously; copy() waits.
- * The last chunk's gradient GEMMs may still be running when a call returns
- * (the backend interface has no end-of-call hook): a caller reading the
- * gradients from a non-blocking stream must synchronise first.
+ * libmel's.  mel_set_cuda_stream (set_stream) moves everything -- kernels,
+ * the cuBLAS handle (cublasSetStream), copies, memsets -- to the caller's
+ * stream; the previous stream's work is ordered before it by an event.
+ * Kernels and GEMMs are queued asynchronously; the stream is synchronised
+ * only by copy() (staged per-row transfers, mel_to_device / mel_to_host),
+ * sync() at the end of every call, and free() (the memory may still be in
+ * use by queued work).
+ *
+ * device_budget: the automatic workspace budget's upper bound is half of
+ * the free device memory (cudaMemGetInfo) plus half of the arena the
+ * context holds (a call reuses or replaces it).
  *
  * Row executor: one thread block of MEL_CU_BS threads per row.  Vector
  * operations are loops over V strided by the threads; reductions (sum,
@@ -81,7 +88,8 @@ typedef struct cu_cached {
 
 typedef struct cu_state {
     int device, sms;
-    cudaStream_t stream;
+    cudaStream_t stream;     /* where work is queued: own or the caller's  */
+    cudaStream_t own;        /* created with the context                   */
     cublasHandle_t blas;
     cu_cached cache[MEL_CU_CACHE];
     int next_evict;
@@ -145,7 +153,7 @@ static void cu_fini(mel_ctx *ctx)
     if (st->stream) cudaStreamSynchronize(st->stream);
     for (int k = 0; k < MEL_CU_CACHE; k++) cache_drop(&st->cache[k]);
     if (st->blas) cublasDestroy(st->blas);
-    if (st->stream) cudaStreamDestroy(st->stream);
+    if (st->own) cudaStreamDestroy(st->own);
     free(st);
     ctx->be = NULL;
 }
@@ -166,12 +174,13 @@ static mel_status cu_init(mel_ctx *ctx)
     ctx->be = st;
     if ((e = cudaGetDevice(&st->device)) != cudaSuccess ||
         (e = cudaDeviceGetAttribute(&st->sms, cudaDevAttrMultiProcessorCount, st->device)) != cudaSuccess ||
-        (e = cudaStreamCreate(&st->stream)) != cudaSuccess) {
+        (e = cudaStreamCreate(&st->own)) != cudaSuccess) {
         mel_status s = cu_err(ctx, e, "initialising the device");
         cu_fini(ctx);
         return s;
     }
     if (st->sms < 1) st->sms = 1;
+    st->stream = st->own;
     cublasStatus_t b = cublasCreate(&st->blas);
     if (b == CUBLAS_STATUS_SUCCESS) b = cublasSetStream(st->blas, st->stream);
     /* full fp32 GEMMs (no TF32): results comparable with the CPU backend */
@@ -221,6 +230,42 @@ static mel_status cu_sync(mel_ctx *ctx)
     cudaError_t e = cudaStreamSynchronize(st->stream);
     if (e != cudaSuccess) return cu_err(ctx, e, "synchronising at the end of the call");
     return MEL_OK;
+}
+
+/* Move the context to stream `stream` (NULL: its own).  Work already queued
+ * on the old stream (e.g. by a call that failed before its final sync) is
+ * ordered before the new stream's next work by an event; the host does not
+ * wait. */
+static mel_status cu_set_stream(mel_ctx *ctx, void *stream)
+{
+    cu_state *st = st_of(ctx);
+    cudaStream_t ns = stream ? (cudaStream_t)stream : st->own;
+    mel_status s = take_deferred(ctx);
+    if (s || ns == st->stream) return s;
+    cudaEvent_t ev;
+    cudaError_t e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+    if (e == cudaSuccess) {
+        e = cudaEventRecord(ev, st->stream);
+        if (e == cudaSuccess) e = cudaStreamWaitEvent(ns, ev, 0);
+        cudaEventDestroy(ev); /* released once it has completed */
+    }
+    if (e != cudaSuccess) return cu_err(ctx, e, "mel_set_cuda_stream: ordering the new stream after the old one");
+    cublasStatus_t b = cublasSetStream(st->blas, ns);
+    if (b != CUBLAS_STATUS_SUCCESS) return blas_err(ctx, b, "mel_set_cuda_stream: cublasSetStream");
+    st->stream = ns;
+    return MEL_OK;
+}
+
+/* Upper bound of the automatic workspace budget: half of what is free. */
+static int64_t cu_device_budget(mel_ctx *ctx)
+{
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+        cudaGetLastError();
+        return 0; /* no opinion */
+    }
+    const double avail = (double)fr + (double)ctx->arena_size;
+    return (int64_t)(avail / 2);
 }
 
 static mel_status cu_copy(mel_ctx *ctx, void *dst, const void *src, size_t bytes, int to_device)
@@ -922,8 +967,9 @@ static mel_status cache_get(mel_ctx *ctx, const mel_transform *t, cu_cached **ou
         cache_drop(e);
         return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "cuda: out of device memory caching transform '%s'", t->name);
     }
+    /* queued on the stream before the kernels that read it; no host wait
+     * (e->host lives as long as the entry) */
     ce = cudaMemcpyAsync(e->dev, e->host, e->bytes, cudaMemcpyHostToDevice, st->stream);
-    if (ce == cudaSuccess) ce = cudaStreamSynchronize(st->stream);
     if (ce != cudaSuccess) {
         cache_drop(e);
         return cu_err(ctx, ce, "uploading the transform");
@@ -1047,6 +1093,8 @@ static mel_backend_ops make_ops(void)
     o.run_rows = cu_run_rows;
     o.threads = cu_threads;
     o.sync = cu_sync;
+    o.set_stream = cu_set_stream;
+    o.device_budget = cu_device_budget;
     return o;
 }
 

@@ -86,7 +86,8 @@ static mel_status build_ce(mel_graph *g, const double *p)
     if (p[CE_LS] > 0) {
         /* mean of z over the real columns */
         mel_val mz = p[P_VVALID] > 0
-                         ? mel_g_scale(g, mel_g_sum(g, on_cols(g, col_mask(g, p), z, 0)), 1.0 / p[P_VVALID])
+                         ? mel_g_div(g, mel_g_sum(g, on_cols(g, col_mask(g, p), z, 0)),
+                                     mel_g_min(g, mel_g_const(g, p[P_VVALID]), mel_g_vocab(g)))
                          : mel_g_mean(g, z);
         mel_val smooth = mel_g_sub(g, lse, mz);
         loss = mel_g_add(g, mel_g_scale(g, loss, 1 - p[CE_LS]), mel_g_scale(g, smooth, p[CE_LS]));
@@ -178,8 +179,11 @@ static mel_status build_grpo(mel_graph *g, const double *p)
     mel_val z = prep_logits(g, 0, 1, p);
     mel_val logp = mel_g_sub(g, mel_g_gather(g, z, lab), mel_g_logsumexp(g, z));
     mel_val mask = mel_g_input(g, "mask", 0);
-    /* a token counts when mask != 0 and its label is not ignore_index */
+    /* a token counts when mask != 0 and its label is not ignore_index: the
+     * effective mask m is used for the value, the count and the sequence
+     * means alike */
     mel_val on = mel_g_mul(g, mel_g_lt(g, mel_g_const(g, 0), mel_g_abs(g, mask)), mel_g_valid(g, lab));
+    mask = mel_g_where(g, on, mask, mel_g_const(g, 0));
     mel_val adv = mel_g_input(g, "advantages", 0);
     mel_val old = p[G_OLD] ? mel_g_input(g, "old_logp", 0) : mel_g_stop_gradient(g, logp);
     mel_val zero = mel_g_const(g, 0);
@@ -337,6 +341,9 @@ mel_status mel_transform_builtin(mel_ctx *ctx, const char *name, const mel_param
                         "(the completion length T; rows are B·T tokens in row-major order)");
     }
     mel_status s = b->build(g, p);
+    /* with vocabulary padding, labels must name a real column */
+    for (int k = 0; k < g->n_inputs && p[P_VVALID] > 0; k++)
+        if (g->inputs[k].is_index) g->inputs[k].limit = (int64_t)p[P_VVALID];
     if (s == MEL_OK || g->failed) s = mel_graph_compile(ctx, g, name, out);
     else mel_fail(ctx, s, "transform '%s': %s", name, g->err);
     mel_graph_free(g);
