@@ -9,7 +9,7 @@ set key top left
 set grid
 set xlabel 'N (rows)'
 set ylabel 'median time per training step (s)'
-modes = 'naive recompute fused torch_eager torch_chunked'
+modes = 'naive recompute fused torch_eager'
 # columns: 1 rows, 6 mode, 10 time_median_s, 16 peak_workspace_bytes, 18 max_rss_bytes
 plot for [m in modes] csv using (strcol(6) eq m ? $1 : 1/0):10 with linespoints title m
 set ylabel 'MiB'
