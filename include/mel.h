@@ -153,12 +153,14 @@ MEL_API mel_status mel_set_chunk_rows(mel_ctx *ctx, int64_t chunk_rows);
  * for one row (one segment) exceeds the budget fails with MEL_ERR_BUDGET
  * and says how many bytes are fixed and how many one row needs.
  *
- * bytes == 0 (the default) is the automatic budget: 1/16 of what the call
+ * bytes == 0 (the default) is the automatic budget: 1/10 of what the call
  * would need with all N rows in one chunk (the naive workspace: ~N·V·4
  * bytes per head in f32), clamped to [MEL_DEFAULT_WORKSPACE_MIN,
  * MEL_DEFAULT_WORKSPACE], and raised if needed to hold the fixed part
- * (per-thread vectors) plus 32 rows: at most 6.25% of the naive memory
- * once N·V is large, while chunks stay large enough for efficient GEMMs.
+ * (per-thread vectors) plus 32 rows: at most 10% of the naive memory once
+ * N·V is large, while chunks stay large enough for efficient GEMMs.
+ * Automatic chunks of 64 rows or more are a multiple of 32 rows (GEMM
+ * blocking), unless the transform has segments.
  * On a CUDA context the upper bound is instead half the device memory that
  * is free when the call starts (cudaMemGetInfo; the workspace the context
  * already holds counts as free, since a call reuses or replaces it), so
