@@ -55,16 +55,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef MEL_CUDA_EMU
-#include "emu_cuda.h" /* host emulation of the kernels (testing without a GPU) */
-#else
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 /* kernel launches; MEL_LAUNCH_BAR marks kernels that use __syncthreads */
 #define MEL_LAUNCH(k, grid, block, stream, ...) k<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
 #define MEL_LAUNCH_BAR(k, grid, block, stream, ...) k<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
-#endif
 
 extern "C" {
 #include "mel_internal.h"
