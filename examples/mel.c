@@ -17,6 +17,7 @@
 #endif
 #include "mel.h"
 #include "npy.h"
+#include "half.h"
 
 #include <errno.h>
 #include <float.h>
@@ -451,52 +452,11 @@ static int parse_dtype(const char *flag, const char *s, mel_dtype *out)
     return 0;
 }
 
-static uint16_t f32_to_bf16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40); /* NaN */
-    x += 0x7fffu + ((x >> 16) & 1u); /* round to nearest even */
-    return (uint16_t)(x >> 16);
-}
-
-static float bf16_to_f32(uint16_t h)
-{
-    uint32_t x = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &x, 4);
-    return f;
-}
-
-static uint16_t f32_to_f16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-    uint32_t ax = x & 0x7fffffffu;
-    if (ax >= 0x7f800000u) /* inf, NaN */
-        return sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0);
-    if (ax >= 0x477ff000u) return sign | 0x7c00u; /* >= 65520: rounds to inf */
-    if (ax < 0x38800000u) {                       /* below 2^-14: subnormal */
-        float a;
-        memcpy(&a, &ax, 4);
-        return sign | (uint16_t)nearbyintf(a * 16777216.0f); /* units of 2^-24 */
-    }
-    uint32_t h = ((ax >> 23) - 112u) << 10 | ((ax & 0x7fffffu) >> 13);
-    uint32_t rest = ax & 0x1fffu;
-    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
-    return sign | (uint16_t)h;
-}
-
-static float f16_to_f32(uint16_t h)
-{
-    int e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    float v;
-    if (e == 0) v = ldexpf((float)m, -24);
-    else if (e == 31) v = m ? NAN : INFINITY;
-    else v = ldexpf((float)(m | 0x400), e - 25);
-    return (h & 0x8000) ? -v : v;
-}
+/* bf16 / f16 conversions: the library's own (lib/half.h), round to nearest even */
+#define f32_to_bf16 mel_f32_to_bf16
+#define bf16_to_f32 mel_bf16_to_f32
+#define f32_to_f16 mel_f32_to_f16
+#define f16_to_f32 mel_f16_to_f32
 
 static double get_elem(const void *p, mel_dtype t, int64_t i)
 {
