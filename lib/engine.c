@@ -94,23 +94,6 @@ static mel_status check_matrix(mel_ctx *ctx, const char *what, int h, const mel_
     return MEL_OK;
 }
 
-/* value of element k of a float array of dtype dt (f64, f32, bf16, f16) */
-static double float_at(const void *p, mel_dtype dt, int64_t k)
-{
-    switch (dt) {
-    case MEL_F64: return ((const double *)p)[k];
-    case MEL_F32: return ((const float *)p)[k];
-    case MEL_BF16: {
-        uint32_t u = (uint32_t)((const uint16_t *)p)[k] << 16;
-        float f;
-        memcpy(&f, &u, 4);
-        return f;
-    }
-    case MEL_F16: return mel_f16_to_f32(((const uint16_t *)p)[k]);
-    default: return 0;
-    }
-}
-
 /* MEL_ERR_NONFINITE naming the first NaN/Inf of a [rows, cols] view */
 static mel_status check_finite(mel_ctx *ctx, const char *what, int h, const void *data, mel_dtype dt,
                                int64_t rows, int64_t cols, int64_t ld)
@@ -122,7 +105,7 @@ static mel_status check_finite(mel_ctx *ctx, const char *what, int h, const void
     if (s) return s;
     for (int64_t i = 0; i < rows && s == MEL_OK; i++)
         for (int64_t j = 0; j < cols; j++) {
-            double v = float_at(hv, dt, i * ld + j);
+            double v = mel_float_at(hv, dt, i * ld + j);
             if (!isfinite(v)) {
                 if (rows == 1 && h < 0)
                     s = mel_fail(ctx, MEL_ERR_NONFINITE, "%s[%lld] = %g", what, (long long)j, v);

@@ -16,28 +16,13 @@ static uint64_t mix(uint64_t *s)
 }
 static double unif(uint64_t *s) { return (double)(mix(s) >> 11) * 0x1.0p-53; }
 
-static double elem(const void *data, mel_dtype dt, int64_t k)
-{
-    switch (dt) {
-    case MEL_F32: return ((const float *)data)[k];
-    case MEL_BF16: {
-        uint32_t u = (uint32_t)((const uint16_t *)data)[k] << 16;
-        float f;
-        memcpy(&f, &u, 4);
-        return f;
-    }
-    case MEL_F16: return mel_f16_to_f32(((const uint16_t *)data)[k]);
-    default: return ((const double *)data)[k];
-    }
-}
-
 /* Copy a [rows, cols] view of any float dtype into a packed f64 array. */
 static double *to_f64(const void *data, mel_dtype dt, int64_t rows, int64_t cols, int64_t ld)
 {
     double *o = malloc((size_t)(rows * cols > 0 ? rows * cols : 1) * sizeof *o);
     if (!o) return NULL;
     for (int64_t i = 0; i < rows; i++)
-        for (int64_t j = 0; j < cols; j++) o[i * cols + j] = elem(data, dt, i * ld + j);
+        for (int64_t j = 0; j < cols; j++) o[i * cols + j] = mel_float_at(data, dt, i * ld + j);
     return o;
 }
 

@@ -65,4 +65,16 @@ static inline uint16_t mel_f32_to_f16(float f)
     if (rem > 0x1000u || (rem == 0x1000u && (q & 1u))) q++;
     return (uint16_t)(sign | q);
 }
+/* Element k of a float array of dtype dt (f64, f32, bf16, f16) as a double;
+ * 0 for any other dtype.  dt is an int so that this header needs no mel.h. */
+static inline double mel_float_at(const void *p, int dt, int64_t k)
+{
+    switch (dt) {
+    case 0: return ((const double *)p)[k];                       /* MEL_F64  */
+    case 1: return ((const float *)p)[k];                        /* MEL_F32  */
+    case 2: return mel_bf16_to_f32(((const uint16_t *)p)[k]);    /* MEL_BF16 */
+    case 3: return mel_f16_to_f32(((const uint16_t *)p)[k]);     /* MEL_F16  */
+    default: return 0;
+    }
+}
 #endif
