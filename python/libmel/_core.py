@@ -1,0 +1,758 @@
+"""Contexts, transforms and the autograd Function behind libmel.linear_loss."""
+import ctypes
+import threading
+
+import torch
+
+from . import _lib as L
+
+__all__ = ["MelError", "Transform", "builtin", "builtins", "linear_loss", "last_stats",
+           "gradcheck"]
+
+
+# ------------------------------------------------------------------ errors
+
+class MelError(RuntimeError):
+    """A libmel call failed; .status is the mel_status name, str() libmel's message."""
+
+    def __init__(self, status, message):
+        self.status = L.STATUS_NAMES.get(status, str(status))
+        RuntimeError.__init__(self, "%s (%s)" % (message, self.status))
+
+
+class MelValueError(MelError, ValueError):
+    """Bad input (invalid argument, shape, budget, non-finite, overflow, graph)."""
+
+
+class MelMemoryError(MelError, MemoryError):
+    """An allocation failed inside libmel."""
+
+
+def _raise(status, message):
+    if status == 3:
+        raise MelMemoryError(status, message)
+    if status in (1, 2, 5, 6, 7, 8):
+        raise MelValueError(status, message)
+    raise MelError(status, message)
+
+
+def _check(ctx, status, what=""):
+    if status != L.OK:
+        msg = (L.lib.mel_last_error(ctx.ptr) or b"").decode() if ctx is not None else ""
+        if not msg:
+            msg = (L.lib.mel_status_str(status) or b"").decode()
+        _raise(status, (what + ": " if what else "") + msg)
+
+
+# ------------------------------------------------------------------ contexts
+
+class _Ctx:
+    """One mel_ctx; kept per thread and device so its workspace is reused."""
+
+    def __init__(self, backend):
+        p = ctypes.c_void_p()
+        s = L.lib.mel_ctx_create(backend, ctypes.byref(p))
+        if s != L.OK:
+            _raise(s, (L.lib.mel_ctx_create_error() or b"").decode())
+        self.ptr = p
+        self.backend = backend
+
+    def __del__(self):
+        if getattr(self, "ptr", None) and L is not None and L.lib is not None:
+            L.lib.mel_ctx_destroy(self.ptr)
+            self.ptr = None
+
+
+_tls = threading.local()
+
+
+def _context(device):
+    """The calling thread's context for a torch device (CPU or one CUDA device)."""
+    cache = getattr(_tls, "ctx", None)
+    if cache is None:
+        cache = _tls.ctx = {}
+    key = (device.type, device.index)
+    c = cache.get(key)
+    if c is None:
+        if device.type == "cpu":
+            c = _Ctx(L.BACKEND_CPU)
+        elif device.type == "cuda":
+            with torch.cuda.device(device):
+                try:
+                    c = _Ctx(L.BACKEND_CUDA)
+                except MelError as e:
+                    raise RuntimeError(
+                        "libmel: tensors are on %s but this libmel (%s) has no usable CUDA "
+                        "backend: %s. Rebuild it with ./configure --with-cuda, or move the "
+                        "tensors to the CPU." % (device, L.path, e)) from None
+        else:
+            raise TypeError("libmel: tensors on device type '%s' are not supported "
+                            "(cpu, or cuda with a CUDA build)" % device.type)
+        cache[key] = c
+    return c
+
+
+def _cpu_ctx():
+    return _context(torch.device("cpu"))
+
+
+def last_stats():
+    """Statistics of this thread's last libmel call (a dict: chunk_rows, chunks,
+    peak_workspace_bytes, gemm_flops, seconds, gemm_seconds), or None."""
+    return getattr(_tls, "stats", None)
+
+
+# ------------------------------------------------------------------ transforms
+
+class Transform:
+    """A compiled libmel transform (immutable; shareable across threads).
+
+    Made by libmel.builtin(name, **params) or libmel.define_transform(fn).
+    """
+
+    def __init__(self, ptr, name, params=None):
+        self.ptr = ptr
+        self.name = name
+        self.params = dict(params or {})
+        t = ptr
+        self.heads = [L.lib.mel_transform_head(t, h) for h in range(4)]
+        self.inputs = []
+        for i in range(L.lib.mel_transform_num_inputs(t)):
+            ix, df = ctypes.c_int(), ctypes.c_int()
+            nm = L.lib.mel_transform_input(t, i, ctypes.byref(ix), ctypes.byref(df)).decode()
+            self.inputs.append((nm, bool(ix.value), bool(df.value)))
+        self.aux = [L.lib.mel_transform_aux(t, i).decode()
+                    for i in range(L.lib.mel_transform_num_aux(t))]
+
+    @property
+    def index_inputs(self):
+        return [n for n, ix, _ in self.inputs if ix]
+
+    @property
+    def scalar_inputs(self):
+        return [n for n, ix, _ in self.inputs if not ix]
+
+    def dump(self):
+        """The forward and adjoint programs as text."""
+        p = L.lib.mel_transform_dump(self.ptr)
+        if not p:
+            raise MemoryError("mel_transform_dump")
+        try:
+            return ctypes.string_at(p).decode()
+        finally:
+            L.libc.free(p)
+
+    def __repr__(self):
+        return "<libmel.Transform %s heads=%s inputs=%s>" % (
+            self.name, [h for h in range(4) if self.heads[h]], [n for n, _, _ in self.inputs])
+
+    def __del__(self):
+        if getattr(self, "ptr", None) and L is not None and L.lib is not None:
+            L.lib.mel_transform_free(self.ptr)
+            self.ptr = None
+
+
+# string values accepted where the CLI accepts them
+_PARAM_WORDS = {
+    "loss_type": {"grpo": 0, "bnpo": 1, "dr_grpo": 2, "dapo": 3},
+    "importance_sampling_level": {"token": 0, "sequence": 1},
+}
+LOSS_TYPES = {v: k for k, v in _PARAM_WORDS["loss_type"].items()}
+
+
+def _param_value(name, v):
+    if isinstance(v, str):
+        words = _PARAM_WORDS.get(name)
+        if words is None or v not in words:
+            raise ValueError("libmel: parameter %s=%r: a number is expected%s" % (
+                name, v, "" if words is None else
+                " or one of " + ", ".join(repr(w) for w in words)))
+        return float(words[v])
+    if isinstance(v, bool):
+        return 1.0 if v else 0.0
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            raise ValueError("libmel: parameter %s: a tensor of %d elements, a number is "
+                             "expected" % (name, v.numel()))
+        return float(v.item())
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise TypeError("libmel: parameter %s=%r: a number is expected" % (name, v)) from None
+
+
+_builtin_cache = {}
+_builtin_lock = threading.Lock()
+
+
+def builtins():
+    """Names of the built-in transforms."""
+    return [L.lib.mel_builtin_name(i).decode() for i in range(L.lib.mel_builtin_count())]
+
+
+def builtin(name, **params):
+    """The built-in transform `name` with parameters (numbers, booleans, or the
+    CLI's words for loss_type and importance_sampling_level); cached."""
+    if not isinstance(name, str):
+        raise TypeError("libmel: transform must be a built-in's name or a libmel.Transform, "
+                        "got %r" % (name,))
+    vals = {k: _param_value(k, v) for k, v in params.items()}
+    key = (name, tuple(sorted(vals.items())))
+    with _builtin_lock:
+        t = _builtin_cache.get(key)
+        if t is not None:
+            return t
+    ctx = _cpu_ctx()
+    p = L.lib.mel_params_new()
+    if not p:
+        raise MemoryError("mel_params_new")
+    try:
+        for k, v in vals.items():
+            if L.lib.mel_params_set(p, k.encode(), v) != L.OK:
+                raise ValueError("libmel: parameter name %r is not valid" % (k,))
+        out = ctypes.c_void_p()
+        _check(ctx, L.lib.mel_transform_builtin(ctx.ptr, name.encode(), p, ctypes.byref(out)),
+               "transform '%s'" % name)
+    finally:
+        L.lib.mel_params_free(p)
+    t = Transform(out, name, vals)
+    with _builtin_lock:
+        _builtin_cache[key] = t
+    return t
+
+
+# ------------------------------------------------------------------ tensors
+
+_DT = {torch.float64: L.F64, torch.float32: L.F32, torch.bfloat16: L.BF16,
+       torch.float16: L.F16}
+_TORCH_DT = {v: k for k, v in _DT.items()}
+
+
+def _float_dtype(t, what):
+    d = _DT.get(t.dtype)
+    if d is None:
+        raise TypeError("libmel: %s has dtype %s; supported: float64, float32, bfloat16, "
+                        "float16" % (what, t.dtype))
+    return d
+
+
+def _rows(t, D, what):
+    """t [..., D] as an [N, D] view with a row stride, without a copy when the
+    leading dimensions flatten to one stride (as torch's reshape would view it)."""
+    x = t.reshape(-1, D)
+    if x.shape[0] > 1 and x.stride(1) != 1:
+        x = x.contiguous()
+    ld = x.stride(0) if x.shape[0] > 1 else D
+    if x.shape[0] > 0 and ld < D:
+        x = x.contiguous()
+        ld = D
+    return x, max(ld, D)
+
+
+def _mat(x, dtype, rows, cols, ld):
+    return L.Matrix(x.data_ptr() if x is not None else None, dtype, rows, cols, ld)
+
+
+def _per_row(t, N, lead, what, device, index=False):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError("libmel: %s must be a tensor, got %s" % (what, type(t).__name__))
+    if tuple(t.shape) != tuple(lead) and t.numel() != N:
+        raise ValueError("libmel: %s has shape %s; the leading shape of hidden is %s"
+                         % (what, tuple(t.shape), tuple(lead)))
+    if tuple(t.shape) != tuple(lead) and t.dim() != 1:
+        raise ValueError("libmel: %s has shape %s; the leading shape of hidden is %s (or a "
+                         "flat [%d])" % (what, tuple(t.shape), tuple(lead), N))
+    if t.device != device:
+        raise ValueError("libmel: %s is on %s, hidden on %s" % (what, t.device, device))
+    if index:
+        if t.dtype not in (torch.int64, torch.int32):
+            raise TypeError("libmel: %s has dtype %s; supported: int64, int32"
+                            % (what, t.dtype))
+        return t.reshape(-1).contiguous(), (L.I64 if t.dtype == torch.int64 else L.I32)
+    if t.dtype == torch.float64:
+        return t.reshape(-1).contiguous(), L.F64
+    if t.dtype == torch.float32:
+        return t.reshape(-1).contiguous(), L.F32
+    if t.dtype in (torch.bool, torch.bfloat16, torch.float16, torch.uint8, torch.int8,
+                   torch.int32, torch.int64):
+        return t.reshape(-1).to(torch.float32).contiguous(), L.F32
+    raise TypeError("libmel: %s has dtype %s; supported: float64, float32 (bool, integer and "
+                    "16-bit floats are converted to float32)" % (what, t.dtype))
+
+
+# ------------------------------------------------------------------ the call
+
+class _Spec:
+    """Everything about one linear_loss call that is not a differentiable tensor."""
+    __slots__ = ("transform", "reduction", "weights", "chunk_rows", "workspace_bytes",
+                 "mode", "aux", "lead", "N", "D", "V", "Dt", "dtype", "device",
+                 "input_names", "index_name", "check_finite", "ydtype")
+
+
+def _reduction_code(r):
+    codes = {"none": L.REDUCE_NONE, "sum": L.REDUCE_SUM, "mean": L.REDUCE_MEAN,
+             "weighted": L.REDUCE_WEIGHTED}
+    if r not in codes:
+        raise ValueError("libmel: reduction=%r: one of 'none', 'sum', 'mean', 'weighted'" % (r,))
+    return codes[r]
+
+
+def _bind(spec, ctx, hidden2, ld, weight, bias, th2, tld, tweight, labels, inputs):
+    """A mel_args with the heads, the per-row inputs and the reduction bound."""
+    a = L.lib.mel_args_new()
+    if not a:
+        raise MemoryError("mel_args_new")
+    try:
+        dt = spec.dtype
+        _check(ctx, L.lib.mel_args_head(a, 0, _mat(hidden2, dt, spec.N, spec.D, ld),
+                                        _mat(weight, dt, spec.V, spec.D, weight.stride(0)
+                                             if spec.V > 1 else spec.D),
+                                        bias.data_ptr() if bias is not None else None),
+               "hidden/weight")
+        if th2 is not None:
+            _check(ctx, L.lib.mel_args_head(a, 1, _mat(th2, dt, spec.N, spec.Dt, tld),
+                                            _mat(tweight, dt, spec.V, spec.Dt,
+                                                 tweight.stride(0) if spec.V > 1 else spec.Dt),
+                                            None), "teacher")
+        if labels is not None:
+            lab, ldt = labels
+            _check(ctx, L.lib.mel_args_index(a, spec.index_name.encode(), lab.data_ptr(), ldt,
+                                             spec.N), "labels")
+        for name, (v, vdt) in zip(spec.input_names, inputs):
+            _check(ctx, L.lib.mel_args_input(a, name.encode(), v.data_ptr(), vdt, spec.N),
+                   "inputs[%r]" % name)
+        w = spec.weights
+        _check(ctx, L.lib.mel_args_reduction(a, spec.reduction,
+                                             w.data_ptr() if w is not None else None),
+               "reduction")
+        return a
+    except BaseException:
+        L.lib.mel_args_free(a)
+        raise
+
+
+def _prepare_ctx(spec):
+    ctx = _context(spec.device)
+    c = ctx.ptr
+    if spec.device.type == "cpu":
+        _check(ctx, L.lib.mel_set_threads(c, max(1, min(4096, torch.get_num_threads()))),
+               "threads")
+    else:
+        _check(ctx, L.lib.mel_set_cuda_stream(c, torch.cuda.current_stream(spec.device).cuda_stream),
+               "CUDA stream")
+    _check(ctx, L.lib.mel_set_chunk_rows(c, spec.chunk_rows or 0), "chunk_rows")
+    _check(ctx, L.lib.mel_set_workspace_limit(c, spec.workspace_bytes or 0), "workspace_bytes")
+    _check(ctx, L.lib.mel_set_check_finite(c, 1 if spec.check_finite else 0), "check_finite")
+    return ctx
+
+
+def _record_stats(ctx):
+    s = L.Stats()
+    L.lib.mel_get_stats(ctx.ptr, ctypes.byref(s))
+    _tls.stats = {f: getattr(s, f) for f, _ in L.Stats._fields_}
+
+
+def _grad_buffers(spec, ctx, a, need, inputs_req):
+    """Allocate and bind the gradient buffers that are needed; returns them."""
+    dev = spec.device
+    dx = dw = db = None
+    if need[0]:
+        dx = torch.empty((spec.N, spec.D), dtype=_TORCH_DT[spec.dtype], device=dev)
+    wdt = torch.float64 if spec.dtype == L.F64 else torch.float32
+    if need[1]:
+        dw = torch.empty((spec.V, spec.D), dtype=wdt, device=dev)
+    if need[2]:
+        db = torch.empty((spec.V,), dtype=wdt, device=dev)
+    gdt = L.F64 if spec.dtype == L.F64 else L.F32
+    if dx is not None or dw is not None or db is not None:
+        _check(ctx, L.lib.mel_args_grad_head(
+            a, 0, _mat(dx, spec.dtype, spec.N, spec.D, spec.D),
+            _mat(dw, gdt, spec.V, spec.D, spec.D),
+            db.data_ptr() if db is not None else None, L.OVERWRITE_DW), "gradients")
+    dins = []
+    for name, req in zip(spec.input_names, inputs_req):
+        g = None
+        if req:
+            g = torch.empty((spec.N,), dtype=wdt, device=dev)
+            _check(ctx, L.lib.mel_args_grad_input(a, name.encode(), g.data_ptr(), gdt),
+                   "gradient of inputs[%r]" % name)
+        dins.append(g)
+    return dx, dw, db, dins
+
+
+class _LinearLoss(torch.autograd.Function):
+    """forward(spec, hidden, weight, bias, th2, tld, tw, lab, in_conv, *fn_inputs).
+
+    Positions in needs_input_grad: 1 hidden, 2 weight, 3 bias, 9 + i the i-th
+    per-row input (passed as itself when it can carry a gradient, else None);
+    the teacher (th2, tw) is detached and never gets a gradient."""
+
+    @staticmethod
+    def forward(fctx, spec, hidden, weight, bias, th2, tld, tw, lab, in_conv, *fn_inputs):
+        hidden2, ld = _rows(hidden, spec.D, "hidden")
+        ctx = _prepare_ctx(spec)
+        grads_on = spec.mode != "forward"
+        nig = fctx.needs_input_grad
+        need = (grads_on and nig[1], grads_on and nig[2],
+                grads_on and bias is not None and nig[3])
+        in_req = [grads_on and fn_inputs[i] is not None and nig[9 + i]
+                  for i in range(len(fn_inputs))]
+        ydt = torch.float64 if spec.dtype == L.F64 else torch.float32
+        ymdt = L.F64 if spec.dtype == L.F64 else L.F32
+        y = torch.empty((spec.N,) if spec.reduction == L.REDUCE_NONE else (),
+                        dtype=ydt, device=spec.device)
+        aux_out = [torch.empty((spec.N,), dtype=ydt, device=spec.device) for _ in spec.aux]
+        fused = spec.mode == "fused" and (any(need) or any(in_req))
+        a = _bind(spec, ctx, hidden2, ld, weight, bias, th2, tld, tw, lab, in_conv)
+        try:
+            _check(ctx, L.lib.mel_args_output(a, y.data_ptr(), ymdt), "output")
+            for name, buf in zip(spec.aux, aux_out):
+                _check(ctx, L.lib.mel_args_aux(a, name.encode(), buf.data_ptr(), ymdt),
+                       "aux %r" % name)
+            if fused:
+                grads = _grad_buffers(spec, ctx, a, need, in_req)
+                _check(ctx, L.lib.mel_forward_backward(ctx.ptr, spec.transform.ptr, a),
+                       spec.transform.name)
+            else:
+                _check(ctx, L.lib.mel_forward(ctx.ptr, spec.transform.ptr, a),
+                       spec.transform.name)
+            _record_stats(ctx)
+        finally:
+            L.lib.mel_args_free(a)
+        fctx.spec = spec
+        fctx.hidden_shape = hidden.shape
+        fctx.wdtype = weight.dtype
+        fctx.in_dtypes = [t.dtype if t is not None else None for t in fn_inputs]
+        fctx.fused = fused
+        fctx.need = need
+        fctx.in_req = in_req
+        fctx.grads = grads if fused else None
+        fctx.keep = None
+        if not fused and (any(need) or any(in_req)):
+            # recompute: the inputs are kept by reference (no copy), as torch keeps
+            # the inputs of a linear layer
+            fctx.keep = (hidden, weight, bias, th2, tld, tw, lab, in_conv)
+        for t in aux_out:
+            fctx.mark_non_differentiable(t)
+        if spec.reduction == L.REDUCE_NONE:
+            y = y.view(spec.lead)
+            aux_out = [t.view(spec.lead) for t in aux_out]
+        return (y, *aux_out)
+
+    @staticmethod
+    def backward(fctx, gy, *gaux):
+        spec = fctx.spec
+        gdt = torch.float64 if spec.dtype == L.F64 else torch.float32
+        if fctx.fused:
+            dx, dw, db, dins = fctx.grads
+            fctx.grads = None
+            # fused: the gradients of the reduced loss were computed in forward with
+            # dL/dy = 1; the upstream gradient is a scalar, multiplied in here
+            if not (spec.device.type == "cpu" and float(gy) == 1.0):
+                g = gy.reshape(()).to(gdt)
+                for t in (dx, dw, db, *dins):
+                    if t is not None:
+                        t.mul_(g)
+        else:
+            if fctx.keep is None:
+                raise RuntimeError("libmel: backward called twice on a recompute-mode result "
+                                   "(use retain_graph=True)")
+            hidden, weight, bias, th2, tld, tw, lab, in_conv = fctx.keep
+            hidden2, ld = _rows(hidden, spec.D, "hidden")
+            ctx = _prepare_ctx(spec)
+            g = gy.reshape(-1).to(gdt).contiguous()
+            a = _bind(spec, ctx, hidden2, ld, weight, bias, th2, tld, tw, lab, in_conv)
+            try:
+                _check(ctx, L.lib.mel_args_grad_output(
+                    a, g.data_ptr(), L.F64 if gdt == torch.float64 else L.F32),
+                    "upstream gradient")
+                dx, dw, db, dins = _grad_buffers(spec, ctx, a, fctx.need, fctx.in_req)
+                _check(ctx, L.lib.mel_backward(ctx.ptr, spec.transform.ptr, a),
+                       spec.transform.name)
+                _record_stats(ctx)
+            finally:
+                L.lib.mel_args_free(a)
+        if dx is not None:
+            dx = dx.view(fctx.hidden_shape)
+        if dw is not None and dw.dtype != fctx.wdtype:
+            dw = dw.to(fctx.wdtype)
+        if db is not None and db.dtype != fctx.wdtype:
+            db = db.to(fctx.wdtype)
+        gin = [t.view(spec.lead).to(fctx.in_dtypes[i]) if t is not None else None
+               for i, t in enumerate(dins)]
+        return (None, dx, dw, db, None, None, None, None, None, *gin)
+
+
+def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, inputs=None,
+                teacher=None, params=None, reduction=None, weights=None, chunk_rows=None,
+                workspace_bytes=None, mode=None, return_aux=None, check_finite=False):
+    """y = f(hidden · weightᵀ + bias) reduced, differentiable in hidden, weight and
+    bias, without the [..., V] logits.  See doc/python.md."""
+    # --- the transform
+    params = dict(params or {})
+    if callable(getattr(transform, "compiled", None)):  # a define_transform factory
+        transform = transform.compiled()
+    if isinstance(transform, Transform):
+        if params:
+            raise ValueError("libmel: params=%r given with a compiled transform %r: parameters "
+                             "are fixed when a transform is built" % (params, transform.name))
+        tr = transform
+    elif isinstance(transform, str):
+        tr = None  # built below, once seq_len is known
+    else:
+        raise TypeError("libmel: transform must be a built-in's name or a libmel.Transform, "
+                        "got %s" % type(transform).__name__)
+
+    # --- hidden, weight
+    for nm, t in (("hidden", hidden), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError("libmel: %s must be a tensor, got %s" % (nm, type(t).__name__))
+    if hidden.dim() < 1:
+        raise ValueError("libmel: hidden must have shape [..., D], got a 0-d tensor")
+    if weight.dim() != 2:
+        raise ValueError("libmel: weight must have shape [V, D], got %s" % (tuple(weight.shape),))
+    dt = _float_dtype(hidden, "hidden")
+    if weight.dtype != hidden.dtype:
+        raise TypeError("libmel: weight has dtype %s, hidden %s: they must be the same"
+                        % (weight.dtype, hidden.dtype))
+    D = hidden.shape[-1]
+    V = weight.shape[0]
+    if weight.shape[1] != D:
+        raise ValueError("libmel: weight has shape %s; hidden's last dimension is D = %d"
+                         % (tuple(weight.shape), D))
+    device = hidden.device
+    if weight.device != device:
+        raise ValueError("libmel: weight is on %s, hidden on %s" % (weight.device, device))
+    lead = tuple(hidden.shape[:-1])
+    N = 1
+    for s in lead:
+        N *= s
+    if weight.stride(1) != 1 and V > 0 and D > 1:
+        weight_c = weight.contiguous()
+    else:
+        weight_c = weight
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (V,):
+            raise ValueError("libmel: bias must be a tensor of shape [V] = [%d], got %s" % (
+                V, tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__))
+        if bias.dtype != hidden.dtype or bias.device != device:
+            raise TypeError("libmel: bias is %s on %s; hidden is %s on %s" % (
+                bias.dtype, bias.device, hidden.dtype, device))
+
+    # --- GRPO: seq_len and the loss type's normalisation from hidden's [B, T]
+    name = tr.name if tr is not None else transform
+    grpo_weights = False
+    if name == "grpo":
+        if "loss_type" in params and reduction is not None:
+            raise ValueError("libmel: reduction=%r and params['loss_type']=%r contradict each "
+                             "other: grpo's loss type is a reduction; pass one of them"
+                             % (reduction, params["loss_type"]))
+        if reduction is None:
+            grpo_weights = True
+        if (grpo_weights or _param_value("importance_sampling_level",
+                                         params.get("importance_sampling_level", 0)) == 1) \
+                and tr is None:
+            if len(lead) != 2:
+                raise ValueError("libmel: grpo needs hidden as [B, T, D] (got %s) for its loss "
+                                 "type's normalisation and sequence-level ratios; or pass "
+                                 "reduction= and params['seq_len']" % (tuple(hidden.shape),))
+            T = lead[1]
+            if "seq_len" in params and _param_value("seq_len", params["seq_len"]) != T:
+                raise ValueError("libmel: params['seq_len']=%r contradicts hidden's T = %d"
+                                 % (params["seq_len"], T))
+            params["seq_len"] = T
+    if reduction is None:
+        reduction = "mean"
+    if tr is None:
+        tr = builtin(transform, **params)
+    red = _reduction_code(reduction)
+    if grpo_weights:
+        red = L.REDUCE_WEIGHTED
+    if red == L.REDUCE_WEIGHTED and not grpo_weights:
+        if weights is None:
+            raise ValueError("libmel: reduction='weighted' needs weights= (a tensor of the "
+                             "leading shape %s)" % (lead,))
+    elif weights is not None:
+        raise ValueError("libmel: weights= is given but reduction=%r does not use it (use "
+                         "reduction='weighted')" % (reduction,))
+
+    # --- heads the transform reads
+    if tr.heads[1]:
+        if teacher is None:
+            raise ValueError("libmel: transform '%s' reads head 1: pass teacher=(hidden_t, "
+                             "weight_t)" % tr.name)
+        if not (isinstance(teacher, (tuple, list)) and len(teacher) == 2):
+            raise TypeError("libmel: teacher must be a pair (hidden_t, weight_t)")
+        th, tw = teacher
+        if th.dtype != hidden.dtype or tw.dtype != hidden.dtype:
+            raise TypeError("libmel: teacher tensors are %s/%s; hidden is %s (all heads share "
+                            "one dtype)" % (th.dtype, tw.dtype, hidden.dtype))
+        if th.device != device or tw.device != device:
+            raise ValueError("libmel: teacher tensors must be on %s" % device)
+        if tuple(th.shape[:-1]) != lead or tw.dim() != 2 or tw.shape[0] != V \
+                or tw.shape[1] != th.shape[-1]:
+            raise ValueError("libmel: teacher shapes %s and %s do not match hidden %s and "
+                             "weight %s (leading shape %s, [V, D_t] with V = %d)" % (
+                                 tuple(th.shape), tuple(tw.shape), tuple(hidden.shape),
+                                 tuple(weight.shape), lead, V))
+        Dt = th.shape[-1]
+        th2, tld = _rows(th.detach(), Dt, "teacher hidden")
+        tw = tw.detach()
+        if tw.stride(1) != 1 and V > 0 and Dt > 1:
+            tw = tw.contiguous()
+    else:
+        if teacher is not None:
+            raise ValueError("libmel: teacher= is given but transform '%s' does not read head "
+                             "1" % tr.name)
+        th2 = tw = None
+        tld = Dt = 0
+
+    # --- per-row inputs
+    idx_names = tr.index_inputs
+    if len(idx_names) > 1:
+        raise NotImplementedError("libmel: transform '%s' reads %d index inputs; linear_loss "
+                                  "binds one (labels)" % (tr.name, len(idx_names)))
+    lab = None
+    if idx_names:
+        if labels is None:
+            raise ValueError("libmel: transform '%s' reads the index input '%s': pass labels="
+                             % (tr.name, idx_names[0]))
+        lab = _per_row(labels, N, lead, "labels", device, index=True)
+    elif labels is not None:
+        raise ValueError("libmel: labels= is given but transform '%s' reads no labels"
+                         % tr.name)
+    inputs = dict(inputs or {})
+    scalar_names = tr.scalar_inputs
+    for k in inputs:
+        if k not in scalar_names:
+            raise ValueError("libmel: inputs[%r] is given but transform '%s' reads %s" % (
+                k, tr.name, ("the per-row inputs " + ", ".join(repr(s) for s in scalar_names))
+                if scalar_names else "no per-row inputs"))
+    missing = [s for s in scalar_names if s not in inputs]
+    if missing:
+        raise ValueError("libmel: transform '%s' reads the per-row input%s %s: pass inputs={%s}"
+                         % (tr.name, "s" if len(missing) > 1 else "",
+                            ", ".join(repr(s) for s in missing),
+                            ", ".join("%r: ..." % s for s in missing)))
+    in_raw = [inputs[s] for s in scalar_names]
+    in_conv = [_per_row(t, N, lead, "inputs[%r]" % s, device) for s, t in zip(scalar_names,
+                                                                              in_raw)]
+
+    # --- reduction weights
+    wts = None
+    if grpo_weights:
+        if "mask" not in inputs:
+            raise ValueError("libmel: grpo's loss type needs inputs['mask']")
+        B, T = lead
+        lt = int(tr.params.get("loss_type", 3))
+        mask = in_conv[scalar_names.index("mask")][0].to(torch.float64).cpu().contiguous()
+        w64 = torch.empty((N,), dtype=torch.float64)
+        ctx = _cpu_ctx()
+        _check(ctx, L.lib.mel_grpo_weights(
+            ctx.ptr, lt, B, T, mask.data_ptr(), int(tr.params.get("max_completion_length", 512)),
+            float(tr.params.get("num_items_in_batch", 0)), 1, w64.data_ptr()), "loss_type")
+        wts = w64.to(device)
+    elif red == L.REDUCE_WEIGHTED:
+        wts, _ = _per_row(weights, N, lead, "weights", device)
+        wts = wts.to(torch.float64).contiguous()
+
+    # --- mode
+    if mode not in (None, "fused", "recompute"):
+        raise ValueError("libmel: mode=%r: one of None (automatic), 'fused', 'recompute'"
+                         % (mode,))
+    if mode == "fused" and red == L.REDUCE_NONE:
+        raise ValueError("libmel: mode='fused' with reduction='none': a per-row upstream "
+                         "gradient is only known in backward; use mode='recompute' or None")
+    if chunk_rows is not None and workspace_bytes is not None:
+        raise ValueError("libmel: chunk_rows=%r and workspace_bytes=%r contradict each other: "
+                         "fixed chunks ignore the budget; pass one" % (chunk_rows, workspace_bytes))
+    for nm, v in (("chunk_rows", chunk_rows), ("workspace_bytes", workspace_bytes)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError("libmel: %s=%r: a positive integer or None (automatic)" % (nm, v))
+    aux = list(return_aux or [])
+    for nm in aux:
+        if nm not in tr.aux:
+            raise ValueError("libmel: return_aux names %r; transform '%s' has %s" % (
+                nm, tr.name, ", ".join(repr(x) for x in tr.aux) if tr.aux else "no aux outputs"))
+
+    grads_wanted = torch.is_grad_enabled() and (
+        hidden.requires_grad or weight.requires_grad or
+        (bias is not None and bias.requires_grad) or
+        any(t.requires_grad for t in in_raw if t.is_floating_point()))
+    spec = _Spec()
+    spec.transform = tr
+    spec.reduction = red
+    spec.weights = wts
+    spec.chunk_rows = chunk_rows
+    spec.workspace_bytes = workspace_bytes
+    if not grads_wanted:
+        spec.mode = "forward"
+    elif mode is not None:
+        spec.mode = mode
+    else:
+        spec.mode = "recompute" if red == L.REDUCE_NONE else "fused"
+    spec.aux = aux
+    spec.lead = lead
+    spec.N, spec.D, spec.V, spec.Dt = N, D, V, Dt
+    spec.dtype = dt
+    spec.device = device
+    spec.input_names = scalar_names
+    spec.index_name = idx_names[0] if idx_names else None
+    spec.check_finite = bool(check_finite)
+
+    # per-row inputs that may carry a gradient go to the Function as themselves
+    fn_inputs = [raw if (diff and raw.is_floating_point()) else None
+                 for (_s, _ix, diff), raw in zip([i for i in tr.inputs if not i[1]], in_raw)]
+    out = _LinearLoss.apply(spec, hidden, weight_c, bias, th2, tld, tw, lab, in_conv,
+                            *fn_inputs)
+    if aux:
+        return out[0], dict(zip(aux, out[1:]))
+    return out[0]
+
+
+def gradcheck(transform, hidden, weight, labels=None, *, inputs=None, teacher=None,
+              bias=None, reduction="none", seed=1, samples=0, step=0.0, atol=0.0, rtol=0.0):
+    """libmel's finite-difference check (mel_gradcheck) of a transform on CPU tensors.
+    Returns a dict: checked, failed, max_abs_err, max_rel_err, worst."""
+    if callable(getattr(transform, "compiled", None)):
+        transform = transform.compiled()
+    tr = transform if isinstance(transform, Transform) else builtin(transform)
+    red = _reduction_code(reduction)
+    hidden = hidden.detach().cpu()
+    weight = weight.detach().cpu().contiguous()
+    dt = _float_dtype(hidden, "hidden")
+    lead = tuple(hidden.shape[:-1])
+    N = 1
+    for s in lead:
+        N *= s
+    spec = _Spec()
+    spec.transform, spec.reduction, spec.weights = tr, red, None
+    spec.N, spec.D, spec.V = N, hidden.shape[-1], weight.shape[0]
+    spec.dtype, spec.device = dt, torch.device("cpu")
+    spec.input_names = tr.scalar_inputs
+    spec.index_name = tr.index_inputs[0] if tr.index_inputs else None
+    spec.Dt = 0
+    h2, ld = _rows(hidden, spec.D, "hidden")
+    th2 = tw = None
+    tld = 0
+    if teacher is not None:
+        th, tw = teacher[0].detach().cpu(), teacher[1].detach().cpu().contiguous()
+        spec.Dt = th.shape[-1]
+        th2, tld = _rows(th, spec.Dt, "teacher hidden")
+    lab = _per_row(labels, N, lead, "labels", spec.device, index=True) \
+        if labels is not None else None
+    inputs = dict(inputs or {})
+    conv = [_per_row(inputs[s].detach().cpu(), N, lead, "inputs[%r]" % s, spec.device)
+            for s in spec.input_names]
+    ctx = _cpu_ctx()
+    a = _bind(spec, ctx, h2, ld, weight, bias.detach().cpu() if bias is not None else None,
+              th2, tld, tw, lab, conv)
+    try:
+        opts = L.GradcheckOpts(seed, samples, step, atol, rtol)
+        rep = L.GradcheckReport()
+        _check(ctx, L.lib.mel_gradcheck(ctx.ptr, tr.ptr, a, ctypes.byref(opts),
+                                        ctypes.byref(rep)), "gradcheck")
+    finally:
+        L.lib.mel_args_free(a)
+    return {"checked": rep.checked, "failed": rep.failed, "max_abs_err": rep.max_abs_err,
+            "max_rel_err": rep.max_rel_err, "worst": rep.worst.decode()}
