@@ -432,11 +432,11 @@ class _LinearLoss(torch.autograd.Function):
             # recompute: the inputs are kept by reference (no copy), as torch keeps
             # the inputs of a linear layer
             fctx.keep = (hidden, weight, bias, th2, tld, tw, lab, in_conv)
-        for t in aux_out:
-            fctx.mark_non_differentiable(t)
         if spec.reduction == L.REDUCE_NONE:
             y = y.view(spec.lead)
-            aux_out = [t.view(spec.lead) for t in aux_out]
+        aux_out = [t.view(spec.lead) for t in aux_out]
+        for t in aux_out:
+            fctx.mark_non_differentiable(t)
         return (y, *aux_out)
 
     @staticmethod
@@ -645,7 +645,13 @@ def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, input
             raise ValueError("libmel: grpo's loss type needs inputs['mask']")
         B, T = lead
         lt = int(tr.params.get("loss_type", 3))
-        mask = in_conv[scalar_names.index("mask")][0].to(torch.float64).cpu().contiguous()
+        # the effective mask, as the transform uses it for counts and sequence means:
+        # a token whose label is ignore_index counts nowhere
+        mask = in_conv[scalar_names.index("mask")][0].to(torch.float64)
+        if lab is not None:
+            ign = int(tr.params.get("ignore_index", -100))
+            mask = torch.where(lab[0] != ign, mask, torch.zeros_like(mask))
+        mask = mask.cpu().contiguous()
         w64 = torch.empty((N,), dtype=torch.float64)
         ctx = _cpu_ctx()
         _check(ctx, L.lib.mel_grpo_weights(
