@@ -444,6 +444,11 @@ class _LinearLoss(torch.autograd.Function):
         spec = fctx.spec
         gdt = torch.float64 if spec.dtype == L.F64 else torch.float32
         if fctx.fused:
+            if fctx.grads is None:
+                raise RuntimeError(
+                    "libmel: a fused-mode result was backpropagated a second time (retain_graph "
+                    "or torch.autograd.grad twice); its gradients were computed once, in "
+                    "forward, and handed out the first time. Use mode='recompute' for that.")
             dx, dw, db, dins = fctx.grads
             fctx.grads = None
             # fused: the gradients of the reduced loss were computed in forward with
@@ -454,9 +459,8 @@ class _LinearLoss(torch.autograd.Function):
                     if t is not None:
                         t.mul_(g)
         else:
-            if fctx.keep is None:
-                raise RuntimeError("libmel: backward called twice on a recompute-mode result "
-                                   "(use retain_graph=True)")
+            # the inputs stay referenced until torch frees the graph, so a second
+            # backward (retain_graph=True) recomputes again
             hidden, weight, bias, th2, tld, tw, lab, in_conv = fctx.keep
             hidden2, ld = _rows(hidden, spec.D, "hidden")
             ctx = _prepare_ctx(spec)

@@ -130,8 +130,14 @@ def _trainer_class():
             unwrapped = self.accelerator.unwrap_model(model)
             base = getattr(unwrapped, unwrapped.base_model_prefix)
             head = unwrapped.get_output_embeddings()
-            h = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            # the backbone under the trainer's autocast, as TRL runs it (mixed precision
+            # applies to the backbone; libmel's logits are fp32 whatever the dtype)
+            with self.accelerator.autocast():
+                h = base(input_ids=input_ids, attention_mask=attention_mask,
+                         use_cache=False).last_hidden_state
             h = h[:, -K - 1:-1, :]  # positions that predict the completion tokens
+            if h.dtype != head.weight.dtype:
+                h = h.to(head.weight.dtype)
             items = inputs.get("num_items_in_batch")
             if items is not None and self.loss_type == "dapo":
                 items = float(items) / self.accelerator.num_processes
