@@ -14,6 +14,12 @@ torch.manual_seed(11)
 
 
 def main(t):
+    # importing the package (and libmel.hf / libmel.trl) pulls in nothing heavier than torch
+    import libmel.hf  # noqa: F401
+    import libmel.trl  # noqa: F401
+    heavy = [m for m in ("transformers", "trl", "accelerate", "datasets") if m in sys.modules]
+    t.ok(not heavy, "import libmel, libmel.hf, libmel.trl import no transformers/TRL",
+         "imported: %s" % heavy)
     X = torch.randn(2, 3, 4)
     W = torch.randn(7, 4)
     lab = torch.randint(0, 7, (2, 3))
