@@ -11,7 +11,7 @@
 set -u
 top_build=${MEL_TOP_BUILDDIR:-.}
 top_src=${MEL_TOP_SRCDIR:-.}
-MEL=$top_build/examples/mel
+MEL=$top_build/tools/mel/mel
 if [ ! -x "$MEL" ]; then
     echo "Bail out! $MEL is not built"
     exit 1

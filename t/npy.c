@@ -1,4 +1,4 @@
-/* t/npy.c -- the .npy reader/writer of examples/npy.c.
+/* t/npy.c -- the .npy reader/writer of tools/mel/npy.c.
  *
  * Round trips every dtype and shape (0-d, 1-d, 2-d, 3-d, empty), reads files
  * built byte by byte here (so a symmetric bug in npy_save/npy_load cannot
