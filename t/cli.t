@@ -262,6 +262,44 @@ rc=$?
 ok $? "mel gradcheck ce --reduction none --param label_smoothing=0.1 passes (exit $rc)" ||
     diag "$tmp/gc"
 
+# ---- no extra copies (issue 12): inputs whose dtype is the compute dtype are
+# used in place; converted ones replace the loaded data
+json_num() { sed -n "s/.*\"$2\": \([-0-9]*\).*/\1/p" "$1" | head -1; }
+$MEL $RUN --dtype f64 --grad-hidden "$tmp/dx.npy" --stats "$tmp/st.json" >/dev/null 2>"$tmp/err"
+[ "$(json_num "$tmp/st.json" input_bytes_converted)" = 0 ] &&
+    [ "$(json_num "$tmp/st.json" input_bytes_held)" = 48 ]
+ok $? "--dtype f64 on float64 files: nothing converted, X, W, labels held once (48 bytes)" ||
+    diag "$tmp/st.json" "$tmp/err"
+$MEL $RUN --dtype f32 --grad-hidden "$tmp/dx.npy" --stats "$tmp/st.json" >/dev/null 2>"$tmp/err"
+[ "$(json_num "$tmp/st.json" input_bytes_converted)" = 16 ] &&
+    [ "$(json_num "$tmp/st.json" input_bytes_held)" = 32 ]
+ok $? "--dtype f32 on float64 files: X and W converted once (16 bytes), the float64 data released (32 bytes held)" ||
+    diag "$tmp/st.json" "$tmp/err"
+# peak RSS at a moderate shape: X = 0 [1024, 256], W = 0 [16384, 256] float32
+# (files of zeros), so CE = log V exactly; peak RSS <= inputs + outputs +
+# libmel's peak workspace + 64 MiB (the bound of issue 12)
+npy_zeros() { # npy_zeros FILE DESCR SHAPE BYTES
+    npy "$1" "$2" "$3" ''
+    head -c "$4" /dev/zero >>"$1"
+}
+npy_zeros "$tmp/zx.npy" '<f4' '(1024, 256)' $((1024 * 256 * 4))
+npy_zeros "$tmp/zw.npy" '<f4' '(16384, 256)' $((16384 * 256 * 4))
+npy_zeros "$tmp/zl.npy" '<i4' '(1024,)' $((1024 * 4))
+$MEL run ce --hidden "$tmp/zx.npy" --weight "$tmp/zw.npy" --labels "$tmp/zl.npy" --threads 2 \
+    --output "$tmp/zy.npy" --grad-hidden "$tmp/zdx.npy" --grad-weight "$tmp/zdw.npy" \
+    --stats "$tmp/zst.json" 2>"$tmp/err"
+ok $? "run ce on 1024 x 256 x 16384 float32 zeros exits 0" || diag "$tmp/err"
+close_list "$tmp/zy.npy" "$(expect 'printf "%.17g", log(16384)')" 1e-6
+ok $? "zeros: CE = log V ($(values "$tmp/zy.npy"))"
+rss=$(json_num "$tmp/zst.json" max_rss_bytes)
+ws=$(json_num "$tmp/zst.json" peak_workspace_bytes)
+io=$(( (1024 * 256 + 16384 * 256 + 1024) * 4 + (1024 * 256 + 16384 * 256) * 4 ))
+[ -n "$rss" ] && [ -n "$ws" ] && [ "$rss" -le $((io + ws + (64 << 20))) ] &&
+    [ "$(json_num "$tmp/zst.json" input_bytes_converted)" = 0 ]
+ok $? "peak RSS $((${rss:-0} >> 20)) MiB <= inputs + outputs $((io >> 20)) MiB + workspace $((${ws:-0} >> 20)) MiB + 64 MiB" ||
+    diag "$tmp/zst.json"
+rm -f "$tmp"/z*.npy
+
 # ---- bad usage / bad input: exit 2, one line "mel: ..." naming the culprit
 expect_fail() { # expect_fail DESCRIPTION NEEDLE ARGS...
     desc=$1

@@ -58,6 +58,14 @@ void *convert(const void *src, mel_dtype from, int64_t count, mel_dtype to, cons
     return dst;
 }
 
+input_mem g_input_mem;
+
+static void hold(int64_t bytes)
+{
+    g_input_mem.live += bytes;
+    if (g_input_mem.live > g_input_mem.peak) g_input_mem.peak = g_input_mem.live;
+}
+
 void shape_str(const npy_array *a, char *buf, size_t len)
 {
     size_t n = (size_t)snprintf(buf, len, "(");
@@ -75,7 +83,29 @@ input load(const char *flag, const char *path)
     in.path = path;
     if (npy_load(path, &in.a, err, sizeof err) < 0) die(EXIT_USAGE, "%s: %s", flag, err);
     own(in.a.data, free_any);
+    hold((int64_t)in.a.count * (int64_t)mel_dtype_size(in.a.dtype));
     return in;
+}
+
+void *input_as(input *in, mel_dtype to)
+{
+    if (in->a.dtype == to) return in->a.data;
+    int64_t bytes = in->a.count * (int64_t)mel_dtype_size(to);
+    void *c = convert(in->a.data, in->a.dtype, in->a.count, to, in->flag);
+    hold(bytes);
+    g_input_mem.converted += bytes;
+    input_drop(in);
+    in->a.data = c;
+    in->a.dtype = to;
+    return c;
+}
+
+void input_drop(input *in)
+{
+    if (!in->a.data) return;
+    hold(-(int64_t)in->a.count * (int64_t)mel_dtype_size(in->a.dtype));
+    release(in->a.data);
+    in->a.data = NULL;
 }
 
 void want_float(const input *in)

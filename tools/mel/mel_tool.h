@@ -150,6 +150,18 @@ typedef struct input {
 void shape_str(const npy_array *a, char *buf, size_t len);
 /* Load `path` for `flag`; dies with a message naming both on failure. */
 input load(const char *flag, const char *path);
+/* The data of `in` as dtype `to`: the loaded data itself when it already
+ * has that dtype (no copy), else a converted copy that replaces it (the
+ * loaded data is released at once).  No input is ever copied otherwise. */
+void *input_as(input *in, mel_dtype to);
+/* Release the data of `in` (NULL afterwards). */
+void input_drop(input *in);
+/* Bytes of input data the tool holds (loaded or converted): now, at most,
+ * and converted in all (reported by mel run --stats). */
+typedef struct input_mem {
+    int64_t live, peak, converted;
+} input_mem;
+extern input_mem g_input_mem;
 void want_float(const input *in);
 /* Die unless `in` has ndim dimensions (what describes them). */
 void want_ndim(const input *in, int ndim, const char *what);

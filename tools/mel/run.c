@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 static const optspec run_opts[] = {
     {"--hidden", 1}, {"--weight", 1}, {"--bias", 1}, {"--labels", 1},
@@ -41,10 +42,25 @@ static void usage_run(FILE *f)
 "  --threads K              CPU threads (0: default)\n"
 "  --stats FILE             JSON statistics; for recompute the totals add both calls\n"
 "                           (chunk_rows and peak_workspace_bytes are maxima) and\n"
-"                           \"calls\" lists each one\n");
+"                           \"calls\" lists each one; input_bytes_held: the input data\n"
+"                           the tool held during the call (the .npy data, used in place\n"
+"                           when its dtype is the compute dtype), input_bytes_converted:\n"
+"                           copies made to change a dtype, max_rss_bytes: the process's peak\n");
 }
 
 #define MAX_INPUTS 16
+
+/* The buffer the library reads for input `in` as dtype t: the loaded data
+ * itself when it has that dtype, else one converted copy (input_as); on
+ * --backend cuda a device copy, and the host data is released at once. */
+static void *on_dev(input *in, mel_dtype t)
+{
+    void *h = input_as(in, t);
+    if (!g_dev_ctx) return h;
+    void *d = to_dev(h, (size_t)in->a.count * mel_dtype_size(t), in->flag);
+    input_drop(in);
+    return d;
+}
 
 int cmd_run(int argc, char **argv)
 {
@@ -179,16 +195,12 @@ int cmd_run(int argc, char **argv)
     /* on --backend cuda every buffer the library sees is a device copy
      * (to_dev); outputs come back with from_dev */
     const size_t es = mel_dtype_size(dt), ges = mel_dtype_size(gdt);
-    void *x = to_dev(convert(X.a.data, X.a.dtype, X.a.count, dt, "--hidden"),
-                     (size_t)X.a.count * es, "--hidden");
-    void *w = to_dev(convert(W.a.data, W.a.dtype, W.a.count, dt, "--weight"),
-                     (size_t)W.a.count * es, "--weight");
-    void *b = NULL;
+    void *x = on_dev(&X, dt), *w = on_dev(&W, dt), *b = NULL;
     if (f_bias) {
         input B = load("--bias", f_bias);
         want_float(&B);
         want_vec(&B, V, "V rows of --weight");
-        b = to_dev(convert(B.a.data, B.a.dtype, V, dt, "--bias"), (size_t)V * es, "--bias");
+        b = on_dev(&B, dt);
     }
     check(ctx, mel_args_head(a, 0, mel_mat(x, dt, N, D, 0), mel_mat(w, dt, V, D, 0), b),
           "--hidden/--weight");
@@ -198,10 +210,8 @@ int cmd_run(int argc, char **argv)
             die(EXIT_USAGE, "--labels: %s: dtype %s is not supported (want int32 or int64)",
                 f_labels, np_name(L.a.dtype));
         want_vec(&L, N, "N rows of --hidden");
-        check(ctx, mel_args_index(a, "labels",
-                                  to_dev(L.a.data, (size_t)N * mel_dtype_size(L.a.dtype), "--labels"),
-                                  L.a.dtype, N),
-              "--labels");
+        mel_dtype ldt = L.a.dtype;
+        check(ctx, mel_args_index(a, "labels", on_dev(&L, ldt), ldt, N), "--labels");
     }
     const double *mask = NULL;
     for (int i = 0; i < n_in; i++) {
@@ -210,10 +220,13 @@ int cmd_run(int argc, char **argv)
         input I = load("--input", in_files[i]);
         I.flag = flag;
         want_vec(&I, N, "N rows of --hidden");
-        /* float or integer (a 0/1 mask) -> f64 */
-        double *v = convert(I.a.data, I.a.dtype, N, MEL_F64, flag);
-        check(ctx, mel_args_input(a, in_names[i], to_dev(v, (size_t)N * 8, flag), MEL_F64, N), flag);
-        if (!strcmp(in_names[i], "mask")) mask = v;
+        /* float32 or float64 as is; integers (a 0/1 mask) -> f64.  grpo's
+         * weights read the mask as f64 on the host: keep it there. */
+        int is_mask = !strcmp(in_names[i], "mask");
+        mel_dtype idt = I.a.dtype == MEL_F32 && !is_mask ? MEL_F32 : MEL_F64;
+        if (is_mask) mask = input_as(&I, MEL_F64);
+        check(ctx, mel_args_input(a, in_names[i], is_mask ? to_dev(mask, (size_t)N * 8, flag)
+                                                          : on_dev(&I, idt), idt, N), flag);
     }
     /* grpo without --reduction: the loss type's global per-row weights */
     double *gw = NULL;
@@ -247,10 +260,7 @@ int cmd_run(int argc, char **argv)
             die(EXIT_USAGE, "--teacher-weight: %s: shape (%" PRId64 ", %" PRId64 "), want (%"
                 PRId64 ", %" PRId64 ") (V of --weight, D of --teacher-hidden)",
                 f_tweight, TW.a.shape[0], TW.a.shape[1], V, TD);
-        void *tx = to_dev(convert(TX.a.data, TX.a.dtype, TX.a.count, dt, "--teacher-hidden"),
-                          (size_t)TX.a.count * es, "--teacher-hidden");
-        void *tw = to_dev(convert(TW.a.data, TW.a.dtype, TW.a.count, dt, "--teacher-weight"),
-                          (size_t)TW.a.count * es, "--teacher-weight");
+        void *tx = on_dev(&TX, dt), *tw = on_dev(&TW, dt);
         check(ctx, mel_args_head(a, 1, mel_mat(tx, dt, N, TD, 0), mel_mat(tw, dt, V, TD, 0),
                                  NULL),
               "--teacher-hidden/--teacher-weight");
@@ -304,6 +314,7 @@ int cmd_run(int argc, char **argv)
     snprintf(what, sizeof what, "run %s", tname);
     callstats cs;
     memset(&cs, 0, sizeof cs);
+    const int64_t held_at_call = g_input_mem.live;
     double t0 = now_s();
     if (!want_grad) {
         check(ctx, mel_forward(ctx, t, a), what);
@@ -353,6 +364,11 @@ int cmd_run(int argc, char **argv)
                        : mode == RECOMPUTE ? "recompute" : "naive",
                 mel_dtype_name(dt), N, D, V, mel_get_threads(ctx), wall);
         json_stats(f, &cs.total);
+        struct rusage ru;
+        int64_t rss = getrusage(RUSAGE_SELF, &ru) == 0 ? (int64_t)ru.ru_maxrss * 1024 : -1;
+        fprintf(f, ",\n \"input_bytes_held\": %" PRId64 ", \"input_bytes_peak\": %" PRId64
+                ", \"input_bytes_converted\": %" PRId64 ", \"max_rss_bytes\": %" PRId64,
+                held_at_call, g_input_mem.peak, g_input_mem.converted, rss);
         fprintf(f, ",\n \"calls\": [");
         for (int i = 0; i < cs.ncalls && i < 2; i++) {
             fprintf(f, "%s{\"call\": \"%s\", ", i ? ", " : "", cs.names[i]);
