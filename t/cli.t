@@ -359,6 +359,46 @@ expect_fail "grpo without seq_len for its loss_type" "seq_len" \
     --labels "$top_src/t/fixtures/grpo_loss_dapo/labels.npy" --input mask="$top_src/t/fixtures/grpo_loss_dapo/mask.npy" \
     --input advantages="$top_src/t/fixtures/grpo_loss_dapo/advantages.npy"
 
+# ---- nothing silently ignored (issue 12): contradictory or unused flags
+# exit 2 with one line naming both
+G=$top_src/t/fixtures/grpo_loss_dapo
+GRPO="run grpo --hidden $G/X.npy --weight $G/W.npy --labels $G/labels.npy --input mask=$G/mask.npy --input advantages=$G/advantages.npy"
+expect_fail "--reduction with grpo's loss_type" "--reduction and --param loss_type" \
+    $GRPO --reduction mean --param loss_type=bnpo
+expect_fail "--reduction with grpo's num_items_in_batch" "--reduction and --param num_items_in_batch" \
+    $GRPO --reduction sum --param num_items_in_batch=7
+expect_fail "--reduction with seq_len at token level" "--reduction and --param seq_len" \
+    $GRPO --reduction sum --param seq_len=6
+expect_fail "num_items_in_batch with loss_type bnpo" "--param num_items_in_batch and --param loss_type=bnpo" \
+    $GRPO --param seq_len=6 --param loss_type=bnpo --param num_items_in_batch=7
+expect_fail "max_completion_length with loss_type dapo" "--param max_completion_length and --param loss_type=dapo" \
+    $GRPO --param seq_len=6 --param loss_type=dapo --param max_completion_length=10
+expect_fail "max_completion_length with the default loss_type (dapo)" "--param max_completion_length and --param loss_type=dapo" \
+    $GRPO --param seq_len=6 --param max_completion_length=10
+expect_fail "num_items_in_batch with loss_type grpo" "--param num_items_in_batch and --param loss_type=grpo" \
+    $GRPO --param seq_len=6 --param loss_type=grpo --param num_items_in_batch=7
+expect_fail "--chunk-rows with --workspace-bytes" "--chunk-rows and --workspace-bytes" \
+    $RUN --chunk-rows 1 --workspace-bytes 1M
+expect_fail "--mode naive with --workspace-bytes" "--workspace-bytes: cannot be combined with --mode naive" \
+    $RUN --mode naive --workspace-bytes 1M --grad-hidden "$tmp/dx.npy"
+expect_fail "a flag given twice" "--output: given twice" $RUN --output "$tmp/a.npy" --output "$tmp/b.npy"
+expect_fail "a flag given twice (--name=value)" "--dtype: given twice" $RUN --dtype f32 --dtype=f64
+expect_fail "a --param given twice" "--param temperature: given twice" \
+    $RUN --param temperature=2 --param temperature=3
+expect_fail "--labels for a transform without labels" "--labels: transform 'entropy' reads no labels" \
+    run entropy --hidden "$tmp/x.npy" --weight "$tmp/w.npy" --labels "$tmp/labels.npy"
+expect_fail "--input the transform does not read" "--input advantages: transform 'ce'" \
+    $RUN --input advantages="$tmp/b.npy"
+expect_fail "grpo's old_logp with use_old_logp=0" "--input old_logp: transform 'grpo'" \
+    $GRPO --input old_logp="$G/old_logp.npy" --param use_old_logp=0 --param seq_len=6
+expect_fail "--teacher-hidden for a transform without head 1" "--teacher-hidden/--teacher-weight: transform 'ce'" \
+    $RUN --teacher-hidden "$tmp/x.npy" --teacher-weight "$tmp/w.npy"
+expect_fail "gradcheck with grpo's loss_type" "gradcheck and --param loss_type" \
+    gradcheck grpo --param loss_type=bnpo
+expect_fail "bench with --chunk-rows and --workspace-bytes" "--chunk-rows and --workspace-bytes" \
+    bench --rows 4 --dim 2 --vocab 8 --chunk-rows 2 --workspace-bytes 1M
+expect_fail "bench --repeat twice" "--repeat: given twice" bench --repeat 1 --repeat 2
+
 # ---- --backend cuda: without CUDA (or without a device) a usage error, one
 # line naming the backend; with a device, the closed forms through device
 # buffers (mel_alloc / mel_to_device / mel_to_host)

@@ -88,7 +88,11 @@ const char *next_opt(optscan *o, const char **val)
     size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
     for (const optspec *s = o->specs; s->name; s++) {
         if (strlen(s->name) != nlen || strncmp(s->name, a, nlen) != 0) continue;
-        if (s->has_value) {
+        uint64_t bit = (uint64_t)1 << ((s - o->specs) & 63);
+        if (s->kind != OPT_REPEAT && (o->seen & bit))
+            die(EXIT_USAGE, "%s: given twice (%s takes one)", s->name, s->name);
+        o->seen |= bit;
+        if (s->kind != OPT_FLAG) {
             if (eq) *val = eq + 1;
             else if (o->i < o->argc) *val = o->argv[o->i++];
             else die(EXIT_USAGE, "%s: missing value", s->name);
@@ -154,6 +158,7 @@ void param_add(mel_params **pp, const char *spec)
                 list);
         }
     }
+    if (mel_params_get(*pp, name, NULL)) die(EXIT_USAGE, "--param %s: given twice", name);
     if (!*pp) {
         *pp = own(mel_params_new(), free_params);
         if (!*pp) die(EXIT_FAILED, "--param: out of memory");
@@ -189,6 +194,15 @@ double param_value(const char *tname, const mel_params *p, const char *name, dou
     for (int j = 0; bi >= 0 && (pn = mel_builtin_param(bi, j, &v)); j++)
         if (!strcmp(pn, name)) return v;
     return fallback;
+}
+
+void refuse_loss_type_params(const char *cmd, const mel_params *p, const char *why)
+{
+    static const char *names[] = {"loss_type", "max_completion_length", "num_items_in_batch"};
+    for (int i = 0; i < 3; i++)
+        if (mel_params_get(p, names[i], NULL))
+            die(EXIT_USAGE, "%s and --param %s: %s only sets grpo's loss-type weights "
+                "(mel_grpo_weights), which %s", cmd, names[i], names[i], why);
 }
 
 /* ============================================================ built-ins */

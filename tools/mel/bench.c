@@ -13,7 +13,7 @@
 static const optspec bench_opts[] = {
     {"--rows", 1}, {"--dim", 1}, {"--vocab", 1}, {"--transform", 1},
     {"--dtype", 1}, {"--modes", 1}, {"--repeat", 1}, {"--warmup", 1},
-    {"--threads", 1}, {"--csv", 1}, {"--seed", 1}, {"--param", 1},
+    {"--threads", 1}, {"--csv", 1}, {"--seed", 1}, {"--param", OPT_REPEAT},
     {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--backend", 1}, {"--help", 0},
     {NULL, 0}};
 
@@ -98,7 +98,7 @@ int cmd_bench(int argc, char **argv)
     mel_dtype dt = MEL_F32;
     mel_params *pl = NULL;
 
-    optscan o = {argc, 0, argv, "bench", bench_opts};
+    optscan o = {argc, 0, argv, "bench", bench_opts, 0};
     const char *name, *val;
     while ((name = next_opt(&o, &val))) {
         if (!*name) die(EXIT_USAGE, "bench: unexpected argument '%s'", val);
@@ -153,6 +153,11 @@ int cmd_bench(int argc, char **argv)
         if (!nmodes) die(EXIT_USAGE, "--modes: no value in '%s'", modes_s);
     }
 
+    if (chunk > 0 && ws_bytes >= 0)
+        die(EXIT_USAGE, "--chunk-rows and --workspace-bytes: give one or the other (a fixed chunk "
+            "size takes what its rows need, whatever the budget)");
+    check_builtin_name("bench", tname);
+    refuse_loss_type_params("bench", pl, "mel bench does not use (it times a mean-reduced step)");
     mel_ctx *ctx = make_ctx(backend, threads);
     mel_transform *t = build_transform(ctx, "bench", tname, pl);
     double ii = param_value(tname, pl, "ignore_index", -100);
@@ -226,8 +231,8 @@ int cmd_bench(int argc, char **argv)
             int m = modes[mi];
             if (m == 0) {
                 check(ctx, mel_set_chunk_rows(ctx, n), "bench naive");
-                check(ctx, mel_set_workspace_limit(ctx, ws_bytes > 0 ? ws_bytes : (int64_t)1 << 46),
-                      "bench naive");
+                /* one chunk of N rows: the budget does not apply */
+                check(ctx, mel_set_workspace_limit(ctx, (int64_t)1 << 46), "bench naive");
             } else {
                 check(ctx, mel_set_chunk_rows(ctx, chunk), "--chunk-rows");
                 check(ctx, mel_set_workspace_limit(ctx, ws_bytes > 0 ? ws_bytes : 0),

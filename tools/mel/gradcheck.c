@@ -6,7 +6,7 @@
 #include <string.h>
 
 static const optspec gc_opts[] = {
-    {"--rows", 1}, {"--dim", 1}, {"--vocab", 1}, {"--seed", 1}, {"--param", 1},
+    {"--rows", 1}, {"--dim", 1}, {"--vocab", 1}, {"--seed", 1}, {"--param", OPT_REPEAT},
     {"--samples", 1}, {"--reduction", 1}, {"--chunk-rows", 1}, {"--step", 1},
     {"--atol", 1}, {"--rtol", 1}, {"--threads", 1}, {"--no-bias", 0},
     {"--help", 0}, {NULL, 0}};
@@ -35,7 +35,7 @@ int cmd_gradcheck(int argc, char **argv)
     memset(&go, 0, sizeof go);
     mel_params *pl = NULL;
 
-    optscan o = {argc, 0, argv, "gradcheck", gc_opts};
+    optscan o = {argc, 0, argv, "gradcheck", gc_opts, 0};
     const char *name, *val;
     while ((name = next_opt(&o, &val))) {
         if (!*name) {
@@ -66,6 +66,8 @@ int cmd_gradcheck(int argc, char **argv)
     go.seed = seed;
 
     check_builtin_name("gradcheck", tname);
+    refuse_loss_type_params("gradcheck", pl, "mel gradcheck does not use (it checks --reduction "
+                            "none, sum or mean)");
     /* with the stop-gradient default (grpo's use_old_logp = 0) the ratio is 1
      * for every perturbation, so finite differences need old_logp as data */
     if (builtin_has_param(tname, "use_old_logp") && !mel_params_get(pl, "use_old_logp", NULL)) {

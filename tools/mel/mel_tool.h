@@ -100,30 +100,39 @@ mel_reduction parse_reduction(const char *flag, const char *s);
 
 /* Option scanner.  Accepts "--name value" and "--name=value"; positional
  * arguments come back as "". */
+#define OPT_FLAG 0   /* --name                                   */
+#define OPT_VALUE 1  /* --name VALUE, at most once               */
+#define OPT_REPEAT 2 /* --name VALUE, repeatable (--param, --input) */
 typedef struct optspec {
     const char *name;
-    int has_value;
+    int kind; /* OPT_FLAG, OPT_VALUE, OPT_REPEAT */
 } optspec;
 
 typedef struct optscan {
     int argc, i;
     char **argv;
     const char *cmd;
-    const optspec *specs;
+    const optspec *specs; /* at most 64 */
+    uint64_t seen;        /* bit k: specs[k] was given */
 } optscan;
 
-/* Next option: its name (without value), *val set; NULL at the end. */
+/* Next option: its name (without value), *val set; NULL at the end.  An
+ * option other than OPT_REPEAT given twice is an error naming it. */
 const char *next_opt(optscan *o, const char **val);
 
 /* --param NAME=VALUE: parsed (numbers, or the symbolic words of loss_type
  * and importance_sampling_level) and set on *p (created and owned on
- * first use). */
+ * first use); a NAME given twice is an error. */
 void param_add(mel_params **p, const char *spec);
 /* The value built-in `tname` will use for parameter `name`: the one set on
  * p, else the built-in's default (mel_builtin_param), else `fallback`. */
 double param_value(const char *tname, const mel_params *p, const char *name, double fallback);
 /* 1 when built-in `tname` has a parameter called `name`. */
 int builtin_has_param(const char *tname, const char *name);
+/* Die when one of grpo's loss-type parameters (loss_type,
+ * max_completion_length, num_items_in_batch: they only feed
+ * mel_grpo_weights) was given to a command that does not use them. */
+void refuse_loss_type_params(const char *cmd, const mel_params *p, const char *why);
 
 /* Die unless `name` is a built-in, listing the known ones. */
 void check_builtin_name(const char *cmd, const char *name);

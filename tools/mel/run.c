@@ -10,8 +10,8 @@
 
 static const optspec run_opts[] = {
     {"--hidden", 1}, {"--weight", 1}, {"--bias", 1}, {"--labels", 1},
-    {"--input", 1}, {"--teacher-hidden", 1}, {"--teacher-weight", 1},
-    {"--param", 1}, {"--reduction", 1}, {"--grad-output", 1}, {"--output", 1},
+    {"--input", OPT_REPEAT}, {"--teacher-hidden", 1}, {"--teacher-weight", 1},
+    {"--param", OPT_REPEAT}, {"--reduction", 1}, {"--grad-output", 1}, {"--output", 1},
     {"--grad-hidden", 1}, {"--grad-weight", 1}, {"--grad-bias", 1},
     {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--mode", 1},
     {"--dtype", 1}, {"--backend", 1}, {"--threads", 1}, {"--stats", 1},
@@ -27,15 +27,18 @@ static void usage_run(FILE *f)
 "  --labels FILE            labels [N], int32 or int64\n"
 "  --input NAME=FILE        per-row input [N] (mask, advantages, old_logp, ref_logp, ...)\n"
 "  --teacher-hidden FILE, --teacher-weight FILE   head 1 (teacher / reference), no gradient\n"
-"  --param NAME=VALUE       transform parameter (repeatable); loss_type=grpo|bnpo|dr_grpo|dapo,\n"
+"  --param NAME=VALUE       transform parameter (repeatable, each NAME once); loss_type=grpo|bnpo|dr_grpo|dapo,\n"
 "                           importance_sampling_level=token|sequence are mapped to 0,1,2,3 / 0,1\n"
-"  --reduction none|sum|mean   default mean\n"
+"  --reduction none|sum|mean   default mean; grpo: default the loss_type's weights\n"
+"                           (--param loss_type, seq_len, max_completion_length for dr_grpo,\n"
+"                           num_items_in_batch for dapo), which --reduction replaces\n"
 "  --grad-output FILE       dL/dy: 0-d or [1] when reduced, [N] for none (default 1)\n"
 "  --output FILE            y: 0-d float64 when reduced, [N] float64 for none\n"
 "                           (without --output, y is printed on stdout)\n"
 "  --grad-hidden FILE, --grad-weight FILE, --grad-bias FILE   dX [N, D], dW [V, D], db [V];\n"
 "                           float64 with --dtype f64, else float32\n"
-"  --chunk-rows R | --workspace-bytes B   fixed rows per chunk / byte budget (e.g. 256M)\n"
+"  --chunk-rows R | --workspace-bytes B   fixed rows per chunk / byte budget (e.g. 256M);\n"
+"                           one or the other, neither with --mode naive\n"
 "  --mode fused|recompute|naive   default fused when gradients are asked\n"
 "  --dtype f64|f32|bf16|f16 storage precision of X, W (default: that of --hidden)\n"
 "  --backend cpu|cuda       default cpu\n"
@@ -76,7 +79,7 @@ int cmd_run(int argc, char **argv)
     int red_given = 0;
     mel_params *pl = NULL;
 
-    optscan o = {argc, 0, argv, "run", run_opts};
+    optscan o = {argc, 0, argv, "run", run_opts, 0};
     const char *name, *val;
     while ((name = next_opt(&o, &val))) {
         if (!*name) {
@@ -140,6 +143,34 @@ int cmd_run(int argc, char **argv)
     }
     if (mode == NAIVE && chunk_rows > 0)
         die(EXIT_USAGE, "--chunk-rows: cannot be combined with --mode naive (one chunk of N rows)");
+    if (mode == NAIVE && ws_bytes >= 0)
+        die(EXIT_USAGE, "--workspace-bytes: cannot be combined with --mode naive (one chunk of N rows "
+            "needs what it needs; use --mode fused or recompute with a budget)");
+    if (chunk_rows > 0 && ws_bytes >= 0)
+        die(EXIT_USAGE, "--chunk-rows and --workspace-bytes: give one or the other (a fixed chunk "
+            "size takes what its rows need, whatever the budget)");
+    /* grpo's loss-type parameters only feed mel_grpo_weights, which the
+     * loss_type reduction uses (include/mel.h, GRPO) */
+    if (builtin_has_param(tname, "loss_type")) {
+        if (red_given) {
+            refuse_loss_type_params("--reduction", pl, "--reduction replaces");
+            if (mel_params_get(pl, "seq_len", NULL) &&
+                param_value(tname, pl, "importance_sampling_level", 0) == 0)
+                die(EXIT_USAGE, "--reduction and --param seq_len: seq_len is read only by "
+                    "importance_sampling_level=sequence and by grpo's loss-type weights, which "
+                    "--reduction replaces");
+        } else {
+            static const char *lt_names[] = {"grpo", "bnpo", "dr_grpo", "dapo"};
+            double lt = param_value(tname, pl, "loss_type", 3);
+            const char *ltn = lt >= 0 && lt <= 3 && lt == (int)lt ? lt_names[(int)lt] : "?";
+            if (mel_params_get(pl, "max_completion_length", NULL) && lt != 2)
+                die(EXIT_USAGE, "--param max_completion_length and --param loss_type=%s: only "
+                    "loss_type=dr_grpo divides by max_completion_length", ltn);
+            if (mel_params_get(pl, "num_items_in_batch", NULL) && lt != 3)
+                die(EXIT_USAGE, "--param num_items_in_batch and --param loss_type=%s: only "
+                    "loss_type=dapo divides by num_items_in_batch", ltn);
+        }
+    }
     if (f_gout && !want_grad)
         die(EXIT_USAGE, "--grad-output: no gradient was asked for (--grad-hidden, --grad-weight, --grad-bias)");
 
@@ -170,6 +201,33 @@ int cmd_run(int argc, char **argv)
     mel_ctx *ctx = make_ctx(s_backend, threads);
     mel_transform *t = build_transform(ctx, "run", tname, pl);
     /* what the built transform reads, against what was given */
+    char reads[256] = "";
+    int reads_labels = 0;
+    for (int i = 0; i < mel_transform_num_inputs(t); i++) {
+        int is_index = 0;
+        const char *in = mel_transform_input(t, i, &is_index, NULL);
+        if (!in) continue;
+        reads_labels |= is_index && !strcmp(in, "labels");
+        if (!(is_index && !strcmp(in, "labels"))) {
+            if (*reads) strncat(reads, ", ", sizeof reads - strlen(reads) - 1);
+            strncat(reads, in, sizeof reads - strlen(reads) - 1);
+        }
+    }
+    if (f_labels && !reads_labels)
+        die(EXIT_USAGE, "--labels: transform '%s' reads no labels", tname);
+    for (int k = 0; k < n_in; k++) {
+        int found = 0;
+        for (int i = 0; i < mel_transform_num_inputs(t); i++) {
+            const char *in = mel_transform_input(t, i, NULL, NULL);
+            found |= in && !strcmp(in, in_names[k]) && strcmp(in, "labels") != 0;
+        }
+        if (!found)
+            die(EXIT_USAGE, "--input %s: transform '%s' (with these --param values) reads no per-row "
+                "input '%s' (it reads: %s)", in_names[k], tname, in_names[k], *reads ? reads : "none");
+    }
+    if (f_thidden && !mel_transform_head(t, 1))
+        die(EXIT_USAGE, "--teacher-hidden/--teacher-weight: transform '%s' (with these --param "
+            "values) reads no head 1", tname);
     for (int i = 0; i < mel_transform_num_inputs(t); i++) {
         int is_index = 0;
         const char *in = mel_transform_input(t, i, &is_index, NULL);
@@ -302,8 +360,7 @@ int cmd_run(int argc, char **argv)
     if (mode == NAIVE) {
         check(ctx, mel_set_chunk_rows(ctx, N > 0 ? N : 1), "--mode naive");
         /* one chunk of N rows needs O(N·V) bytes: lift the default budget */
-        check(ctx, mel_set_workspace_limit(ctx, ws_bytes > 0 ? ws_bytes : (int64_t)1 << 46),
-              "--mode naive");
+        check(ctx, mel_set_workspace_limit(ctx, (int64_t)1 << 46), "--mode naive");
     } else {
         if (chunk_rows > 0) check(ctx, mel_set_chunk_rows(ctx, chunk_rows), "--chunk-rows");
         if (ws_bytes >= 0) check(ctx, mel_set_workspace_limit(ctx, ws_bytes), "--workspace-bytes");
