@@ -359,6 +359,26 @@ expect_fail "grpo without seq_len for its loss_type" "seq_len" \
     --labels "$top_src/t/fixtures/grpo_loss_dapo/labels.npy" --input mask="$top_src/t/fixtures/grpo_loss_dapo/mask.npy" \
     --input advantages="$top_src/t/fixtures/grpo_loss_dapo/advantages.npy"
 
+# ---- non-finite input: --check-finite names the element; without it NaN
+# propagates (exit 0) and a note says so
+FNAN='\000\000\000\000\000\000\370\177'
+npy "$tmp/xnan.npy" '<f8' '(2, 1)' "$F1$FNAN"
+npy "$tmp/bnan.npy" '<f8' '(2,)' "$F0$FNAN"
+expect_fail "--check-finite: NaN in X named by flag, file and element" \
+    "--check-finite: --hidden $tmp/xnan.npy: element [1, 0] = nan" \
+    run ce --hidden "$tmp/xnan.npy" --weight "$tmp/w.npy" --labels "$tmp/labels.npy" --check-finite
+expect_fail "--check-finite: NaN in the bias" "--check-finite: --bias $tmp/bnan.npy: element [1] = nan" \
+    $RUN --bias "$tmp/bnan.npy" --check-finite --grad-hidden "$tmp/dx.npy" --dtype f32
+got=$("$MEL" run ce --hidden "$tmp/xnan.npy" --weight "$tmp/w.npy" --labels "$tmp/labels.npy" --reduction none 2>"$tmp/err")
+rc=$?
+[ $rc -eq 0 ] && close "$(echo "$got" | sed -n 1p)" "$ce0" && [ "$(echo "$got" | sed -n 2p)" = nan ] &&
+    grep -q '^mel: note: 1 of 2 values of y are NaN or Inf' "$tmp/err"
+ok $? "without --check-finite: row 1 is nan, row 0 exact, exit 0, a note on stderr ($(echo $got))" || diag "$tmp/err"
+$MEL $RUN --check-finite --dtype f64 --output "$tmp/y.npy" 2>"$tmp/err"
+ok $? "--check-finite on finite input exits 0" || diag "$tmp/err"
+close_list "$tmp/y.npy" "$mean"
+ok $? "--check-finite on finite input: same y"
+
 # ---- nothing silently ignored (issue 12): contradictory or unused flags
 # exit 2 with one line naming both
 G=$top_src/t/fixtures/grpo_loss_dapo

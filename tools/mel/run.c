@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -15,7 +16,7 @@ static const optspec run_opts[] = {
     {"--grad-hidden", 1}, {"--grad-weight", 1}, {"--grad-bias", 1},
     {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--mode", 1},
     {"--dtype", 1}, {"--backend", 1}, {"--threads", 1}, {"--stats", 1},
-    {"--help", 0}, {NULL, 0}};
+    {"--check-finite", 0}, {"--help", 0}, {NULL, 0}};
 
 static void usage_run(FILE *f)
 {
@@ -43,6 +44,10 @@ static void usage_run(FILE *f)
 "  --dtype f64|f32|bf16|f16 storage precision of X, W (default: that of --hidden)\n"
 "  --backend cpu|cuda       default cpu\n"
 "  --threads K              CPU threads (0: default)\n"
+"  --check-finite           scan X, W, bias and the per-row float inputs for NaN/Inf first\n"
+"                           and exit 2 naming the first (off by default: NaN/Inf propagate\n"
+"                           into y and the gradients as in the naive computation, and the\n"
+"                           scan reads every input once more)\n"
 "  --stats FILE             JSON statistics; for recompute the totals add both calls\n"
 "                           (chunk_rows and peak_workspace_bytes are maxima) and\n"
 "                           \"calls\" lists each one; input_bytes_held: the input data\n"
@@ -52,6 +57,44 @@ static void usage_run(FILE *f)
 }
 
 #define MAX_INPUTS 16
+
+/* The files behind the library's names for error messages. */
+typedef struct flag_names {
+    const char *hidden, *weight, *bias, *thidden, *tweight;
+} flag_names;
+
+/* check() for the compute call: a non-finite input found by
+ * --check-finite (the library names it "x of head 0: [3, 7] = nan",
+ * "w of head 1: ...", "bias of head 0: [0, 5] = inf", "mask[4] = nan") is
+ * reported with the flag and file it came from. */
+static void compute_check(mel_ctx *ctx, mel_status s, const char *what, const flag_names *f)
+{
+    if (s != MEL_ERR_NONFINITE) {
+        check(ctx, s, what);
+        return;
+    }
+    const char *m = mel_last_error(ctx);
+    static const struct {
+        const char *prefix, *flag;
+        int which;
+    } map[] = {{"x of head 0: ", "--hidden", 0},  {"w of head 0: ", "--weight", 1},
+               {"bias of head 0: [0, ", "--bias", 2}, {"x of head 1: ", "--teacher-hidden", 3},
+               {"w of head 1: ", "--teacher-weight", 4}};
+    const char *files[5] = {f->hidden, f->weight, f->bias, f->thidden, f->tweight};
+    for (size_t k = 0; k < sizeof map / sizeof map[0]; k++) {
+        size_t n = strlen(map[k].prefix);
+        if (!strncmp(m, map[k].prefix, n)) {
+            if (map[k].which == 2) /* bias is one row: "[0, j] = v" -> "[j] = v" */
+                die(EXIT_USAGE, "--check-finite: --bias %s: element [%s", files[2], m + n);
+            die(EXIT_USAGE, "--check-finite: %s %s: element %s", map[k].flag, files[map[k].which],
+                m + n);
+        }
+    }
+    const char *br = strchr(m, '[');
+    if (br && br > m)
+        die(EXIT_USAGE, "--check-finite: --input %.*s: element %s", (int)(br - m), m, br);
+    die(EXIT_USAGE, "--check-finite: %s", m);
+}
 
 /* The buffer the library reads for input `in` as dtype t: the loaded data
  * itself when it has that dtype, else one converted copy (input_as); on
@@ -73,7 +116,7 @@ int cmd_run(int argc, char **argv)
                *f_gb = NULL, *f_stats = NULL, *s_mode = NULL, *s_dtype = NULL,
                *s_backend = NULL;
     const char *in_names[MAX_INPUTS], *in_files[MAX_INPUTS];
-    int n_in = 0, threads = -1;
+    int n_in = 0, threads = -1, check_fin = 0;
     int64_t chunk_rows = -1, ws_bytes = -1;
     mel_reduction red = MEL_REDUCE_MEAN;
     int red_given = 0;
@@ -101,6 +144,7 @@ int cmd_run(int argc, char **argv)
         else if (!strcmp(name, "--grad-weight")) f_gw = val;
         else if (!strcmp(name, "--grad-bias")) f_gb = val;
         else if (!strcmp(name, "--stats")) f_stats = val;
+        else if (!strcmp(name, "--check-finite")) check_fin = 1;
         else if (!strcmp(name, "--mode")) s_mode = val;
         else if (!strcmp(name, "--dtype")) s_dtype = val;
         else if (!strcmp(name, "--backend")) s_backend = val;
@@ -366,6 +410,9 @@ int cmd_run(int argc, char **argv)
         if (ws_bytes >= 0) check(ctx, mel_set_workspace_limit(ctx, ws_bytes), "--workspace-bytes");
     }
 
+    if (check_fin) check(ctx, mel_set_check_finite(ctx, 1), "--check-finite");
+    flag_names names = {f_hidden, f_weight, f_bias, f_thidden, f_tweight};
+
     /* ---- compute */
     char what[64];
     snprintf(what, sizeof what, "run %s", tname);
@@ -374,15 +421,15 @@ int cmd_run(int argc, char **argv)
     const int64_t held_at_call = g_input_mem.live;
     double t0 = now_s();
     if (!want_grad) {
-        check(ctx, mel_forward(ctx, t, a), what);
+        compute_check(ctx, mel_forward(ctx, t, a), what, &names);
         stats_add(&cs, ctx, "forward");
     } else if (mode == RECOMPUTE) {
-        check(ctx, mel_forward(ctx, t, a), what);
+        compute_check(ctx, mel_forward(ctx, t, a), what, &names);
         stats_add(&cs, ctx, "forward");
-        check(ctx, mel_backward(ctx, t, a), what);
+        compute_check(ctx, mel_backward(ctx, t, a), what, &names);
         stats_add(&cs, ctx, "backward");
     } else {
-        check(ctx, mel_forward_backward(ctx, t, a), what);
+        compute_check(ctx, mel_forward_backward(ctx, t, a), what, &names);
         stats_add(&cs, ctx, "forward_backward");
     }
     double wall = now_s() - t0;
@@ -397,6 +444,14 @@ int cmd_run(int argc, char **argv)
         save("--output", f_out, MEL_F64, y, red == MEL_REDUCE_NONE ? 1 : 0, shp);
     } else {
         for (int64_t i = 0; i < ny; i++) printf("%.17g\n", y[i]);
+    }
+    if (!check_fin) {
+        int64_t bad = 0;
+        for (int64_t i = 0; i < ny; i++) bad += !isfinite(y[i]);
+        if (bad)
+            fprintf(stderr, "mel: note: %" PRId64 " of %" PRId64 " values of y are NaN or Inf; "
+                    "non-finite inputs propagate unless --check-finite is given (it names the "
+                    "first one)\n", bad, ny);
     }
     if (f_gx) {
         int64_t shp[2] = {N, D};
