@@ -379,9 +379,50 @@ ok $? "--check-finite on finite input exits 0" || diag "$tmp/err"
 close_list "$tmp/y.npy" "$mean"
 ok $? "--check-finite on finite input: same y"
 
+# ---- messages in the caller's words (issue 12): required inputs by flag,
+# the dtypes each flag takes; float16 X/W and a bool mask are read
+expect_fail "missing --labels names the flag" "--labels FILE is required" \
+    run ce --hidden "$tmp/x.npy" --weight "$tmp/w.npy"
+G=$top_src/t/fixtures/grpo_loss_dapo
+expect_fail "missing --input advantages names the flag" "--input advantages=FILE is required" \
+    run grpo --hidden "$G/X.npy" --weight "$G/W.npy" --labels "$G/labels.npy" --input mask="$G/mask.npy" \
+    --param seq_len=6
+expect_fail "float labels: the dtypes --labels takes" "dtype float64 is not supported (--labels takes int32 or int64)" \
+    run ce --hidden "$tmp/x.npy" --weight "$tmp/w.npy" --labels "$tmp/labels_f.npy"
+expect_fail "int64 X: the dtypes --hidden takes" "(--hidden takes float32, float64 or float16" \
+    run ce --hidden "$tmp/labels3.npy" --weight "$tmp/w.npy" --labels "$tmp/labels.npy"
+expect_fail "uint16 labels: the dtypes --labels takes" "dtype '<u2' (uint16) is not supported (--labels takes int32 or int64)" \
+    run ce --hidden "$tmp/x.npy" --weight "$tmp/w.npy" --labels "$tmp/u2.npy"
+npy "$tmp/v2.npy" '|V2' '(2, 1)' '\000\077\000\100'
+expect_fail "bfloat16-like X (|V2): how to pass it" "save float32 (or float16) and pass --dtype bf16" \
+    run ce --hidden "$tmp/v2.npy" --weight "$tmp/w.npy" --labels "$tmp/labels.npy"
+# float16 X = [[1], [2]], W = [[1], [0]] (0x3C00, 0x4000, 0x3C00, 0x0000): the closed forms
+npy "$tmp/x16.npy" '<f2' '(2, 1)' '\000\074\000\100'
+npy "$tmp/w16.npy" '<f2' '(2, 1)' '\000\074\000\000'
+$MEL run ce --hidden "$tmp/x16.npy" --weight "$tmp/w16.npy" --labels "$tmp/labels.npy" --output "$tmp/y.npy" \
+    --grad-hidden "$tmp/dx.npy" --stats "$tmp/st.json" 2>"$tmp/err"
+ok $? "float16 X and W are read (f16 storage, the default --dtype of a float16 --hidden)" || diag "$tmp/err"
+close_list "$tmp/y.npy" "$mean" 1e-6 && close_list "$tmp/dx.npy" "$dx" 1e-3 &&
+    grep -q '"dtype": "f16"' "$tmp/st.json" && [ "$(json_num "$tmp/st.json" input_bytes_converted)" = 0 ]
+ok $? "float16: y within 1e-6, dX within 1e-3 (rounded once to f16), used in place" || diag "$tmp/st.json"
+npy "$tmp/mask16.npy" '<f2' '(2,)' '\000\074\000\074'
+expect_fail "float16 per-row input: the dtypes --input takes" "(--input mask takes float32, float64, int32, int64 or bool)" \
+    run grpo --hidden "$G/X.npy" --weight "$G/W.npy" --labels "$G/labels.npy" --input mask="$tmp/mask16.npy" --input advantages="$G/advantages.npy" --param seq_len=6
+# a bool mask gives the same result as the float64 one (grpo, dapo fixture)
+bmask=$(values "$G/mask.npy" | awk '{ printf "\\%03o", ($1 != 0) }')
+nrow=$(values "$G/mask.npy" | wc -l)
+npy "$tmp/maskb.npy" '|b1' "($nrow,)" "$bmask"
+for m in "$G/mask.npy" "$tmp/maskb.npy"; do
+    $MEL run grpo --hidden "$G/X.npy" --weight "$G/W.npy" --labels "$G/labels.npy" --input mask="$m" \
+        --input advantages="$G/advantages.npy" --input old_logp="$G/old_logp.npy" --param seq_len=6 \
+        --param epsilon_high=0.28 --param num_items_in_batch=37 --dtype f64 --output "$tmp/ym.npy" 2>"$tmp/err"
+    ok $? "grpo with mask $(basename "$m") exits 0" || diag "$tmp/err"
+    close_files "$tmp/ym.npy" "$G/y.npy" 1e-10
+    ok $? "grpo with mask $(basename "$m"): y agrees with TRL's fixture"
+done
+
 # ---- nothing silently ignored (issue 12): contradictory or unused flags
 # exit 2 with one line naming both
-G=$top_src/t/fixtures/grpo_loss_dapo
 GRPO="run grpo --hidden $G/X.npy --weight $G/W.npy --labels $G/labels.npy --input mask=$G/mask.npy --input advantages=$G/advantages.npy"
 expect_fail "--reduction with grpo's loss_type" "--reduction and --param loss_type" \
     $GRPO --reduction mean --param loss_type=bnpo

@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int is_float(mel_dtype t) { return t == MEL_F64 || t == MEL_F32; }
 
 const char *np_name(mel_dtype t)
 {
@@ -24,6 +23,7 @@ const char *np_name(mel_dtype t)
 /* bf16 / f16: the library's own conversions (lib/half.h), round to nearest even */
 double get_elem(const void *p, mel_dtype t, int64_t i)
 {
+    if (t == NPY_BOOL) return ((const uint8_t *)p)[i] != 0;
     switch (t) {
     case MEL_F64: return ((const double *)p)[i];
     case MEL_F32: return ((const float *)p)[i];
@@ -74,16 +74,63 @@ void shape_str(const npy_array *a, char *buf, size_t len)
     if (n < len) snprintf(buf + n, len - n, a->ndim == 1 ? ",)" : ")");
 }
 
-input load(const char *flag, const char *path)
+/* "float32, float64 or float16" for a TAKES_ set */
+static void takes_list(unsigned takes, char *buf, size_t len)
+{
+    const char *names[6];
+    int n = 0;
+    if (takes & TAKES_FLOAT) names[n++] = "float32", names[n++] = "float64";
+    if (takes & TAKES_F16) names[n++] = "float16";
+    if (takes & TAKES_INT) names[n++] = "int32", names[n++] = "int64";
+    if (takes & TAKES_BOOL) names[n++] = "bool";
+    buf[0] = '\0';
+    for (int i = 0; i < n; i++) {
+        size_t l = strlen(buf);
+        snprintf(buf + l, len - l, "%s%s", i == 0 ? "" : i == n - 1 ? " or " : ", ", names[i]);
+    }
+}
+
+static int takes_dtype(unsigned takes, mel_dtype t)
+{
+    if (t == NPY_BOOL) return (takes & TAKES_BOOL) != 0;
+    switch (t) {
+    case MEL_F32: case MEL_F64: return (takes & TAKES_FLOAT) != 0;
+    case MEL_F16: return (takes & TAKES_F16) != 0;
+    case MEL_I32: case MEL_I64: return (takes & TAKES_INT) != 0;
+    default: return 0;
+    }
+}
+
+static const char *hint_of(unsigned takes)
+{
+    if (takes & TAKES_F16)
+        return "; for bfloat16 data save float32 (or float16) and pass --dtype bf16 to compute with "
+               "bf16 storage";
+    if (takes == TAKES_FLOAT) return "; convert it with .astype(np.float32)";
+    return "";
+}
+
+input load(const char *flag, const char *path, unsigned takes)
 {
     input in;
-    char err[512];
+    char err[512], list[96];
     memset(&in, 0, sizeof in);
     in.flag = flag;
     in.path = path;
-    if (npy_load(path, &in.a, err, sizeof err) < 0) die(EXIT_USAGE, "%s: %s", flag, err);
+    takes_list(takes, list, sizeof list);
+    unsigned allow = (takes & TAKES_F16 ? NPY_ALLOW_F16 : 0) | (takes & TAKES_BOOL ? NPY_ALLOW_BOOL : 0);
+    int rc = npy_load_ex(path, &in.a, allow, err, sizeof err);
+    if (rc == NPY_EDTYPE)
+        die(EXIT_USAGE, "%s: %s is not supported (%s takes %s%s)", flag, err, flag, list, hint_of(takes));
+    if (rc < 0) die(EXIT_USAGE, "%s: %s", flag, err);
     own(in.a.data, free_any);
-    hold((int64_t)in.a.count * (int64_t)mel_dtype_size(in.a.dtype));
+    hold((int64_t)in.a.count * (int64_t)npy_itemsize(in.a.dtype));
+    if (!takes_dtype(takes, in.a.dtype)) {
+        const char *nm = in.a.dtype == NPY_BOOL ? "bool" : in.a.dtype == MEL_F16 ? "float16"
+                                                                                  : np_name(in.a.dtype);
+        die(EXIT_USAGE, "%s: %s: dtype %s is not supported (%s takes %s%s)", flag, path, nm, flag, list,
+            hint_of(takes));
+    }
     return in;
 }
 
@@ -103,17 +150,11 @@ void *input_as(input *in, mel_dtype to)
 void input_drop(input *in)
 {
     if (!in->a.data) return;
-    hold(-(int64_t)in->a.count * (int64_t)mel_dtype_size(in->a.dtype));
+    hold(-(int64_t)in->a.count * (int64_t)npy_itemsize(in->a.dtype));
     release(in->a.data);
     in->a.data = NULL;
 }
 
-void want_float(const input *in)
-{
-    if (!is_float(in->a.dtype))
-        die(EXIT_USAGE, "%s: %s: dtype %s is not supported (want float32 or float64)", in->flag,
-            in->path, np_name(in->a.dtype));
-}
 
 void want_ndim(const input *in, int ndim, const char *what)
 {

@@ -142,7 +142,6 @@ mel_transform *build_transform(mel_ctx *ctx, const char *cmd, const char *name,
 
 /* ------------------------------------------------------------ inputs.c */
 
-int is_float(mel_dtype t);
 /* The NumPy name of a dtype ("float32", "int64", ...). */
 const char *np_name(mel_dtype t);
 double get_elem(const void *p, mel_dtype t, int64_t i);
@@ -157,8 +156,14 @@ typedef struct input {
 } input;
 
 void shape_str(const npy_array *a, char *buf, size_t len);
-/* Load `path` for `flag`; dies with a message naming both on failure. */
-input load(const char *flag, const char *path);
+/* The dtypes a flag takes (ORed). */
+#define TAKES_FLOAT 1u /* float32, float64 */
+#define TAKES_F16 2u   /* float16 (storage of X, W, bias)        */
+#define TAKES_INT 4u   /* int32, int64                            */
+#define TAKES_BOOL 8u  /* bool (a 0/1 mask), read as 0.0 / 1.0    */
+/* Load `path` for `flag`; dies with a message naming both on failure,
+ * and listing the dtypes the flag takes when the file has another. */
+input load(const char *flag, const char *path, unsigned takes);
 /* The data of `in` as dtype `to`: the loaded data itself when it already
  * has that dtype (no copy), else a converted copy that replaces it (the
  * loaded data is released at once).  No input is ever copied otherwise. */
@@ -171,7 +176,6 @@ typedef struct input_mem {
     int64_t live, peak, converted;
 } input_mem;
 extern input_mem g_input_mem;
-void want_float(const input *in);
 /* Die unless `in` has ndim dimensions (what describes them). */
 void want_ndim(const input *in, int ndim, const char *what);
 /* Die unless 1-d of length n. */

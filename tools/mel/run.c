@@ -22,11 +22,12 @@ static void usage_run(FILE *f)
 {
     fprintf(f,
 "usage: mel run TRANSFORM --hidden X.npy --weight W.npy [options]\n"
-"  --hidden FILE            X [N, D], float32 or float64, C order\n"
-"  --weight FILE            W [V, D]\n"
-"  --bias FILE              bias [V]\n"
+"  --hidden FILE            X [N, D], float32, float64 or float16, C order\n"
+"  --weight FILE            W [V, D] (same dtypes)\n"
+"  --bias FILE              bias [V] (same dtypes)\n"
 "  --labels FILE            labels [N], int32 or int64\n"
-"  --input NAME=FILE        per-row input [N] (mask, advantages, old_logp, ref_logp, ...)\n"
+"  --input NAME=FILE        per-row input [N] (mask, advantages, old_logp, ref_logp, ...):\n"
+"                           float32, float64, int32, int64 or bool (e.g. a mask)\n"
 "  --teacher-hidden FILE, --teacher-weight FILE   head 1 (teacher / reference), no gradient\n"
 "  --param NAME=VALUE       transform parameter (repeatable, each NAME once); loss_type=grpo|bnpo|dr_grpo|dapo,\n"
 "                           importance_sampling_level=token|sequence are mapped to 0,1,2,3 / 0,1\n"
@@ -41,7 +42,9 @@ static void usage_run(FILE *f)
 "  --chunk-rows R | --workspace-bytes B   fixed rows per chunk / byte budget (e.g. 256M);\n"
 "                           one or the other, neither with --mode naive\n"
 "  --mode fused|recompute|naive   default fused when gradients are asked\n"
-"  --dtype f64|f32|bf16|f16 storage precision of X, W (default: that of --hidden)\n"
+"  --dtype f64|f32|bf16|f16 storage precision of X, W (default: that of --hidden); the\n"
+"                           files are converted once when their dtype differs (bfloat16:\n"
+"                           save float32 and pass --dtype bf16)\n"
 "  --backend cpu|cuda       default cpu\n"
 "  --threads K              CPU threads (0: default)\n"
 "  --check-finite           scan X, W, bias and the per-row float inputs for NaN/Inf first\n"
@@ -219,12 +222,10 @@ int cmd_run(int argc, char **argv)
         die(EXIT_USAGE, "--grad-output: no gradient was asked for (--grad-hidden, --grad-weight, --grad-bias)");
 
     /* ---- load and check shapes */
-    input X = load("--hidden", f_hidden);
-    want_float(&X);
+    input X = load("--hidden", f_hidden, TAKES_FLOAT | TAKES_F16);
     want_ndim(&X, 2, "2-d [N, D]");
     int64_t N = X.a.shape[0], D = X.a.shape[1];
-    input W = load("--weight", f_weight);
-    want_float(&W);
+    input W = load("--weight", f_weight, TAKES_FLOAT | TAKES_F16);
     want_ndim(&W, 2, "2-d [V, D]");
     int64_t V = W.a.shape[0];
     if (W.a.shape[1] != D)
@@ -299,18 +300,14 @@ int cmd_run(int argc, char **argv)
     const size_t es = mel_dtype_size(dt), ges = mel_dtype_size(gdt);
     void *x = on_dev(&X, dt), *w = on_dev(&W, dt), *b = NULL;
     if (f_bias) {
-        input B = load("--bias", f_bias);
-        want_float(&B);
+        input B = load("--bias", f_bias, TAKES_FLOAT | TAKES_F16);
         want_vec(&B, V, "V rows of --weight");
         b = on_dev(&B, dt);
     }
     check(ctx, mel_args_head(a, 0, mel_mat(x, dt, N, D, 0), mel_mat(w, dt, V, D, 0), b),
           "--hidden/--weight");
     if (f_labels) {
-        input L = load("--labels", f_labels);
-        if (L.a.dtype != MEL_I32 && L.a.dtype != MEL_I64)
-            die(EXIT_USAGE, "--labels: %s: dtype %s is not supported (want int32 or int64)",
-                f_labels, np_name(L.a.dtype));
+        input L = load("--labels", f_labels, TAKES_INT);
         want_vec(&L, N, "N rows of --hidden");
         mel_dtype ldt = L.a.dtype;
         check(ctx, mel_args_index(a, "labels", on_dev(&L, ldt), ldt, N), "--labels");
@@ -319,10 +316,9 @@ int cmd_run(int argc, char **argv)
     for (int i = 0; i < n_in; i++) {
         char flag[96];
         snprintf(flag, sizeof flag, "--input %s", in_names[i]);
-        input I = load("--input", in_files[i]);
-        I.flag = flag;
+        input I = load(flag, in_files[i], TAKES_FLOAT | TAKES_INT | TAKES_BOOL);
         want_vec(&I, N, "N rows of --hidden");
-        /* float32 or float64 as is; integers (a 0/1 mask) -> f64.  grpo's
+        /* float32 or float64 as is; integers and bools (a 0/1 mask) -> f64.  grpo's
          * weights read the mask as f64 on the host: keep it there. */
         int is_mask = !strcmp(in_names[i], "mask");
         mel_dtype idt = I.a.dtype == MEL_F32 && !is_mask ? MEL_F32 : MEL_F64;
@@ -348,11 +344,9 @@ int cmd_run(int argc, char **argv)
         red = MEL_REDUCE_WEIGHTED;
     }
     if (f_thidden) {
-        input TX = load("--teacher-hidden", f_thidden);
-        want_float(&TX);
+        input TX = load("--teacher-hidden", f_thidden, TAKES_FLOAT | TAKES_F16);
         want_ndim(&TX, 2, "2-d [N, D]");
-        input TW = load("--teacher-weight", f_tweight);
-        want_float(&TW);
+        input TW = load("--teacher-weight", f_tweight, TAKES_FLOAT | TAKES_F16);
         want_ndim(&TW, 2, "2-d [V, D]");
         int64_t TD = TX.a.shape[1];
         if (TX.a.shape[0] != N)
@@ -374,8 +368,7 @@ int cmd_run(int argc, char **argv)
     void *y_d = to_dev(y, (size_t)ny * 8, "--output");
     check(ctx, mel_args_output(a, y_d, MEL_F64), "--output");
     if (f_gout) {
-        input G = load("--grad-output", f_gout);
-        want_float(&G);
+        input G = load("--grad-output", f_gout, TAKES_FLOAT);
         if (red == MEL_REDUCE_NONE) want_vec(&G, N, "--reduction none: one per row");
         else if (G.a.count != 1 || G.a.ndim > 1) {
             char s[160];
