@@ -15,6 +15,11 @@ tools_mel_mel_SOURCES = tools/mel/mel.c tools/mel/mel_tool.h tools/mel/common.c 
 	tools/mel/gradcheck.c tools/mel/bench.c tools/mel/list.c
 tools_mel_mel_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools/mel
 tools_mel_mel_LDADD = lib/libmel.la tools/mel/libnpy.la -lm
+# The installed mel finds the installed libmel without LD_LIBRARY_PATH or
+# ldconfig: a run path relative to the binary ($ORIGIN/../lib, right for
+# `make install prefix=DIR` and any prefix with the default libdir), then the
+# configured libdir.  (In the build tree the libtool wrapper is used.)
+tools_mel_mel_LDFLAGS = -Wl,-rpath,'$$ORIGIN/../lib' -Wl,-rpath,$(libdir)
 
 noinst_LTLIBRARIES += tools/mel/libnpy.la
 tools_mel_libnpy_la_SOURCES = tools/mel/npy.c tools/mel/npy.h
