@@ -221,20 +221,6 @@ int cmd_run(int argc, char **argv)
     if (f_gout && !want_grad)
         die(EXIT_USAGE, "--grad-output: no gradient was asked for (--grad-hidden, --grad-weight, --grad-bias)");
 
-    /* ---- load and check shapes */
-    input X = load("--hidden", f_hidden, TAKES_FLOAT | TAKES_F16);
-    want_ndim(&X, 2, "2-d [N, D]");
-    int64_t N = X.a.shape[0], D = X.a.shape[1];
-    input W = load("--weight", f_weight, TAKES_FLOAT | TAKES_F16);
-    want_ndim(&W, 2, "2-d [V, D]");
-    int64_t V = W.a.shape[0];
-    if (W.a.shape[1] != D)
-        die(EXIT_USAGE, "--weight: %s: shape (%" PRId64 ", %" PRId64 ") does not match "
-            "D = %" PRId64 " of --hidden %s", f_weight, V, W.a.shape[1], D, f_hidden);
-    mel_dtype dt = X.a.dtype;
-    if (s_dtype) dt = parse_dtype("--dtype", s_dtype);
-    mel_dtype gdt = dt == MEL_F64 ? MEL_F64 : MEL_F32; /* dW, db, saved dX */
-
     /* the inputs given choose the variant (grpo's use_old_logp and
      * ref_source) unless a --param says so */
     for (int i = 0; i < n_in; i++)
@@ -292,6 +278,20 @@ int cmd_run(int argc, char **argv)
     if (mel_transform_head(t, 1) && !f_thidden)
         die(EXIT_USAGE, "run %s: --teacher-hidden and --teacher-weight are required (transform '%s' "
             "reads head 1)", tname, tname);
+    /* ---- load and check shapes */
+    input X = load("--hidden", f_hidden, TAKES_FLOAT | TAKES_F16);
+    want_ndim(&X, 2, "2-d [N, D]");
+    int64_t N = X.a.shape[0], D = X.a.shape[1];
+    input W = load("--weight", f_weight, TAKES_FLOAT | TAKES_F16);
+    want_ndim(&W, 2, "2-d [V, D]");
+    int64_t V = W.a.shape[0];
+    if (W.a.shape[1] != D)
+        die(EXIT_USAGE, "--weight: %s: shape (%" PRId64 ", %" PRId64 ") does not match "
+            "D = %" PRId64 " of --hidden %s", f_weight, V, W.a.shape[1], D, f_hidden);
+    mel_dtype dt = X.a.dtype;
+    if (s_dtype) dt = parse_dtype("--dtype", s_dtype);
+    mel_dtype gdt = dt == MEL_F64 ? MEL_F64 : MEL_F32; /* dW, db, saved dX */
+
     mel_args *a = own(mel_args_new(), free_args);
     if (!a) die(EXIT_FAILED, "out of memory");
 
