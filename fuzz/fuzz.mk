@@ -22,11 +22,11 @@ FUZZ_HARNESSES = fuzz_graph fuzz_npy fuzz_args
 FUZZ_SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS = -g -O1 -std=gnu11 -fopenmp -Wno-pass-failed $(FUZZ_SAN) $(OPENBLAS_CFLAGS) \
 	-include $(abs_top_builddir)/config.h -I$(abs_top_builddir) -I$(abs_top_srcdir)/include \
-	-I$(abs_top_srcdir)/lib -I$(abs_top_srcdir)/backends -I$(abs_top_srcdir)/examples \
+	-I$(abs_top_srcdir)/lib -I$(abs_top_srcdir)/backends -I$(abs_top_srcdir)/tools/mel \
 	-I$(abs_top_srcdir)/fuzz
 FUZZ_LIBS = $(OPENBLAS_LIBS) -lopenblas -lm
 # the library's own source list, so new files are picked up
-FUZZ_LIBSRC = $(filter %.c,$(lib_libmel_la_SOURCES)) examples/npy.c
+FUZZ_LIBSRC = $(filter %.c,$(lib_libmel_la_SOURCES)) tools/mel/npy.c
 
 EXTRA_DIST += fuzz/fuzz.mk fuzz/fuzz_common.h fuzz/fuzz_graph.c fuzz/fuzz_npy.c fuzz/seeds.py \
 	fuzz/fuzz_args.c fuzz/corpus

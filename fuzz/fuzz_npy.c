@@ -1,5 +1,5 @@
 /* fuzz/fuzz_npy.c -- libFuzzer harness over the .npy reader of the mel
- * tool (examples/npy.c).  The input is written to an in-memory file
+ * tool (tools/mel/npy.c).  The input is written to an in-memory file
  * (memfd) and loaded with npy_load through /proc/self/fd; when it loads,
  * the array is checked for consistency (count = product of the shape),
  * saved with npy_save to a second memfd and loaded again, which must give

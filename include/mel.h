@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 #define MEL_VERSION_MAJOR 0
-#define MEL_VERSION_MINOR 1
+#define MEL_VERSION_MINOR 2
 #define MEL_VERSION_PATCH 0
 #define MEL_VERSION_NUMBER \
     (MEL_VERSION_MAJOR * 10000 + MEL_VERSION_MINOR * 100 + MEL_VERSION_PATCH)
@@ -50,7 +50,7 @@ extern "C" {
 /* Runtime version: MEL_VERSION_NUMBER of the library actually linked.
  * Compare with the macro to detect header/library mismatches. */
 MEL_API int mel_version(void);
-/* "0.1.0" */
+/* "0.2.0" */
 MEL_API const char *mel_version_string(void);
 
 /* ------------------------------------------------------------------ status */
@@ -370,6 +370,10 @@ MEL_API mel_params *mel_params_new(void);
 MEL_API void mel_params_free(mel_params *p);
 /* Set a parameter; replaces an earlier value of the same name. */
 MEL_API mel_status mel_params_set(mel_params *p, const char *name, double v);
+/* Read back parameter `name` (since 0.2): 1 when it was set on p, with its
+ * value in *v (when v != NULL); 0 when it was not set, or p or name is NULL
+ * (*v is then left as it was). */
+MEL_API int mel_params_get(const mel_params *p, const char *name, double *v);
 
 /* Build built-in transform `name` with parameters p (NULL: defaults).
  * Unknown names, unknown parameters and out-of-range values fail with
@@ -382,6 +386,12 @@ MEL_API mel_status mel_transform_builtin(mel_ctx *ctx, const char *name,
 MEL_API int mel_builtin_count(void);
 MEL_API const char *mel_builtin_name(int i);
 MEL_API const char *mel_builtin_help(int i);
+/* Parameter j (0, 1, ...) of built-in i (since 0.2): its name, with its
+ * default value in *dflt (when dflt != NULL); NULL when i or j is out of
+ * range.  These are exactly the names mel_transform_builtin accepts for
+ * that built-in (some apply only to part of it, e.g. grpo's loss_type to
+ * mel_grpo_weights; see doc/transforms.md). */
+MEL_API const char *mel_builtin_param(int i, int j, double *dflt);
 
 /* ------------------------------------------------------------------ GRPO
  *

@@ -311,6 +311,17 @@ mel_status mel_params_set(mel_params *p, const char *name, double v)
     return MEL_OK;
 }
 
+int mel_params_get(const mel_params *p, const char *name, double *v)
+{
+    if (!p || !name) return 0;
+    for (int i = 0; i < p->n; i++)
+        if (!strcmp(p->name[i], name)) {
+            if (v) *v = p->val[i];
+            return 1;
+        }
+    return 0;
+}
+
 /* Used by builtins.c */
 int mel_params_count(const mel_params *p) { return p ? p->n : 0; }
 const char *mel_params_name(const mel_params *p, int i) { return p->name[i]; }

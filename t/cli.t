@@ -11,7 +11,7 @@
 set -u
 top_build=${MEL_TOP_BUILDDIR:-.}
 top_src=${MEL_TOP_SRCDIR:-.}
-MEL=$top_build/examples/mel
+MEL=$top_build/tools/mel/mel
 if [ ! -x "$MEL" ]; then
     echo "Bail out! $MEL is not built"
     exit 1
@@ -262,6 +262,44 @@ rc=$?
 ok $? "mel gradcheck ce --reduction none --param label_smoothing=0.1 passes (exit $rc)" ||
     diag "$tmp/gc"
 
+# ---- no extra copies (issue 12): inputs whose dtype is the compute dtype are
+# used in place; converted ones replace the loaded data
+json_num() { sed -n "s/.*\"$2\": \([-0-9]*\).*/\1/p" "$1" | head -1; }
+$MEL $RUN --dtype f64 --grad-hidden "$tmp/dx.npy" --stats "$tmp/st.json" >/dev/null 2>"$tmp/err"
+[ "$(json_num "$tmp/st.json" input_bytes_converted)" = 0 ] &&
+    [ "$(json_num "$tmp/st.json" input_bytes_held)" = 48 ]
+ok $? "--dtype f64 on float64 files: nothing converted, X, W, labels held once (48 bytes)" ||
+    diag "$tmp/st.json" "$tmp/err"
+$MEL $RUN --dtype f32 --grad-hidden "$tmp/dx.npy" --stats "$tmp/st.json" >/dev/null 2>"$tmp/err"
+[ "$(json_num "$tmp/st.json" input_bytes_converted)" = 16 ] &&
+    [ "$(json_num "$tmp/st.json" input_bytes_held)" = 32 ]
+ok $? "--dtype f32 on float64 files: X and W converted once (16 bytes), the float64 data released (32 bytes held)" ||
+    diag "$tmp/st.json" "$tmp/err"
+# peak RSS at a moderate shape: X = 0 [1024, 256], W = 0 [16384, 256] float32
+# (files of zeros), so CE = log V exactly; peak RSS <= inputs + outputs +
+# libmel's peak workspace + 64 MiB (the bound of issue 12)
+npy_zeros() { # npy_zeros FILE DESCR SHAPE BYTES
+    npy "$1" "$2" "$3" ''
+    head -c "$4" /dev/zero >>"$1"
+}
+npy_zeros "$tmp/zx.npy" '<f4' '(1024, 256)' $((1024 * 256 * 4))
+npy_zeros "$tmp/zw.npy" '<f4' '(16384, 256)' $((16384 * 256 * 4))
+npy_zeros "$tmp/zl.npy" '<i4' '(1024,)' $((1024 * 4))
+$MEL run ce --hidden "$tmp/zx.npy" --weight "$tmp/zw.npy" --labels "$tmp/zl.npy" --threads 2 \
+    --output "$tmp/zy.npy" --grad-hidden "$tmp/zdx.npy" --grad-weight "$tmp/zdw.npy" \
+    --stats "$tmp/zst.json" 2>"$tmp/err"
+ok $? "run ce on 1024 x 256 x 16384 float32 zeros exits 0" || diag "$tmp/err"
+close_list "$tmp/zy.npy" "$(expect 'printf "%.17g", log(16384)')" 1e-6
+ok $? "zeros: CE = log V ($(values "$tmp/zy.npy"))"
+rss=$(json_num "$tmp/zst.json" max_rss_bytes)
+ws=$(json_num "$tmp/zst.json" peak_workspace_bytes)
+io=$(( (1024 * 256 + 16384 * 256 + 1024) * 4 + (1024 * 256 + 16384 * 256) * 4 ))
+[ -n "$rss" ] && [ -n "$ws" ] && [ "$rss" -le $((io + ws + (64 << 20))) ] &&
+    [ "$(json_num "$tmp/zst.json" input_bytes_converted)" = 0 ]
+ok $? "peak RSS $((${rss:-0} >> 20)) MiB <= inputs + outputs $((io >> 20)) MiB + workspace $((${ws:-0} >> 20)) MiB + 64 MiB" ||
+    diag "$tmp/zst.json"
+rm -f "$tmp"/z*.npy
+
 # ---- bad usage / bad input: exit 2, one line "mel: ..." naming the culprit
 expect_fail() { # expect_fail DESCRIPTION NEEDLE ARGS...
     desc=$1
@@ -320,6 +358,107 @@ expect_fail "grpo without seq_len for its loss_type" "seq_len" \
     run grpo --hidden "$top_src/t/fixtures/grpo_loss_dapo/X.npy" --weight "$top_src/t/fixtures/grpo_loss_dapo/W.npy" \
     --labels "$top_src/t/fixtures/grpo_loss_dapo/labels.npy" --input mask="$top_src/t/fixtures/grpo_loss_dapo/mask.npy" \
     --input advantages="$top_src/t/fixtures/grpo_loss_dapo/advantages.npy"
+
+# ---- non-finite input: --check-finite names the element; without it NaN
+# propagates (exit 0) and a note says so
+FNAN='\000\000\000\000\000\000\370\177'
+npy "$tmp/xnan.npy" '<f8' '(2, 1)' "$F1$FNAN"
+npy "$tmp/bnan.npy" '<f8' '(2,)' "$F0$FNAN"
+expect_fail "--check-finite: NaN in X named by flag, file and element" \
+    "--check-finite: --hidden $tmp/xnan.npy: element [1, 0] = nan" \
+    run ce --hidden "$tmp/xnan.npy" --weight "$tmp/w.npy" --labels "$tmp/labels.npy" --check-finite
+expect_fail "--check-finite: NaN in the bias" "--check-finite: --bias $tmp/bnan.npy: element [1] = nan" \
+    $RUN --bias "$tmp/bnan.npy" --check-finite --grad-hidden "$tmp/dx.npy" --dtype f32
+got=$("$MEL" run ce --hidden "$tmp/xnan.npy" --weight "$tmp/w.npy" --labels "$tmp/labels.npy" --reduction none 2>"$tmp/err")
+rc=$?
+[ $rc -eq 0 ] && close "$(echo "$got" | sed -n 1p)" "$ce0" && [ "$(echo "$got" | sed -n 2p)" = nan ] &&
+    grep -q '^mel: note: 1 of 2 values of y are NaN or Inf' "$tmp/err"
+ok $? "without --check-finite: row 1 is nan, row 0 exact, exit 0, a note on stderr ($(echo $got))" || diag "$tmp/err"
+$MEL $RUN --check-finite --dtype f64 --output "$tmp/y.npy" 2>"$tmp/err"
+ok $? "--check-finite on finite input exits 0" || diag "$tmp/err"
+close_list "$tmp/y.npy" "$mean"
+ok $? "--check-finite on finite input: same y"
+
+# ---- messages in the caller's words (issue 12): required inputs by flag,
+# the dtypes each flag takes; float16 X/W and a bool mask are read
+expect_fail "missing --labels names the flag" "--labels FILE is required" \
+    run ce --hidden "$tmp/x.npy" --weight "$tmp/w.npy"
+G=$top_src/t/fixtures/grpo_loss_dapo
+expect_fail "missing --input advantages names the flag" "--input advantages=FILE is required" \
+    run grpo --hidden "$G/X.npy" --weight "$G/W.npy" --labels "$G/labels.npy" --input mask="$G/mask.npy" \
+    --param seq_len=6
+expect_fail "float labels: the dtypes --labels takes" "dtype float64 is not supported (--labels takes int32 or int64)" \
+    run ce --hidden "$tmp/x.npy" --weight "$tmp/w.npy" --labels "$tmp/labels_f.npy"
+expect_fail "int64 X: the dtypes --hidden takes" "(--hidden takes float32, float64 or float16" \
+    run ce --hidden "$tmp/labels3.npy" --weight "$tmp/w.npy" --labels "$tmp/labels.npy"
+expect_fail "uint16 labels: the dtypes --labels takes" "dtype '<u2' (uint16) is not supported (--labels takes int32 or int64)" \
+    run ce --hidden "$tmp/x.npy" --weight "$tmp/w.npy" --labels "$tmp/u2.npy"
+npy "$tmp/v2.npy" '|V2' '(2, 1)' '\000\077\000\100'
+expect_fail "bfloat16-like X (|V2): how to pass it" "save float32 (or float16) and pass --dtype bf16" \
+    run ce --hidden "$tmp/v2.npy" --weight "$tmp/w.npy" --labels "$tmp/labels.npy"
+# float16 X = [[1], [2]], W = [[1], [0]] (0x3C00, 0x4000, 0x3C00, 0x0000): the closed forms
+npy "$tmp/x16.npy" '<f2' '(2, 1)' '\000\074\000\100'
+npy "$tmp/w16.npy" '<f2' '(2, 1)' '\000\074\000\000'
+$MEL run ce --hidden "$tmp/x16.npy" --weight "$tmp/w16.npy" --labels "$tmp/labels.npy" --output "$tmp/y.npy" \
+    --grad-hidden "$tmp/dx.npy" --stats "$tmp/st.json" 2>"$tmp/err"
+ok $? "float16 X and W are read (f16 storage, the default --dtype of a float16 --hidden)" || diag "$tmp/err"
+close_list "$tmp/y.npy" "$mean" 1e-6 && close_list "$tmp/dx.npy" "$dx" 1e-3 &&
+    grep -q '"dtype": "f16"' "$tmp/st.json" && [ "$(json_num "$tmp/st.json" input_bytes_converted)" = 0 ]
+ok $? "float16: y within 1e-6, dX within 1e-3 (rounded once to f16), used in place" || diag "$tmp/st.json"
+npy "$tmp/mask16.npy" '<f2' '(2,)' '\000\074\000\074'
+expect_fail "float16 per-row input: the dtypes --input takes" "(--input mask takes float32, float64, int32, int64 or bool)" \
+    run grpo --hidden "$G/X.npy" --weight "$G/W.npy" --labels "$G/labels.npy" --input mask="$tmp/mask16.npy" --input advantages="$G/advantages.npy" --param seq_len=6
+# a bool mask gives the same result as the float64 one (grpo, dapo fixture)
+bmask=$(values "$G/mask.npy" | awk '{ printf "\\%03o", ($1 != 0) }')
+nrow=$(values "$G/mask.npy" | wc -l)
+npy "$tmp/maskb.npy" '|b1' "($nrow,)" "$bmask"
+for m in "$G/mask.npy" "$tmp/maskb.npy"; do
+    $MEL run grpo --hidden "$G/X.npy" --weight "$G/W.npy" --labels "$G/labels.npy" --input mask="$m" \
+        --input advantages="$G/advantages.npy" --input old_logp="$G/old_logp.npy" --param seq_len=6 \
+        --param epsilon_high=0.28 --param num_items_in_batch=37 --dtype f64 --output "$tmp/ym.npy" 2>"$tmp/err"
+    ok $? "grpo with mask $(basename "$m") exits 0" || diag "$tmp/err"
+    close_files "$tmp/ym.npy" "$G/y.npy" 1e-10
+    ok $? "grpo with mask $(basename "$m"): y agrees with TRL's fixture"
+done
+
+# ---- nothing silently ignored (issue 12): contradictory or unused flags
+# exit 2 with one line naming both
+GRPO="run grpo --hidden $G/X.npy --weight $G/W.npy --labels $G/labels.npy --input mask=$G/mask.npy --input advantages=$G/advantages.npy"
+expect_fail "--reduction with grpo's loss_type" "--reduction and --param loss_type" \
+    $GRPO --reduction mean --param loss_type=bnpo
+expect_fail "--reduction with grpo's num_items_in_batch" "--reduction and --param num_items_in_batch" \
+    $GRPO --reduction sum --param num_items_in_batch=7
+expect_fail "--reduction with seq_len at token level" "--reduction and --param seq_len" \
+    $GRPO --reduction sum --param seq_len=6
+expect_fail "num_items_in_batch with loss_type bnpo" "--param num_items_in_batch and --param loss_type=bnpo" \
+    $GRPO --param seq_len=6 --param loss_type=bnpo --param num_items_in_batch=7
+expect_fail "max_completion_length with loss_type dapo" "--param max_completion_length and --param loss_type=dapo" \
+    $GRPO --param seq_len=6 --param loss_type=dapo --param max_completion_length=10
+expect_fail "max_completion_length with the default loss_type (dapo)" "--param max_completion_length and --param loss_type=dapo" \
+    $GRPO --param seq_len=6 --param max_completion_length=10
+expect_fail "num_items_in_batch with loss_type grpo" "--param num_items_in_batch and --param loss_type=grpo" \
+    $GRPO --param seq_len=6 --param loss_type=grpo --param num_items_in_batch=7
+expect_fail "--chunk-rows with --workspace-bytes" "--chunk-rows and --workspace-bytes" \
+    $RUN --chunk-rows 1 --workspace-bytes 1M
+expect_fail "--mode naive with --workspace-bytes" "--workspace-bytes: cannot be combined with --mode naive" \
+    $RUN --mode naive --workspace-bytes 1M --grad-hidden "$tmp/dx.npy"
+expect_fail "a flag given twice" "--output: given twice" $RUN --output "$tmp/a.npy" --output "$tmp/b.npy"
+expect_fail "a flag given twice (--name=value)" "--dtype: given twice" $RUN --dtype f32 --dtype=f64
+expect_fail "a --param given twice" "--param temperature: given twice" \
+    $RUN --param temperature=2 --param temperature=3
+expect_fail "--labels for a transform without labels" "--labels: transform 'entropy' reads no labels" \
+    run entropy --hidden "$tmp/x.npy" --weight "$tmp/w.npy" --labels "$tmp/labels.npy"
+expect_fail "--input the transform does not read" "--input advantages: transform 'ce'" \
+    $RUN --input advantages="$tmp/b.npy"
+expect_fail "grpo's old_logp with use_old_logp=0" "--input old_logp: transform 'grpo'" \
+    $GRPO --input old_logp="$G/old_logp.npy" --param use_old_logp=0 --param seq_len=6
+expect_fail "--teacher-hidden for a transform without head 1" "--teacher-hidden/--teacher-weight: transform 'ce'" \
+    $RUN --teacher-hidden "$tmp/x.npy" --teacher-weight "$tmp/w.npy"
+expect_fail "gradcheck with grpo's loss_type" "gradcheck and --param loss_type" \
+    gradcheck grpo --param loss_type=bnpo
+expect_fail "bench with --chunk-rows and --workspace-bytes" "--chunk-rows and --workspace-bytes" \
+    bench --rows 4 --dim 2 --vocab 8 --chunk-rows 2 --workspace-bytes 1M
+expect_fail "bench --repeat twice" "--repeat: given twice" bench --repeat 1 --repeat 2
 
 # ---- --backend cuda: without CUDA (or without a device) a usage error, one
 # line naming the backend; with a device, the closed forms through device

@@ -5,7 +5,7 @@ include t/fixtures/files.mk
 
 check_PROGRAMS += t/fixtures.t
 t_fixtures_t_SOURCES = t/fixtures.c
-t_fixtures_t_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/examples -I$(top_srcdir)/t
-t_fixtures_t_LDADD = examples/libnpy.la $(TEST_LIBS)
+t_fixtures_t_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools/mel -I$(top_srcdir)/t
+t_fixtures_t_LDADD = tools/mel/libnpy.la $(TEST_LIBS)
 TESTS += t/fixtures.t
 EXTRA_DIST += $(FIXTURE_FILES) t/fixtures.mk

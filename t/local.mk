@@ -34,3 +34,7 @@ check_PROGRAMS += t/vpad.t
 t_vpad_t_SOURCES = t/vpad.c
 t_vpad_t_LDADD = $(TEST_LIBS)
 TESTS += t/vpad.t
+check_PROGRAMS += t/params.t
+t_params_t_SOURCES = t/params.c
+t_params_t_LDADD = $(TEST_LIBS)
+TESTS += t/params.t

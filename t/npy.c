@@ -1,4 +1,4 @@
-/* t/npy.c -- the .npy reader/writer of examples/npy.c.
+/* t/npy.c -- the .npy reader/writer of tools/mel/npy.c.
  *
  * Round trips every dtype and shape (0-d, 1-d, 2-d, 3-d, empty), reads files
  * built byte by byte here (so a symmetric bug in npy_save/npy_load cannot
@@ -344,6 +344,40 @@ int main(void)
         ok(npy_save(tmp("neg.npy"), &w, err, sizeof err) == -1,
            "npy_save refuses a negative shape: \"%s\"", err);
         ok(access(tmp("neg.npy"), F_OK) != 0, "and leaves no file behind");
+    }
+
+    /* npy_load_ex: float16 and bool on request, NPY_EDTYPE for the rest */
+    {
+        npy_array a;
+        char err[512] = "";
+        /* float16 1.0, -2.0, 0.5 = 0x3C00, 0xC000, 0x3800 */
+        const unsigned char h16[6] = {0x00, 0x3c, 0x00, 0xc0, 0x00, 0x38};
+        put("h16.npy", 1, "{'descr': '<f2', 'fortran_order': False, 'shape': (3,), }\n", h16, 6);
+        int r = npy_load_ex(tmp("h16.npy"), &a, NPY_ALLOW_F16, err, sizeof err);
+        ok(r == 0 && a.dtype == MEL_F16 && a.count == 3 && ((uint16_t *)a.data)[0] == 0x3c00 &&
+               ((uint16_t *)a.data)[1] == 0xc000 && ((uint16_t *)a.data)[2] == 0x3800,
+           "npy_load_ex NPY_ALLOW_F16 loads <f2 as MEL_F16 bits (%s)", err);
+        npy_free(&a);
+        r = npy_load_ex(tmp("h16.npy"), &a, NPY_ALLOW_BOOL, err, sizeof err);
+        ok(r == NPY_EDTYPE && strstr(err, "'<f2'") && strstr(err, "float16") && a.data == NULL,
+           "without NPY_ALLOW_F16: NPY_EDTYPE, \"%s\"", err);
+        const unsigned char b1[4] = {1, 0, 0, 2};
+        put("b1.npy", 1, "{'descr': '|b1', 'fortran_order': False, 'shape': (2, 2), }\n", b1, 4);
+        r = npy_load_ex(tmp("b1.npy"), &a, NPY_ALLOW_BOOL, err, sizeof err);
+        ok(r == 0 && a.dtype == NPY_BOOL && a.count == 4 && a.ndim == 2 && npy_itemsize(NPY_BOOL) == 1 &&
+               !memcmp(a.data, b1, 4),
+           "npy_load_ex NPY_ALLOW_BOOL loads |b1 (%s)", err);
+        npy_free(&a);
+        ok(npy_load(tmp("b1.npy"), &a, err, sizeof err) == -1 && npy_load(tmp("h16.npy"), &a, err, sizeof err) == -1,
+           "npy_load still rejects both with -1");
+        r = npy_load_ex(tmp("u2.npy"), &a, NPY_ALLOW_F16 | NPY_ALLOW_BOOL, err, sizeof err);
+        ok(r == NPY_EDTYPE && strstr(err, "u2.npy") && strstr(err, "'<u2'") && strstr(err, "uint16"),
+           "npy_load_ex on <u2: NPY_EDTYPE naming file and dtype, \"%s\"", err);
+        r = npy_load_ex(tmp("nonexistent.npy"), &a, 0, err, sizeof err);
+        ok(r == -1, "npy_load_ex on a missing file: -1");
+        put("h16short.npy", 1, "{'descr': '<f2', 'fortran_order': False, 'shape': (4,), }\n", h16, 6);
+        r = npy_load_ex(tmp("h16short.npy"), &a, NPY_ALLOW_F16, err, sizeof err);
+        ok(r == -1 && strstr(err, "truncated"), "float16 data of the wrong length: truncated, \"%s\"", err);
     }
 
     /* cleanup */

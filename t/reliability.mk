@@ -14,8 +14,8 @@ TESTS += t/threads.t
 # t/fuzz_regress.c) and checks the fixes of past findings.
 check_PROGRAMS += t/fuzz_regress.t
 t_fuzz_regress_t_SOURCES = t/fuzz_regress.c
-t_fuzz_regress_t_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/examples -I$(top_srcdir)/fuzz
-t_fuzz_regress_t_LDADD = examples/libnpy.la $(TEST_LIBS)
+t_fuzz_regress_t_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools/mel -I$(top_srcdir)/fuzz
+t_fuzz_regress_t_LDADD = tools/mel/libnpy.la $(TEST_LIBS)
 EXTRA_t_fuzz_regress_t_DEPENDENCIES = $(top_srcdir)/fuzz/fuzz_graph.c $(top_srcdir)/fuzz/fuzz_args.c \
 	$(top_srcdir)/fuzz/fuzz_npy.c $(top_srcdir)/fuzz/fuzz_common.h
 TESTS += t/fuzz_regress.t

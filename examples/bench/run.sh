@@ -12,7 +12,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
 out=${1:-bench-out}
 mkdir -p "$out"
-mel=${MEL:-$top/examples/mel}
+mel=${MEL:-$top/tools/mel/mel}
 ROWS=${ROWS:-"1024 2048 4096"}
 DIM=${DIM:-1024}
 VOCAB=${VOCAB:-32768}

@@ -10,7 +10,8 @@
 #define NPY_MAX_DIMS 8
 
 typedef struct npy_array {
-    mel_dtype dtype;            /* MEL_F64, MEL_F32, MEL_I32 or MEL_I64   */
+    mel_dtype dtype;            /* MEL_F64, MEL_F32, MEL_I32 or MEL_I64
+                                   (npy_load_ex: also MEL_F16, NPY_BOOL) */
     int ndim;                   /* 0 for a scalar                          */
     int64_t shape[NPY_MAX_DIMS];
     int64_t count;              /* product of shape (1 for ndim == 0)      */
@@ -21,6 +22,21 @@ typedef struct npy_array {
  * in err naming the file and what is wrong (missing, truncated, bad magic,
  * Fortran order, unsupported dtype, ...). */
 int npy_load(const char *path, npy_array *out, char *err, size_t errlen);
+
+/* npy_load with more dtypes on request (flags, ORed):
+ *   NPY_ALLOW_F16   '<f2' loads as MEL_F16 (IEEE binary16 bits);
+ *   NPY_ALLOW_BOOL  '|b1' loads as NPY_BOOL (one byte per element, 0 or 1;
+ *                   any non-zero byte reads as 1).
+ * Returns 0 on success, NPY_EDTYPE when the dtype is one it does not load
+ * (err: "PATH: dtype 'DESCR' (NAME)", without a list of accepted dtypes:
+ * the caller knows what it accepts), -1 for any other failure. */
+#define NPY_ALLOW_F16 1u
+#define NPY_ALLOW_BOOL 2u
+#define NPY_EDTYPE (-2)
+#define NPY_BOOL ((mel_dtype)64) /* npy-only dtype code: |b1 */
+int npy_load_ex(const char *path, npy_array *out, unsigned flags, char *err, size_t errlen);
+/* Bytes per element of a dtype npy_load_ex can return (0 for any other). */
+size_t npy_itemsize(mel_dtype t);
 /* Write `a` to `path` (format 1.0).  0 on success, -1 with message. */
 int npy_save(const char *path, const npy_array *a, char *err, size_t errlen);
 /* Free the data of an array loaded or filled by the caller; NULL-safe. */

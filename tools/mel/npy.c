@@ -36,6 +36,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+/* internal flag: called as npy_load_ex (report unsupported dtypes as NPY_EDTYPE) */
+#define NPY_LOAD_EX 0x100u
+
 /* Headers numpy writes are < 100 bytes here; 1 MiB leaves room for hand
  * written files while refusing absurd header_len values. */
 #define NPY_MAX_HEADER (1u << 20)
@@ -88,9 +91,12 @@ static size_t itemsize_of(mel_dtype t)
     switch (t) {
     case MEL_F64: case MEL_I64: return 8;
     case MEL_F32: case MEL_I32: return 4;
-    default: return 0;
+    case MEL_F16: return 2;
+    default: return t == NPY_BOOL ? 1 : 0;
     }
 }
+
+size_t npy_itemsize(mel_dtype t) { return itemsize_of(t); }
 
 /* count = product of shape, and count * size must fit int64 and size_t.
  * Returns 0, or -1 when it overflows. */
@@ -222,7 +228,7 @@ static int parse_shape(hparse *p, npy_array *a, const char *path, char *err,
 }
 
 /* Parse the dict; fills dtype, ndim, shape, *fortran.  0 or -1. */
-static int parse_header(const char *h, size_t len, const char *path,
+static int parse_header(const char *h, size_t len, const char *path, unsigned flags,
                         npy_array *a, int *fortran, char *err, size_t errlen)
 {
     hparse p = {h, h + len};
@@ -298,7 +304,24 @@ static int parse_header(const char *h, size_t len, const char *path,
     else if (order == '<' && strcmp(code, "f4") == 0) a->dtype = MEL_F32;
     else if (order == '<' && strcmp(code, "i4") == 0) a->dtype = MEL_I32;
     else if (order == '<' && strcmp(code, "i8") == 0) a->dtype = MEL_I64;
-    else {
+    else if ((flags & NPY_ALLOW_F16) && order == '<' && strcmp(code, "f2") == 0) a->dtype = MEL_F16;
+    else if ((flags & NPY_ALLOW_BOOL) && (order == '|' || order == '<' || order == '=') &&
+             strcmp(code, "b1") == 0)
+        a->dtype = NPY_BOOL;
+    else if (flags & NPY_LOAD_EX) {
+        static const struct {
+            const char *code, *name;
+        } known[] = {{"f2", "float16"}, {"b1", "bool"}, {"u1", "uint8"}, {"u2", "uint16"},
+                     {"u4", "uint32"}, {"u8", "uint64"}, {"i1", "int8"}, {"i2", "int16"},
+                     {"f8", "float64"}, {"f4", "float32"}, {"i4", "int32"}, {"i8", "int64"},
+                     {"V2", "2-byte void, e.g. bfloat16 from ml_dtypes"}};
+        const char *nm = NULL;
+        for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
+            if (!strcmp(code, known[k].code)) nm = known[k].name;
+        set_err(err, errlen, "%s: dtype '%s'%s%s%s%s", path, descr, nm ? " (" : "", nm ? nm : "",
+                nm ? ")" : "", order == '>' ? ", big-endian" : "");
+        return NPY_EDTYPE;
+    } else {
         set_err(err, errlen,
                 "%s: dtype '%s' is not supported (want <f8, <f4, <i4 or <i8%s)",
                 path, descr,
@@ -315,8 +338,21 @@ static int read_exact(FILE *f, void *buf, size_t n)
     return fread(buf, 1, n, f) == n ? 0 : -1;
 }
 
+static int load_impl(const char *path, npy_array *out, unsigned flags, char *err, size_t errlen);
+
 int npy_load(const char *path, npy_array *out, char *err, size_t errlen)
 {
+    return load_impl(path, out, 0, err, errlen);
+}
+
+int npy_load_ex(const char *path, npy_array *out, unsigned flags, char *err, size_t errlen)
+{
+    return load_impl(path, out, (flags & (NPY_ALLOW_F16 | NPY_ALLOW_BOOL)) | NPY_LOAD_EX, err, errlen);
+}
+
+static int load_impl(const char *path, npy_array *out, unsigned flags, char *err, size_t errlen)
+{
+    int rc = -1;
     FILE *f = NULL;
     char *hdr = NULL;
     void *data = NULL;
@@ -400,7 +436,11 @@ int npy_load(const char *path, npy_array *out, char *err, size_t errlen)
         }
 
     int fortran = 0;
-    if (parse_header(hdr, hlen, path, &a, &fortran, err, errlen) < 0) goto fail;
+    int hs = parse_header(hdr, hlen, path, flags, &a, &fortran, err, errlen);
+    if (hs < 0) {
+        rc = hs;
+        goto fail;
+    }
 
     size_t isz = itemsize_of(a.dtype);
     if (shape_count(a.ndim, a.shape, isz, &a.count) < 0) {
@@ -447,7 +487,7 @@ fail:
     if (f) fclose(f);
     free(hdr);
     free(data);
-    return -1;
+    return rc;
 }
 
 /* ------------------------------------------------------------- writing */

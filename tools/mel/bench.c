@@ -1,0 +1,306 @@
+/* bench.c -- `mel bench`: time and memory of naive vs recompute vs fused
+ * on a training-style call. */
+#include "mel_tool.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+static const optspec bench_opts[] = {
+    {"--rows", 1}, {"--dim", 1}, {"--vocab", 1}, {"--transform", 1},
+    {"--dtype", 1}, {"--modes", 1}, {"--repeat", 1}, {"--warmup", 1},
+    {"--threads", 1}, {"--csv", 1}, {"--seed", 1}, {"--param", OPT_REPEAT},
+    {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--backend", 1}, {"--help", 0},
+    {NULL, 0}};
+
+static void usage_bench(FILE *f)
+{
+    fprintf(f,
+"usage: mel bench [options]\n"
+"  Times a training-style call (y = mean loss, dX, dW) per rows setting and mode.\n"
+"  --rows N[,N...] (4096)  --dim D (1024)  --vocab V (32768)  --transform T (ce)\n"
+"  --dtype f32|f64|bf16|f16 (f32)  --modes naive,recompute,fused (all three)\n"
+"  --repeat K (3)  --warmup K (1)  --threads K (default)  --seed S (1)\n"
+"  --chunk-rows R / --workspace-bytes B (recompute, fused; default automatic)\n"
+"  --param NAME=VALUE  --csv FILE (units in the column names)\n"
+"  --backend cpu|cuda (cpu): cuda runs on device buffers (times include the\n"
+"  end-of-call synchronisation; threads = rows run at once)\n"
+"  naive = one chunk of N rows (the full logits); recompute = forward then\n"
+"  backward; fused = forward_backward.  max_rss is the process-wide maximum so far.\n");
+}
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_dbl);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Peak resident memory: VmHWM from /proc/self/status (which
+ * reset_peak_rss() can reset), else getrusage's lifetime maximum. */
+static int64_t max_rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f) {
+        char line[256];
+        long long kb = -1;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "VmHWM: %lld kB", &kb) == 1) break;
+        fclose(f);
+        if (kb >= 0) return (int64_t)kb * 1024;
+    }
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return -1;
+    return (int64_t)ru.ru_maxrss * 1024; /* KiB on Linux */
+}
+
+/* Start a new peak-RSS measurement at the current RSS (Linux: writing 5 to
+ * /proc/self/clear_refs resets VmHWM), so that the bench's own set-up (the
+ * f64 inputs it generates, then converts) is not counted.  Returns 0 when
+ * the reset worked. */
+static int reset_peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f) return -1;
+    int ok = fputs("5", f) >= 0;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+static void git_commit(char *buf, size_t len)
+{
+    snprintf(buf, len, "unknown");
+    FILE *p = popen("git rev-parse --short HEAD 2>/dev/null", "r");
+    if (!p) return;
+    char line[64];
+    if (fgets(line, sizeof line, p)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (*line) snprintf(buf, len, "%s", line);
+    }
+    pclose(p);
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    const char *rows_s = "4096", *modes_s = "naive,recompute,fused", *tname = "ce",
+               *csv = NULL, *backend = "cpu";
+    int64_t d = 1024, v = 32768, chunk = 0, ws_bytes = -1;
+    int repeat = 3, warmup = 1, threads = -1, rss_reset_ok = 0;
+    uint64_t seed = 1;
+    mel_dtype dt = MEL_F32;
+    mel_params *pl = NULL;
+
+    optscan o = {argc, 0, argv, "bench", bench_opts, 0};
+    const char *name, *val;
+    while ((name = next_opt(&o, &val))) {
+        if (!*name) die(EXIT_USAGE, "bench: unexpected argument '%s'", val);
+        else if (!strcmp(name, "--help")) {
+            usage_bench(stdout);
+            release_all();
+            return 0;
+        } else if (!strcmp(name, "--rows")) rows_s = val;
+        else if (!strcmp(name, "--dim")) d = parse_i64(name, val, 1, INT32_MAX);
+        else if (!strcmp(name, "--vocab")) v = parse_i64(name, val, 1, INT32_MAX);
+        else if (!strcmp(name, "--transform")) tname = val;
+        else if (!strcmp(name, "--dtype")) dt = parse_dtype(name, val);
+        else if (!strcmp(name, "--modes")) modes_s = val;
+        else if (!strcmp(name, "--repeat")) repeat = (int)parse_i64(name, val, 1, 10000);
+        else if (!strcmp(name, "--warmup")) warmup = (int)parse_i64(name, val, 0, 10000);
+        else if (!strcmp(name, "--threads")) threads = (int)parse_i64(name, val, 0, 4096);
+        else if (!strcmp(name, "--csv")) csv = val;
+        else if (!strcmp(name, "--seed")) seed = (uint64_t)parse_i64(name, val, 0, INT64_MAX);
+        else if (!strcmp(name, "--param")) param_add(&pl, val);
+        else if (!strcmp(name, "--chunk-rows")) chunk = parse_i64(name, val, 1, INT64_MAX);
+        else if (!strcmp(name, "--workspace-bytes")) ws_bytes = parse_bytes(name, val);
+        else if (!strcmp(name, "--backend")) backend = val;
+    }
+
+    /* --rows list */
+    int64_t rows[32];
+    int nrows = 0;
+    {
+        char *copy = xcalloc((int64_t)strlen(rows_s) + 1, 1, "--rows");
+        strcpy(copy, rows_s);
+        for (char *tok = strtok(copy, ","); tok; tok = strtok(NULL, ",")) {
+            if (nrows >= 32) die(EXIT_USAGE, "--rows: more than 32 values");
+            rows[nrows++] = parse_i64("--rows", tok, 1, INT32_MAX);
+        }
+        if (!nrows) die(EXIT_USAGE, "--rows: no value in '%s'", rows_s);
+    }
+    /* --modes list: 0 naive, 1 recompute, 2 fused */
+    static const char *mode_names[3] = {"naive", "recompute", "fused"};
+    int modes[8], nmodes = 0;
+    {
+        char *copy = xcalloc((int64_t)strlen(modes_s) + 1, 1, "--modes");
+        strcpy(copy, modes_s);
+        for (char *tok = strtok(copy, ","); tok; tok = strtok(NULL, ",")) {
+            int m = -1;
+            for (int i = 0; i < 3; i++)
+                if (!strcmp(tok, mode_names[i])) m = i;
+            if (m < 0)
+                die(EXIT_USAGE, "--modes: unknown mode '%s' (want naive, recompute, fused)", tok);
+            if (nmodes >= 8) die(EXIT_USAGE, "--modes: more than 8 values");
+            modes[nmodes++] = m;
+        }
+        if (!nmodes) die(EXIT_USAGE, "--modes: no value in '%s'", modes_s);
+    }
+
+    if (chunk > 0 && ws_bytes >= 0)
+        die(EXIT_USAGE, "--chunk-rows and --workspace-bytes: give one or the other (a fixed chunk "
+            "size takes what its rows need, whatever the budget)");
+    check_builtin_name("bench", tname);
+    refuse_loss_type_params("bench", pl, "mel bench does not use (it times a mean-reduced step)");
+    mel_ctx *ctx = make_ctx(backend, threads);
+    mel_transform *t = build_transform(ctx, "bench", tname, pl);
+    double ii = param_value(tname, pl, "ignore_index", -100);
+    size_t lsz = dt == MEL_F64 ? 8 : 4; /* logits element size */
+
+    /* machine line */
+    struct utsname un;
+    char machine[300] = "unknown", commit[64];
+    if (uname(&un) == 0)
+        snprintf(machine, sizeof machine, "%s %s %s %s", un.sysname, un.nodename,
+                 un.release, un.machine);
+    long nproc = sysconf(_SC_NPROCESSORS_ONLN);
+    const char *coretype = getenv("OPENBLAS_CORETYPE");
+    git_commit(commit, sizeof commit);
+    char header[800];
+    snprintf(header, sizeof header,
+             "# machine: %s; nproc %ld; backend %s; threads %d; OPENBLAS_CORETYPE=%s; commit %s; "
+             "libmel %s; transform %s; dtype %s; dim %" PRId64 "; vocab %" PRId64
+             "; repeat %d; warmup %d",
+             machine, nproc, backend, mel_get_threads(ctx), coretype && *coretype ? coretype : "unset",
+             commit, mel_version_string(), tname, mel_dtype_name(dt), d, v, repeat, warmup);
+
+    FILE *cf = NULL;
+    if (csv) {
+        cf = fopen(csv, "w");
+        if (!cf) die(EXIT_USAGE, "--csv: %s: %s", csv, strerror(errno));
+        own(cf, close_file);
+        fprintf(cf, "%s\n", header);
+        fprintf(cf, "rows,dim,vocab,transform,dtype,mode,threads,chunk_rows,chunks,"
+                    "time_median_s,time_min_s,time_max_s,gemm_time_median_s,gemm_flops,"
+                    "gemm_gflop_per_s,peak_workspace_bytes,naive_logits_bytes,"
+                    "max_rss_bytes,loss\n");
+    }
+    printf("%s\n", header);
+    printf("%8s %-9s %9s %9s %9s %10s %10s %7s %14s %14s %12s %12s\n", "rows", "mode",
+           "median_s", "min_s", "max_s", "gemm_GF/s", "chunk_rows", "chunks",
+           "peak_ws_MiB", "naive_lgt_MiB", "max_rss_MiB", "loss");
+    fflush(stdout);
+
+    double *times = xcalloc(repeat, sizeof(double), "--repeat");
+    double *gtimes = xcalloc(repeat, sizeof(double), "--repeat");
+    for (int ri = 0; ri < nrows; ri++) {
+        int64_t n = rows[ri];
+        mul64(n, v, "--rows x --vocab");
+        const size_t mark = own_mark(); /* this rows setting's buffers */
+        problem p;
+        make_problem(&p, t, n, d, v, 0, (int64_t)ii, 0, seed + (uint64_t)ri);
+        mel_args *a = own(mel_args_new(), free_args);
+        if (!a) die(EXIT_FAILED, "out of memory");
+        void *xs, *ws;
+        bind_problem(a, &p, dt, &xs, &ws);
+        /* f64 copies no longer needed */
+        release(p.x);
+        release(p.w);
+        release(p.tx);
+        release(p.tw);
+        mel_dtype gdt = dt == MEL_F64 ? MEL_F64 : MEL_F32;
+        const size_t dxb = (size_t)(n * d) * mel_dtype_size(dt), dwb = (size_t)(v * d) * mel_dtype_size(gdt);
+        void *dx = to_dev(xcalloc(n * d, mel_dtype_size(dt), "dX"), dxb, "dX");
+        void *dw = to_dev(xcalloc(v * d, mel_dtype_size(gdt), "dW"), dwb, "dW");
+        /* peak RSS from here: inputs, outputs, workspace and the process */
+        rss_reset_ok = reset_peak_rss() == 0;
+        double y = 0;
+        void *y_d = to_dev(&y, sizeof y, "y");
+        check(ctx, mel_args_reduction(a, MEL_REDUCE_MEAN, NULL), "bench");
+        check(ctx, mel_args_output(a, y_d, MEL_F64), "bench");
+        check(ctx, mel_args_grad_head(a, 0, mel_mat(dx, dt, n, d, 0), mel_mat(dw, gdt, v, d, 0),
+                                      NULL, MEL_OVERWRITE_DW),
+              "bench");
+        for (int mi = 0; mi < nmodes; mi++) {
+            int m = modes[mi];
+            if (m == 0) {
+                check(ctx, mel_set_chunk_rows(ctx, n), "bench naive");
+                /* one chunk of N rows: the budget does not apply */
+                check(ctx, mel_set_workspace_limit(ctx, (int64_t)1 << 46), "bench naive");
+            } else {
+                check(ctx, mel_set_chunk_rows(ctx, chunk), "--chunk-rows");
+                check(ctx, mel_set_workspace_limit(ctx, ws_bytes > 0 ? ws_bytes : 0),
+                      "--workspace-bytes");
+            }
+            char what[96];
+            snprintf(what, sizeof what, "bench %s rows %" PRId64 " %s", tname, n, mode_names[m]);
+            callstats cs;
+            for (int it = -warmup; it < repeat; it++) {
+                memset(&cs, 0, sizeof cs);
+                double t0 = now_s();
+                if (m == 1) {
+                    check(ctx, mel_forward(ctx, t, a), what);
+                    stats_add(&cs, ctx, "forward");
+                    check(ctx, mel_backward(ctx, t, a), what);
+                    stats_add(&cs, ctx, "backward");
+                } else {
+                    check(ctx, mel_forward_backward(ctx, t, a), what);
+                    stats_add(&cs, ctx, "forward_backward");
+                }
+                double el = now_s() - t0;
+                if (it >= 0) {
+                    times[it] = el;
+                    gtimes[it] = cs.total.gemm_seconds;
+                }
+            }
+            double mn = times[0], mx = times[0];
+            for (int i = 1; i < repeat; i++) {
+                if (times[i] < mn) mn = times[i];
+                if (times[i] > mx) mx = times[i];
+            }
+            from_dev(&y, y_d, sizeof y, "y");
+            double med = median(times, repeat), gmed = median(gtimes, repeat);
+            double gfs = gmed > 0 ? (double)cs.total.gemm_flops / gmed * 1e-9 : 0;
+            int64_t naive_bytes = n * v * (int64_t)lsz;
+            int64_t rss = max_rss_bytes();
+            printf("%8" PRId64 " %-9s %9.4f %9.4f %9.4f %10.1f %10" PRId64 " %7" PRId64
+                   " %14.1f %14.1f %12.1f %12.6g\n",
+                   n, mode_names[m], med, mn, mx, gfs, cs.total.chunk_rows, cs.total.chunks,
+                   (double)cs.total.peak_workspace_bytes / 1048576.0,
+                   (double)naive_bytes / 1048576.0, (double)rss / 1048576.0, y);
+            fflush(stdout);
+            if (cf)
+                fprintf(cf, "%" PRId64 ",%" PRId64 ",%" PRId64 ",%s,%s,%s,%d,%" PRId64 ",%" PRId64
+                        ",%.6g,%.6g,%.6g,%.6g,%" PRId64 ",%.6g,%" PRId64 ",%" PRId64 ",%" PRId64
+                        ",%.17g\n",
+                        n, d, v, tname, mel_dtype_name(dt), mode_names[m], mel_get_threads(ctx),
+                        cs.total.chunk_rows, cs.total.chunks, med, mn, mx, gmed,
+                        cs.total.gemm_flops, gfs, cs.total.peak_workspace_bytes, naive_bytes,
+                        rss, y);
+        }
+        release_to(mark); /* args, inputs, gradients (host and device) */
+    }
+    if (rss_reset_ok)
+        printf("# max_rss is the peak RSS (VmHWM) since the inputs were ready: inputs, outputs, "
+               "workspace and the process itself, not the bench's f64 set-up; run one mode per "
+               "process for a clean figure (examples/bench/run.sh); peak_ws is libmel's own count\n");
+    else
+        printf("# max_rss is getrusage(RUSAGE_SELF).ru_maxrss: a process-wide maximum that "
+               "includes the bench's set-up and never goes down; peak_ws is libmel's own count\n");
+    int bad = 0;
+    if (cf) {
+        bad = ferror(cf) != 0;
+        release(cf); /* fclose */
+        if (bad) die(EXIT_USAGE, "--csv: %s: write failed", csv);
+    }
+    release_all();
+    fflush(stdout);
+    return 0;
+}
+

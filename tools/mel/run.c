@@ -1,0 +1,494 @@
+/* run.c -- `mel run TRANSFORM`: compute a built-in transform, and on
+ * request its gradients, on .npy inputs. */
+#include "mel_tool.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+static const optspec run_opts[] = {
+    {"--hidden", 1}, {"--weight", 1}, {"--bias", 1}, {"--labels", 1},
+    {"--input", OPT_REPEAT}, {"--teacher-hidden", 1}, {"--teacher-weight", 1},
+    {"--param", OPT_REPEAT}, {"--reduction", 1}, {"--grad-output", 1}, {"--output", 1},
+    {"--grad-hidden", 1}, {"--grad-weight", 1}, {"--grad-bias", 1},
+    {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--mode", 1},
+    {"--dtype", 1}, {"--backend", 1}, {"--threads", 1}, {"--stats", 1},
+    {"--check-finite", 0}, {"--help", 0}, {NULL, 0}};
+
+static void usage_run(FILE *f)
+{
+    fprintf(f,
+"usage: mel run TRANSFORM --hidden X.npy --weight W.npy [options]\n"
+"  --hidden FILE            X [N, D], float32, float64 or float16, C order\n"
+"  --weight FILE            W [V, D] (same dtypes)\n"
+"  --bias FILE              bias [V] (same dtypes)\n"
+"  --labels FILE            labels [N], int32 or int64\n"
+"  --input NAME=FILE        per-row input [N] (mask, advantages, old_logp, ref_logp, ...):\n"
+"                           float32, float64, int32, int64 or bool (e.g. a mask)\n"
+"  --teacher-hidden FILE, --teacher-weight FILE   head 1 (teacher / reference), no gradient\n"
+"  --param NAME=VALUE       transform parameter (repeatable, each NAME once); loss_type=grpo|bnpo|dr_grpo|dapo,\n"
+"                           importance_sampling_level=token|sequence are mapped to 0,1,2,3 / 0,1\n"
+"  --reduction none|sum|mean   default mean; grpo: default the loss_type's weights\n"
+"                           (--param loss_type, seq_len, max_completion_length for dr_grpo,\n"
+"                           num_items_in_batch for dapo), which --reduction replaces\n"
+"  --grad-output FILE       dL/dy: 0-d or [1] when reduced, [N] for none (default 1)\n"
+"  --output FILE            y: 0-d float64 when reduced, [N] float64 for none\n"
+"                           (without --output, y is printed on stdout)\n"
+"  --grad-hidden FILE, --grad-weight FILE, --grad-bias FILE   dX [N, D], dW [V, D], db [V];\n"
+"                           float64 with --dtype f64, else float32\n"
+"  --chunk-rows R | --workspace-bytes B   fixed rows per chunk / byte budget (e.g. 256M);\n"
+"                           one or the other, neither with --mode naive\n"
+"  --mode fused|recompute|naive   default fused when gradients are asked\n"
+"  --dtype f64|f32|bf16|f16 storage precision of X, W (default: that of --hidden); the\n"
+"                           files are converted once when their dtype differs (bfloat16:\n"
+"                           save float32 and pass --dtype bf16)\n"
+"  --backend cpu|cuda       default cpu\n"
+"  --threads K              CPU threads (0: default)\n"
+"  --check-finite           scan X, W, bias and the per-row float inputs for NaN/Inf first\n"
+"                           and exit 2 naming the first (off by default: NaN/Inf propagate\n"
+"                           into y and the gradients as in the naive computation, and the\n"
+"                           scan reads every input once more)\n"
+"  --stats FILE             JSON statistics; for recompute the totals add both calls\n"
+"                           (chunk_rows and peak_workspace_bytes are maxima) and\n"
+"                           \"calls\" lists each one; input_bytes_held: the input data\n"
+"                           the tool held during the call (the .npy data, used in place\n"
+"                           when its dtype is the compute dtype), input_bytes_converted:\n"
+"                           copies made to change a dtype, max_rss_bytes: the process's peak\n");
+}
+
+#define MAX_INPUTS 16
+
+/* The files behind the library's names for error messages. */
+typedef struct flag_names {
+    const char *hidden, *weight, *bias, *thidden, *tweight;
+} flag_names;
+
+/* check() for the compute call: a non-finite input found by
+ * --check-finite (the library names it "x of head 0: [3, 7] = nan",
+ * "w of head 1: ...", "bias of head 0: [0, 5] = inf", "mask[4] = nan") is
+ * reported with the flag and file it came from. */
+static void compute_check(mel_ctx *ctx, mel_status s, const char *what, const flag_names *f)
+{
+    if (s != MEL_ERR_NONFINITE) {
+        check(ctx, s, what);
+        return;
+    }
+    const char *m = mel_last_error(ctx);
+    static const struct {
+        const char *prefix, *flag;
+        int which;
+    } map[] = {{"x of head 0: ", "--hidden", 0},  {"w of head 0: ", "--weight", 1},
+               {"bias of head 0: [0, ", "--bias", 2}, {"x of head 1: ", "--teacher-hidden", 3},
+               {"w of head 1: ", "--teacher-weight", 4}};
+    const char *files[5] = {f->hidden, f->weight, f->bias, f->thidden, f->tweight};
+    for (size_t k = 0; k < sizeof map / sizeof map[0]; k++) {
+        size_t n = strlen(map[k].prefix);
+        if (!strncmp(m, map[k].prefix, n)) {
+            if (map[k].which == 2) /* bias is one row: "[0, j] = v" -> "[j] = v" */
+                die(EXIT_USAGE, "--check-finite: --bias %s: element [%s", files[2], m + n);
+            die(EXIT_USAGE, "--check-finite: %s %s: element %s", map[k].flag, files[map[k].which],
+                m + n);
+        }
+    }
+    const char *br = strchr(m, '[');
+    if (br && br > m)
+        die(EXIT_USAGE, "--check-finite: --input %.*s: element %s", (int)(br - m), m, br);
+    die(EXIT_USAGE, "--check-finite: %s", m);
+}
+
+/* The buffer the library reads for input `in` as dtype t: the loaded data
+ * itself when it has that dtype, else one converted copy (input_as); on
+ * --backend cuda a device copy, and the host data is released at once. */
+static void *on_dev(input *in, mel_dtype t)
+{
+    void *h = input_as(in, t);
+    if (!g_dev_ctx) return h;
+    void *d = to_dev(h, (size_t)in->a.count * mel_dtype_size(t), in->flag);
+    input_drop(in);
+    return d;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    const char *tname = NULL, *f_hidden = NULL, *f_weight = NULL, *f_bias = NULL,
+               *f_labels = NULL, *f_thidden = NULL, *f_tweight = NULL,
+               *f_gout = NULL, *f_out = NULL, *f_gx = NULL, *f_gw = NULL,
+               *f_gb = NULL, *f_stats = NULL, *s_mode = NULL, *s_dtype = NULL,
+               *s_backend = NULL;
+    const char *in_names[MAX_INPUTS], *in_files[MAX_INPUTS];
+    int n_in = 0, threads = -1, check_fin = 0;
+    int64_t chunk_rows = -1, ws_bytes = -1;
+    mel_reduction red = MEL_REDUCE_MEAN;
+    int red_given = 0;
+    mel_params *pl = NULL;
+
+    optscan o = {argc, 0, argv, "run", run_opts, 0};
+    const char *name, *val;
+    while ((name = next_opt(&o, &val))) {
+        if (!*name) {
+            if (tname) die(EXIT_USAGE, "run: unexpected argument '%s'", val);
+            tname = val;
+        } else if (!strcmp(name, "--help")) {
+            usage_run(stdout);
+            release_all();
+            return 0;
+        } else if (!strcmp(name, "--hidden")) f_hidden = val;
+        else if (!strcmp(name, "--weight")) f_weight = val;
+        else if (!strcmp(name, "--bias")) f_bias = val;
+        else if (!strcmp(name, "--labels")) f_labels = val;
+        else if (!strcmp(name, "--teacher-hidden")) f_thidden = val;
+        else if (!strcmp(name, "--teacher-weight")) f_tweight = val;
+        else if (!strcmp(name, "--grad-output")) f_gout = val;
+        else if (!strcmp(name, "--output")) f_out = val;
+        else if (!strcmp(name, "--grad-hidden")) f_gx = val;
+        else if (!strcmp(name, "--grad-weight")) f_gw = val;
+        else if (!strcmp(name, "--grad-bias")) f_gb = val;
+        else if (!strcmp(name, "--stats")) f_stats = val;
+        else if (!strcmp(name, "--check-finite")) check_fin = 1;
+        else if (!strcmp(name, "--mode")) s_mode = val;
+        else if (!strcmp(name, "--dtype")) s_dtype = val;
+        else if (!strcmp(name, "--backend")) s_backend = val;
+        else if (!strcmp(name, "--param")) param_add(&pl, val);
+        else if (!strcmp(name, "--threads")) threads = (int)parse_i64(name, val, 0, 4096);
+        else if (!strcmp(name, "--chunk-rows"))
+            chunk_rows = parse_i64(name, val, 1, INT64_MAX);
+        else if (!strcmp(name, "--workspace-bytes")) ws_bytes = parse_bytes(name, val);
+        else if (!strcmp(name, "--reduction")) {
+            red_given = 1;
+            red = parse_reduction(name, val);
+        } else if (!strcmp(name, "--input")) {
+            const char *eq = strchr(val, '=');
+            if (!eq || eq == val || !eq[1])
+                die(EXIT_USAGE, "--input: '%s' is not NAME=FILE", val);
+            if (n_in >= MAX_INPUTS) die(EXIT_USAGE, "--input: more than %d inputs", MAX_INPUTS);
+            char *nm = xcalloc(eq - val + 1, 1, "--input");
+            memcpy(nm, val, (size_t)(eq - val));
+            for (int i = 0; i < n_in; i++)
+                if (!strcmp(in_names[i], nm)) die(EXIT_USAGE, "--input: '%s' given twice", nm);
+            in_names[n_in] = nm;
+            in_files[n_in++] = eq + 1;
+        }
+    }
+    if (!tname) die(EXIT_USAGE, "run: missing TRANSFORM (see mel list)");
+    check_builtin_name("run", tname);
+    if (!f_hidden) die(EXIT_USAGE, "run: --hidden is required");
+    if (!f_weight) die(EXIT_USAGE, "run: --weight is required");
+    if (!f_thidden != !f_tweight)
+        die(EXIT_USAGE, "%s: needs %s too", f_thidden ? "--teacher-hidden" : "--teacher-weight",
+            f_thidden ? "--teacher-weight" : "--teacher-hidden");
+    if (f_gb && !f_bias) die(EXIT_USAGE, "--grad-bias: needs --bias");
+    int want_grad = f_gx || f_gw || f_gb;
+    enum { FUSED, RECOMPUTE, NAIVE } mode = FUSED;
+    if (s_mode) {
+        if (!strcmp(s_mode, "fused")) mode = FUSED;
+        else if (!strcmp(s_mode, "recompute")) mode = RECOMPUTE;
+        else if (!strcmp(s_mode, "naive")) mode = NAIVE;
+        else die(EXIT_USAGE, "--mode: unknown mode '%s' (want fused, recompute or naive)", s_mode);
+    }
+    if (mode == NAIVE && chunk_rows > 0)
+        die(EXIT_USAGE, "--chunk-rows: cannot be combined with --mode naive (one chunk of N rows)");
+    if (mode == NAIVE && ws_bytes >= 0)
+        die(EXIT_USAGE, "--workspace-bytes: cannot be combined with --mode naive (one chunk of N rows "
+            "needs what it needs; use --mode fused or recompute with a budget)");
+    if (chunk_rows > 0 && ws_bytes >= 0)
+        die(EXIT_USAGE, "--chunk-rows and --workspace-bytes: give one or the other (a fixed chunk "
+            "size takes what its rows need, whatever the budget)");
+    /* grpo's loss-type parameters only feed mel_grpo_weights, which the
+     * loss_type reduction uses (include/mel.h, GRPO) */
+    if (builtin_has_param(tname, "loss_type")) {
+        if (red_given) {
+            refuse_loss_type_params("--reduction", pl, "--reduction replaces");
+            if (mel_params_get(pl, "seq_len", NULL) &&
+                param_value(tname, pl, "importance_sampling_level", 0) == 0)
+                die(EXIT_USAGE, "--reduction and --param seq_len: seq_len is read only by "
+                    "importance_sampling_level=sequence and by grpo's loss-type weights, which "
+                    "--reduction replaces");
+        } else {
+            static const char *lt_names[] = {"grpo", "bnpo", "dr_grpo", "dapo"};
+            double lt = param_value(tname, pl, "loss_type", 3);
+            const char *ltn = lt >= 0 && lt <= 3 && lt == (int)lt ? lt_names[(int)lt] : "?";
+            if (mel_params_get(pl, "max_completion_length", NULL) && lt != 2)
+                die(EXIT_USAGE, "--param max_completion_length and --param loss_type=%s: only "
+                    "loss_type=dr_grpo divides by max_completion_length", ltn);
+            if (mel_params_get(pl, "num_items_in_batch", NULL) && lt != 3)
+                die(EXIT_USAGE, "--param num_items_in_batch and --param loss_type=%s: only "
+                    "loss_type=dapo divides by num_items_in_batch", ltn);
+        }
+    }
+    if (f_gout && !want_grad)
+        die(EXIT_USAGE, "--grad-output: no gradient was asked for (--grad-hidden, --grad-weight, --grad-bias)");
+
+    /* the inputs given choose the variant (grpo's use_old_logp and
+     * ref_source) unless a --param says so */
+    for (int i = 0; i < n_in; i++)
+        if (!strcmp(in_names[i], "old_logp") && builtin_has_param(tname, "use_old_logp") &&
+            !mel_params_get(pl, "use_old_logp", NULL))
+            param_add(&pl, "use_old_logp=1");
+    if (f_thidden && builtin_has_param(tname, "ref_source") && !mel_params_get(pl, "ref_source", NULL))
+        param_add(&pl, "ref_source=1");
+    mel_ctx *ctx = make_ctx(s_backend, threads);
+    mel_transform *t = build_transform(ctx, "run", tname, pl);
+    /* what the built transform reads, against what was given */
+    char reads[256] = "";
+    int reads_labels = 0;
+    for (int i = 0; i < mel_transform_num_inputs(t); i++) {
+        int is_index = 0;
+        const char *in = mel_transform_input(t, i, &is_index, NULL);
+        if (!in) continue;
+        reads_labels |= is_index && !strcmp(in, "labels");
+        if (!(is_index && !strcmp(in, "labels"))) {
+            if (*reads) strncat(reads, ", ", sizeof reads - strlen(reads) - 1);
+            strncat(reads, in, sizeof reads - strlen(reads) - 1);
+        }
+    }
+    if (f_labels && !reads_labels)
+        die(EXIT_USAGE, "--labels: transform '%s' reads no labels", tname);
+    for (int k = 0; k < n_in; k++) {
+        int found = 0;
+        for (int i = 0; i < mel_transform_num_inputs(t); i++) {
+            const char *in = mel_transform_input(t, i, NULL, NULL);
+            found |= in && !strcmp(in, in_names[k]) && strcmp(in, "labels") != 0;
+        }
+        if (!found)
+            die(EXIT_USAGE, "--input %s: transform '%s' (with these --param values) reads no per-row "
+                "input '%s' (it reads: %s)", in_names[k], tname, in_names[k], *reads ? reads : "none");
+    }
+    if (f_thidden && !mel_transform_head(t, 1))
+        die(EXIT_USAGE, "--teacher-hidden/--teacher-weight: transform '%s' (with these --param "
+            "values) reads no head 1", tname);
+    for (int i = 0; i < mel_transform_num_inputs(t); i++) {
+        int is_index = 0;
+        const char *in = mel_transform_input(t, i, &is_index, NULL);
+        if (!in) continue;
+        if (is_index && !strcmp(in, "labels")) {
+            if (!f_labels)
+                die(EXIT_USAGE, "run %s: --labels FILE is required (transform '%s' reads labels)",
+                    tname, tname);
+            continue;
+        }
+        int given = 0;
+        for (int k = 0; k < n_in; k++) given |= !strcmp(in_names[k], in);
+        if (!given)
+            die(EXIT_USAGE, "run %s: --input %s=FILE is required (transform '%s' reads the "
+                "per-row input '%s')", tname, in, tname, in);
+    }
+    if (mel_transform_head(t, 1) && !f_thidden)
+        die(EXIT_USAGE, "run %s: --teacher-hidden and --teacher-weight are required (transform '%s' "
+            "reads head 1)", tname, tname);
+    /* ---- load and check shapes */
+    input X = load("--hidden", f_hidden, TAKES_FLOAT | TAKES_F16);
+    want_ndim(&X, 2, "2-d [N, D]");
+    int64_t N = X.a.shape[0], D = X.a.shape[1];
+    input W = load("--weight", f_weight, TAKES_FLOAT | TAKES_F16);
+    want_ndim(&W, 2, "2-d [V, D]");
+    int64_t V = W.a.shape[0];
+    if (W.a.shape[1] != D)
+        die(EXIT_USAGE, "--weight: %s: shape (%" PRId64 ", %" PRId64 ") does not match "
+            "D = %" PRId64 " of --hidden %s", f_weight, V, W.a.shape[1], D, f_hidden);
+    mel_dtype dt = X.a.dtype;
+    if (s_dtype) dt = parse_dtype("--dtype", s_dtype);
+    mel_dtype gdt = dt == MEL_F64 ? MEL_F64 : MEL_F32; /* dW, db, saved dX */
+
+    mel_args *a = own(mel_args_new(), free_args);
+    if (!a) die(EXIT_FAILED, "out of memory");
+
+    /* on --backend cuda every buffer the library sees is a device copy
+     * (to_dev); outputs come back with from_dev */
+    const size_t es = mel_dtype_size(dt), ges = mel_dtype_size(gdt);
+    void *x = on_dev(&X, dt), *w = on_dev(&W, dt), *b = NULL;
+    if (f_bias) {
+        input B = load("--bias", f_bias, TAKES_FLOAT | TAKES_F16);
+        want_vec(&B, V, "V rows of --weight");
+        b = on_dev(&B, dt);
+    }
+    check(ctx, mel_args_head(a, 0, mel_mat(x, dt, N, D, 0), mel_mat(w, dt, V, D, 0), b),
+          "--hidden/--weight");
+    if (f_labels) {
+        input L = load("--labels", f_labels, TAKES_INT);
+        want_vec(&L, N, "N rows of --hidden");
+        mel_dtype ldt = L.a.dtype;
+        check(ctx, mel_args_index(a, "labels", on_dev(&L, ldt), ldt, N), "--labels");
+    }
+    const double *mask = NULL;
+    for (int i = 0; i < n_in; i++) {
+        char flag[96];
+        snprintf(flag, sizeof flag, "--input %s", in_names[i]);
+        input I = load(flag, in_files[i], TAKES_FLOAT | TAKES_INT | TAKES_BOOL);
+        want_vec(&I, N, "N rows of --hidden");
+        /* float32 or float64 as is; integers and bools (a 0/1 mask) -> f64.  grpo's
+         * weights read the mask as f64 on the host: keep it there. */
+        int is_mask = !strcmp(in_names[i], "mask");
+        mel_dtype idt = I.a.dtype == MEL_F32 && !is_mask ? MEL_F32 : MEL_F64;
+        if (is_mask) mask = input_as(&I, MEL_F64);
+        check(ctx, mel_args_input(a, in_names[i], is_mask ? to_dev(mask, (size_t)N * 8, flag)
+                                                          : on_dev(&I, idt), idt, N), flag);
+    }
+    /* grpo without --reduction: the loss type's global per-row weights */
+    double *gw = NULL;
+    if (builtin_has_param(tname, "loss_type") && !red_given) {
+        double lt = param_value(tname, pl, "loss_type", 3),
+               maxlen = param_value(tname, pl, "max_completion_length", 512),
+               items = param_value(tname, pl, "num_items_in_batch", 0), T = 0;
+        if (!mel_params_get(pl, "seq_len", &T) || T < 1)
+            die(EXIT_USAGE, "--param seq_len: grpo's loss_type reduction needs the completion length T "
+                "(rows are B·T tokens), or pass --reduction none|sum|mean");
+        if (!mask) die(EXIT_USAGE, "--input mask: grpo needs the completion mask");
+        if (N % (int64_t)T)
+            die(EXIT_USAGE, "--param seq_len=%g: N = %" PRId64 " rows is not a multiple of it", T, N);
+        gw = xcalloc(N > 0 ? N : 1, sizeof(double), "weights");
+        check(ctx, mel_grpo_weights(ctx, (mel_grpo_loss_type)lt, N / (int64_t)T, (int64_t)T, mask,
+                                    (int64_t)maxlen, items, 1, gw), "--param loss_type");
+        red = MEL_REDUCE_WEIGHTED;
+    }
+    if (f_thidden) {
+        input TX = load("--teacher-hidden", f_thidden, TAKES_FLOAT | TAKES_F16);
+        want_ndim(&TX, 2, "2-d [N, D]");
+        input TW = load("--teacher-weight", f_tweight, TAKES_FLOAT | TAKES_F16);
+        want_ndim(&TW, 2, "2-d [V, D]");
+        int64_t TD = TX.a.shape[1];
+        if (TX.a.shape[0] != N)
+            die(EXIT_USAGE, "--teacher-hidden: %s: %" PRId64 " rows, --hidden has %" PRId64,
+                f_thidden, TX.a.shape[0], N);
+        if (TW.a.shape[0] != V || TW.a.shape[1] != TD)
+            die(EXIT_USAGE, "--teacher-weight: %s: shape (%" PRId64 ", %" PRId64 "), want (%"
+                PRId64 ", %" PRId64 ") (V of --weight, D of --teacher-hidden)",
+                f_tweight, TW.a.shape[0], TW.a.shape[1], V, TD);
+        void *tx = on_dev(&TX, dt), *tw = on_dev(&TW, dt);
+        check(ctx, mel_args_head(a, 1, mel_mat(tx, dt, N, TD, 0), mel_mat(tw, dt, V, TD, 0),
+                                 NULL),
+              "--teacher-hidden/--teacher-weight");
+    }
+    check(ctx, mel_args_reduction(a, red, to_dev(gw, (size_t)N * 8, "--param loss_type")),
+          "--reduction");
+    int64_t ny = red == MEL_REDUCE_NONE ? N : 1;
+    double *y = xcalloc(ny, sizeof(double), "--output");
+    void *y_d = to_dev(y, (size_t)ny * 8, "--output");
+    check(ctx, mel_args_output(a, y_d, MEL_F64), "--output");
+    if (f_gout) {
+        input G = load("--grad-output", f_gout, TAKES_FLOAT);
+        if (red == MEL_REDUCE_NONE) want_vec(&G, N, "--reduction none: one per row");
+        else if (G.a.count != 1 || G.a.ndim > 1) {
+            char s[160];
+            shape_str(&G.a, s, sizeof s);
+            die(EXIT_USAGE, "--grad-output: %s: shape %s, want () or (1,) for a reduced y",
+                f_gout, s);
+        }
+        double *g = convert(G.a.data, G.a.dtype, ny, MEL_F64, "--grad-output");
+        check(ctx, mel_args_grad_output(a, to_dev(g, (size_t)ny * 8, "--grad-output"), MEL_F64),
+              "--grad-output");
+    }
+    void *dx = NULL, *dw = NULL, *db = NULL, *dx_d = NULL, *dw_d = NULL, *db_d = NULL;
+    if (want_grad) {
+        if (f_gx) dx = xcalloc(mul64(N, D, "--grad-hidden"), es, "--grad-hidden");
+        if (f_gw) dw = xcalloc(mul64(V, D, "--grad-weight"), ges, "--grad-weight");
+        if (f_gb) db = xcalloc(V, ges, "--grad-bias");
+        dx_d = to_dev(dx, (size_t)(N * D) * es, "--grad-hidden");
+        dw_d = to_dev(dw, (size_t)(V * D) * ges, "--grad-weight");
+        db_d = to_dev(db, (size_t)V * ges, "--grad-bias");
+        check(ctx, mel_args_grad_head(a, 0, mel_mat(dx_d, dt, N, D, 0), mel_mat(dw_d, gdt, V, D, 0),
+                                      db_d, MEL_OVERWRITE_DW),
+              "--grad-hidden/--grad-weight/--grad-bias");
+    }
+
+    /* ---- chunking */
+    if (mode == NAIVE) {
+        check(ctx, mel_set_chunk_rows(ctx, N > 0 ? N : 1), "--mode naive");
+        /* one chunk of N rows needs O(N·V) bytes: lift the default budget */
+        check(ctx, mel_set_workspace_limit(ctx, (int64_t)1 << 46), "--mode naive");
+    } else {
+        if (chunk_rows > 0) check(ctx, mel_set_chunk_rows(ctx, chunk_rows), "--chunk-rows");
+        if (ws_bytes >= 0) check(ctx, mel_set_workspace_limit(ctx, ws_bytes), "--workspace-bytes");
+    }
+
+    if (check_fin) check(ctx, mel_set_check_finite(ctx, 1), "--check-finite");
+    flag_names names = {f_hidden, f_weight, f_bias, f_thidden, f_tweight};
+
+    /* ---- compute */
+    char what[64];
+    snprintf(what, sizeof what, "run %s", tname);
+    callstats cs;
+    memset(&cs, 0, sizeof cs);
+    const int64_t held_at_call = g_input_mem.live;
+    double t0 = now_s();
+    if (!want_grad) {
+        compute_check(ctx, mel_forward(ctx, t, a), what, &names);
+        stats_add(&cs, ctx, "forward");
+    } else if (mode == RECOMPUTE) {
+        compute_check(ctx, mel_forward(ctx, t, a), what, &names);
+        stats_add(&cs, ctx, "forward");
+        compute_check(ctx, mel_backward(ctx, t, a), what, &names);
+        stats_add(&cs, ctx, "backward");
+    } else {
+        compute_check(ctx, mel_forward_backward(ctx, t, a), what, &names);
+        stats_add(&cs, ctx, "forward_backward");
+    }
+    double wall = now_s() - t0;
+
+    /* ---- outputs (back from the device on --backend cuda) */
+    from_dev(y, y_d, (size_t)ny * 8, "--output");
+    from_dev(dx, dx_d, (size_t)(N * D) * es, "--grad-hidden");
+    from_dev(dw, dw_d, (size_t)(V * D) * ges, "--grad-weight");
+    from_dev(db, db_d, (size_t)V * ges, "--grad-bias");
+    if (f_out) {
+        int64_t shp[1] = {N};
+        save("--output", f_out, MEL_F64, y, red == MEL_REDUCE_NONE ? 1 : 0, shp);
+    } else {
+        for (int64_t i = 0; i < ny; i++) printf("%.17g\n", y[i]);
+    }
+    if (!check_fin) {
+        int64_t bad = 0;
+        for (int64_t i = 0; i < ny; i++) bad += !isfinite(y[i]);
+        if (bad)
+            fprintf(stderr, "mel: note: %" PRId64 " of %" PRId64 " values of y are NaN or Inf; "
+                    "non-finite inputs propagate unless --check-finite is given (it names the "
+                    "first one)\n", bad, ny);
+    }
+    if (f_gx) {
+        int64_t shp[2] = {N, D};
+        void *sx = dt == gdt ? dx : convert(dx, dt, N * D, gdt, "--grad-hidden");
+        save("--grad-hidden", f_gx, gdt, sx, 2, shp);
+    }
+    if (f_gw) {
+        int64_t shp[2] = {V, D};
+        save("--grad-weight", f_gw, gdt, dw, 2, shp);
+    }
+    if (f_gb) {
+        int64_t shp[1] = {V};
+        save("--grad-bias", f_gb, gdt, db, 1, shp);
+    }
+    if (f_stats) {
+        FILE *f = fopen(f_stats, "w");
+        if (!f) die(EXIT_USAGE, "--stats: %s: %s", f_stats, strerror(errno));
+        fprintf(f, "{\"transform\": \"%s\", \"mode\": \"%s\", \"dtype\": \"%s\", "
+                "\"rows\": %" PRId64 ", \"dim\": %" PRId64 ", \"vocab\": %" PRId64
+                ", \"threads\": %d, \"wall_seconds\": %.9g,\n ",
+                tname, !want_grad ? "forward" : mode == FUSED ? "fused"
+                       : mode == RECOMPUTE ? "recompute" : "naive",
+                mel_dtype_name(dt), N, D, V, mel_get_threads(ctx), wall);
+        json_stats(f, &cs.total);
+        struct rusage ru;
+        int64_t rss = getrusage(RUSAGE_SELF, &ru) == 0 ? (int64_t)ru.ru_maxrss * 1024 : -1;
+        fprintf(f, ",\n \"input_bytes_held\": %" PRId64 ", \"input_bytes_peak\": %" PRId64
+                ", \"input_bytes_converted\": %" PRId64 ", \"max_rss_bytes\": %" PRId64,
+                held_at_call, g_input_mem.peak, g_input_mem.converted, rss);
+        fprintf(f, ",\n \"calls\": [");
+        for (int i = 0; i < cs.ncalls && i < 2; i++) {
+            fprintf(f, "%s{\"call\": \"%s\", ", i ? ", " : "", cs.names[i]);
+            json_stats(f, &cs.s[i]);
+            fprintf(f, "}");
+        }
+        fprintf(f, "]}\n");
+        if (ferror(f) | (fclose(f) != 0))
+            die(EXIT_USAGE, "--stats: %s: write failed", f_stats);
+    }
+    release_all();
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "mel: stdout: write failed\n");
+        return EXIT_FAILED;
+    }
+    return 0;
+}
+
