@@ -306,10 +306,14 @@ int cmd_run(int argc, char **argv)
     }
     check(ctx, mel_args_head(a, 0, mel_mat(x, dt, N, D, 0), mel_mat(w, dt, V, D, 0), b),
           "--hidden/--weight");
+    const void *lab_host = NULL; /* host labels, for grpo's effective mask below */
+    mel_dtype lab_dt = MEL_I64;
     if (f_labels) {
         input L = load("--labels", f_labels, TAKES_INT);
         want_vec(&L, N, "N rows of --hidden");
         mel_dtype ldt = L.a.dtype;
+        lab_host = L.a.data;
+        lab_dt = ldt;
         check(ctx, mel_args_index(a, "labels", on_dev(&L, ldt), ldt, N), "--labels");
     }
     const double *mask = NULL;
@@ -339,6 +343,16 @@ int cmd_run(int argc, char **argv)
         if (N % (int64_t)T)
             die(EXIT_USAGE, "--param seq_len=%g: N = %" PRId64 " rows is not a multiple of it", T, N);
         gw = xcalloc(N > 0 ? N : 1, sizeof(double), "weights");
+        /* the effective mask, as the transform counts tokens: a token whose label
+         * is ignore_index counts nowhere (doc/transforms.md, grpo) */
+        double *eff = xcalloc(N > 0 ? N : 1, sizeof(double), "mask");
+        const double ign = param_value(tname, pl, "ignore_index", -100);
+        for (int64_t i = 0; i < N; i++) {
+            int64_t l = !lab_host ? 0 : lab_dt == MEL_I32 ? ((const int32_t *)lab_host)[i]
+                                                          : ((const int64_t *)lab_host)[i];
+            eff[i] = lab_host && (double)l == ign ? 0.0 : mask[i];
+        }
+        mask = eff;
         check(ctx, mel_grpo_weights(ctx, (mel_grpo_loss_type)lt, N / (int64_t)T, (int64_t)T, mask,
                                     (int64_t)maxlen, items, 1, gw), "--param loss_type");
         red = MEL_REDUCE_WEIGHTED;
