@@ -34,3 +34,10 @@ check_PROGRAMS += t/vpad.t
 t_vpad_t_SOURCES = t/vpad.c
 t_vpad_t_LDADD = $(TEST_LIBS)
 TESTS += t/vpad.t
+# Every operation on every backend of the build (supports_op, coverage up to
+# OP__COUNT).  Linked statically to reach the internal backend registry.
+check_PROGRAMS += t/backend_ops.t
+t_backend_ops_t_SOURCES = t/backend_ops.c
+t_backend_ops_t_LDADD = $(TEST_LIBS)
+t_backend_ops_t_LDFLAGS = -static
+TESTS += t/backend_ops.t
