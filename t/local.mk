@@ -34,6 +34,12 @@ check_PROGRAMS += t/vpad.t
 t_vpad_t_SOURCES = t/vpad.c
 t_vpad_t_LDADD = $(TEST_LIBS)
 TESTS += t/vpad.t
+# kl, reverse_kl, jsd with and without labels (use_labels) vs the fp64 reference.
+check_PROGRAMS += t/kd.t
+t_kd_t_SOURCES = t/kd.c
+t_kd_t_LDADD = $(TEST_LIBS)
+TESTS += t/kd.t
+
 # Every operation on every backend of the build (supports_op, coverage up to
 # OP__COUNT).  Linked statically to reach the internal backend registry.
 check_PROGRAMS += t/backend_ops.t
