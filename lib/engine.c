@@ -4,9 +4,11 @@
  *   1. validate   check_heads, check_inputs, check_finite_data,
  *                 check_outputs, check_gradients, check_ops: the caller's
  *                 bindings resolved into a `call`, every error named;
- *   2. size       size_call, pick_rows, acquire: the workspace of one
+ *   2. prepare    zero_overwritten (MEL_OVERWRITE_DW), get_upstream (dL/dy,
+ *                 weights, the count pass of MEAN: total_count);
+ *      size       size_call, pick_rows, acquire: the workspace of one
  *                 chunk of R rows within the budget (a `run`);
- *   3. the chunk loop, per chunk of rows [r0, r0 + R):
+ *   3. the chunk loop, per chunk of rows [r0, r0 + R) (bind_chunk):
  *                 chunk_logits  Z = X·Wᵀ (+ b) for each head (lib/gemm.c)
  *                 seed_rows     dL/dy of each row
  *                 run_rows      the row program (backend), dZ over Z
