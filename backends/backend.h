@@ -1,8 +1,130 @@
-/* The backend interface is `struct mel_backend_ops` in lib/mel_internal.h:
- * memory (host_memory, alloc/free, copy, zero2d), the three GEMMs of a
- * chunk on storage dtypes (logits, grad_x, grad_w, with conv_bytes of
- * conversion scratch), bias add and column sums, the row-program executor
- * (run_rows), the thread count (rows at once on a device), and the
- * optional sync / set_stream / device_budget.  backends/cpu and
- * backends/cuda each implement one instance. */
+/* The backend interface: what the engine (lib/engine.c, lib/gemm.c) asks of
+ * a backend, and the registry of the backends this build knows.
+ *
+ * A backend provides primitives only: memory, dense GEMMs in the compute
+ * type, 16-bit widening and rounding, bias add and column sums, and the
+ * row-program executor.  Everything built from them -- the chunk loop, the
+ * three GEMMs of a chunk on any storage dtype (with the 16-bit
+ * widen / GEMM / round loop), staging per-row results -- is written once
+ * in lib/.  backends/cpu and backends/cuda each implement one
+ * mel_backend_ops; backends/registry.c lists them.
+ */
+#ifndef MEL_BACKEND_H
+#define MEL_BACKEND_H
+
 #include "mel_internal.h"
+
+/* What the row executor needs for one chunk of rows [r0, r0 + R). */
+typedef struct mel_chunk {
+    int64_t r0, R, V;
+    mel_dtype ct;               /* compute type: MEL_F32 or MEL_F64       */
+    void *Z[MEL_MAX_HEADS];     /* [R, V] logits; dZ written in place     */
+    const void *idx[MEL_MAX_INPUTS];   /* per input: index data (full N) */
+    mel_dtype idx_dtype[MEL_MAX_INPUTS];
+    const void *inp[MEL_MAX_INPUTS];   /* per input: scalar data (full N) */
+    mel_dtype inp_dtype[MEL_MAX_INPUTS];
+    const double *seed;         /* [R] dL/dy per row (fb plan)            */
+    double *y;                  /* [R] per-row y, or NULL                 */
+    double *count;              /* [R] per-row count, or NULL             */
+    double *aux[MEL_MAX_AUX];   /* [R] per aux, or NULL                   */
+    double *ginp[MEL_MAX_INPUTS]; /* [R] gradient of scalar inputs, or NULL */
+    void *scratch;              /* per-thread scratch vectors              */
+    int64_t scratch_per_thread; /* bytes                                   */
+    void *regs;                 /* per-row scalar registers [R, n] (T)     */
+    int64_t *iregs;             /* per-row index registers [R, n]          */
+    int threads;
+} mel_chunk;
+
+struct mel_backend_ops {
+    const char *name;
+    /* 1 when the caller's buffers and the workspace are host memory (CPU):
+     * the engine then reads and writes them directly.  0 (a device):
+     * every transfer goes through copy(), and zero2d clears memory. */
+    int host_memory;
+    /* 16-bit storage: bytes of f32 W rows widened at once by the engine's
+     * dX loop (lib/gemm.c); at least 64 rows. */
+    int64_t conv_block_bytes;
+
+    /* ---- lifecycle */
+    mel_status (*init)(mel_ctx *ctx);
+    void (*fini)(mel_ctx *ctx);
+    int (*threads)(mel_ctx *ctx); /* effective thread count (device: rows at once) */
+
+    /* ---- memory */
+    void *(*alloc)(mel_ctx *ctx, size_t bytes);
+    void (*free)(mel_ctx *ctx, void *p);
+    /* dst ← src, bytes; to_device: host → device, else device → host.
+     * Synchronous: when it returns, dst holds the data. */
+    mel_status (*copy)(mel_ctx *ctx, void *dst, const void *src, size_t bytes, int to_device);
+    /* rows × row_bytes at p with a stride of ld_bytes set to zero */
+    mel_status (*zero2d)(mel_ctx *ctx, void *p, int64_t rows, size_t row_bytes, size_t ld_bytes);
+
+    /* ---- dense primitives (row-major) */
+    /* C[M,N] = alpha·op(A)·op(B) + beta·C; all matrices of dtype ct (f32, f64). */
+    mel_status (*gemm)(mel_ctx *ctx, mel_dtype ct, int transA, int transB,
+                       int64_t M, int64_t N, int64_t K, double alpha,
+                       const void *A, int64_t lda, const void *B, int64_t ldb,
+                       double beta, void *C, int64_t ldc);
+    /* Optional (NULL: the engine widens to f32 first).  A and B of 16-bit
+     * dtype st16, C f32: C = op(A)·op(B) + beta·C, f32 accumulation. */
+    mel_status (*gemm16)(mel_ctx *ctx, mel_dtype st16, int transA, int transB,
+                         int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
+                         const void *B, int64_t ldb, float beta, float *C, int64_t ldc);
+    /* out[r, j] = f32(m[r0 + r, j]) for r < R, j < m->cols (m bf16 or f16),
+     * packed [R, cols]. */
+    mel_status (*widen)(mel_ctx *ctx, const mel_matrix *m, int64_t r0, int64_t R, float *out);
+    /* m[r0 + r, j] = round(g[r, j] (+ m[r0 + r, j] when accumulate)) to m's
+     * 16-bit dtype, round to nearest even; g packed [R, m->cols]. */
+    mel_status (*store16)(mel_ctx *ctx, const mel_matrix *m, int64_t r0, int64_t R,
+                          const float *g, int accumulate);
+    /* Z[r, :] += bias for r < R; Z and bias of dtype ct */
+    mel_status (*add_bias)(mel_ctx *ctx, mel_dtype ct, void *Z, int64_t R,
+                           int64_t V, const void *bias);
+    /* db[:] += Σ_r Z[r, :] (rows in order, deterministic) */
+    mel_status (*colsum)(mel_ctx *ctx, mel_dtype ct, const void *Z, int64_t R,
+                         int64_t V, void *db);
+
+    /* ---- row programs */
+    /* 1 when run_rows executes operation op (an mel_op below OP__COUNT).
+     * The engine refuses a transform with an unsupported operation. */
+    int (*supports_op)(int op);
+    /* Run plan p of transform t over the chunk. */
+    mel_status (*run_rows)(mel_ctx *ctx, const mel_transform *t,
+                           const mel_plan *p, mel_chunk *ch);
+
+    /* ---- optional (NULL: not needed / no opinion) */
+    /* Wait until all queued work of the call is done and report deferred
+     * errors (NULL: the backend is synchronous). */
+    mel_status (*sync)(mel_ctx *ctx);
+    /* Queue all further work on `stream` (a cudaStream_t; NULL: the
+     * backend's own stream).  NULL: the backend has no streams. */
+    mel_status (*set_stream)(mel_ctx *ctx, void *stream);
+    /* The upper bound of the automatic workspace budget in bytes (CUDA:
+     * half the free device memory); 0 = no opinion, then
+     * MEL_DEFAULT_WORKSPACE is used. */
+    int64_t (*device_budget)(mel_ctx *ctx);
+};
+
+/* ------------------------------------------------------------ registry */
+
+/* One backend libmel knows (backends/registry.c).  ops is NULL when this
+ * build does not include it; build_hint then says how to build it. */
+typedef struct mel_backend_entry {
+    mel_backend kind;
+    const char *label;      /* for messages, e.g. "CUDA"                 */
+    const char *enum_name;  /* e.g. "MEL_BACKEND_CUDA"                   */
+    const char *build_hint; /* e.g. "configure --with-cuda"              */
+    const mel_backend_ops *(*ops)(void);
+} mel_backend_entry;
+
+/* The entry of `kind`, NULL when kind is not a mel_backend. */
+const mel_backend_entry *mel_backend_find(mel_backend kind);
+/* Entries in registry order: i in [0, mel_backend_entries()). */
+int mel_backend_entries(void);
+const mel_backend_entry *mel_backend_entry_at(int i);
+
+/* Each backend's instance (backends/cpu/cpu.c, backends/cuda/cuda.cu). */
+const mel_backend_ops *mel_cpu_backend(void);
+const mel_backend_ops *mel_cuda_backend(void);
+
+#endif

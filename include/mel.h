@@ -377,7 +377,14 @@ MEL_API int mel_params_get(const mel_params *p, const char *name, double *v);
 
 /* Build built-in transform `name` with parameters p (NULL: defaults).
  * Unknown names, unknown parameters and out-of-range values fail with
- * MEL_ERR_INVALID_ARGUMENT and a message naming them. */
+ * MEL_ERR_INVALID_ARGUMENT and a message naming them.
+ *
+ * Labels of the distillation built-ins (kl, reverse_kl, jsd) only mask
+ * rows, and the parameter use_labels decides at build time whether they
+ * are read: 1 (default) the index input "labels" must be bound and rows
+ * equal to ignore_index do not count; 0 the transform reads no labels and
+ * every row counts (binding "labels", or setting ignore_index, is then an
+ * error).  mel_transform_num_inputs / mel_transform_input tell which. */
 MEL_API mel_status mel_transform_builtin(mel_ctx *ctx, const char *name,
                                          const mel_params *p,
                                          mel_transform **out);

@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "config.h"
-#include "mel_internal.h"
+#include "backend.h"
 
 int mel_version(void) { return MEL_VERSION_NUMBER; }
 const char *mel_version_string(void) { return PACKAGE_VERSION; }
@@ -90,22 +90,17 @@ mel_status mel_ctx_create(mel_backend backend, mel_ctx **out)
 {
     if (!out) return mel_fail(NULL, MEL_ERR_INVALID_ARGUMENT, "mel_ctx_create: out is NULL");
     *out = NULL;
-    const mel_backend_ops *ops = NULL;
-    if (backend == MEL_BACKEND_CPU) {
-        ops = &mel_cpu_backend;
-    } else if (backend == MEL_BACKEND_CUDA) {
-        ops = mel_cuda_backend_ptr();
-        if (!ops)
-            return mel_fail(NULL, MEL_ERR_UNSUPPORTED,
-                            "mel_ctx_create: backend = MEL_BACKEND_CUDA, but this libmel was "
-                            "built without CUDA (configure --with-cuda)");
-    } else {
+    const mel_backend_entry *be = mel_backend_find(backend);
+    if (!be)
         return mel_fail(NULL, MEL_ERR_INVALID_ARGUMENT,
                         "mel_ctx_create: backend = %d is not a mel_backend", (int)backend);
-    }
+    const mel_backend_ops *ops = be->ops ? be->ops() : NULL;
+    if (!ops)
+        return mel_fail(NULL, MEL_ERR_UNSUPPORTED,
+                        "mel_ctx_create: backend = %s, but this libmel was built without %s (%s)",
+                        be->enum_name, be->label, be->build_hint);
     mel_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return mel_fail(NULL, MEL_ERR_OUT_OF_MEMORY, "mel_ctx_create: out of memory");
-    ctx->kind = backend;
     ctx->ops = ops;
     ctx->workspace_limit = 0; /* automatic (see mel_set_workspace_limit) */
     mel_status s = ops->init ? ops->init(ctx) : MEL_OK;

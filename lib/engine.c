@@ -1,11 +1,31 @@
-/* The chunk engine: validation, chunk sizing, the chunk loop. */
+/* The chunk engine.  A call (mel_forward / mel_backward /
+ * mel_forward_backward) runs, top to bottom:
+ *
+ *   1. validate   check_heads, check_inputs, check_finite_data,
+ *                 check_outputs, check_gradients, check_ops: the caller's
+ *                 bindings resolved into a `call`, every error named;
+ *   2. prepare    zero_overwritten (MEL_OVERWRITE_DW), get_upstream (dL/dy,
+ *                 weights, the count pass of MEAN: total_count);
+ *      size       size_call, pick_rows, acquire: the workspace of one
+ *                 chunk of R rows within the budget (a `run`);
+ *   3. the chunk loop, per chunk of rows [r0, r0 + R) (bind_chunk):
+ *                 chunk_logits  Z = X·Wᵀ (+ b) for each head (lib/gemm.c)
+ *                 seed_rows     dL/dy of each row
+ *                 run_rows      the row program (backend), dZ over Z
+ *                 collect_rows  y, aux and input gradients to the caller
+ *                 chunk_backprop  dX, dW, db from dZ (lib/gemm.c)
+ *   4. finish     the reduced y, the call's statistics.
+ *
+ * The per-row doubles of a chunk (y, count, seed, aux, input gradients)
+ * live in one buffer whose layout is row_layout() alone.
+ */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "mel_internal.h"
+#include "backend.h"
 #include "half.h"
 
 static double now(void)
@@ -61,6 +81,8 @@ static mel_status put_reals(mel_ctx *ctx, void *dst, mel_dtype dt, int64_t off, 
     free(tmp);
     return s;
 }
+
+/* ------------------------------------------------------ 1. validation */
 
 /* Everything a call needs, resolved and validated. */
 typedef struct call {
@@ -126,14 +148,10 @@ static const mel_bound *find_bound(const mel_bound *arr, int n, const char *name
     return NULL;
 }
 
-static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args *a,
-                           int grads, call *c)
+/* The heads the transform reads: bound, shapes and dtypes agreeing; sets
+ * N, V, D, the storage and compute dtypes. */
+static mel_status check_heads(mel_ctx *ctx, const mel_transform *t, const mel_args *a, call *c)
 {
-    memset(c, 0, sizeof *c);
-    if (!t) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "transform is NULL");
-    if (!a) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "args is NULL");
-
-    /* heads */
     int first = -1;
     for (int h = 0; h < MEL_MAX_HEADS; h++) {
         if (t->logits_node[h] < 0) {
@@ -189,7 +207,13 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
         return mel_fail(ctx, MEL_ERR_SHAPE, "x has N = %lld rows, not a multiple of the segment length %lld "
                         "(seq_len) of transform '%s'", (long long)c->N, (long long)t->seg_len, t->name);
 
-    /* named inputs: every input of the transform bound, nothing unknown bound */
+    return MEL_OK;
+}
+
+/* Every named input of the transform bound (indices in range), nothing
+ * unknown bound. */
+static mel_status check_inputs(mel_ctx *ctx, const mel_transform *t, const mel_args *a, call *c)
+{
     for (int k = 0; k < t->n_inputs; k++) {
         const mel_input_decl *d = &t->inputs[k];
         const mel_bound *b = find_bound(d->is_index ? a->index : a->input,
@@ -243,6 +267,12 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
                             a->input[i].name, t->name);
     }
 
+    return MEL_OK;
+}
+
+/* mel_set_check_finite: no NaN / Inf in X, W, bias and scalar inputs. */
+static mel_status check_finite_data(mel_ctx *ctx, const mel_transform *t, const mel_args *a, const call *c)
+{
     if (ctx->check_finite) {
         for (int h = 0; h < MEL_MAX_HEADS; h++) {
             if (!c->used[h]) continue;
@@ -260,8 +290,12 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
                 return s;
         }
     }
+    return MEL_OK;
+}
 
-    /* reduction, outputs */
+/* Reduction, y, dL/dy and aux outputs. */
+static mel_status check_outputs(mel_ctx *ctx, const mel_transform *t, const mel_args *a, call *c)
+{
     if ((unsigned)a->reduction > MEL_REDUCE_WEIGHTED)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "reduction = %d is not a mel_reduction", (int)a->reduction);
     if (a->reduction == MEL_REDUCE_WEIGHTED && !a->weights)
@@ -282,8 +316,12 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
                             a->aux[i].name, mel_dtype_name(a->aux[i].dtype));
         c->aux[k] = a->aux[i].out ? &a->aux[i] : NULL;
     }
+    return MEL_OK;
+}
 
-    /* gradients */
+/* Gradient buffers of heads and inputs (bound only when `grads`). */
+static mel_status check_gradients(mel_ctx *ctx, const mel_transform *t, const mel_args *a, int grads, call *c)
+{
     for (int h = 0; h < MEL_MAX_HEADS; h++) {
         const mel_head_args *ha = &a->head[h];
         if (!ha->grad_set) continue;
@@ -329,8 +367,62 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
     return MEL_OK;
 }
 
-/* Bytes of workspace for chunks of R rows. */
-#define ROW_BYTES(t, es) ((int64_t)(t)->n * ((int64_t)(es) + 8) + 8 * (3 + (t)->n_aux + (t)->n_inputs))
+/* Every operation of the transform runs on this backend. */
+static mel_status check_ops(mel_ctx *ctx, const mel_transform *t)
+{
+    for (int i = 0; i < t->n; i++)
+        if (!ctx->ops->supports_op(t->nodes[i].op))
+            return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "transform '%s': operation %s (node %d) is not supported "
+                            "by the %s backend", t->name, mel_op_name(t->nodes[i].op), i, ctx->ops->name);
+    return MEL_OK;
+}
+
+static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args *a,
+                           int grads, call *c)
+{
+    memset(c, 0, sizeof *c);
+    if (!t) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "transform is NULL");
+    if (!a) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "args is NULL");
+    mel_status s;
+    if ((s = check_heads(ctx, t, a, c)) || (s = check_inputs(ctx, t, a, c)) ||
+        (s = check_finite_data(ctx, t, a, c)) || (s = check_outputs(ctx, t, a, c)) ||
+        (s = check_gradients(ctx, t, a, grads, c)) || (s = check_ops(ctx, t)))
+        return s;
+    return MEL_OK;
+}
+
+/* -------------------------------------------------------- 2. workspace */
+
+/* The per-row doubles of a chunk of R rows, in one buffer:
+ *   y [R] | count [R] | seed [R] | aux [n_aux][R] | ginp [n_inputs][R] */
+typedef struct row_bufs {
+    double *y, *count, *seed;
+    double *aux[MEL_MAX_AUX];
+    double *ginp[MEL_MAX_INPUTS];
+} row_bufs;
+
+static int64_t row_doubles(const mel_transform *t) { return 3 + t->n_aux + t->n_inputs; }
+
+static row_bufs row_layout(const mel_transform *t, double *base, int64_t R)
+{
+    row_bufs b;
+    memset(&b, 0, sizeof b);
+    b.y = base;
+    b.count = base + R;
+    b.seed = base + 2 * R;
+    for (int k = 0; k < t->n_aux; k++) b.aux[k] = base + (3 + k) * R;
+    for (int k = 0; k < t->n_inputs; k++) b.ginp[k] = base + (3 + t->n_aux + k) * R;
+    return b;
+}
+
+/* Bytes per row besides the logits: scalar and index registers and the
+ * row buffer. */
+static int64_t row_bytes(const mel_transform *t, size_t es)
+{
+    return (int64_t)t->n * ((int64_t)es + 8) + 8 * row_doubles(t);
+}
+
+/* Bytes of workspace for chunks of R rows: fixed + R·per_row. */
 typedef struct sizing {
     int64_t per_row, fixed, scratch_per_thread;
     int64_t conv_fixed, conv_per_row; /* dtype-conversion scratch (bf16/f16) */
@@ -349,12 +441,12 @@ static void size_call(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, c
     sz->fixed = sz->scratch_per_thread * sz->threads;
     /* per row: Z of each head, scalar and index registers, and doubles for
      * y, count, seed, aux, input grads */
-    sz->per_row = (int64_t)sz->heads * c->V * (int64_t)c->es + ROW_BYTES(t, c->es);
+    sz->per_row = (int64_t)sz->heads * c->V * (int64_t)c->es + row_bytes(t, c->es);
     sz->conv_fixed = sz->conv_per_row = 0;
     for (int h = 0; h < MEL_MAX_HEADS; h++) {
-        if (!c->used[h] || !ctx->ops->conv_bytes) continue;
-        int64_t f0 = ctx->ops->conv_bytes(ctx, c->st, 0, c->D[h], c->V);
-        int64_t f1 = ctx->ops->conv_bytes(ctx, c->st, 1, c->D[h], c->V) - f0;
+        if (!c->used[h]) continue;
+        int64_t f0 = mel_gemm_conv_bytes(ctx->ops, c->st, 0, c->D[h], c->V);
+        int64_t f1 = mel_gemm_conv_bytes(ctx->ops, c->st, 1, c->D[h], c->V) - f0;
         if (f0 > sz->conv_fixed) sz->conv_fixed = f0;
         if (f1 > sz->conv_per_row) sz->conv_per_row = f1;
     }
@@ -366,8 +458,8 @@ typedef struct run {
     int64_t R;
     void *Z[MEL_MAX_HEADS];
     void *scratch;
-    double *rowbuf; /* y, count, seed, aux..., ginp... each [R] (workspace) */
-    double *hrow;   /* its host mirror: rowbuf itself on a host backend      */
+    double *rowbuf; /* the row buffer (row_layout), workspace            */
+    double *hrow;   /* its host mirror: rowbuf itself on a host backend  */
     void *regs;     /* [R, n] scalar registers (compute type)  */
     int64_t *iregs; /* [R, n] index registers                   */
     void *conv;     /* dtype conversion scratch, or NULL        */
@@ -386,32 +478,39 @@ static void release(mel_ctx *ctx, run *w)
     memset(w, 0, sizeof *w);
 }
 
-static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c,
-                          const sizing *sz, int need_Z, run *w)
+/* The workspace budget in bytes: the caller's (mel_set_workspace_limit), or
+ * automatic: 1/10 of the one-chunk workspace, clamped. */
+static int64_t budget(mel_ctx *ctx, const mel_transform *t, const call *c, const sizing *sz, int64_t per_row)
 {
-    mel_status s = MEL_OK;
-    memset(w, 0, sizeof *w);
-    int64_t R = ctx->chunk_rows;
     int64_t limit = ctx->workspace_limit;
-    if (limit <= 0) { /* automatic: 1/10 of the one-chunk workspace, clamped */
-        double naive = (double)sz->fixed + (double)(need_Z ? sz->per_row : ROW_BYTES(t, c->es)) * (double)c->N;
-        limit = (int64_t)(naive / 10);
-        if (limit < MEL_DEFAULT_WORKSPACE_MIN) limit = MEL_DEFAULT_WORKSPACE_MIN;
-        /* upper bound: the backend's (CUDA: half the free device memory),
-         * else MEL_DEFAULT_WORKSPACE */
-        int64_t upper = ctx->ops->device_budget ? ctx->ops->device_budget(ctx) : 0;
-        if (upper <= 0) upper = MEL_DEFAULT_WORKSPACE;
-        if (limit > upper) limit = upper;
-        /* and never so small that it cannot hold the fixed part and 32 rows
-         * (e.g. a device running hundreds of rows at once) */
-        int64_t rows = c->N < 32 ? (c->N > 0 ? c->N : 1) : 32;
-        if (t->seg_len > rows) rows = t->seg_len;
-        int64_t floor_bytes = sz->fixed + rows * (need_Z ? sz->per_row : ROW_BYTES(t, c->es));
-        if (limit < floor_bytes) limit = floor_bytes;
-    }
+    if (limit > 0) return limit;
+    double naive = (double)sz->fixed + (double)per_row * (double)c->N;
+    limit = (int64_t)(naive / 10);
+    if (limit < MEL_DEFAULT_WORKSPACE_MIN) limit = MEL_DEFAULT_WORKSPACE_MIN;
+    /* upper bound: the backend's (CUDA: half the free device memory),
+     * else MEL_DEFAULT_WORKSPACE */
+    int64_t upper = ctx->ops->device_budget ? ctx->ops->device_budget(ctx) : 0;
+    if (upper <= 0) upper = MEL_DEFAULT_WORKSPACE;
+    if (limit > upper) limit = upper;
+    /* and never so small that it cannot hold the fixed part and 32 rows
+     * (e.g. a device running hundreds of rows at once) */
+    int64_t rows = c->N < 32 ? (c->N > 0 ? c->N : 1) : 32;
+    if (t->seg_len > rows) rows = t->seg_len;
+    int64_t floor_bytes = sz->fixed + rows * per_row;
+    if (limit < floor_bytes) limit = floor_bytes;
+    return limit;
+}
+
+/* Rows per chunk: the caller's (mel_set_chunk_rows) or as many as the
+ * budget holds; whole segments, at most N, at least 1. */
+static mel_status pick_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c,
+                            const sizing *sz, int need_Z, int64_t *out)
+{
+    const int64_t per_row = need_Z ? sz->per_row : row_bytes(t, c->es);
+    int64_t R = ctx->chunk_rows;
     if (R <= 0) {
+        const int64_t limit = budget(ctx, t, c, sz, per_row);
         int64_t avail = limit - sz->fixed;
-        int64_t per_row = need_Z ? sz->per_row : ROW_BYTES(t, c->es);
         /* an empty batch needs no whole segment */
         int64_t min_rows = t->seg_len > 0 && c->N > 0 ? t->seg_len : 1, need;
         if (!mel_mul_ok(per_row, min_rows, &need) || avail < need)
@@ -429,6 +528,18 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
     if (R > c->N) R = c->N;
     if (t->seg_len > 0 && c->N > 0) R = R / t->seg_len * t->seg_len; /* whole segments per chunk */
     if (R < 1) R = t->seg_len > 0 && c->N > 0 ? t->seg_len : 1;
+    *out = R;
+    return MEL_OK;
+}
+
+/* Size and carve the workspace of one chunk (logits only when need_Z). */
+static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c,
+                          const sizing *sz, int need_Z, run *w)
+{
+    memset(w, 0, sizeof *w);
+    int64_t R = 0;
+    mel_status s = pick_rows(ctx, t, p, c, sz, need_Z, &R);
+    if (s) return s;
     w->R = R;
     int64_t bz;
     if (!mel_mul_ok(R, c->V, &bz) || !mel_mul_ok(bz, (int64_t)c->es, &bz))
@@ -436,7 +547,7 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
                         (long long)c->V);
     w->bytes_Z = (size_t)bz;
     w->bytes_scratch = (size_t)(sz->scratch_per_thread * sz->threads);
-    w->bytes_rows = (size_t)(8 * R * (3 + t->n_aux + t->n_inputs));
+    w->bytes_rows = (size_t)(8 * R * row_doubles(t));
     w->bytes_regs = (size_t)(R * t->n) * c->es;
     w->bytes_iregs = (size_t)(R * t->n) * 8;
     w->bytes_conv = need_Z ? (size_t)(sz->conv_fixed + R * sz->conv_per_row) : 0;
@@ -465,6 +576,29 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
     return MEL_OK;
 }
 
+/* ------------------------------------------------------ 3. the chunk loop */
+
+/* The chunk fields every plan needs: rows, inputs, registers, scratch.
+ * Outputs (y, count, aux, seed, input gradients, Z) are set by the caller. */
+static void bind_chunk(const mel_transform *t, const call *c, const run *w, const sizing *sz,
+                       int64_t r0, mel_chunk *ch)
+{
+    memset(ch, 0, sizeof *ch);
+    ch->r0 = r0;
+    ch->R = c->N - r0 < w->R ? c->N - r0 : w->R;
+    ch->V = c->V;
+    ch->ct = c->ct;
+    for (int k = 0; k < t->n_inputs; k++) {
+        if (c->idx[k]) ch->idx[k] = c->idx[k]->data, ch->idx_dtype[k] = c->idx[k]->dtype;
+        if (c->inp[k]) ch->inp[k] = c->inp[k]->data, ch->inp_dtype[k] = c->inp[k]->dtype;
+    }
+    ch->regs = w->regs;
+    ch->iregs = w->iregs;
+    ch->scratch = w->scratch;
+    ch->scratch_per_thread = sz->scratch_per_thread;
+    ch->threads = sz->threads;
+}
+
 /* Σ count over all rows (reduction MEAN), without any GEMM. */
 static mel_status total_count(mel_ctx *ctx, const mel_transform *t, const call *c, double *out)
 {
@@ -475,31 +609,147 @@ static mel_status total_count(mel_ctx *ctx, const mel_transform *t, const call *
     run w;
     mel_status s = acquire(ctx, t, &t->cnt, c, &sz, 0, &w);
     if (s) return s;
+    const row_bufs dev = row_layout(t, w.rowbuf, w.R), host = row_layout(t, w.hrow, w.R);
     double acc = 0;
     for (int64_t r0 = 0; r0 < c->N && s == MEL_OK; r0 += w.R) {
         mel_chunk ch;
-        memset(&ch, 0, sizeof ch);
-        ch.r0 = r0;
-        ch.R = c->N - r0 < w.R ? c->N - r0 : w.R;
-        ch.V = c->V;
-        ch.ct = c->ct;
-        for (int k = 0; k < t->n_inputs; k++) {
-            if (c->idx[k]) ch.idx[k] = c->idx[k]->data, ch.idx_dtype[k] = c->idx[k]->dtype;
-            if (c->inp[k]) ch.inp[k] = c->inp[k]->data, ch.inp_dtype[k] = c->inp[k]->dtype;
-        }
-        ch.count = w.rowbuf;
-        ch.regs = w.regs;
-        ch.iregs = w.iregs;
-        ch.scratch = w.scratch;
-        ch.scratch_per_thread = sz.scratch_per_thread;
-        ch.threads = sz.threads;
+        bind_chunk(t, c, &w, &sz, r0, &ch);
+        ch.count = dev.count;
         s = ctx->ops->run_rows(ctx, t, &t->cnt, &ch);
         if (s == MEL_OK && w.hrow != w.rowbuf)
-            s = ctx->ops->copy(ctx, w.hrow, w.rowbuf, (size_t)ch.R * sizeof(double), 0);
-        for (int64_t r = 0; r < ch.R && s == MEL_OK; r++) acc += w.hrow[r];
+            s = ctx->ops->copy(ctx, host.count, dev.count, (size_t)ch.R * sizeof(double), 0);
+        for (int64_t r = 0; r < ch.R && s == MEL_OK; r++) acc += host.count[r];
     }
     release(ctx, &w);
     *out = acc;
+    return s;
+}
+
+/* The upstream gradient and the reduction's weights, host-readable, and
+ * the seed scale (dL/dy of the reduced y, over the mean's count). */
+typedef struct upstream {
+    const void *dy;    /* [N] (NONE) or [1], or NULL               */
+    const double *wv;  /* [N] weights (WEIGHTED) or NULL           */
+    void *dy_tmp, *w_tmp;
+    double dy0, count, scale;
+} upstream;
+
+static mel_status get_upstream(mel_ctx *ctx, const mel_transform *t, const mel_args *a, const call *c,
+                               upstream *u)
+{
+    memset(u, 0, sizeof *u);
+    const void *wts = NULL;
+    int64_t n_dy = a->reduction == MEL_REDUCE_NONE ? c->N : 1;
+    mel_status s;
+    if (a->dy && (s = host_view(ctx, a->dy, (size_t)n_dy * mel_dtype_size(a->dy_dtype), &u->dy, &u->dy_tmp)))
+        return s;
+    if (a->reduction == MEL_REDUCE_WEIGHTED &&
+        (s = host_view(ctx, a->weights, (size_t)c->N * sizeof(double), &wts, &u->w_tmp)))
+        return s;
+    u->wv = wts;
+    u->count = (double)c->N;
+    if (a->reduction == MEL_REDUCE_MEAN && (s = total_count(ctx, t, c, &u->count))) return s;
+    u->dy0 = 1.0;
+    if (u->dy && a->reduction != MEL_REDUCE_NONE) u->dy0 = read_real(u->dy, a->dy_dtype, 0);
+    u->scale = u->dy0;
+    if (a->reduction == MEL_REDUCE_MEAN) u->scale = u->count > 0 ? u->dy0 / u->count : 0.0;
+    return MEL_OK;
+}
+
+static void free_upstream(upstream *u)
+{
+    free(u->dy_tmp);
+    free(u->w_tmp);
+}
+
+/* Before the first chunk: zero dW and db when the caller asked to
+ * overwrite them (MEL_OVERWRITE_DW). */
+static mel_status zero_overwritten(mel_ctx *ctx, const mel_args *a, const call *c)
+{
+    mel_status s;
+    for (int h = 0; h < MEL_MAX_HEADS; h++) {
+        const mel_head_args *ha = &a->head[h];
+        if (!c->want_dz[h] || !(ha->flags & MEL_OVERWRITE_DW)) continue;
+        if (ha->dw.data && (s = ctx->ops->zero2d(ctx, ha->dw.data, c->V, (size_t)c->D[h] * c->es,
+                                                 (size_t)ha->dw.ld * c->es)))
+            return s;
+        if (ha->db && (s = ctx->ops->zero2d(ctx, ha->db, 1, (size_t)c->V * c->es, (size_t)c->V * c->es)))
+            return s;
+    }
+    return MEL_OK;
+}
+
+/* Z_h = X_h[r0:r0+R] · W_hᵀ (+ b_h) for every head read.   Z: [R, V] */
+static mel_status chunk_logits(mel_ctx *ctx, const mel_args *a, const call *c, const run *w,
+                               int64_t r0, int64_t R, int64_t *flops)
+{
+    mel_status s = MEL_OK;
+    for (int h = 0; h < MEL_MAX_HEADS && s == MEL_OK; h++) {
+        if (!c->used[h]) continue;
+        const mel_head_args *ha = &a->head[h];
+        s = mel_gemm_logits(ctx, &ha->x, r0, R, &ha->w, ha->bias, w->Z[h], w->conv);
+        *flops += 2 * R * c->V * c->D[h];
+    }
+    return s;
+}
+
+/* seed_r = dL/dy_r: the upstream gradient times the reduction's weight,
+ * written to the host row buffer and copied to the device's. */
+static mel_status seed_rows(mel_ctx *ctx, const mel_args *a, const upstream *u, const run *w,
+                            const row_bufs *dev, const row_bufs *host, int64_t r0, int64_t R)
+{
+    for (int64_t r = 0; r < R; r++) {
+        double sd = u->scale;
+        if (a->reduction == MEL_REDUCE_NONE && u->dy) sd = read_real(u->dy, a->dy_dtype, r0 + r);
+        else if (a->reduction == MEL_REDUCE_WEIGHTED) sd = u->dy0 * u->wv[r0 + r];
+        host->seed[r] = sd;
+    }
+    if (w->hrow == w->rowbuf) return MEL_OK;
+    return ctx->ops->copy(ctx, dev->seed, host->seed, (size_t)R * sizeof(double), 1);
+}
+
+/* Per-row results of a chunk to the caller: y (reduction NONE) or its
+ * running total, aux outputs, input gradients. */
+static mel_status collect_rows(mel_ctx *ctx, const mel_transform *t, const mel_args *a, const call *c,
+                               const upstream *u, const run *w, const row_bufs *host, int want_y, int fb,
+                               int64_t r0, int64_t R, double *total)
+{
+    mel_status s;
+    if (w->hrow != w->rowbuf && (s = ctx->ops->copy(ctx, w->hrow, w->rowbuf, w->bytes_rows, 0))) return s;
+    if (a->reduction == MEL_REDUCE_NONE) {
+        if (want_y && a->y && (s = put_reals(ctx, a->y, a->y_dtype, r0, host->y, R))) return s;
+    } else {
+        for (int64_t r = 0; r < R; r++)
+            *total += a->reduction == MEL_REDUCE_WEIGHTED ? u->wv[r0 + r] * host->y[r] : host->y[r];
+    }
+    for (int k = 0; k < t->n_aux; k++)
+        if (c->aux[k] && want_y && (s = put_reals(ctx, c->aux[k]->out, c->aux[k]->dtype, r0, host->aux[k], R)))
+            return s;
+    for (int k = 0; k < t->n_inputs; k++)
+        if (fb && c->ginp[k] && (s = put_reals(ctx, c->ginp[k]->out, c->ginp[k]->dtype, r0, host->ginp[k], R)))
+            return s;
+    return MEL_OK;
+}
+
+/* dX_c = dZ·W, dW += dZᵀ·X_c, db += Σ_rows dZ for every head with a gradient. */
+static mel_status chunk_backprop(mel_ctx *ctx, const mel_args *a, const call *c, const run *w,
+                                 int64_t r0, int64_t R, int64_t *flops)
+{
+    mel_status s = MEL_OK;
+    for (int h = 0; h < MEL_MAX_HEADS && s == MEL_OK; h++) {
+        if (!c->want_dz[h]) continue;
+        const mel_head_args *ha = &a->head[h];
+        if (ha->dx.data) {
+            s = mel_gemm_grad_x(ctx, w->Z[h], R, &ha->w, &ha->dx, r0, (ha->flags & MEL_ACCUMULATE_DX) != 0,
+                                w->conv);
+            *flops += 2 * R * c->V * c->D[h];
+        }
+        if (s == MEL_OK && ha->dw.data) {
+            s = mel_gemm_grad_w(ctx, w->Z[h], R, &ha->x, r0, &ha->dw, w->conv);
+            *flops += 2 * R * c->V * c->D[h];
+        }
+        if (s == MEL_OK && ha->db) s = ctx->ops->colsum(ctx, c->ct, w->Z[h], R, c->V, ha->db);
+    }
     return s;
 }
 
@@ -515,150 +765,65 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     ctx->ws_cur = 0;
     ctx->ws_peak = 0;
 
+    /* forward only, or forward and backward (fb) */
     int any_dz = 0;
     for (int h = 0; h < MEL_MAX_HEADS; h++) any_dz |= c.want_dz[h];
     int any_ginp = 0;
     for (int k = 0; k < MEL_MAX_INPUTS; k++) any_ginp |= c.ginp[k] != NULL;
-    int fb = want_grads && (any_dz || any_ginp);
+    const int fb = want_grads && (any_dz || any_ginp);
     if (want_grads && !want_y && !fb)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                         "mel_backward: no gradient buffer is bound (mel_args_grad_head / mel_args_grad_input)");
     const mel_plan *plan = fb ? &t->fb : &t->fwd;
+    if (want_grads && (s = zero_overwritten(ctx, a, &c))) return s;
 
-    /* dW / db overwrite */
-    for (int h = 0; h < MEL_MAX_HEADS && want_grads; h++) {
-        const mel_head_args *ha = &a->head[h];
-        if (!c.want_dz[h] || !(ha->flags & MEL_OVERWRITE_DW)) continue;
-        if (ha->dw.data && (s = ctx->ops->zero2d(ctx, ha->dw.data, c.V, (size_t)c.D[h] * c.es,
-                                                 (size_t)ha->dw.ld * c.es)))
-            return s;
-        if (ha->db && (s = ctx->ops->zero2d(ctx, ha->db, 1, (size_t)c.V * c.es, (size_t)c.V * c.es)))
-            return s;
-    }
-
-    /* the upstream gradient and weights, readable on the host */
-    const void *dy = NULL, *wts = NULL;
-    void *dy_tmp = NULL, *w_tmp = NULL;
-    int64_t n_dy = a->reduction == MEL_REDUCE_NONE ? c.N : 1;
-    if (a->dy && (s = host_view(ctx, a->dy, (size_t)n_dy * mel_dtype_size(a->dy_dtype), &dy, &dy_tmp)))
-        return s;
-    if (a->reduction == MEL_REDUCE_WEIGHTED &&
-        (s = host_view(ctx, a->weights, (size_t)c.N * sizeof(double), &wts, &w_tmp))) {
-        free(dy_tmp);
-        return s;
-    }
-    const double *wv = wts;
-
-    /* seed scale and the mean's denominator */
-    double count = (double)c.N;
-    if (a->reduction == MEL_REDUCE_MEAN && (s = total_count(ctx, t, &c, &count))) goto out;
-    double dy0 = 1.0;
-    if (dy && a->reduction != MEL_REDUCE_NONE) dy0 = read_real(dy, a->dy_dtype, 0);
-    double scale = dy0;
-    if (a->reduction == MEL_REDUCE_MEAN) scale = count > 0 ? dy0 / count : 0.0;
+    upstream u;
+    if ((s = get_upstream(ctx, t, a, &c, &u))) goto out;
 
     sizing sz;
     size_call(ctx, t, plan, &c, &sz);
     run w;
     if ((s = acquire(ctx, t, plan, &c, &sz, 1, &w))) goto out;
-    const int64_t R = w.R;
-    /* row buffer layout (doubles): y [R], count [R], seed [R], aux [n_aux·R], ginp [n_inputs·R] */
-    const int64_t o_seed = 2 * R, o_aux = 3 * R, o_gin = 3 * R + (int64_t)t->n_aux * R;
+    const row_bufs dev = row_layout(t, w.rowbuf, w.R), host = row_layout(t, w.hrow, w.R);
     double total = 0;
     int64_t chunks = 0;
 
-    for (int64_t r0 = 0; r0 < c.N && s == MEL_OK; r0 += R, chunks++) {
-        const int64_t Rc = c.N - r0 < R ? c.N - r0 : R;
-        /* Z_h = X_h[r0:r0+Rc] · W_hᵀ (+ b_h)        Z: [Rc, V] */
+    for (int64_t r0 = 0; r0 < c.N && s == MEL_OK; r0 += w.R, chunks++) {
+        mel_chunk ch;
+        bind_chunk(t, &c, &w, &sz, r0, &ch);
+        const int64_t R = ch.R;
         double g0 = now();
-        for (int h = 0; h < MEL_MAX_HEADS && s == MEL_OK; h++) {
-            if (!c.used[h]) continue;
-            const mel_head_args *ha = &a->head[h];
-            s = ctx->ops->logits(ctx, &ha->x, r0, Rc, &ha->w, ha->bias, w.Z[h], w.conv);
-            flops += 2 * Rc * c.V * c.D[h];
-        }
+        s = chunk_logits(ctx, a, &c, &w, r0, R, &flops);
         gemm_s += now() - g0;
         if (s) break;
 
-        mel_chunk ch;
-        memset(&ch, 0, sizeof ch);
-        ch.r0 = r0;
-        ch.R = Rc;
-        ch.V = c.V;
-        ch.ct = c.ct;
         for (int h = 0; h < MEL_MAX_HEADS; h++) ch.Z[h] = c.used[h] ? w.Z[h] : NULL;
-        for (int k = 0; k < t->n_inputs; k++) {
-            if (c.idx[k]) ch.idx[k] = c.idx[k]->data, ch.idx_dtype[k] = c.idx[k]->dtype;
-            if (c.inp[k]) ch.inp[k] = c.inp[k]->data, ch.inp_dtype[k] = c.inp[k]->dtype;
-            if (fb && c.ginp[k]) ch.ginp[k] = w.rowbuf + o_gin + (int64_t)k * R;
-        }
-        ch.y = w.rowbuf;
+        ch.y = dev.y;
         for (int k = 0; k < t->n_aux; k++)
-            if (c.aux[k]) ch.aux[k] = w.rowbuf + o_aux + (int64_t)k * R;
+            if (c.aux[k]) ch.aux[k] = dev.aux[k];
         if (fb) {
-            /* seed_r = dL/dy_r: the upstream gradient times the reduction's weight */
-            double *seed = w.hrow + o_seed;
-            for (int64_t r = 0; r < Rc; r++) {
-                double sd = scale;
-                if (a->reduction == MEL_REDUCE_NONE && dy) sd = read_real(dy, a->dy_dtype, r0 + r);
-                else if (a->reduction == MEL_REDUCE_WEIGHTED) sd = dy0 * wv[r0 + r];
-                seed[r] = sd;
-            }
-            if (w.hrow != w.rowbuf &&
-                (s = ctx->ops->copy(ctx, w.rowbuf + o_seed, seed, (size_t)Rc * sizeof(double), 1)))
-                break;
-            ch.seed = w.rowbuf + o_seed;
+            for (int k = 0; k < t->n_inputs; k++)
+                if (c.ginp[k]) ch.ginp[k] = dev.ginp[k];
+            if ((s = seed_rows(ctx, a, &u, &w, &dev, &host, r0, R))) break;
+            ch.seed = dev.seed;
         }
-        ch.scratch = w.scratch;
-        ch.scratch_per_thread = sz.scratch_per_thread;
-        ch.threads = sz.threads;
-        ch.regs = w.regs;
-        ch.iregs = w.iregs;
         if ((s = ctx->ops->run_rows(ctx, t, plan, &ch))) break;
+        if ((s = collect_rows(ctx, t, a, &c, &u, &w, &host, want_y, fb, r0, R, &total))) break;
 
-        /* per-row results: y, aux, input gradients */
-        if (w.hrow != w.rowbuf && (s = ctx->ops->copy(ctx, w.hrow, w.rowbuf, w.bytes_rows, 0))) break;
-        const double *ybuf = w.hrow;
-        if (a->reduction == MEL_REDUCE_NONE) {
-            if (want_y && a->y && (s = put_reals(ctx, a->y, a->y_dtype, r0, ybuf, Rc))) break;
-        } else {
-            for (int64_t r = 0; r < Rc; r++)
-                total += a->reduction == MEL_REDUCE_WEIGHTED ? wv[r0 + r] * ybuf[r] : ybuf[r];
-        }
-        for (int k = 0; k < t->n_aux && s == MEL_OK; k++)
-            if (c.aux[k] && want_y)
-                s = put_reals(ctx, c.aux[k]->out, c.aux[k]->dtype, r0, w.hrow + o_aux + (int64_t)k * R, Rc);
-        for (int k = 0; k < t->n_inputs && s == MEL_OK; k++)
-            if (fb && c.ginp[k])
-                s = put_reals(ctx, c.ginp[k]->out, c.ginp[k]->dtype, r0, w.hrow + o_gin + (int64_t)k * R, Rc);
-        if (s) break;
-
-        /* dX_c = dZ·W, dW += dZᵀ·X_c, db += Σ_rows dZ */
         if (!fb) continue;
         g0 = now();
-        for (int h = 0; h < MEL_MAX_HEADS && s == MEL_OK; h++) {
-            if (!c.want_dz[h]) continue;
-            const mel_head_args *ha = &a->head[h];
-            if (ha->dx.data) {
-                s = ctx->ops->grad_x(ctx, w.Z[h], Rc, &ha->w, &ha->dx, r0,
-                                     (ha->flags & MEL_ACCUMULATE_DX) != 0, w.conv);
-                flops += 2 * Rc * c.V * c.D[h];
-            }
-            if (s == MEL_OK && ha->dw.data) {
-                s = ctx->ops->grad_w(ctx, w.Z[h], Rc, &ha->x, r0, &ha->dw, w.conv);
-                flops += 2 * Rc * c.V * c.D[h];
-            }
-            if (s == MEL_OK && ha->db) s = ctx->ops->colsum(ctx, c.ct, w.Z[h], Rc, c.V, ha->db);
-        }
+        s = chunk_backprop(ctx, a, &c, &w, r0, R, &flops);
         gemm_s += now() - g0;
     }
+    const int64_t R = w.R;
     release(ctx, &w);
     if (s == MEL_OK && ctx->ops->sync) s = ctx->ops->sync(ctx); /* the last GEMMs may be queued */
     if (s) goto out;
 
+    /* 4. finish: the reduced y and the statistics */
     if (want_y && a->y && a->reduction != MEL_REDUCE_NONE) {
         double yv = total;
-        if (a->reduction == MEL_REDUCE_MEAN) yv = count > 0 ? total / count : 0.0;
+        if (a->reduction == MEL_REDUCE_MEAN) yv = u.count > 0 ? total / u.count : 0.0;
         if ((s = put_reals(ctx, a->y, a->y_dtype, 0, &yv, 1))) goto out;
     }
     ctx->stats.chunk_rows = R;
@@ -668,8 +833,7 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     ctx->stats.gemm_seconds = gemm_s;
     ctx->stats.seconds = now() - t0;
 out:
-    free(dy_tmp);
-    free(w_tmp);
+    free_upstream(&u);
     return s;
 }
 

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mel_internal.h"
+#include "backend.h"
 #include "half.h"
 
 static uint64_t mix(uint64_t *s)

@@ -25,8 +25,6 @@ const char *mel_op_name(int op)
     return op >= 0 && op < OP__COUNT && op_names[op] ? op_names[op] : "?";
 }
 
-int mel_op_is_unary(int op) { return (op >= OP_NEG && op <= OP_SIGN) || op == OP_SEGSUM; }
-int mel_op_is_binary(int op) { return op >= OP_ADD && op <= OP_EQ; }
 
 mel_graph *mel_graph_new(void)
 {

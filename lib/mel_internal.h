@@ -1,4 +1,7 @@
-/* Internal definitions shared by the core (lib/) and the backends. */
+/* Internal definitions shared by the core (lib/) and the backends: the IR,
+ * transforms and plans, the context, call arguments, and the declaration
+ * of every internal function of lib/ (the backend interface is
+ * backends/backend.h). */
 #ifndef MEL_INTERNAL_H
 #define MEL_INTERNAL_H
 
@@ -121,8 +124,7 @@ struct mel_transform {
 typedef struct mel_backend_ops mel_backend_ops;
 
 struct mel_ctx {
-    mel_backend kind;
-    const mel_backend_ops *ops;
+    const mel_backend_ops *ops; /* backends/backend.h */
     void *be; /* backend state */
     int threads;
     int check_finite;
@@ -137,22 +139,6 @@ struct mel_ctx {
     mel_stats stats;
     char err[512];
 };
-
-/* Set the context's error message; returns s.  ctx may be NULL (then the
- * thread-local creation error is set). */
-mel_status mel_fail(mel_ctx *ctx, mel_status s, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-void mel_clear_error(mel_ctx *ctx);
-
-/* Workspace through the context allocator (peak recorded).  mel_ws_reserve
- * makes the arena at least `bytes` (the sum of mel_ws_round of the buffers
- * about to be taken) while nothing is taken; mel_ws_alloc carves a buffer
- * (64-byte aligned), mel_ws_free gives it back (the arena is reused once
- * everything is given back). */
-mel_status mel_ws_reserve(mel_ctx *ctx, size_t bytes);
-size_t mel_ws_round(size_t bytes);
-void *mel_ws_alloc(mel_ctx *ctx, size_t bytes);
-void mel_ws_free(mel_ctx *ctx, void *p, size_t bytes);
 
 /* ----------------------------------------------------------- the args */
 
@@ -192,99 +178,116 @@ struct mel_args {
     mel_dtype dy_dtype;
 };
 
-/* ---------------------------------------------------------- the backend */
+/* ------------------------------------------- declarations, by file
+ *
+ * One declaration per internal function, here only.  The backend
+ * interface (mel_backend_ops, mel_chunk, the registry) is in
+ * backends/backend.h. */
 
-/* What the executor needs for one chunk of rows [r0, r0 + R). */
-typedef struct mel_chunk {
-    int64_t r0, R, V;
-    mel_dtype ct;               /* compute type: MEL_F32 or MEL_F64       */
-    void *Z[MEL_MAX_HEADS];     /* [R, V] logits; dZ written in place     */
-    const void *idx[MEL_MAX_INPUTS];   /* per input: index data (full N) */
-    mel_dtype idx_dtype[MEL_MAX_INPUTS];
-    const void *inp[MEL_MAX_INPUTS];   /* per input: scalar data (full N) */
-    mel_dtype inp_dtype[MEL_MAX_INPUTS];
-    const double *seed;         /* [R] dL/dy per row (fb plan)            */
-    double *y;                  /* [R] per-row y, or NULL                 */
-    double *count;              /* [R] per-row count, or NULL             */
-    double *aux[MEL_MAX_AUX];   /* [R] per aux, or NULL                   */
-    double *ginp[MEL_MAX_INPUTS]; /* [R] gradient of scalar inputs, or NULL */
-    void *scratch;              /* per-thread scratch vectors              */
-    int64_t scratch_per_thread; /* bytes                                   */
-    void *regs;                 /* per-row scalar registers [R, n] (T)     */
-    int64_t *iregs;             /* per-row index registers [R, n]          */
-    int threads;
-} mel_chunk;
+/* lib/core.c: errors, workspace, parameters */
+/* Set the context's error message; returns s.  ctx may be NULL (then the
+ * thread-local creation error is set). */
+mel_status mel_fail(mel_ctx *ctx, mel_status s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void mel_clear_error(mel_ctx *ctx);
+/* Workspace through the context allocator (peak recorded).  mel_ws_reserve
+ * makes the arena at least `bytes` (the sum of mel_ws_round of the buffers
+ * about to be taken) while nothing is taken; mel_ws_alloc carves a buffer
+ * (64-byte aligned), mel_ws_free gives it back (the arena is reused once
+ * everything is given back). */
+mel_status mel_ws_reserve(mel_ctx *ctx, size_t bytes);
+size_t mel_ws_round(size_t bytes);
+void *mel_ws_alloc(mel_ctx *ctx, size_t bytes);
+void mel_ws_free(mel_ctx *ctx, void *p, size_t bytes);
+/* The parameters set on a mel_params: count, i-th name and value. */
+int mel_params_count(const mel_params *p);
+const char *mel_params_name(const mel_params *p, int i);
+double mel_params_value(const mel_params *p, int i);
 
-struct mel_backend_ops {
-    const char *name;
-    /* 1 when the caller's buffers and the workspace are host memory (CPU):
-     * the engine then reads and writes them directly.  0 (a device):
-     * every transfer goes through copy(), and zero2d clears memory. */
-    int host_memory;
-    /* dst ← src, bytes; to_device: host → device, else device → host.
-     * Synchronous: when it returns, dst holds the data. */
-    mel_status (*copy)(mel_ctx *ctx, void *dst, const void *src, size_t bytes, int to_device);
-    /* rows × row_bytes at p with a stride of ld_bytes set to zero */
-    mel_status (*zero2d)(mel_ctx *ctx, void *p, int64_t rows, size_t row_bytes, size_t ld_bytes);
-    mel_status (*init)(mel_ctx *ctx);
-    void (*fini)(mel_ctx *ctx);
-    void *(*alloc)(mel_ctx *ctx, size_t bytes);
-    void (*free)(mel_ctx *ctx, void *p);
-    /* C[M,N] = alpha·op(A)·op(B) + beta·C; all matrices of dtype ct. */
-    mel_status (*gemm)(mel_ctx *ctx, mel_dtype ct, int transA, int transB,
-                       int64_t M, int64_t N, int64_t K, double alpha,
-                       const void *A, int64_t lda, const void *B, int64_t ldb,
-                       double beta, void *C, int64_t ldc);
-    /* Z[r, :] += bias for r < R */
-    mel_status (*add_bias)(mel_ctx *ctx, mel_dtype ct, void *Z, int64_t R,
-                           int64_t V, const void *bias);
-    /* db[:] += Σ_r Z[r, :] */
-    mel_status (*colsum)(mel_ctx *ctx, mel_dtype ct, const void *Z, int64_t R,
-                         int64_t V, void *db);
-    /* The three GEMMs of a chunk on storage dtypes (f64, f32, bf16, f16);
-     * compute type is f64 for f64 storage, else f32.  conv is scratch of
-     * conv_bytes(...) bytes for dtype conversion (NULL when 0).
-     *   logits:  Z[R, V] = X[r0:r0+R]·Wᵀ (+ bias)
-     *   grad_x:  dX[r0:r0+R] (+)= dZ·W
-     *   grad_w:  dW[V, D] += dZᵀ·X[r0:r0+R]      (dW in the compute type) */
-    mel_status (*logits)(mel_ctx *ctx, const mel_matrix *x, int64_t r0, int64_t R,
-                         const mel_matrix *w, const void *bias, void *Z, void *conv);
-    mel_status (*grad_x)(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *w,
-                         const mel_matrix *dx, int64_t r0, int accumulate, void *conv);
-    mel_status (*grad_w)(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *x,
-                         int64_t r0, const mel_matrix *dw, void *conv);
-    int64_t (*conv_bytes)(mel_ctx *ctx, mel_dtype storage, int64_t R, int64_t D, int64_t V);
-    /* Run plan p of transform t over the chunk. */
-    mel_status (*run_rows)(mel_ctx *ctx, const mel_transform *t,
-                           const mel_plan *p, mel_chunk *ch);
-    int (*threads)(mel_ctx *ctx); /* effective thread count (device: rows at once) */
-    /* Wait until all queued work of the call is done and report deferred
-     * errors (NULL: the backend is synchronous). */
-    mel_status (*sync)(mel_ctx *ctx);
-    /* Optional (NULL: the backend has no streams).  Queue all further work
-     * on `stream` (a cudaStream_t; NULL: the backend's own stream). */
-    mel_status (*set_stream)(mel_ctx *ctx, void *stream);
-    /* Optional: the upper bound of the automatic workspace budget in bytes
-     * (CUDA: half the free device memory); 0 = no opinion, then
-     * MEL_DEFAULT_WORKSPACE is used.  NULL: no opinion. */
-    int64_t (*device_budget)(mel_ctx *ctx);
-};
-
-extern const mel_backend_ops mel_cpu_backend;
-/* NULL when the CUDA backend is not compiled in. */
-extern const mel_backend_ops *mel_cuda_backend_ptr(void);
-
-/* ------------------------------------------------------------- helpers */
-
-int mel_op_is_unary(int op);
-int mel_op_is_binary(int op);
+/* lib/graph.c: the builder's generic node constructors */
 const char *mel_op_name(int op);
+int mel_graph_add_node(mel_graph *g, mel_node nd);
+int mel_find_input(const mel_input_decl *in, int n, const char *name);
+mel_val mel_g_unary(mel_graph *g, int op, mel_val a);
+mel_val mel_g_binary(mel_graph *g, int op, mel_val a, mel_val b);
+mel_val mel_g_reduce(mel_graph *g, int op, mel_val a);
+mel_val mel_g_index_op(mel_graph *g, int op, mel_val idx);
+
+/* lib/autodiff.c: where derivatives live.  Appends the adjoint program of
+ * forward nodes [0, g->n) to g (reverse sweep from a new OP_SEED node);
+ * adj[i] (g->n entries at the call) is the adjoint node of forward node i,
+ * -1 when none.  MEL_ERR_GRAPH when the builder failed (g->err). */
+mel_status mel_differentiate(mel_graph *g, int out, int32_t *adj);
+
+/* lib/plan.c: execution plans */
 /* Build a plan reaching `targets` (n of them); assigns vector slots. */
 mel_status mel_plan_build(const mel_transform *t, const int *targets, int n,
                           mel_plan *p);
 void mel_plan_free(mel_plan *p);
-int mel_graph_add_node(mel_graph *g, mel_node nd);
-int mel_find_input(const mel_input_decl *in, int n, const char *name);
+/* t->fwd, t->fb and t->cnt of a differentiated transform. */
+mel_status mel_plan_transform(mel_transform *t);
+
+/* lib/gemm.c: the three GEMMs of a chunk on any storage dtype, from the
+ * backend's primitives (see the file's comment).  conv: scratch of
+ * mel_gemm_conv_bytes(ops, storage dtype, R, D, V) bytes (NULL when 0). */
+int64_t mel_gemm_wblock(const mel_backend_ops *ops, int64_t V, int64_t D);
+int64_t mel_gemm_conv_bytes(const mel_backend_ops *ops, mel_dtype st, int64_t R, int64_t D, int64_t V);
+/* Z[R, V] = X[r0:r0+R]·Wᵀ (+ bias), Z in the compute type */
+mel_status mel_gemm_logits(mel_ctx *ctx, const mel_matrix *x, int64_t r0, int64_t R,
+                           const mel_matrix *w, const void *bias, void *Z, void *conv);
+/* dX[r0:r0+R] (+)= dZ·W */
+mel_status mel_gemm_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *w,
+                           const mel_matrix *dx, int64_t r0, int accumulate, void *conv);
+/* dW[V, D] += dZᵀ·X[r0:r0+R]   (dW in the compute type) */
+mel_status mel_gemm_grad_w(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *x, int64_t r0,
+                           const mel_matrix *dw, void *conv);
+
+/* ------------------------------------ built-in transforms (lib/transforms/)
+ *
+ * A built-in is a table entry: name, help line, parameters (each with a
+ * default, inclusive bounds and integrality), flags, an optional check of
+ * parameter combinations, and a graph builder (no derivative code).
+ * lib/transforms/builtins.c holds the table and the dispatcher
+ * (mel_transform_builtin); each builder file defines its entries. */
+
+/* Common parameter indices: every built-in lists these first, in this order. */
+enum { MEL_P_IGNORE, MEL_P_SCALE, MEL_P_SOFTCAP, MEL_P_TEMP, MEL_P_VVALID, MEL_P_COMMON };
+#define MEL_COMMON_PARAMS                                              \
+    {"ignore_index", -100, -1e18, 1e18, 1},                            \
+    {"logit_scale", 1, -1e300, 1e300, 0},                              \
+    {"softcap", 0, 0, 1e300, 0},                                       \
+    {"temperature", 1, 1e-300, 1e300, 0},                              \
+    {"vocab_valid", 0, 0, 1e15, 1}
+
+typedef struct mel_pdef {
+    const char *name;
+    double dflt, lo, hi;
+    int integer;
+} mel_pdef;
+
+#define MEL_BUILTIN_MAXP 24
+enum {
+    /* the transform reads no labels: ignore_index is refused */
+    MEL_BUILTIN_NO_LABELS = 1,
+};
+typedef struct mel_builtin {
+    const char *name;
+    const char *help;
+    mel_pdef params[MEL_BUILTIN_MAXP];
+    unsigned flags; /* MEL_BUILTIN_* */
+    /* Optional: refuse parameter combinations (mel_fail on ctx naming the
+     * transform and the parameters).  p: every parameter's value; given[k]:
+     * 1 when the caller set parameter k. */
+    mel_status (*check)(mel_ctx *ctx, const struct mel_builtin *b, const double *p, const char *given);
+    mel_status (*build)(mel_graph *g, const double *p);
+} mel_builtin;
+
+/* lib/transforms/builtins.c: pieces shared by the builders */
+/* z of head `head` after logit_scale, softcap, temperature; padded
+ * columns (vocab_valid) −1e30. */
+mel_val mel_bt_prep_logits(mel_graph *g, int head, int diff, const double *p);
+/* lib/transforms/grpo.c */
+extern const mel_builtin mel_builtin_grpo;
 
 /* Multiply with overflow check; returns 0 on overflow. */
 static inline int mel_mul_ok(int64_t a, int64_t b, int64_t *out)

@@ -38,3 +38,17 @@ check_PROGRAMS += t/params.t
 t_params_t_SOURCES = t/params.c
 t_params_t_LDADD = $(TEST_LIBS)
 TESTS += t/params.t
+
+# kl, reverse_kl, jsd with and without labels (use_labels) vs the fp64 reference.
+check_PROGRAMS += t/kd.t
+t_kd_t_SOURCES = t/kd.c
+t_kd_t_LDADD = $(TEST_LIBS)
+TESTS += t/kd.t
+
+# Every operation on every backend of the build (supports_op, coverage up to
+# OP__COUNT).  Linked statically to reach the internal backend registry.
+check_PROGRAMS += t/backend_ops.t
+t_backend_ops_t_SOURCES = t/backend_ops.c
+t_backend_ops_t_LDADD = $(TEST_LIBS)
+t_backend_ops_t_LDFLAGS = -static
+TESTS += t/backend_ops.t

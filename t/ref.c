@@ -118,3 +118,56 @@ double ref_relerr_f32(const float *a, const double *b, int64_t n, double floor)
     }
     return e / den;
 }
+
+/* log-softmax of z/T into out */
+static void ref_log_softmax(int64_t V, const double *z, double T, double *out)
+{
+    double mx = -INFINITY, acc = 0;
+    for (int64_t v = 0; v < V; v++) mx = fmax(mx, z[v] / T);
+    for (int64_t v = 0; v < V; v++) acc += exp(z[v] / T - mx);
+    for (int64_t v = 0; v < V; v++) out[v] = z[v] / T - mx - log(acc);
+}
+
+int64_t ref_kd(int64_t N, int64_t V, const double *Zs, const double *Zt, const int64_t *labels,
+               int64_t ignore_index, int kind, double beta, double T, int t2, double *y, double *G)
+{
+    double *ls = malloc((size_t)V * sizeof *ls), *lt = malloc((size_t)V * sizeof *lt);
+    double *g = malloc((size_t)V * sizeof *g);
+    const double scale = t2 ? T * T : 1.0;
+    int64_t counted = 0;
+    for (int64_t i = 0; i < N; i++) {
+        double *gi = G + i * V;
+        if (labels && labels[i] == ignore_index) {
+            y[i] = 0;
+            for (int64_t v = 0; v < V; v++) gi[v] = 0;
+            continue;
+        }
+        counted++;
+        ref_log_softmax(V, Zs + i * V, T, ls);
+        ref_log_softmax(V, Zt + i * V, T, lt);
+        /* d = the divergence; g = ∂d/∂p_s (up to a constant per row, which
+         * the softmax Jacobian removes) */
+        double d = 0;
+        for (int64_t v = 0; v < V; v++) {
+            const double ps = exp(ls[v]), pt = exp(lt[v]);
+            if (kind == 0) {
+                d += pt * (lt[v] - ls[v]);
+                g[v] = -pt / ps;
+            } else if (kind == 1) {
+                d += ps * (ls[v] - lt[v]);
+                g[v] = ls[v] - lt[v] + 1;
+            } else {
+                const double m = beta * pt + (1 - beta) * ps, lm = log(m);
+                d += beta * pt * (lt[v] - lm) + (1 - beta) * ps * (ls[v] - lm);
+                g[v] = (1 - beta) * (ls[v] - lm);
+            }
+        }
+        /* ∂d/∂z_k = (1/T)·p_s,k·(g_k − Σ_j p_s,j g_j) */
+        double pg = 0;
+        for (int64_t v = 0; v < V; v++) pg += exp(ls[v]) * g[v];
+        for (int64_t v = 0; v < V; v++) gi[v] = scale * exp(ls[v]) * (g[v] - pg) / T;
+        y[i] = scale * d;
+    }
+    free(ls), free(lt), free(g);
+    return counted;
+}

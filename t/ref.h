@@ -20,6 +20,16 @@ void ref_ce_defaults(ref_ce_opts *o);
 int64_t ref_ce(int64_t N, int64_t V, const double *Z, const int64_t *labels,
                const ref_ce_opts *o, double *y, double *G);
 
+/* Distillation per row from raw student logits Zs and teacher logits Zt
+ * (both [N,V]), temperature T (p = softmax(z/T)):
+ *   kind 0  KL(p_t ‖ p_s)        kind 1  KL(p_s ‖ p_t)
+ *   kind 2  β·KL(p_t ‖ m) + (1−β)·KL(p_s ‖ m),  m = β·p_t + (1−β)·p_s
+ * times T² when t2.  labels NULL: every row counts; else rows whose label
+ * is ignore_index get y = 0 and G = 0.  G[i,:] = ∂y_i/∂Zs[i,:] in closed
+ * form.  Returns the number of rows that count. */
+int64_t ref_kd(int64_t N, int64_t V, const double *Zs, const double *Zt, const int64_t *labels,
+               int64_t ignore_index, int kind, double beta, double T, int t2, double *y, double *G);
+
 /* Given per-row weights s[i] (the upstream gradient of each row) and G:
  * dX = (s∘G)·W, dW = (s∘G)ᵀ·X, db = Σ_i s_i G[i,:]. */
 void ref_backprop(int64_t N, int64_t D, int64_t V, const double *X, const double *W,

@@ -10,7 +10,7 @@
 
 #include <cblas.h>
 
-#include "mel_internal.h"
+#include "backend.h"
 #include "vmath.h"
 #include "half.h"
 
@@ -90,47 +90,46 @@ static mel_status cpu_gemm(mel_ctx *ctx, mel_dtype ct, int transA, int transB,
 
 /* ------------------------------------------------ bf16 / f16 storage */
 
-#define bf16_to_f32 mel_bf16_to_f32
-#define f32_to_bf16 mel_f32_to_bf16
-#define f16_to_f32 mel_f16_to_f32
-#define f32_to_f16 mel_f32_to_f16
-
 /* rows [r0, r0+R) of a 16-bit matrix view into a packed f32 block */
-static void load16(const mel_matrix *m, int64_t r0, int64_t R, float *out, int nt)
+static mel_status cpu_widen(mel_ctx *ctx, const mel_matrix *m, int64_t r0, int64_t R, float *out)
 {
     const uint16_t *src = m->data;
     const int64_t C = m->cols, ld = m->ld;
     const int bf = m->dtype == MEL_BF16;
+    const int nt = cpu_threads(ctx);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t r = 0; r < R; r++) {
         const uint16_t *s = src + (r0 + r) * ld;
         float *o = out + r * C;
         if (bf)
-            for (int64_t j = 0; j < C; j++) o[j] = bf16_to_f32(s[j]);
+            for (int64_t j = 0; j < C; j++) o[j] = mel_bf16_to_f32(s[j]);
         else
-            for (int64_t j = 0; j < C; j++) o[j] = f16_to_f32(s[j]);
+            for (int64_t j = 0; j < C; j++) o[j] = mel_f16_to_f32(s[j]);
     }
+    return MEL_OK;
 }
 
-/* W rows per conversion block: about 4 MiB of f32 */
-static int64_t wblock(int64_t V, int64_t D)
+/* m[r0 + r, :] = round16(g[r, :] (+ m[r0 + r, :])) */
+static mel_status cpu_store16(mel_ctx *ctx, const mel_matrix *m, int64_t r0, int64_t R,
+                              const float *g, int accumulate)
 {
-    int64_t b = ((int64_t)4 << 20) / (4 * (D > 0 ? D : 1));
-    if (b < 64) b = 64;
-    return b < V ? b : V;
+    uint16_t *out = m->data;
+    const int64_t C = m->cols;
+    const int bf = m->dtype == MEL_BF16;
+    const int nt = cpu_threads(ctx);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t r = 0; r < R; r++) {
+        uint16_t *o = out + (r0 + r) * m->ld;
+        const float *gr = g + r * C;
+        for (int64_t j = 0; j < C; j++) {
+            float v = gr[j];
+            if (accumulate) v += bf ? mel_bf16_to_f32(o[j]) : mel_f16_to_f32(o[j]);
+            o[j] = bf ? mel_f32_to_bf16(v) : mel_f32_to_f16(v);
+        }
+    }
+    return MEL_OK;
 }
 
-static int is16(mel_dtype t) { return t == MEL_BF16 || t == MEL_F16; }
-
-static int64_t cpu_conv_bytes(mel_ctx *ctx, mel_dtype st, int64_t R, int64_t D, int64_t V)
-{
-    if (!is16(st)) return 0;
-    /* X chunk in f32 [R, D], dX chunk in f32 [R, D], a W block [Vb, D], bias [V] */
-    return 4 * (2 * R * D + wblock(V, D) * D + V);
-}
-
-static mel_status cpu_logits(mel_ctx *ctx, const mel_matrix *x, int64_t r0, int64_t R,
-                             const mel_matrix *w, const void *bias, void *Z, void *conv);
 static mel_status cpu_add_bias(mel_ctx *ctx, mel_dtype ct, void *Z, int64_t R,
                                int64_t V, const void *bias)
 {
@@ -180,87 +179,6 @@ static mel_status cpu_colsum(mel_ctx *ctx, mel_dtype ct, const void *Z, int64_t 
     return MEL_OK;
 }
 
-static mel_status cpu_logits(mel_ctx *ctx, const mel_matrix *x, int64_t r0, int64_t R,
-                             const mel_matrix *w, const void *bias, void *Z, void *conv)
-{
-    const int64_t V = w->rows, D = w->cols;
-    mel_status s;
-    if (!is16(x->dtype)) {
-        size_t es = mel_dtype_size(x->dtype);
-        s = cpu_gemm(ctx, x->dtype, 0, 1, R, V, D, 1.0, (const char *)x->data + (size_t)(r0 * x->ld) * es,
-                     x->ld, w->data, w->ld, 0.0, Z, V);
-        if (s == MEL_OK && bias) s = cpu_add_bias(ctx, x->dtype, Z, R, V, bias);
-        return s;
-    }
-    const int nt = cpu_threads(ctx);
-    float *xf = conv, *wf = xf + 2 * R * D, *bf = wf + wblock(V, D) * D;
-    load16(x, r0, R, xf, nt);
-    const int64_t vb = wblock(V, D);
-    for (int64_t v0 = 0; v0 < V; v0 += vb) {
-        int64_t n = V - v0 < vb ? V - v0 : vb;
-        load16(w, v0, n, wf, nt);
-        /* Z[:, v0:v0+n] = Xf · Wfᵀ */
-        if ((s = cpu_gemm(ctx, MEL_F32, 0, 1, R, n, D, 1.0, xf, D, wf, D, 0.0, (float *)Z + v0, V)))
-            return s;
-    }
-    if (bias) {
-        mel_matrix bm = {(void *)bias, w->dtype, 1, V, V};
-        load16(&bm, 0, 1, bf, 1);
-        return cpu_add_bias(ctx, MEL_F32, Z, R, V, bf);
-    }
-    return MEL_OK;
-}
-
-static mel_status cpu_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *w,
-                             const mel_matrix *dx, int64_t r0, int accumulate, void *conv)
-{
-    const int64_t V = w->rows, D = w->cols;
-    mel_status s;
-    if (!is16(w->dtype)) {
-        size_t es = mel_dtype_size(w->dtype);
-        return cpu_gemm(ctx, w->dtype, 0, 0, R, D, V, 1.0, dZ, V, w->data, w->ld, accumulate ? 1.0 : 0.0,
-                        (char *)dx->data + (size_t)(r0 * dx->ld) * es, dx->ld);
-    }
-    const int nt = cpu_threads(ctx);
-    float *dxf = (float *)conv + R * D, *wf = (float *)conv + 2 * R * D;
-    const int64_t vb = wblock(V, D);
-    for (int64_t v0 = 0; v0 < V; v0 += vb) {
-        int64_t n = V - v0 < vb ? V - v0 : vb;
-        load16(w, v0, n, wf, nt);
-        /* dXf (+)= dZ[:, v0:v0+n] · Wf */
-        if ((s = cpu_gemm(ctx, MEL_F32, 0, 0, R, D, n, 1.0, (const float *)dZ + v0, V, wf, D,
-                          v0 ? 1.0 : 0.0, dxf, D)))
-            return s;
-    }
-    uint16_t *out = dx->data;
-    const int bf = dx->dtype == MEL_BF16;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t r = 0; r < R; r++) {
-        uint16_t *o = out + (r0 + r) * dx->ld;
-        const float *g = dxf + r * D;
-        for (int64_t j = 0; j < D; j++) {
-            float v = g[j];
-            if (accumulate) v += bf ? bf16_to_f32(o[j]) : f16_to_f32(o[j]);
-            o[j] = bf ? f32_to_bf16(v) : f32_to_f16(v);
-        }
-    }
-    return MEL_OK;
-}
-
-static mel_status cpu_grad_w(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *x, int64_t r0,
-                             const mel_matrix *dw, void *conv)
-{
-    const int64_t V = dw->rows, D = dw->cols;
-    if (!is16(x->dtype)) {
-        size_t es = mel_dtype_size(x->dtype);
-        return cpu_gemm(ctx, x->dtype, 1, 0, V, D, R, 1.0, dZ, V,
-                        (const char *)x->data + (size_t)(r0 * x->ld) * es, x->ld, 1.0, dw->data, dw->ld);
-    }
-    float *xf = conv;
-    load16(x, r0, R, xf, cpu_threads(ctx));
-    return cpu_gemm(ctx, MEL_F32, 1, 0, V, D, R, 1.0, dZ, V, xf, D, 1.0, dw->data, dw->ld);
-}
-
 #define T float
 #define FN(name) name##_f32
 #include "exec_impl.h"
@@ -281,22 +199,27 @@ static mel_status cpu_run_rows(mel_ctx *ctx, const mel_transform *t, const mel_p
     return MEL_OK;
 }
 
-const mel_backend_ops mel_cpu_backend = {
+/* The executor runs every operation. */
+static int cpu_supports_op(int op) { return op >= 0 && op < OP__COUNT; }
+
+static const mel_backend_ops cpu_ops = {
     .name = "cpu",
     .host_memory = 1,
-    .copy = cpu_copy,
-    .zero2d = cpu_zero2d,
+    .conv_block_bytes = (int64_t)4 << 20, /* 4 MiB of f32 W rows */
     .init = cpu_init,
     .fini = cpu_fini,
+    .threads = cpu_threads,
     .alloc = cpu_alloc,
     .free = cpu_free,
+    .copy = cpu_copy,
+    .zero2d = cpu_zero2d,
     .gemm = cpu_gemm,
-    .logits = cpu_logits,
-    .grad_x = cpu_grad_x,
-    .grad_w = cpu_grad_w,
-    .conv_bytes = cpu_conv_bytes,
+    .widen = cpu_widen,
+    .store16 = cpu_store16,
     .add_bias = cpu_add_bias,
     .colsum = cpu_colsum,
+    .supports_op = cpu_supports_op,
     .run_rows = cpu_run_rows,
-    .threads = cpu_threads,
 };
+
+const mel_backend_ops *mel_cpu_backend(void) { return &cpu_ops; }

@@ -42,11 +42,10 @@
  * in the backend state (validated against the host copy on every use, so a
  * freed transform whose address is reused is never mistaken for another).
  *
- * GEMMs: f32 / f64 by cublasSgemm / cublasDgemm; bf16 / f16 logits by
- * cublasGemmEx with 16-bit inputs, f32 output and f32 compute.  dX and dW
- * for 16-bit storage use f32 copies of W (in blocks) and X (chunk rows) in
- * the conversion scratch, as the CPU backend does, and dX is rounded once
- * into the 16-bit dX by a kernel.
+ * Primitives for the engine's chunk GEMMs (lib/gemm.c): gemm (f32 / f64,
+ * cublasSgemm / cublasDgemm), gemm16 (bf16 / f16 inputs, f32 output and
+ * compute, cublasGemmEx: the engine uses it for 16-bit logits), widen and
+ * store16 (16-bit <-> f32 kernels for dX and dW), add_bias, colsum.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -58,12 +57,11 @@
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-/* kernel launches; MEL_LAUNCH_BAR marks kernels that use __syncthreads */
+/* kernel launches */
 #define MEL_LAUNCH(k, grid, block, stream, ...) k<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
-#define MEL_LAUNCH_BAR(k, grid, block, stream, ...) k<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
 
 extern "C" {
-#include "mel_internal.h"
+#include "backend.h"
 }
 
 #ifndef MEL_CU_BS
@@ -122,7 +120,6 @@ static mel_status launched(mel_ctx *ctx, const char *what)
 }
 
 static int fits_int(int64_t v) { return v >= 0 && v <= 2147483647; }
-static int is16(mel_dtype t) { return t == MEL_BF16 || t == MEL_F16; }
 
 /* blocks for a grid-stride loop over n elements */
 static unsigned grid_for(int64_t n, int bs)
@@ -297,7 +294,8 @@ static mel_status cu_gemm(mel_ctx *ctx, mel_dtype ct, int transA, int transB, in
                         "exceeds the 32-bit cuBLAS index range",
                         (long long)M, (long long)N, (long long)K, (long long)lda, (long long)ldb,
                         (long long)ldc);
-    if (M == 0 || N == 0) return MEL_OK;
+    mel_status s = take_deferred(ctx);
+    if (s || M == 0 || N == 0) return s;
     cu_state *st = st_of(ctx);
     cublasOperation_t ta = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t tb = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -324,7 +322,8 @@ static mel_status cu_gemm16(mel_ctx *ctx, mel_dtype st16, int transA, int transB
         return mel_fail(ctx, MEL_ERR_OVERFLOW,
                         "cuda gemm: a dimension (M=%lld N=%lld K=%lld) exceeds the 32-bit cuBLAS index range",
                         (long long)M, (long long)N, (long long)K);
-    if (M == 0 || N == 0) return MEL_OK;
+    mel_status s = take_deferred(ctx);
+    if (s || M == 0 || N == 0) return s;
     cu_state *st = st_of(ctx);
     cudaDataType_t dt = st16 == MEL_BF16 ? CUDA_R_16BF : CUDA_R_16F;
     float one = 1.0f;
@@ -376,19 +375,13 @@ __global__ void k_store16(uint16_t *dx, int64_t ld, int64_t r0, int64_t R, int64
     }
 }
 
-/* Z[r, j] += bias[j]; the bias is in the storage dtype (bs) */
+/* Z[r, j] += bias[j] */
 template <typename T>
-__global__ void k_add_bias(T *Z, int64_t R, int64_t V, const void *bias, int bs)
+__global__ void k_add_bias(T *Z, int64_t R, int64_t V, const T *bias)
 {
     const int64_t n = R * V;
-    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t j = k % V;
-        T b;
-        if (bs == MEL_F64) b = (T)((const double *)bias)[j];
-        else if (bs == MEL_F32) b = (T)((const float *)bias)[j];
-        else b = (T)load16(((const uint16_t *)bias)[j], bs == MEL_BF16);
-        Z[k] += b;
-    }
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x)
+        Z[k] += bias[k % V];
 }
 
 /* db[j] += Σ_r Z[r, j]: one thread per column, rows in order, in double
@@ -403,20 +396,14 @@ __global__ void k_colsum(const T *Z, int64_t R, int64_t V, T *db)
     }
 }
 
-static mel_status bias_launch(mel_ctx *ctx, mel_dtype ct, void *Z, int64_t R, int64_t V, const void *bias,
-                              mel_dtype bs)
+static mel_status cu_add_bias(mel_ctx *ctx, mel_dtype ct, void *Z, int64_t R, int64_t V, const void *bias)
 {
     if (R <= 0) return MEL_OK;
     cu_state *st = st_of(ctx);
     unsigned g = grid_for(R * V, 256);
-    if (ct == MEL_F32) MEL_LAUNCH(k_add_bias<float>, g, 256, st->stream, (float *)Z, R, V, bias, (int)bs);
-    else MEL_LAUNCH(k_add_bias<double>, g, 256, st->stream, (double *)Z, R, V, bias, (int)bs);
+    if (ct == MEL_F32) MEL_LAUNCH(k_add_bias<float>, g, 256, st->stream, (float *)Z, R, V, (const float *)bias);
+    else MEL_LAUNCH(k_add_bias<double>, g, 256, st->stream, (double *)Z, R, V, (const double *)bias);
     return launched(ctx, "bias kernel");
-}
-
-static mel_status cu_add_bias(mel_ctx *ctx, mel_dtype ct, void *Z, int64_t R, int64_t V, const void *bias)
-{
-    return bias_launch(ctx, ct, Z, R, V, bias, ct);
 }
 
 static mel_status cu_colsum(mel_ctx *ctx, mel_dtype ct, const void *Z, int64_t R, int64_t V, void *db)
@@ -428,25 +415,10 @@ static mel_status cu_colsum(mel_ctx *ctx, mel_dtype ct, const void *Z, int64_t R
     return launched(ctx, "column-sum kernel");
 }
 
-/* W rows per f32 conversion block: about 16 MiB */
-static int64_t wblock(int64_t V, int64_t D)
+static mel_status cu_widen(mel_ctx *ctx, const mel_matrix *m, int64_t r0, int64_t R, float *out)
 {
-    int64_t b = ((int64_t)16 << 20) / (4 * (D > 0 ? D : 1));
-    if (b < 64) b = 64;
-    return b < V ? b : V;
-}
-
-/* 16-bit storage: X chunk in f32 [R, D], dX chunk in f32 [R, D], a W block
- * in f32 [wblock, D].  f32 / f64 storage needs none. */
-static int64_t cu_conv_bytes(mel_ctx *ctx, mel_dtype st, int64_t R, int64_t D, int64_t V)
-{
-    if (!is16(st)) return 0;
-    return 4 * (2 * R * D + wblock(V, D) * D);
-}
-
-static mel_status widen(mel_ctx *ctx, const mel_matrix *m, int64_t r0, int64_t R, float *out)
-{
-    if (R <= 0) return MEL_OK;
+    mel_status s = take_deferred(ctx);
+    if (s || R <= 0) return s;
     cu_state *st = st_of(ctx);
     const unsigned g = grid_for(R * m->cols, 256);
     MEL_LAUNCH(k_widen16, g, 256, st->stream, (const uint16_t *)m->data, m->ld, r0, R, m->cols, m->dtype == MEL_BF16,
@@ -454,66 +426,16 @@ static mel_status widen(mel_ctx *ctx, const mel_matrix *m, int64_t r0, int64_t R
     return launched(ctx, "16-bit widening kernel");
 }
 
-static mel_status cu_logits(mel_ctx *ctx, const mel_matrix *x, int64_t r0, int64_t R, const mel_matrix *w,
-                            const void *bias, void *Z, void *conv)
+static mel_status cu_store16(mel_ctx *ctx, const mel_matrix *m, int64_t r0, int64_t R, const float *g,
+                             int accumulate)
 {
-    const int64_t V = w->rows, D = w->cols;
     mel_status s = take_deferred(ctx);
-    if (s) return s;
-    const size_t es = mel_dtype_size(x->dtype);
-    const char *xr = (const char *)x->data + (size_t)(r0 * x->ld) * es;
-    mel_dtype ct = x->dtype == MEL_F64 ? MEL_F64 : MEL_F32;
-    if (is16(x->dtype))
-        s = cu_gemm16(ctx, x->dtype, 0, 1, R, V, D, xr, x->ld, w->data, w->ld, 0.0f, (float *)Z, V);
-    else
-        s = cu_gemm(ctx, x->dtype, 0, 1, R, V, D, 1.0, xr, x->ld, w->data, w->ld, 0.0, Z, V);
-    if (s == MEL_OK && bias) s = bias_launch(ctx, ct, Z, R, V, bias, w->dtype);
-    return s;
-}
-
-static mel_status cu_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *w, const mel_matrix *dx,
-                            int64_t r0, int accumulate, void *conv)
-{
-    const int64_t V = w->rows, D = w->cols;
-    mel_status s = take_deferred(ctx);
-    if (s) return s;
-    if (!is16(w->dtype)) {
-        size_t es = mel_dtype_size(w->dtype);
-        return cu_gemm(ctx, w->dtype, 0, 0, R, D, V, 1.0, dZ, V, w->data, w->ld, accumulate ? 1.0 : 0.0,
-                       (char *)dx->data + (size_t)(r0 * dx->ld) * es, dx->ld);
-    }
-    if (R <= 0) return MEL_OK;
-    float *dxf = (float *)conv + R * D, *wf = (float *)conv + 2 * R * D;
-    const int64_t vb = wblock(V, D);
-    for (int64_t v0 = 0; v0 < V; v0 += vb) {
-        int64_t n = V - v0 < vb ? V - v0 : vb;
-        if ((s = widen(ctx, w, v0, n, wf))) return s;
-        /* dXf (+)= dZ[:, v0:v0+n] · Wf */
-        if ((s = cu_gemm(ctx, MEL_F32, 0, 0, R, D, n, 1.0, (const float *)dZ + v0, V, wf, D, v0 ? 1.0 : 0.0,
-                         dxf, D)))
-            return s;
-    }
+    if (s || R <= 0) return s;
     cu_state *st = st_of(ctx);
-    const unsigned g = grid_for(R * D, 256);
-    MEL_LAUNCH(k_store16, g, 256, st->stream, (uint16_t *)dx->data, dx->ld, r0, R, D, dxf, accumulate,
-               dx->dtype == MEL_BF16);
+    const unsigned grid = grid_for(R * m->cols, 256);
+    MEL_LAUNCH(k_store16, grid, 256, st->stream, (uint16_t *)m->data, m->ld, r0, R, m->cols, g, accumulate,
+               m->dtype == MEL_BF16);
     return launched(ctx, "16-bit dX kernel");
-}
-
-static mel_status cu_grad_w(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *x, int64_t r0,
-                            const mel_matrix *dw, void *conv)
-{
-    const int64_t V = dw->rows, D = dw->cols;
-    mel_status s = take_deferred(ctx);
-    if (s) return s;
-    if (!is16(x->dtype)) {
-        size_t es = mel_dtype_size(x->dtype);
-        return cu_gemm(ctx, x->dtype, 1, 0, V, D, R, 1.0, dZ, V, (const char *)x->data + (size_t)(r0 * x->ld) * es,
-                       x->ld, 1.0, dw->data, dw->ld);
-    }
-    float *xf = (float *)conv;
-    if ((s = widen(ctx, x, r0, R, xf))) return s;
-    return cu_gemm(ctx, MEL_F32, 1, 0, V, D, R, 1.0, dZ, V, xf, D, 1.0, dw->data, dw->ld);
 }
 
 /* ------------------------------------------------------ the row executor */
@@ -885,7 +807,7 @@ __global__ void k_segsum(cu_prog t, T *regs, int64_t R, int p0, int p1)
 
 /* ------------------------------------------- the transform on the device */
 
-static int op_supported(int op)
+static int cu_supports_op(int op)
 {
     switch (op) {
     case OP_LOGITS: case OP_INDEX: case OP_INPUT: case OP_CONST: case OP_VOCAB: case OP_SEED:
@@ -929,7 +851,7 @@ static mel_status cache_get(mel_ctx *ctx, const mel_transform *t, cu_cached **ou
             return MEL_OK;
         }
     for (int i = 0; i < t->n; i++)
-        if (!op_supported(t->nodes[i].op))
+        if (!cu_supports_op(t->nodes[i].op))
             return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "cuda backend: operation %s (%d) of transform '%s' "
                             "is not implemented on the GPU", mel_op_name(t->nodes[i].op), (int)t->nodes[i].op,
                             t->name);
@@ -1060,8 +982,8 @@ static mel_status cu_run_rows(mel_ctx *ctx, const mel_transform *t, const mel_pl
             }
         }
         const int final = q == p->n_phases - 1;
-        if (ch->ct == MEL_F32) MEL_LAUNCH_BAR(k_phase<float>, grid, MEL_CU_BS, st->stream, dt, dc, p0, p1, final, fb);
-        else MEL_LAUNCH_BAR(k_phase<double>, grid, MEL_CU_BS, st->stream, dt, dc, p0, p1, final, fb);
+        if (ch->ct == MEL_F32) MEL_LAUNCH(k_phase<float>, grid, MEL_CU_BS, st->stream, dt, dc, p0, p1, final, fb);
+        else MEL_LAUNCH(k_phase<double>, grid, MEL_CU_BS, st->stream, dt, dc, p0, p1, final, fb);
         if ((s = launched(ctx, "row-program kernel"))) return s;
     }
     return MEL_OK;
@@ -1073,6 +995,7 @@ static mel_backend_ops make_ops(void)
     memset(&o, 0, sizeof o);
     o.name = "cuda";
     o.host_memory = 0;
+    o.conv_block_bytes = (int64_t)16 << 20; /* 16 MiB of f32 W rows */
     o.copy = cu_copy;
     o.zero2d = cu_zero2d;
     o.init = cu_init;
@@ -1080,12 +1003,12 @@ static mel_backend_ops make_ops(void)
     o.alloc = cu_alloc;
     o.free = cu_free;
     o.gemm = cu_gemm;
+    o.gemm16 = cu_gemm16;
+    o.widen = cu_widen;
+    o.store16 = cu_store16;
     o.add_bias = cu_add_bias;
     o.colsum = cu_colsum;
-    o.logits = cu_logits;
-    o.grad_x = cu_grad_x;
-    o.grad_w = cu_grad_w;
-    o.conv_bytes = cu_conv_bytes;
+    o.supports_op = cu_supports_op;
     o.run_rows = cu_run_rows;
     o.threads = cu_threads;
     o.sync = cu_sync;
@@ -1096,4 +1019,4 @@ static mel_backend_ops make_ops(void)
 
 static const mel_backend_ops cuda_ops = make_ops();
 
-extern "C" const mel_backend_ops *mel_cuda_backend_ptr(void) { return &cuda_ops; }
+extern "C" const mel_backend_ops *mel_cuda_backend(void) { return &cuda_ops; }

@@ -1,15 +1,15 @@
 # The CUDA backend (issue 7).  With --with-cuda, backends/cuda/cuda.cu is
 # compiled by nvcc through libtool (backends/cuda/nvcc-wrap hands libtool's
 # -fPIC to the host compiler) and libmel links cuBLAS and the CUDA runtime.
-# Without it the stub makes mel_ctx_create(MEL_BACKEND_CUDA) return
-# MEL_ERR_UNSUPPORTED.
+# Without it backends/registry.c lists CUDA with no ops, and
+# mel_ctx_create(MEL_BACKEND_CUDA) returns MEL_ERR_UNSUPPORTED.
 EXTRA_DIST += backends/cuda/cuda.cu backends/cuda/nvcc-wrap
 if HAVE_CUDA
 # no C++ runtime is needed: no exceptions, RTTI or guarded statics
 NVCC_FLAGS = -std=c++17 -O3 $(NVCC_GENCODE) \
 	-Xcompiler=-Wall,-fvisibility=hidden,-fno-exceptions,-fno-threadsafe-statics,-fno-rtti
 lib_libmel_la_LIBADD += backends/cuda/cuda.lo $(CUDA_LIBS)
-backends/cuda/cuda.lo: $(srcdir)/backends/cuda/cuda.cu $(srcdir)/lib/mel_internal.h \
+backends/cuda/cuda.lo: $(srcdir)/backends/cuda/cuda.cu $(srcdir)/lib/mel_internal.h $(srcdir)/backends/backend.h \
 		$(srcdir)/include/mel.h config.h
 	@$(MKDIR_P) backends/cuda
 	$(AM_V_GEN)$(LIBTOOL) $(AM_V_lt) --tag=CC --mode=compile $(SHELL) $(srcdir)/backends/cuda/nvcc-wrap \
@@ -21,6 +21,4 @@ noinst_PROGRAMS += examples/bench_cuda
 examples_bench_cuda_SOURCES = examples/bench_cuda.c
 examples_bench_cuda_CPPFLAGS = $(AM_CPPFLAGS) $(CUDA_CFLAGS)
 examples_bench_cuda_LDADD = lib/libmel.la $(CUDA_LIBS) -lpthread -lm
-else
-lib_libmel_la_SOURCES += backends/cuda/cuda_stub.c
 endif

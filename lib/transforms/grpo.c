@@ -1,0 +1,183 @@
+/* GRPO together: the "grpo" built-in (the per-token policy loss as a row
+ * program) and the helpers outside the row program, the loss-type weights
+ * (mel_grpo_weights) and group-normalised advantages
+ * (mel_group_advantages).  Formulas in doc/transforms.md. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "mel_internal.h"
+
+/* GRPO per token (doc/transforms.md): ratio r = exp(logp − old) (token) or
+ * exp(s_b), s_b = Σ_t m·(logp − old) / max(Σ_t m, 1) (sequence), then
+ * ℓ = −min(min(r, δ)·A, clamp(r, 1−ε_low, 1+ε_high)·A) + β·k3(ref, logp). */
+enum { G_BETA = MEL_P_COMMON, G_EPS_LOW, G_EPS_HIGH, G_DELTA, G_OLD, G_REF, G_LEVEL, G_SEQ, G_LOSS,
+       G_MAXLEN, G_ITEMS };
+static mel_status build_grpo(mel_graph *g, const double *p)
+{
+    const double el = p[G_EPS_LOW], eh = p[G_EPS_HIGH] == -1 ? p[G_EPS_LOW] : p[G_EPS_HIGH];
+    const int seq = p[G_LEVEL] == 1;
+    if (seq && p[G_SEQ] < 1) {
+        mel_g_set_output(g, -1);
+        return MEL_ERR_INVALID_ARGUMENT;
+    }
+    mel_val lab = mel_g_index(g, "labels", (int64_t)p[MEL_P_IGNORE]);
+    mel_val z = mel_bt_prep_logits(g, 0, 1, p);
+    mel_val logp = mel_g_sub(g, mel_g_gather(g, z, lab), mel_g_logsumexp(g, z));
+    mel_val mask = mel_g_input(g, "mask", 0);
+    /* a token counts when mask != 0 and its label is not ignore_index: the
+     * effective mask m is used for the value, the count and the sequence
+     * means alike */
+    mel_val on = mel_g_mul(g, mel_g_lt(g, mel_g_const(g, 0), mel_g_abs(g, mask)), mel_g_valid(g, lab));
+    mask = mel_g_where(g, on, mask, mel_g_const(g, 0));
+    mel_val adv = mel_g_input(g, "advantages", 0);
+    mel_val old = p[G_OLD] ? mel_g_input(g, "old_logp", 0) : mel_g_stop_gradient(g, logp);
+    mel_val zero = mel_g_const(g, 0);
+    mel_val logr = mel_g_sub(g, logp, old);
+    if (seq) {
+        mel_g_set_segment(g, (int64_t)p[G_SEQ]);
+        mel_val num = mel_g_segment_sum(g, mel_g_where(g, on, mel_g_mul(g, mask, logr), zero));
+        mel_val den = mel_g_max(g, mel_g_segment_sum(g, mask), mel_g_const(g, 1));
+        logr = mel_g_div(g, num, den);
+    }
+    mel_val r = mel_g_exp(g, logr);
+    mel_val c1 = p[G_DELTA] > 0 ? mel_g_min(g, r, mel_g_const(g, p[G_DELTA])) : r;
+    mel_val c2 = mel_g_clamp(g, r, 1 - el, 1 + eh);
+    mel_val loss = mel_g_neg(g, mel_g_min(g, mel_g_mul(g, c1, adv), mel_g_mul(g, c2, adv)));
+    if (p[G_BETA] != 0) {
+        mel_val ref;
+        if (p[G_REF] == 1) {
+            mel_val zr = mel_bt_prep_logits(g, 1, 0, p);
+            ref = mel_g_sub(g, mel_g_gather(g, zr, lab), mel_g_logsumexp(g, zr));
+        } else {
+            ref = mel_g_input(g, "ref_logp", 0);
+        }
+        mel_val d = mel_g_sub(g, ref, logp);
+        mel_val kl = mel_g_sub(g, mel_g_sub(g, mel_g_exp(g, d), d), mel_g_const(g, 1));
+        loss = mel_g_add(g, loss, mel_g_scale(g, kl, p[G_BETA]));
+        mel_g_add_aux(g, "kl", mel_g_where(g, on, kl, zero));
+    }
+    /* TRL's clip statistics: ratio below 1−ε_low with A < 0, or above 1+ε_high with A > 0 */
+    mel_val low = mel_g_mul(g, mel_g_lt(g, c1, mel_g_const(g, 1 - el)), mel_g_lt(g, adv, zero));
+    mel_val high = mel_g_mul(g, mel_g_lt(g, mel_g_const(g, 1 + eh), c1), mel_g_lt(g, zero, adv));
+    mel_g_add_aux(g, "is_clipped", mel_g_where(g, on, mel_g_max(g, low, high), zero));
+    mel_g_add_aux(g, "ratio", mel_g_where(g, on, r, zero));
+    mel_g_add_aux(g, "logp", logp);
+    mel_g_set_count(g, mask);
+    return mel_g_set_output(g, mel_g_where(g, on, loss, zero));
+}
+
+/* Parameter combinations the bounds cannot express. */
+static mel_status check_grpo(mel_ctx *ctx, const mel_builtin *b, const double *p, const char *given)
+{
+    if (p[G_EPS_HIGH] < 0 && p[G_EPS_HIGH] != -1)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                        "transform 'grpo': epsilon_high = %g must be >= 0 (or -1: same as epsilon_low)",
+                        p[G_EPS_HIGH]);
+    if (p[G_LEVEL] == 1 && p[G_SEQ] < 1)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                        "transform 'grpo': importance_sampling_level = 1 (sequence) needs seq_len >= 1 "
+                        "(the completion length T; rows are B·T tokens in row-major order)");
+    return MEL_OK;
+}
+
+const mel_builtin mel_builtin_grpo = {
+    "grpo",
+    "GRPO/DAPO/Dr.GRPO/GSPO policy loss per token  inputs: head 0 (policy), labels, mask, "
+    "advantages (per row), old_logp (when use_old_logp=1), ref_logp (when beta != 0 and "
+    "ref_source=0) or head 1 (ref_source=1)  params: beta, epsilon_low, epsilon_high (default "
+    "= epsilon_low), delta (0 = off), use_old_logp, ref_source, importance_sampling_level "
+    "(0 token, 1 sequence), seq_len, temperature, vocab_valid, loss_type (0 grpo, 1 bnpo, 2 dr_grpo, 3 "
+    "dapo), max_completion_length, num_items_in_batch (the last three: for mel_grpo_weights)  "
+    "aux: kl, is_clipped, ratio, logp",
+    {MEL_COMMON_PARAMS, {"beta", 0, 0, 1e300, 0}, {"epsilon_low", 0.2, 0, 1, 0},
+     {"epsilon_high", -1, -1, 1e300, 0}, {"delta", 0, 0, 1e300, 0}, {"use_old_logp", 0, 0, 1, 1},
+     {"ref_source", 0, 0, 1, 1}, {"importance_sampling_level", 0, 0, 1, 1},
+     {"seq_len", 0, 0, 1e15, 1}, {"loss_type", 3, 0, 3, 1}, {"max_completion_length", 512, 1, 1e15, 1},
+     {"num_items_in_batch", 0, 0, 1e300, 0}},
+    0,
+    check_grpo,
+    build_grpo,
+};
+
+
+/* ------------------------------------------- helpers outside the program */
+
+mel_status mel_grpo_weights(mel_ctx *ctx, mel_grpo_loss_type type, int64_t B, int64_t T,
+                            const double *mask, int64_t max_completion_length,
+                            double num_items_in_batch, int64_t grad_accum, double *w)
+{
+    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
+    if (!mask || !w)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_grpo_weights: %s is NULL", !mask ? "mask" : "w");
+    if (B < 1 || T < 1)
+        return mel_fail(ctx, MEL_ERR_SHAPE, "mel_grpo_weights: B = %lld, T = %lld must be >= 1",
+                        (long long)B, (long long)T);
+    int64_t BT;
+    if (!mel_mul_ok(B, T, &BT) || !mel_mul_ok(BT, (int64_t)sizeof(double), &BT))
+        return mel_fail(ctx, MEL_ERR_OVERFLOW, "mel_grpo_weights: B·T = %lld·%lld overflows",
+                        (long long)B, (long long)T);
+    if (grad_accum < 1)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_grpo_weights: grad_accum = %lld must be >= 1",
+                        (long long)grad_accum);
+    if ((unsigned)type > MEL_GRPO_DAPO)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_grpo_weights: loss type %d is not a mel_grpo_loss_type",
+                        (int)type);
+    if (type == MEL_GRPO_DR_GRPO && max_completion_length < 1)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                        "mel_grpo_weights: max_completion_length = %lld must be >= 1 for dr_grpo",
+                        (long long)max_completion_length);
+    if (!(num_items_in_batch >= 0) || !isfinite(num_items_in_batch))
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_grpo_weights: num_items_in_batch = %g is invalid",
+                        num_items_in_batch);
+    double total = 0;
+    for (int64_t i = 0; i < B * T; i++) {
+        if (!isfinite(mask[i]))
+            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_grpo_weights: mask[%lld] = %g is not finite",
+                            (long long)i, mask[i]);
+        total += mask[i];
+    }
+    for (int64_t b = 0; b < B; b++) {
+        double seq = 0;
+        for (int64_t t = 0; t < T; t++) seq += mask[b * T + t];
+        for (int64_t t = 0; t < T; t++) {
+            double m = mask[b * T + t], v = 0;
+            switch (type) {
+            case MEL_GRPO_GRPO: v = m / fmax(seq, 1.0) / (double)B / (double)grad_accum; break;
+            case MEL_GRPO_BNPO: v = m / fmax(total, 1.0) / (double)grad_accum; break;
+            case MEL_GRPO_DR_GRPO: v = m / ((double)B * (double)max_completion_length) / (double)grad_accum; break;
+            case MEL_GRPO_DAPO: v = m / fmax(num_items_in_batch > 0 ? num_items_in_batch : total, 1.0); break;
+            }
+            w[b * T + t] = v;
+        }
+    }
+    return MEL_OK;
+}
+
+mel_status mel_group_advantages(mel_ctx *ctx, const double *rewards, int64_t n, int64_t group,
+                                int scale, double *adv)
+{
+    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
+    if (!rewards || !adv)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_group_advantages: %s is NULL",
+                        !rewards ? "rewards" : "adv");
+    if (group < 1 || n < 0 || n % group)
+        return mel_fail(ctx, MEL_ERR_SHAPE, "mel_group_advantages: n = %lld is not a positive multiple of group = %lld",
+                        (long long)n, (long long)group);
+    if (n > INT64_MAX / (int64_t)sizeof(double))
+        return mel_fail(ctx, MEL_ERR_OVERFLOW, "mel_group_advantages: n = %lld doubles overflow int64 bytes",
+                        (long long)n);
+    if (scale && group < 2)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                        "mel_group_advantages: group = %lld has no standard deviation; use group >= 2 "
+                        "or scale = 0", (long long)group);
+    for (int64_t g0 = 0; g0 < n; g0 += group) {
+        double mean = 0, var = 0;
+        for (int64_t i = g0; i < g0 + group; i++) mean += rewards[i];
+        mean /= (double)group;
+        for (int64_t i = g0; i < g0 + group; i++) var += (rewards[i] - mean) * (rewards[i] - mean);
+        double sd = group > 1 ? sqrt(var / (double)(group - 1)) : NAN; /* Bessel, as torch.std */
+        for (int64_t i = g0; i < g0 + group; i++)
+            adv[i] = scale ? (rewards[i] - mean) / (sd + 1e-4) : rewards[i] - mean;
+    }
+    return MEL_OK;
+}
