@@ -7,7 +7,8 @@ LLAMA_LIBS = lib/libmel.la $(OPENBLAS_LIBS) -lm
 
 noinst_PROGRAMS += examples/llama/llama-train
 examples_llama_llama_train_SOURCES = examples/llama/llama-train.c \
-	examples/llama/data.c examples/llama/data.h $(LLAMA_MODEL_SOURCES)
+	examples/llama/data.c examples/llama/data.h \
+	examples/llama/grpo.c examples/llama/grpo.h $(LLAMA_MODEL_SOURCES)
 examples_llama_llama_train_CFLAGS = $(LLAMA_CFLAGS)
 examples_llama_llama_train_LDADD = $(LLAMA_LIBS)
 
