@@ -404,7 +404,7 @@ static void parse_args(int argc, char **argv, options *o)
     }
     if (o->task_grpo && o->ce_flag) {
         fprintf(stderr, "%s: %s does not apply to --task grpo (its batch is "
-                        "--prompts x --group completions of the sum task)\n",
+                        "--prompts x --group completions of the sequence task)\n",
                 prog, o->ce_flag);
         exit(2);
     }
@@ -915,7 +915,7 @@ static int run_grpo(const options *o)
     llama_rng_seed(&task_rng, o->seed ^ 0x7A5C0FFEEull);
     llama_rng_seed(&sample_rng, o->seed ^ 0x5A3B1E5ull);
     double max_rel = 0, max_rel_plain = 0, max_kl_rel = 0;
-    int worst_step = 0, bad_steps = 0, max_clip_diff = 0;
+    int worst_step = 1, bad_steps = 0, max_clip_diff = 0;
     double grad_rel = 0, max_grad_rel = 0, head_naive_s = 0;
     int64_t clipped_total = 0, tokens_total = 0;
     double t_start = now_s();

@@ -20,6 +20,20 @@ t_llama_hf_t_CFLAGS = $(LLAMA_CFLAGS)
 t_llama_hf_t_LDADD = $(TEST_LIBS) $(OPENBLAS_LIBS)
 TESTS += t/llama_hf.t
 
+# GRPO (issue 11): libmel's grpo head against the naive head and an fp64
+# computation from its logits, step by step on a short run.
+check_PROGRAMS += t/llama_grpo.t
+t_llama_grpo_t_SOURCES = t/llama_grpo.c $(LLAMA_MODEL_SOURCES) \
+	examples/llama/grpo.c examples/llama/grpo.h
+t_llama_grpo_t_CFLAGS = $(LLAMA_CFLAGS)
+t_llama_grpo_t_LDADD = $(TEST_LIBS) $(OPENBLAS_LIBS)
+TESTS += t/llama_grpo.t
+
+# llama-train --task grpo on the command line: output format, exit codes.
+dist_check_SCRIPTS += t/llama_grpo_cli.t
+TESTS += t/llama_grpo_cli.t
+t/llama_grpo_cli.log: examples/llama/llama-train$(EXEEXT)
+
 # --compare on tiny: the mel and naive heads train to the same losses.
 dist_check_SCRIPTS += t/llama_compare.t
 TESTS += t/llama_compare.t
