@@ -62,3 +62,19 @@ demo-llama: examples/llama/llama-train$(EXEEXT)
 	echo "demo-llama: full log in demo-llama.log, per-step CSV in demo-llama.csv"; \
 	exit $$rc
 CLEANFILES += demo-llama.log demo-llama.csv demo-llama.png demo-llama.png.gp
+
+# make demo-grpo (issue 11): online GRPO on tiny ("continue the sequence"),
+# libmel's grpo head training the policy with the naive full-logits head
+# run beside it on the same hidden states every step (--lockstep); prints
+# every step, the summary (memory of both heads) and the plot.
+DEMO_GRPO_FLAGS = --task grpo --compare --lockstep --steps 500 --seed 1234
+.PHONY: demo-grpo
+demo-grpo: examples/llama/llama-train$(EXEEXT)
+	{ OMP_WAIT_POLICY=passive $(builddir)/examples/llama/llama-train \
+	  $(DEMO_GRPO_FLAGS) --log-csv demo-grpo.csv \
+	  $$(command -v gnuplot >/dev/null 2>&1 && echo --plot demo-grpo.png); \
+	  echo $$? > demo-grpo.rc; } | tee demo-grpo.log | grep -v '^llama-train:'; \
+	rc=$$(cat demo-grpo.rc); rm -f demo-grpo.rc; \
+	echo "demo-grpo: full log in demo-grpo.log, per-step CSV in demo-grpo.csv"; \
+	exit $$rc
+CLEANFILES += demo-grpo.log demo-grpo.csv demo-grpo.png demo-grpo.png.gp demo-grpo.rc
