@@ -10,6 +10,11 @@
  *   3 × params (SGD) or 7 × params (AdamW) + activations + the heads,
  * about 15 GB for llama-3.2-1b with SGD.
  *
+ * --task grpo trains the policy online with GRPO instead (grpo.h; the
+ * "GRPO" section of doc/llama.md): libmel's "grpo" transform, or a naive
+ * full-logits GRPO head, or both (--compare: two trained copies;
+ * --compare --lockstep: one policy, both heads on it every step).
+ *
  * Exit status: 0 ok; 1 runtime failure (I/O, memory, libmel error,
  * non-finite loss); 2 bad command line; 3 --compare found a step whose
  * relative loss difference exceeds --tol.
