@@ -22,9 +22,10 @@ def rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def child(method, N, D, V):
+def child(method, N, D, V, threads):
     import torch
     import torch.nn.functional as F
+    torch.set_num_threads(threads)  # libmel follows torch's thread count
     torch.manual_seed(0)
     X = torch.randn(N, D).mul_(0.05)  # in place: no transient copy raises the RSS mark
     W = torch.randn(V, D).mul_(0.05)
@@ -35,6 +36,7 @@ def child(method, N, D, V):
     # W.grad, as after zero_grad(set_to_none=True)) are subtracted below
     grads_mib = (X.numel() + W.numel()) * 4 / 2**20
     extra = {}
+    opts = None
     if method == "libmel":
         import libmel
 
@@ -50,7 +52,16 @@ def child(method, N, D, V):
             return F.linear_cross_entropy(X, W, lab, options=opts)
     else:
         raise SystemExit("unknown method " + method)
-    # warm-up call at a tiny size would change nothing for RSS; measure the first
+    # a warm-up step at a small size first: thread pools and BLAS buffers exist in a
+    # training loop already and are not the method's memory
+    Xs = torch.randn(64, D, requires_grad=True)
+    Ws = W.detach()[:512].clone().requires_grad_(True)
+    ls = lab[:64] % 512
+    step_small = {"libmel": lambda: libmel.linear_loss(Xs, Ws, ls),
+                  "torch_eager": lambda: F.cross_entropy(Xs @ Ws.T, ls),
+                  "torch_chunked": lambda: F.linear_cross_entropy(Xs, Ws, ls, options=opts)}
+    step_small[method]().backward()
+    del Xs, Ws
     base = rss_mib()
     t0 = time.perf_counter()
     loss = step()
@@ -71,11 +82,12 @@ def main():
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--vocab", type=int, default=32768)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--csv")
     ap.add_argument("--child")
     a = ap.parse_args()
     if a.child:
-        child(a.child, a.rows, a.dim, a.vocab)
+        child(a.child, a.rows, a.dim, a.vocab, a.threads)
         return
     import torch
     methods = ["libmel", "torch_eager"]
@@ -85,12 +97,14 @@ def main():
     for r in range(a.repeat):
         for m in methods:  # interleaved, so machine noise hits every method alike
             out = subprocess.run([sys.executable, __file__, "--child", m, "--rows", str(a.rows),
-                                  "--dim", str(a.dim), "--vocab", str(a.vocab)],
+                                  "--dim", str(a.dim), "--vocab", str(a.vocab),
+                                  "--threads", str(a.threads)],
                                  capture_output=True, text=True, check=True)
             res[m].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print("# N=%d D=%d V=%d f32, torch %s, threads %d, OPENBLAS_CORETYPE=%s, %d repeats "
-          "(medians)" % (a.rows, a.dim, a.vocab, torch.__version__, torch.get_num_threads(),
+          "(medians)" % (a.rows, a.dim, a.vocab, torch.__version__, a.threads,
                          os.environ.get("OPENBLAS_CORETYPE", ""), a.repeat))
+    print("# load average before: %s" % open("/proc/loadavg").read().split()[:3])
     print("%-14s %10s %14s %10s" % ("method", "time_s", "extra_rss_MiB", "loss"))
     rows = []
     for m in methods:
