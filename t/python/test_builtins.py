@@ -47,6 +47,8 @@ def ref_rows(name, p, X, W, b, labels, inputs, teacher):
     if labels is not None:
         valid = labels != ii
         safe = torch.where(valid, labels, torch.zeros_like(labels))
+    else:  # no labels (kl/reverse_kl/jsd with use_labels=0): every row counts
+        valid = torch.ones(X.shape[0], dtype=torch.bool)
     if name == "ce":
         y = F.cross_entropy(z, safe, reduction="none",
                             label_smoothing=p.get("label_smoothing", 0.0))
@@ -156,7 +158,7 @@ def make(N, D, V, dtype, bias=False, ignore=(), Dt=None, teacher=False, lead=Non
 def check_case(t, name, p, dtype, reduction, chunk_rows=None, bias=False, mode=None,
                N=13, D=6, V=37, ignore=(2, 7), teacher=False, Dt=None, tag=""):
     X, W, b, lab, th, tw = make(N, D, V, dtype, bias, ignore, Dt, teacher)
-    uses_labels = name not in ("entropy", "z_loss")
+    uses_labels = name not in ("entropy", "z_loss") and p.get("use_labels", 1) != 0
     X.requires_grad_(True)
     W.requires_grad_(True)
     if b is not None:
@@ -227,6 +229,10 @@ def main(t):
             for red in ("mean", "none"):
                 check_case(t, name, p, dt, red, teacher=True, Dt=4, chunk_rows=4)
     check_case(t, "jsd", {"beta": 0.5}, torch.bfloat16, "mean", teacher=True)
+    for name in ("kl", "reverse_kl", "jsd"):  # no labels: every row counts
+        for red in ("mean", "none"):
+            check_case(t, name, {"use_labels": 0}, torch.float64, red, teacher=True, Dt=5,
+                       chunk_rows=4, tag=" (no labels)")
 
     # grpo: every loss type, token and sequence level, beta with both ref sources
     B, T, D, V = 3, 5, 6, 29
