@@ -103,6 +103,18 @@ struct mel_backend_ops {
      * half the free device memory); 0 = no opinion, then
      * MEL_DEFAULT_WORKSPACE is used. */
     int64_t (*device_budget)(mel_ctx *ctx);
+    /* Entry to and exit from every public call on the context (lib/core.c,
+     * lib/engine.c); calls nest.  CUDA: make the context's device current
+     * (and restore the caller's on exit), and refuse to start while a CUDA
+     * error of the caller's is pending (it is left for the caller). */
+    mel_status (*enter)(mel_ctx *ctx);
+    void (*leave)(mel_ctx *ctx);
+    /* Device timing of the chunk GEMMs: gemm_mark(ctx, 0) before and
+     * gemm_mark(ctx, 1) after each group of GEMMs queued; gemm_seconds(ctx),
+     * after sync, the device time between the marks of this call (or < 0
+     * when it could not be measured).  NULL: host timers around the calls. */
+    void (*gemm_mark)(mel_ctx *ctx, int end);
+    double (*gemm_seconds)(mel_ctx *ctx);
 };
 
 /* ------------------------------------------------------------ registry */

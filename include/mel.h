@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 #define MEL_VERSION_MAJOR 0
-#define MEL_VERSION_MINOR 2
+#define MEL_VERSION_MINOR 4
 #define MEL_VERSION_PATCH 0
 #define MEL_VERSION_NUMBER \
     (MEL_VERSION_MAJOR * 10000 + MEL_VERSION_MINOR * 100 + MEL_VERSION_PATCH)
@@ -50,7 +50,7 @@ extern "C" {
 /* Runtime version: MEL_VERSION_NUMBER of the library actually linked.
  * Compare with the macro to detect header/library mismatches. */
 MEL_API int mel_version(void);
-/* "0.2.0" */
+/* "0.4.0" */
 MEL_API const char *mel_version_string(void);
 
 /* ------------------------------------------------------------------ status */
@@ -180,6 +180,32 @@ MEL_API mel_status mel_set_workspace_limit(mel_ctx *ctx, int64_t bytes);
  * bad element ("x of head 0: [3, 7] = nan").  The scan reads every input
  * once (about the cost of reading W).  Default: 0. */
 MEL_API mel_status mel_set_check_finite(mel_ctx *ctx, int check);
+
+/* GEMM precision of the gradients (dX = dZ·W, dW += dZᵀ·X), a set of flags;
+ * the logits are computed and kept in fp32 (f64 storage: fp64) and dW is
+ * accumulated in fp32 (f64) in every mode.
+ *   MEL_PRECISION_EXACT (0, the default): dZ enters both gradient GEMMs in
+ *     the compute type (f32, f64) as the row program produced it; 16-bit
+ *     X and W are widened to f32 exactly.  The CPU and CUDA backends differ
+ *     only in the order of the sums.
+ *   MEL_PRECISION_FAST16: with bf16 / f16 storage, dZ is rounded to the
+ *     storage dtype (round to nearest even) before the gradient GEMMs and
+ *     the bias gradient; the GEMMs then read 16-bit dZ, W and X with fp32
+ *     accumulation (cuBLAS tensor cores on CUDA; on the CPU the rounded dZ
+ *     is widened and multiplied in fp32, the same rounding).  No effect on
+ *     f32 / f64 storage.  Error: doc/api.md "Precision".
+ *   MEL_PRECISION_TF32: with f32 storage on CUDA, the gradient GEMMs may
+ *     use TF32 tensor cores (inputs rounded to 10 mantissa bits, fp32
+ *     accumulation).  The CPU has no TF32 and computes in full fp32.
+ * Unknown bits: MEL_ERR_INVALID_ARGUMENT. */
+typedef enum mel_precision {
+    MEL_PRECISION_EXACT = 0,
+    MEL_PRECISION_FAST16 = 1,
+    MEL_PRECISION_TF32 = 2
+} mel_precision;
+MEL_API mel_status mel_set_precision(mel_ctx *ctx, unsigned flags);
+/* The flags set (0 for a NULL ctx). */
+MEL_API unsigned mel_get_precision(const mel_ctx *ctx);
 
 /* ------------------------------------------------- CUDA streams and memory
  *

@@ -86,6 +86,14 @@ const char *mel_last_error(const mel_ctx *ctx)
 
 /* ------------------------------------------------------------ context */
 
+/* The backend's entry and exit around a public call (CUDA: the context's
+ * device current; a caller's pending CUDA error refused, not cleared). */
+static mel_status enter(mel_ctx *ctx) { return ctx->ops->enter ? ctx->ops->enter(ctx) : MEL_OK; }
+static void leave(mel_ctx *ctx)
+{
+    if (ctx->ops->leave) ctx->ops->leave(ctx);
+}
+
 mel_status mel_ctx_create(mel_backend backend, mel_ctx **out)
 {
     if (!out) return mel_fail(NULL, MEL_ERR_INVALID_ARGUMENT, "mel_ctx_create: out is NULL");
@@ -116,8 +124,10 @@ mel_status mel_ctx_create(mel_backend backend, mel_ctx **out)
 void mel_ctx_destroy(mel_ctx *ctx)
 {
     if (!ctx) return;
+    const int e = enter(ctx) == MEL_OK;
     if (ctx->arena) ctx->ops->free(ctx, ctx->arena);
-    if (ctx->ops->fini) ctx->ops->fini(ctx);
+    if (e) leave(ctx);
+    if (ctx->ops->fini) ctx->ops->fini(ctx); /* fini makes the device current itself */
     free(ctx);
 }
 
@@ -166,6 +176,20 @@ mel_status mel_set_workspace_limit(mel_ctx *ctx, int64_t bytes)
     return MEL_OK;
 }
 
+mel_status mel_set_precision(mel_ctx *ctx, unsigned flags)
+{
+    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
+    const unsigned known = MEL_PRECISION_FAST16 | MEL_PRECISION_TF32;
+    if (flags & ~known)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                        "mel_set_precision: flags = 0x%x has unknown bits 0x%x (known: MEL_PRECISION_FAST16 = 1, "
+                        "MEL_PRECISION_TF32 = 2)", flags, flags & ~known);
+    ctx->precision = flags;
+    return MEL_OK;
+}
+
+unsigned mel_get_precision(const mel_ctx *ctx) { return ctx ? ctx->precision : 0; }
+
 mel_status mel_set_cuda_stream(mel_ctx *ctx, void *stream)
 {
     if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
@@ -174,7 +198,11 @@ mel_status mel_set_cuda_stream(mel_ctx *ctx, void *stream)
         return mel_fail(ctx, MEL_ERR_UNSUPPORTED,
                         "mel_set_cuda_stream: the %s backend has no CUDA streams (only a "
                         "MEL_BACKEND_CUDA context takes one)", ctx->ops->name);
-    return ctx->ops->set_stream(ctx, stream);
+    mel_status s = enter(ctx);
+    if (s) return s;
+    s = ctx->ops->set_stream(ctx, stream);
+    leave(ctx);
+    return s;
 }
 
 /* ------------------------------------------------ caller memory helpers */
@@ -185,7 +213,10 @@ mel_status mel_alloc(mel_ctx *ctx, size_t bytes, void **out)
     mel_clear_error(ctx);
     if (!out) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_alloc: out is NULL");
     *out = NULL;
+    mel_status s = enter(ctx);
+    if (s) return s;
     void *p = ctx->ops->alloc(ctx, bytes ? bytes : 1);
+    leave(ctx);
     if (!p)
         return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "mel_alloc: out of %s memory allocating %zu bytes",
                         ctx->ops->host_memory ? "host" : "device", bytes);
@@ -195,7 +226,10 @@ mel_status mel_alloc(mel_ctx *ctx, size_t bytes, void **out)
 
 void mel_free(mel_ctx *ctx, void *p)
 {
-    if (ctx && p) ctx->ops->free(ctx, p);
+    if (!ctx || !p) return;
+    const int e = enter(ctx) == MEL_OK; /* a pending error of the caller's: free anyway */
+    ctx->ops->free(ctx, p);
+    if (e) leave(ctx);
 }
 
 static mel_status transfer(mel_ctx *ctx, const char *fn, void *dst, const void *src, size_t bytes,
@@ -206,7 +240,11 @@ static mel_status transfer(mel_ctx *ctx, const char *fn, void *dst, const void *
     if (bytes == 0) return MEL_OK;
     if (!dst) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "%s: dst is NULL (bytes = %zu)", fn, bytes);
     if (!src) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "%s: src is NULL (bytes = %zu)", fn, bytes);
-    mel_status s = ctx->ops->copy(ctx, dst, src, bytes, to_device);
+    mel_status s = enter(ctx);
+    if (s == MEL_OK) {
+        s = ctx->ops->copy(ctx, dst, src, bytes, to_device);
+        leave(ctx);
+    }
     if (s != MEL_OK && ctx->err[0]) {
         char m[sizeof ctx->err];
         snprintf(m, sizeof m, "%s", ctx->err);
@@ -272,7 +310,9 @@ void mel_ws_free(mel_ctx *ctx, void *p, size_t bytes)
 void mel_ctx_trim(mel_ctx *ctx)
 {
     if (!ctx || ctx->arena_used) return;
+    const int e = enter(ctx) == MEL_OK;
     if (ctx->arena) ctx->ops->free(ctx, ctx->arena);
+    if (e) leave(ctx);
     ctx->arena = NULL;
     ctx->arena_size = 0;
 }

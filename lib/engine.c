@@ -35,6 +35,19 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The GEMMs of a step: host time, and the backend's device marks */
+static double gemm_begin(mel_ctx *ctx)
+{
+    if (ctx->ops->gemm_mark) ctx->ops->gemm_mark(ctx, 0);
+    return now();
+}
+
+static double gemm_end(mel_ctx *ctx, double t0)
+{
+    if (ctx->ops->gemm_mark) ctx->ops->gemm_mark(ctx, 1);
+    return now() - t0;
+}
+
 static double read_real(const void *p, mel_dtype dt, int64_t i)
 {
     return dt == MEL_F32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
@@ -445,8 +458,8 @@ static void size_call(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, c
     sz->conv_fixed = sz->conv_per_row = 0;
     for (int h = 0; h < MEL_MAX_HEADS; h++) {
         if (!c->used[h]) continue;
-        int64_t f0 = mel_gemm_conv_bytes(ctx->ops, c->st, 0, c->D[h], c->V);
-        int64_t f1 = mel_gemm_conv_bytes(ctx->ops, c->st, 1, c->D[h], c->V) - f0;
+        int64_t f0 = mel_gemm_conv_bytes(ctx, c->st, 0, c->D[h], c->V);
+        int64_t f1 = mel_gemm_conv_bytes(ctx, c->st, 1, c->D[h], c->V) - f0;
         if (f0 > sz->conv_fixed) sz->conv_fixed = f0;
         if (f1 > sz->conv_per_row) sz->conv_per_row = f1;
     }
@@ -739,6 +752,8 @@ static mel_status chunk_backprop(mel_ctx *ctx, const mel_args *a, const call *c,
     for (int h = 0; h < MEL_MAX_HEADS && s == MEL_OK; h++) {
         if (!c->want_dz[h]) continue;
         const mel_head_args *ha = &a->head[h];
+        /* FAST16 precision: dZ rounded to the storage dtype (a no-op otherwise) */
+        if ((s = mel_gemm_round_dz(ctx, w->Z[h], R, c->st, c->D[h], c->V, w->conv))) break;
         if (ha->dx.data) {
             s = mel_gemm_grad_x(ctx, w->Z[h], R, &ha->w, &ha->dx, r0, (ha->flags & MEL_ACCUMULATE_DX) != 0,
                                 w->conv);
@@ -792,9 +807,9 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
         mel_chunk ch;
         bind_chunk(t, &c, &w, &sz, r0, &ch);
         const int64_t R = ch.R;
-        double g0 = now();
+        double g0 = gemm_begin(ctx);
         s = chunk_logits(ctx, a, &c, &w, r0, R, &flops);
-        gemm_s += now() - g0;
+        gemm_s += gemm_end(ctx, g0);
         if (s) break;
 
         for (int h = 0; h < MEL_MAX_HEADS; h++) ch.Z[h] = c.used[h] ? w.Z[h] : NULL;
@@ -811,14 +826,18 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
         if ((s = collect_rows(ctx, t, a, &c, &u, &w, &host, want_y, fb, r0, R, &total))) break;
 
         if (!fb) continue;
-        g0 = now();
+        g0 = gemm_begin(ctx);
         s = chunk_backprop(ctx, a, &c, &w, r0, R, &flops);
-        gemm_s += now() - g0;
+        gemm_s += gemm_end(ctx, g0);
     }
     const int64_t R = w.R;
     release(ctx, &w);
     if (s == MEL_OK && ctx->ops->sync) s = ctx->ops->sync(ctx); /* the last GEMMs may be queued */
     if (s) goto out;
+    if (ctx->ops->gemm_seconds) { /* device time between the marks (CUDA events) */
+        const double ds = ctx->ops->gemm_seconds(ctx);
+        if (ds >= 0) gemm_s = ds;
+    }
 
     /* 4. finish: the reduced y and the statistics */
     if (want_y && a->y && a->reduction != MEL_REDUCE_NONE) {
@@ -837,20 +856,30 @@ out:
     return s;
 }
 
-mel_status mel_forward(mel_ctx *ctx, const mel_transform *t, const mel_args *a)
+/* execute between the backend's enter and leave (CUDA: the context's device) */
+static mel_status call_execute(mel_ctx *ctx, const mel_transform *t, const mel_args *a, int want_y,
+                               int want_grads)
 {
     if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
-    return execute(ctx, t, a, 1, 0);
+    mel_clear_error(ctx);
+    mel_status s = ctx->ops->enter ? ctx->ops->enter(ctx) : MEL_OK;
+    if (s) return s;
+    s = execute(ctx, t, a, want_y, want_grads);
+    if (ctx->ops->leave) ctx->ops->leave(ctx);
+    return s;
+}
+
+mel_status mel_forward(mel_ctx *ctx, const mel_transform *t, const mel_args *a)
+{
+    return call_execute(ctx, t, a, 1, 0);
 }
 
 mel_status mel_backward(mel_ctx *ctx, const mel_transform *t, const mel_args *a)
 {
-    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
-    return execute(ctx, t, a, 0, 1);
+    return call_execute(ctx, t, a, 0, 1);
 }
 
 mel_status mel_forward_backward(mel_ctx *ctx, const mel_transform *t, const mel_args *a)
 {
-    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
-    return execute(ctx, t, a, 1, 1);
+    return call_execute(ctx, t, a, 1, 1);
 }

@@ -12,6 +12,18 @@
  * with Vb = mel_gemm_wblock() rows of W at a time; dX is rounded once into
  * the 16-bit dX.  A backend with a 16-bit GEMM (gemm16) computes the
  * logits from the 16-bit X and W directly.
+ *
+ * Precision (mel_set_precision).  EXACT: dZ enters the gradient GEMMs in
+ * f32 as above.  FAST16 with 16-bit storage: mel_gemm_round_dz first
+ * rounds dZ to the storage dtype into a 16-bit copy dZ16 (after the bias
+ * region of `conv`, 256-byte aligned: R·V·2 more bytes) and widens it back
+ * over dZ, so every later use (dX, dW, the bias column sum) sees the same
+ * rounded values; with gemm16 the dX and dW GEMMs then read dZ16, W and X
+ * in 16 bits (fp32 accumulation, no widened W blocks), otherwise they run
+ * the f32 GEMMs above on the rounded dZ (numerically the same products).
+ * TF32 with f32 storage: ctx->grad_gemm is set around the gradient GEMMs;
+ * a backend with TF32 units (CUDA) may use them there.  The logits GEMM is
+ * never affected.
  */
 #include "backend.h"
 
@@ -24,10 +36,29 @@ int64_t mel_gemm_wblock(const mel_backend_ops *ops, int64_t V, int64_t D)
     return b < V ? b : V;
 }
 
-int64_t mel_gemm_conv_bytes(const mel_backend_ops *ops, mel_dtype st, int64_t R, int64_t D, int64_t V)
+static int fast16(const mel_ctx *ctx, mel_dtype st) { return is16(st) && (ctx->precision & MEL_PRECISION_FAST16); }
+
+/* bytes of the f32 part of conv: [ X | dX | W block | bias ] */
+static int64_t conv_f32_bytes(const mel_backend_ops *ops, int64_t R, int64_t D, int64_t V)
+{
+    return 4 * (2 * R * D + mel_gemm_wblock(ops, V, D) * D + V);
+}
+
+int64_t mel_gemm_conv_bytes(const mel_ctx *ctx, mel_dtype st, int64_t R, int64_t D, int64_t V)
 {
     if (!is16(st)) return 0;
-    return 4 * (2 * R * D + mel_gemm_wblock(ops, V, D) * D + V);
+    int64_t b = conv_f32_bytes(ctx->ops, R, D, V);
+    /* dZ16 after a 256-byte alignment gap (linear in R, as the engine's
+     * sizing assumes) */
+    if (fast16(ctx, st)) b += 256 + 2 * R * V;
+    return b;
+}
+
+/* dZ16 in conv (FAST16): [R, V] of the storage dtype */
+static void *dz16_of(const mel_ctx *ctx, void *conv, int64_t R, int64_t D, int64_t V)
+{
+    int64_t off = (conv_f32_bytes(ctx->ops, R, D, V) + 255) / 256 * 256;
+    return (char *)conv + off;
 }
 
 /* byte address of row r of m */
@@ -69,16 +100,37 @@ mel_status mel_gemm_logits(mel_ctx *ctx, const mel_matrix *x, int64_t r0, int64_
     return o->add_bias(ctx, MEL_F32, Z, R, V, bf);
 }
 
+mel_status mel_gemm_round_dz(mel_ctx *ctx, void *dZ, int64_t R, mel_dtype st, int64_t D, int64_t V, void *conv)
+{
+    if (!fast16(ctx, st) || R <= 0) return MEL_OK;
+    const mel_backend_ops *o = ctx->ops;
+    mel_matrix z16 = {dz16_of(ctx, conv, R, D, V), st, R, V, V};
+    mel_status s = o->store16(ctx, &z16, 0, R, (const float *)dZ, 0);
+    if (s == MEL_OK) s = o->widen(ctx, &z16, 0, R, (float *)dZ);
+    return s;
+}
+
 mel_status mel_gemm_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *w,
                            const mel_matrix *dx, int64_t r0, int accumulate, void *conv)
 {
     const mel_backend_ops *o = ctx->ops;
     const int64_t V = w->rows, D = w->cols;
     mel_status s;
-    if (!is16(w->dtype))
-        return o->gemm(ctx, w->dtype, 0, 0, R, D, V, 1.0, dZ, V, w->data, w->ld, accumulate ? 1.0 : 0.0,
-                       (void *)row_of(dx, r0), dx->ld);
+    if (!is16(w->dtype)) {
+        ctx->grad_gemm = 1;
+        s = o->gemm(ctx, w->dtype, 0, 0, R, D, V, 1.0, dZ, V, w->data, w->ld, accumulate ? 1.0 : 0.0,
+                    (void *)row_of(dx, r0), dx->ld);
+        ctx->grad_gemm = 0;
+        return s;
+    }
     float *dxf = (float *)conv + R * D, *wf = (float *)conv + 2 * R * D;
+    if (fast16(ctx, w->dtype) && o->gemm16) {
+        /* dXf = dZ16 · W16, fp32 accumulation */
+        if ((s = o->gemm16(ctx, w->dtype, 0, 0, R, D, V, dz16_of(ctx, conv, R, D, V), V, w->data, w->ld, 0.0f,
+                           dxf, D)))
+            return s;
+        return o->store16(ctx, dx, r0, R, dxf, accumulate);
+    }
     const int64_t vb = mel_gemm_wblock(o, V, D);
     for (int64_t v0 = 0; v0 < V; v0 += vb) {
         int64_t n = V - v0 < vb ? V - v0 : vb;
@@ -96,10 +148,18 @@ mel_status mel_gemm_grad_w(mel_ctx *ctx, const void *dZ, int64_t R, const mel_ma
 {
     const mel_backend_ops *o = ctx->ops;
     const int64_t V = dw->rows, D = dw->cols;
-    if (!is16(x->dtype))
-        return o->gemm(ctx, x->dtype, 1, 0, V, D, R, 1.0, dZ, V, row_of(x, r0), x->ld, 1.0, dw->data, dw->ld);
+    mel_status s;
+    if (!is16(x->dtype)) {
+        ctx->grad_gemm = 1;
+        s = o->gemm(ctx, x->dtype, 1, 0, V, D, R, 1.0, dZ, V, row_of(x, r0), x->ld, 1.0, dw->data, dw->ld);
+        ctx->grad_gemm = 0;
+        return s;
+    }
+    if (fast16(ctx, x->dtype) && o->gemm16) /* dW += dZ16ᵀ · X16, fp32 accumulation in dW */
+        return o->gemm16(ctx, x->dtype, 1, 0, V, D, R, dz16_of(ctx, conv, R, D, V), V, row_of(x, r0), x->ld,
+                         1.0f, (float *)dw->data, dw->ld);
     float *xf = conv;
-    mel_status s = o->widen(ctx, x, r0, R, xf);
+    s = o->widen(ctx, x, r0, R, xf);
     if (s) return s;
     return o->gemm(ctx, MEL_F32, 1, 0, V, D, R, 1.0, dZ, V, xf, D, 1.0, dw->data, dw->ld);
 }

@@ -130,6 +130,8 @@ struct mel_ctx {
     int check_finite;
     int64_t chunk_rows;
     int64_t workspace_limit;
+    unsigned precision; /* mel_precision flags (mel_set_precision)      */
+    int grad_gemm;      /* 1 while lib/gemm.c runs a gradient GEMM      */
     /* workspace: one arena kept between calls (grown when a call needs
      * more, released by mel_ctx_trim / mel_ctx_destroy); a call carves its
      * buffers from it.  ws_cur / ws_peak count the bytes a call uses. */
@@ -229,13 +231,17 @@ mel_status mel_plan_transform(mel_transform *t);
 
 /* lib/gemm.c: the three GEMMs of a chunk on any storage dtype, from the
  * backend's primitives (see the file's comment).  conv: scratch of
- * mel_gemm_conv_bytes(ops, storage dtype, R, D, V) bytes (NULL when 0). */
+ * mel_gemm_conv_bytes(ctx, storage dtype, R, D, V) bytes (NULL when 0). */
 int64_t mel_gemm_wblock(const mel_backend_ops *ops, int64_t V, int64_t D);
-int64_t mel_gemm_conv_bytes(const mel_backend_ops *ops, mel_dtype st, int64_t R, int64_t D, int64_t V);
+int64_t mel_gemm_conv_bytes(const mel_ctx *ctx, mel_dtype st, int64_t R, int64_t D, int64_t V);
 /* Z[R, V] = X[r0:r0+R]·Wᵀ (+ bias), Z in the compute type */
 mel_status mel_gemm_logits(mel_ctx *ctx, const mel_matrix *x, int64_t r0, int64_t R,
                            const mel_matrix *w, const void *bias, void *Z, void *conv);
 /* dX[r0:r0+R] (+)= dZ·W */
+/* FAST16 precision with 16-bit storage st: dZ[R, V] (f32) rounded to st,
+ * in place and into conv's 16-bit copy; a no-op otherwise.  Call once per
+ * chunk and head before mel_gemm_grad_x / mel_gemm_grad_w and the bias sum. */
+mel_status mel_gemm_round_dz(mel_ctx *ctx, void *dZ, int64_t R, mel_dtype st, int64_t D, int64_t V, void *conv);
 mel_status mel_gemm_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *w,
                            const mel_matrix *dx, int64_t r0, int accumulate, void *conv);
 /* dW[V, D] += dZᵀ·X[r0:r0+R]   (dW in the compute type) */

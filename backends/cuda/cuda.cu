@@ -34,13 +34,36 @@
  * Concurrent rows: the engine sizes the vector scratch as
  * threads() × scratch_per_thread.  This backend's threads() is the number
  * of rows run at once (one scratch region each): mel_set_threads(ctx, n)
- * when n > 0, else the device's multiprocessor count.  A phase is one
+ * when n > 0, else the multiprocessor count times the k_phase blocks one
+ * multiprocessor holds at once (cudaOccupancyMaxActiveBlocksPerMultiprocessor,
+ * at most MEL_CU_MAX_BLOCKS_PER_SM = 4), so the elementwise phases have
+ * enough warps in flight to use the memory bandwidth.  A phase is one
  * kernel launch of min(threads, R) blocks; block b runs rows b, b + grid,
  * b + 2·grid, ... with scratch region b.
  *
  * The transform (nodes, plans) is uploaded to the device once and cached
  * in the backend state (validated against the host copy on every use, so a
  * freed transform whose address is reused is never mistaken for another).
+ *
+ * Calls: enter() (every public call) makes the context's device current
+ * (cudaSetDevice; the caller's device is restored by leave()) and refuses
+ * to start while a CUDA error is pending, since that error is the
+ * caller's: libmel takes (cudaGetLastError) only the errors of its own
+ * launches and leaves the caller's in place.  An asynchronous failure is
+ * found at the next synchronisation; its message names the last kernel or
+ * GEMM queued, and with the environment variable MEL_CUDA_DEBUG_SYNC=1
+ * every kernel and GEMM is followed by a stream synchronisation so the
+ * message names the one that failed (slow: for debugging).
+ *
+ * Timing: gemm_mark records a CUDA event before and after each group of
+ * chunk GEMMs; mel_stats.gemm_seconds is the sum of the device time
+ * between the pairs (host timers around asynchronous launches would
+ * measure only the queuing).
+ *
+ * Precision (mel_set_precision): the logits GEMM is full fp32 (cuBLAS
+ * default math, no TF32); with MEL_PRECISION_TF32 the f32 gradient GEMMs
+ * (ctx->grad_gemm set by lib/gemm.c) use CUBLAS_COMPUTE_32F_FAST_TF32;
+ * FAST16 needs nothing here: lib/gemm.c then calls gemm16 with 16-bit dZ.
  *
  * Primitives for the engine's chunk GEMMs (lib/gemm.c): gemm (f32 / f64,
  * cublasSgemm / cublasDgemm), gemm16 (bf16 / f16 inputs, f32 output and
@@ -68,6 +91,9 @@ extern "C" {
 #define MEL_CU_BS 256       /* threads per block of the row executor (a power of 2) */
 #endif
 #define MEL_CU_CACHE 8      /* transforms kept on the device               */
+#ifndef MEL_CU_MAX_BLOCKS_PER_SM
+#define MEL_CU_MAX_BLOCKS_PER_SM 4 /* row-executor blocks per SM at most (each holds a row's scratch) */
+#endif
 
 /* ------------------------------------------------------------- state */
 
@@ -82,6 +108,13 @@ typedef struct cu_cached {
 
 typedef struct cu_state {
     int device, sms;
+    int blocks_per_sm;       /* k_phase blocks resident per SM (occupancy API, capped) */
+    int depth, prev_device;  /* enter/leave nesting; the caller's device to restore */
+    int debug_sync;          /* MEL_CUDA_DEBUG_SYNC: synchronise after every kernel / GEMM */
+    const char *last_queued; /* what was queued last (for errors found at a sync) */
+    cudaEvent_t *ev;         /* GEMM timing: event pairs (begin, end) of this call */
+    int n_ev, cap_ev, ev_failed;
+    char what[200];          /* the name of the last row-program phase queued */
     cudaStream_t stream;     /* where work is queued: own or the caller's  */
     cudaStream_t own;        /* created with the context                   */
     cublasHandle_t blas;
@@ -113,10 +146,29 @@ static mel_status take_deferred(mel_ctx *ctx)
     return cu_err(ctx, e, "an earlier asynchronous operation failed");
 }
 
-static mel_status launched(mel_ctx *ctx, const char *what)
+/* After queuing `what` (a kernel launch or a cuBLAS call): the launch
+ * error, if any (enter() made sure no error of the caller's was pending, so
+ * it is ours).  With MEL_CUDA_DEBUG_SYNC set, also wait for it and report
+ * an execution error under its name. */
+static mel_status queued(mel_ctx *ctx, const char *what)
 {
+    cu_state *st = st_of(ctx);
+    st->last_queued = what;
     cudaError_t e = cudaGetLastError();
-    return e == cudaSuccess ? MEL_OK : cu_err(ctx, e, what);
+    if (e != cudaSuccess) return cu_err(ctx, e, what);
+    if (st->debug_sync && (e = cudaStreamSynchronize(st->stream)) != cudaSuccess)
+        return mel_fail(ctx, MEL_ERR_BACKEND, "cuda: %s failed while running (MEL_CUDA_DEBUG_SYNC): %s (%s)", what,
+                        cudaGetErrorName(e), cudaGetErrorString(e));
+    return MEL_OK;
+}
+
+static mel_status launched(mel_ctx *ctx, const char *what) { return queued(ctx, what); }
+
+/* a cuBLAS status, then queued() */
+static mel_status blas_done(mel_ctx *ctx, cublasStatus_t b, const char *what)
+{
+    if (b != CUBLAS_STATUS_SUCCESS) return blas_err(ctx, b, what);
+    return queued(ctx, what);
 }
 
 static int fits_int(int64_t v) { return v >= 0 && v <= 2147483647; }
@@ -143,13 +195,22 @@ static void cu_fini(mel_ctx *ctx)
 {
     cu_state *st = st_of(ctx);
     if (!st) return;
+    int prev = -1;
+    if (cudaGetDevice(&prev) != cudaSuccess) prev = -1;
+    if (prev != st->device) cudaSetDevice(st->device);
     if (st->stream) cudaStreamSynchronize(st->stream);
+    for (int k = 0; k < st->n_ev || k < st->cap_ev; k++)
+        if (st->ev && st->ev[k]) cudaEventDestroy(st->ev[k]);
+    free(st->ev);
     for (int k = 0; k < MEL_CU_CACHE; k++) cache_drop(&st->cache[k]);
     if (st->blas) cublasDestroy(st->blas);
     if (st->own) cudaStreamDestroy(st->own);
+    if (prev >= 0 && prev != st->device) cudaSetDevice(prev);
     free(st);
     ctx->be = NULL;
 }
+
+static int phase_blocks_per_sm(void);
 
 static mel_status cu_init(mel_ctx *ctx)
 {
@@ -173,6 +234,11 @@ static mel_status cu_init(mel_ctx *ctx)
         return s;
     }
     if (st->sms < 1) st->sms = 1;
+    st->blocks_per_sm = phase_blocks_per_sm();
+    {
+        const char *d = getenv("MEL_CUDA_DEBUG_SYNC");
+        st->debug_sync = d && *d && strcmp(d, "0") != 0;
+    }
     st->stream = st->own;
     cublasStatus_t b = cublasCreate(&st->blas);
     if (b == CUBLAS_STATUS_SUCCESS) b = cublasSetStream(st->blas, st->stream);
@@ -186,11 +252,94 @@ static mel_status cu_init(mel_ctx *ctx)
     return MEL_OK;
 }
 
+/* Rows run at once: mel_set_threads, else enough blocks to fill the
+ * device (resident k_phase blocks per SM × SMs). */
 static int cu_threads(mel_ctx *ctx)
 {
     if (ctx->threads > 0) return ctx->threads;
     cu_state *st = st_of(ctx);
-    return st ? st->sms : 1;
+    return st ? st->sms * st->blocks_per_sm : 1;
+}
+
+/* enter / leave: the context's device current for the call, the caller's
+ * restored after it; a CUDA error pending before the call is the caller's
+ * (libmel clears its own): refuse, and leave it in place for the caller. */
+static mel_status cu_enter(mel_ctx *ctx)
+{
+    cu_state *st = st_of(ctx);
+    if (st->depth++ > 0) return MEL_OK;
+    int cur = -1;
+    cudaError_t e = cudaGetDevice(&cur);
+    if (e == cudaSuccess && cur != st->device) e = cudaSetDevice(st->device);
+    st->prev_device = cur;
+    if (e != cudaSuccess) {
+        st->depth--;
+        return cu_err(ctx, e, "making the context's device current (cudaSetDevice)");
+    }
+    e = cudaPeekAtLastError();
+    if (e != cudaSuccess) {
+        if (cur >= 0 && cur != st->device) cudaSetDevice(cur);
+        st->depth--;
+        return mel_fail(ctx, MEL_ERR_BACKEND,
+                        "cuda: a CUDA error was already pending when libmel was called: %s (%s); it is not "
+                        "libmel's (libmel clears its own errors) and is left for the caller to handle "
+                        "(cudaGetLastError)", cudaGetErrorName(e), cudaGetErrorString(e));
+    }
+    st->n_ev = 0;
+    st->ev_failed = 0;
+    return MEL_OK;
+}
+
+static void cu_leave(mel_ctx *ctx)
+{
+    cu_state *st = st_of(ctx);
+    if (--st->depth > 0) return;
+    if (st->prev_device >= 0 && st->prev_device != st->device) cudaSetDevice(st->prev_device);
+}
+
+/* Device timing of the engine's GEMM steps: an event before and after each */
+static void cu_gemm_mark(mel_ctx *ctx, int end)
+{
+    cu_state *st = st_of(ctx);
+    if (st->ev_failed) return;
+    if ((st->n_ev & 1) != (end ? 1 : 0)) { /* unpaired marks: give up timing this call */
+        st->ev_failed = 1;
+        return;
+    }
+    if (st->n_ev == st->cap_ev) {
+        int cap = st->cap_ev ? 2 * st->cap_ev : 64;
+        cudaEvent_t *ev = (cudaEvent_t *)realloc(st->ev, (size_t)cap * sizeof *ev);
+        if (!ev) {
+            st->ev_failed = 1;
+            return;
+        }
+        memset(ev + st->cap_ev, 0, (size_t)(cap - st->cap_ev) * sizeof *ev);
+        st->ev = ev;
+        st->cap_ev = cap;
+    }
+    cudaEvent_t *e = &st->ev[st->n_ev];
+    if ((!*e && cudaEventCreate(e) != cudaSuccess) || cudaEventRecord(*e, st->stream) != cudaSuccess) {
+        cudaGetLastError(); /* ours: the call goes on untimed */
+        st->ev_failed = 1;
+        return;
+    }
+    st->n_ev++;
+}
+
+static double cu_gemm_seconds(mel_ctx *ctx)
+{
+    cu_state *st = st_of(ctx);
+    if (st->ev_failed || (st->n_ev & 1)) return -1;
+    double ms = 0;
+    for (int k = 0; k + 1 < st->n_ev; k += 2) {
+        float t = 0;
+        if (cudaEventElapsedTime(&t, st->ev[k], st->ev[k + 1]) != cudaSuccess) {
+            cudaGetLastError();
+            return -1;
+        }
+        ms += t;
+    }
+    return ms * 1e-3;
 }
 
 static void *cu_alloc(mel_ctx *ctx, size_t bytes)
@@ -221,7 +370,12 @@ static mel_status cu_sync(mel_ctx *ctx)
     mel_status s = take_deferred(ctx);
     if (s) return s;
     cudaError_t e = cudaStreamSynchronize(st->stream);
-    if (e != cudaSuccess) return cu_err(ctx, e, "synchronising at the end of the call");
+    if (e != cudaSuccess)
+        return mel_fail(ctx, MEL_ERR_BACKEND,
+                        "cuda: a kernel or GEMM of this call failed while running: %s (%s); the last one queued "
+                        "was the %s (set MEL_CUDA_DEBUG_SYNC=1 to synchronise after each and name the one that "
+                        "failed)", cudaGetErrorName(e), cudaGetErrorString(e),
+                        st->last_queued ? st->last_queued : "(none)");
     return MEL_OK;
 }
 
@@ -300,7 +454,12 @@ static mel_status cu_gemm(mel_ctx *ctx, mel_dtype ct, int transA, int transB, in
     cublasOperation_t ta = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t tb = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasStatus_t b;
-    if (ct == MEL_F32) {
+    if (ct == MEL_F32 && ctx->grad_gemm && (ctx->precision & MEL_PRECISION_TF32)) {
+        /* a gradient GEMM with TF32 allowed (mel_set_precision) */
+        float al = (float)alpha, be = (float)beta;
+        b = cublasGemmEx(st->blas, ta, tb, (int)N, (int)M, (int)K, &al, B, CUDA_R_32F, (int)ldb, A, CUDA_R_32F,
+                         (int)lda, &be, C, CUDA_R_32F, (int)ldc, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT);
+    } else if (ct == MEL_F32) {
         float al = (float)alpha, be = (float)beta;
         b = cublasSgemm(st->blas, ta, tb, (int)N, (int)M, (int)K, &al, (const float *)B, (int)ldb,
                         (const float *)A, (int)lda, &be, (float *)C, (int)ldc);
@@ -310,7 +469,7 @@ static mel_status cu_gemm(mel_ctx *ctx, mel_dtype ct, int transA, int transB, in
     } else {
         return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "cuda gemm: compute dtype %s", mel_dtype_name(ct));
     }
-    return b == CUBLAS_STATUS_SUCCESS ? MEL_OK : blas_err(ctx, b, "cublas gemm");
+    return blas_done(ctx, b, ct == MEL_F32 ? "cuBLAS f32 GEMM" : "cuBLAS f64 GEMM");
 }
 
 /* 16-bit inputs (same dtype), f32 output and f32 compute. */
@@ -331,7 +490,7 @@ static mel_status cu_gemm16(mel_ctx *ctx, mel_dtype st16, int transA, int transB
                                     transA ? CUBLAS_OP_T : CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, B, dt,
                                     (int)ldb, A, dt, (int)lda, &beta, C, CUDA_R_32F, (int)ldc,
                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    return b == CUBLAS_STATUS_SUCCESS ? MEL_OK : blas_err(ctx, b, "cublasGemmEx (16-bit inputs)");
+    return blas_done(ctx, b, "cublasGemmEx (16-bit inputs, f32 accumulation)");
 }
 
 /* ------------------------------------------------- conversion kernels */
@@ -435,7 +594,7 @@ static mel_status cu_store16(mel_ctx *ctx, const mel_matrix *m, int64_t r0, int6
     const unsigned grid = grid_for(R * m->cols, 256);
     MEL_LAUNCH(k_store16, grid, 256, st->stream, (uint16_t *)m->data, m->ld, r0, R, m->cols, g, accumulate,
                m->dtype == MEL_BF16);
-    return launched(ctx, "16-bit dX kernel");
+    return launched(ctx, "16-bit rounding kernel (dX or dZ)");
 }
 
 /* ------------------------------------------------------ the row executor */
@@ -786,6 +945,22 @@ __global__ void __launch_bounds__(MEL_CU_BS) k_phase(cu_prog t, cu_chunk c, int 
     }
 }
 
+/* Resident k_phase blocks per multiprocessor (the occupancy API, the lower
+ * of the f32 and f64 kernels), capped at MEL_CU_MAX_BLOCKS_PER_SM: each
+ * concurrent row holds its own scratch vectors in the workspace. */
+static int phase_blocks_per_sm(void)
+{
+    int a = 0, b = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&a, k_phase<float>, MEL_CU_BS, 0) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, k_phase<double>, MEL_CU_BS, 0) != cudaSuccess) {
+        cudaGetLastError(); /* ours */
+        return 1;
+    }
+    int n = a < b ? a : b;
+    if (n < 1) n = 1;
+    return n < MEL_CU_MAX_BLOCKS_PER_SM ? n : MEL_CU_MAX_BLOCKS_PER_SM;
+}
+
 /* The segment sums that open phase [p0, p1): one thread per segment, rows
  * in order, in double (the CPU's order). */
 template <typename T>
@@ -978,13 +1153,18 @@ static mel_status cu_run_rows(mel_ctx *ctx, const mel_transform *t, const mel_pl
                 const unsigned g = grid_for(nseg, 128);
                 if (ch->ct == MEL_F32) MEL_LAUNCH(k_segsum<float>, g, 128, st->stream, dt, (float *)ch->regs, ch->R, p0, p1);
                 else MEL_LAUNCH(k_segsum<double>, g, 128, st->stream, dt, (double *)ch->regs, ch->R, p0, p1);
-                if ((s = launched(ctx, "segment-sum kernel"))) return s;
+                snprintf(st->what, sizeof st->what, "segment-sum kernel before phase %d of %d of transform '%s' (%s plan)",
+                         q + 1, p->n_phases, t->name, k == 0 ? "forward" : k == 1 ? "forward-backward" : "count");
+                if ((s = launched(ctx, st->what))) return s;
             }
         }
         const int final = q == p->n_phases - 1;
         if (ch->ct == MEL_F32) MEL_LAUNCH(k_phase<float>, grid, MEL_CU_BS, st->stream, dt, dc, p0, p1, final, fb);
         else MEL_LAUNCH(k_phase<double>, grid, MEL_CU_BS, st->stream, dt, dc, p0, p1, final, fb);
-        if ((s = launched(ctx, "row-program kernel"))) return s;
+        snprintf(st->what, sizeof st->what, "row-program kernel, phase %d of %d of transform '%s' (%s plan, rows %lld..%lld)",
+                 q + 1, p->n_phases, t->name, k == 0 ? "forward" : k == 1 ? "forward-backward" : "count",
+                 (long long)ch->r0, (long long)(ch->r0 + ch->R - 1));
+        if ((s = launched(ctx, st->what))) return s;
     }
     return MEL_OK;
 }
@@ -1014,6 +1194,10 @@ static mel_backend_ops make_ops(void)
     o.sync = cu_sync;
     o.set_stream = cu_set_stream;
     o.device_budget = cu_device_budget;
+    o.enter = cu_enter;
+    o.leave = cu_leave;
+    o.gemm_mark = cu_gemm_mark;
+    o.gemm_seconds = cu_gemm_seconds;
     return o;
 }
 

@@ -1,0 +1,97 @@
+#!/bin/sh
+# tools/gpu/bundle.sh SRCDIR OUTDIR: the GPU check bundle (make gpu-bundle).
+#
+# Builds libmel from the sources of SRCDIR (tracked and untracked files
+# that git does not ignore, copied into OUTDIR.build/src so the source
+# tree's own build is untouched) with --with-cuda --with-cuda-arch=90,
+# static libmel and the CUDA runtime linked statically, then gathers into
+# OUTDIR:
+#   cuda.t       the CUDA test (t/cuda.c)
+#   bench_cuda   the benchmark (examples/bench_cuda.c)
+#   lib/         the shared libraries they need that a bare CUDA machine
+#                lacks (OpenBLAS, gfortran, gomp, quadmath: found with ldd)
+#   run.sh       the check itself (tools/gpu/run.sh; see doc/gpu-check.md)
+#   BUILD.txt    what was built, from which commit, with which toolchain
+# The bundle needs on the GPU machine: the NVIDIA driver and cuBLAS of the
+# CUDA major version it was built with (libcublas.so.N, libcublasLt.so.N;
+# too large to bundle), and a glibc at least as new as this machine's.
+#
+# Environment: CUDA_PREFIX (default /usr/local/cuda), CUDA_ARCH (default
+# 90), JOBS (default 2).
+set -eu
+src=$(cd "${1:?usage: bundle.sh SRCDIR OUTDIR}" && pwd)
+out=${2:?usage: bundle.sh SRCDIR OUTDIR}
+prefix=${CUDA_PREFIX:-/usr/local/cuda}
+arch=${CUDA_ARCH:-90}
+jobs=${JOBS:-2}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+bld=$out.build
+say() { echo "gpu-bundle: $*"; }
+
+command -v git >/dev/null 2>&1 && git -C "$src" rev-parse --git-dir >/dev/null 2>&1 ||
+  { say "SRCDIR $src is not a git checkout (the file list comes from git ls-files)" >&2; exit 1; }
+[ -x "$prefix/bin/nvcc" ] || { say "no nvcc at $prefix/bin/nvcc (set CUDA_PREFIX)" >&2; exit 1; }
+[ -f "$prefix/lib64/libcudart_static.a" ] ||
+  { say "no $prefix/lib64/libcudart_static.a (the static CUDA runtime)" >&2; exit 1; }
+
+# 1. a private copy of the sources (the source tree may be configured in place)
+rm -rf "$bld"
+mkdir -p "$bld/src"
+(cd "$src" && git ls-files -co --exclude-standard -z | xargs -0 tar cf -) | (cd "$bld/src" && tar xf -)
+rev=$(git -C "$src" rev-parse --short HEAD)
+dirty=$(git -C "$src" status --porcelain --untracked-files=no | grep -q . && echo " + uncommitted changes" || true)
+
+# 2. configure and build the two programs (static libmel, static cudart)
+cd "$bld/src"
+say "autoreconf, configure --with-cuda=$prefix --with-cuda-arch=$arch --disable-shared (log: $bld/build.log)"
+{
+  autoreconf -fi &&
+  ./configure --with-cuda="$prefix" --with-cuda-arch="$arch" --disable-shared --enable-static &&
+  make -j"$jobs" CUDA_LIBS="-L$prefix/lib64 -Wl,-rpath,$prefix/lib64 -lcublas -lcudart_static -ldl -lrt -lpthread" \
+    examples/bench_cuda t/cuda.t
+} >"$bld/build.log" 2>&1 || { tail -30 "$bld/build.log" >&2; say "build failed: $bld/build.log" >&2; exit 1; }
+
+# 3. gather
+rm -rf "$out"
+mkdir -p "$out/lib"
+cp t/cuda.t "$out/cuda.t"
+cp examples/bench_cuda "$out/bench_cuda"
+cp "$src/tools/gpu/run.sh" "$out/run.sh"
+chmod +x "$out/run.sh" "$out/cuda.t" "$out/bench_cuda"
+for exe in "$out/cuda.t" "$out/bench_cuda"; do
+  ldd "$exe" | awk '/=> \// { print $1, $3 }'
+done | sort -u | while read -r name path; do
+  case $name in
+    libopenblas*|libgfortran*|libgomp*|libquadmath*|libblas*|liblapack*)
+      cp -L "$path" "$out/lib/$name" ;;
+  esac
+done
+# a bare CUDA machine lacks these: each must now resolve to the bundle
+missing=
+for exe in "$out/cuda.t" "$out/bench_cuda"; do
+  for l in $(LD_LIBRARY_PATH="$out/lib" ldd "$exe" | awk '/=> \// { print $1 "=" $3 }'); do
+    case ${l%%=*} in
+      libopenblas*|libgfortran*|libgomp*|libquadmath*)
+        case ${l#*=} in "$out"/lib/*) ;; *) missing="$missing ${l%%=*}" ;; esac ;;
+    esac
+  done
+done
+[ -z "$missing" ] || { say "not bundled:$missing" >&2; exit 1; }
+{
+  echo "libmel GPU bundle, built $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -n)"
+  echo "commit: $rev$dirty"
+  echo "nvcc: $("$prefix/bin/nvcc" --version | tail -1)"
+  echo "configure: --with-cuda=$prefix --with-cuda-arch=$arch --disable-shared (static libmel, static cudart)"
+  echo "gencode: $(sed -n 's/^NVCC_GENCODE = //p' Makefile)"
+  echo "bundled libraries: $(cd "$out/lib" && ls | tr '\n' ' ')"
+  echo "needs on the GPU machine: the NVIDIA driver and, from the CUDA toolkit:"
+  for exe in "$out/cuda.t" "$out/bench_cuda"; do
+    LD_LIBRARY_PATH="$out/lib" ldd "$exe" | awk '/=>/ { print $1 }'
+  done | sort -u | grep -E '^libcu' | sed 's/^/  /'
+  echo "glibc of this build: $(ldd --version | head -1)"
+} >"$out/BUILD.txt"
+size=$(du -sk "$out" | cut -f1)
+say "bundle in $out: $((size / 1024)) MiB ($size KiB)"
+[ "$size" -lt 65536 ] || { say "the bundle is over 64 MiB" >&2; exit 1; }
+say "on the GPU machine: $out/run.sh LOGDIR (doc/gpu-check.md)"
