@@ -52,3 +52,8 @@ t_backend_ops_t_SOURCES = t/backend_ops.c
 t_backend_ops_t_LDADD = $(TEST_LIBS)
 t_backend_ops_t_LDFLAGS = -static
 TESTS += t/backend_ops.t
+# mel_set_precision (EXACT, FAST16, TF32) on the CPU against fp64 models
+check_PROGRAMS += t/precision.t
+t_precision_t_SOURCES = t/precision.c
+t_precision_t_LDADD = $(TEST_LIBS)
+TESTS += t/precision.t
