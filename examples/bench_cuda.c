@@ -1,8 +1,10 @@
 /* bench_cuda: one CE training step on the GPU, naive vs recompute vs fused.
  *
- *   examples/bench_cuda [N D V DTYPE WORKSPACE_MIB REPEAT]
- *   defaults: 16384 4096 128000 bf16 4096 3 (the seed configuration:
- *   bsz 4 × qlen 4096 rows, hidden 4096, vocabulary 128000)
+ *   examples/bench_cuda [N D V DTYPE WORKSPACE_MIB REPEAT PRECISIONS]
+ *   defaults: 16384 4096 128000 bf16 4096 3 exact (the seed configuration:
+ *   bsz 4 × qlen 4096 rows, hidden 4096, vocabulary 128000); PRECISIONS is
+ *   a comma-separated list of exact, fast16, tf32 (mel_set_precision), each
+ *   run for the three modes
  *
  *   naive      one chunk of N rows (the full N×V logits), forward_backward
  *   recompute  automatic chunks within WORKSPACE_MIB: forward, then backward
@@ -11,9 +13,14 @@
  * X, W, labels, dX, dW and the loss live in device memory.  Time: CUDA
  * events on the legacy default stream around each call (libmel's stream
  * synchronises with it), median and minimum over REPEAT runs after one
- * warm-up.  Memory: libmel's peak workspace (mel_stats) and the device's
- * peak use above the baseline, sampled with cudaMemGetInfo by a second
- * thread every ~0.2 ms (a sampled lower bound of the true peak).
+ * warm-up; gemm_ms is mel_stats.gemm_seconds of the last run (CUDA events
+ * around the chunk GEMMs).  Memory: libmel's peak workspace (mel_stats) and
+ * the device's peak use above the baseline, sampled with cudaMemGetInfo by
+ * a second thread every ~0.2 ms (a sampled lower bound of the true peak).
+ * Before each mode the context's workspace is released (mel_ctx_trim) and
+ * the baseline re-read, so a mode's peak is its own (the naive mode's
+ * arena is not counted in the later modes).  The loss of every mode and
+ * precision is printed with its difference from the first row's.
  */
 #include <math.h>
 #include <pthread.h>
@@ -119,9 +126,31 @@ int main(int argc, char **argv)
     const char *dts = argc > 4 ? argv[4] : "bf16";
     int64_t ws_mib = argc > 5 ? atoll(argv[5]) : 4096;
     int repeat = argc > 6 ? atoi(argv[6]) : 3;
+    const char *precs = argc > 7 ? argv[7] : "exact";
+    unsigned plist[3];
+    const char *pname[3];
+    int np = 0;
+    {
+        char tmp[64];
+        snprintf(tmp, sizeof tmp, "%s", precs);
+        for (char *t = strtok(tmp, ","); t; t = strtok(NULL, ",")) {
+            unsigned f = !strcmp(t, "exact") ? MEL_PRECISION_EXACT : !strcmp(t, "fast16") ? MEL_PRECISION_FAST16
+                       : !strcmp(t, "tf32") ? MEL_PRECISION_TF32 : 99u;
+            if (f == 99u || np == 3) {
+                fprintf(stderr, "bench_cuda: PRECISIONS = '%s': expected up to 3 of exact, fast16, tf32\n", precs);
+                return 2;
+            }
+            pname[np] = f == MEL_PRECISION_EXACT ? "exact" : f == MEL_PRECISION_FAST16 ? "fast16" : "tf32";
+            plist[np++] = f;
+        }
+        if (np == 0) {
+            fprintf(stderr, "bench_cuda: PRECISIONS is empty\n");
+            return 2;
+        }
+    }
     mel_dtype dt = !strcmp(dts, "f32") ? MEL_F32 : !strcmp(dts, "f64") ? MEL_F64 : !strcmp(dts, "f16") ? MEL_F16 : MEL_BF16;
     if (N < 1 || D < 1 || V < 2 || ws_mib < 1 || repeat < 1 || repeat > 100) {
-        fprintf(stderr, "usage: bench_cuda [N D V bf16|f16|f32|f64 WORKSPACE_MIB REPEAT]\n");
+        fprintf(stderr, "usage: bench_cuda [N D V bf16|f16|f32|f64 WORKSPACE_MIB REPEAT [exact,fast16,tf32]]\n");
         return 2;
     }
     mel_dtype gt = dt == MEL_F64 ? MEL_F64 : MEL_F32;
@@ -174,14 +203,21 @@ int main(int argc, char **argv)
            (long long)N, (long long)D, (long long)V, mel_dtype_name(dt),
            ((double)(2 * N * D) * es + (double)(V * D) * (es + gs)) / 1048576.0,
            (double)N * (double)V * 4 / 1048576.0, (long long)ws_mib, mel_get_threads(ctx));
-    printf("%-10s %10s %7s %12s %12s %12s %14s %16s %12s\n", "mode", "chunk_rows", "chunks", "median_ms",
-           "min_ms", "TFLOP/s", "peak_ws_MiB", "peak_device_MiB", "loss");
+    printf("%-10s %-7s %10s %7s %10s %10s %9s %8s %12s %16s %12s %10s\n", "mode", "prec", "chunk_rows", "chunks",
+           "median_ms", "min_ms", "gemm_ms", "TFLOP/s", "peak_ws_MiB", "peak_device_MiB", "loss", "dloss");
+    double loss0 = NAN;
 
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
     static const char *names[3] = {"naive", "recompute", "fused"};
-    for (int m = 0; m < 3; m++) {
+    for (int pm = 0; pm < np * 3; pm++) {
+        const int m = pm % 3, pi = pm / 3;
+        mk(ctx, mel_set_precision(ctx, plist[pi]), "precision");
+        /* this mode's memory only: release the previous mode's arena */
+        mel_ctx_trim(ctx);
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemGetInfo(&base_free, &tot));
         if (m == 0) {
             mk(ctx, mel_set_chunk_rows(ctx, N), "chunk rows");
             mk(ctx, mel_set_workspace_limit(ctx, (int64_t)1 << 46), "workspace");
@@ -191,10 +227,12 @@ int main(int argc, char **argv)
         }
         double *ms = calloc((size_t)repeat, sizeof *ms);
         int64_t peak_ws = 0, chunk_rows = 0, chunks = 0;
+        double gemm_ms = 0;
         size_t lowest = base_free;
         double loss = NAN;
         for (int it = -1; it < repeat; it++) {
             mel_stats st;
+            double fwd_gemm_s = 0;
             min_free = base_free;
             sampling = 1;
             pthread_t th;
@@ -203,6 +241,7 @@ int main(int argc, char **argv)
             if (m == 1) {
                 mk(ctx, mel_forward(ctx, ce, a), "forward");
                 mel_get_stats(ctx, &st);
+                fwd_gemm_s = st.gemm_seconds;
                 if (st.peak_workspace_bytes > peak_ws) peak_ws = st.peak_workspace_bytes;
                 mk(ctx, mel_backward(ctx, ce, a), "backward");
             } else {
@@ -215,6 +254,7 @@ int main(int argc, char **argv)
             mel_get_stats(ctx, &st);
             if (st.peak_workspace_bytes > peak_ws) peak_ws = st.peak_workspace_bytes;
             chunk_rows = st.chunk_rows, chunks = st.chunks;
+            gemm_ms = st.gemm_seconds * 1e3 + (m == 1 ? fwd_gemm_s * 1e3 : 0);
             if (min_free < lowest) lowest = min_free;
             float t = 0;
             CK(cudaEventElapsedTime(&t, e0, e1));
@@ -224,14 +264,18 @@ int main(int argc, char **argv)
         qsort(ms, (size_t)repeat, sizeof *ms, cmp_d);
         double med = repeat % 2 ? ms[repeat / 2] : (ms[repeat / 2 - 1] + ms[repeat / 2]) / 2;
         double flop = 3.0 * 2.0 * (double)N * (double)D * (double)V * (m == 1 ? 4.0 / 3.0 : 1.0);
-        printf("%-10s %10lld %7lld %12.2f %12.2f %12.1f %14.1f %16.1f %12.6f\n", names[m], (long long)chunk_rows,
-               (long long)chunks, med, ms[0], flop / (med * 1e-3) * 1e-12, (double)peak_ws / 1048576.0,
-               (double)(base_free - lowest) / 1048576.0, loss);
+        if (pm == 0) loss0 = loss;
+        printf("%-10s %-7s %10lld %7lld %10.2f %10.2f %9.2f %8.1f %12.1f %16.1f %12.6f %10.2e\n", names[m], pname[pi],
+               (long long)chunk_rows, (long long)chunks, med, ms[0], gemm_ms, flop / (med * 1e-3) * 1e-12,
+               (double)peak_ws / 1048576.0, (double)(base_free - lowest) / 1048576.0, loss, loss - loss0);
         fflush(stdout);
         free(ms);
     }
     printf("# loss: mean CE over non-ignored rows (about log V = %.4f for these random inputs)\n", log((double)V));
-    printf("# TFLOP/s counts the GEMMs only: 3 per chunk (4 for recompute, whose backward recomputes the logits)\n");
+    printf("# TFLOP/s: the GEMM flops (3 per chunk, 4 for recompute, whose backward recomputes the logits) over the "
+           "median time; gemm_ms: device time of the GEMMs (mel_stats.gemm_seconds, CUDA events), last run\n");
+    printf("# peak_device_MiB: above the free memory after mel_ctx_trim before each mode (the caller's buffers "
+           "excluded)\n");
     mel_args_free(a);
     mel_transform_free(ce);
     mel_ctx_destroy(ctx);

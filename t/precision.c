@@ -7,9 +7,10 @@
  *   FAST16  dZ = round16(f32(s·G)) (round to nearest even to the storage
  *           dtype), then dX = dZ·W, dW = dZᵀ·X, db = Σ dZ in fp64 on those
  *           rounded values: the library must agree with this model to fp32
- *           accuracy (y, dW, db 3e-5 of the largest entry; dX additionally
- *           one rounding to the storage dtype), and must NOT agree with the
- *           exact model that closely for dW (the rounding really happens).
+ *           accuracy (y 3e-5; dW, db normalised squared error 1e-9; dX one
+ *           rounding to the storage dtype), and must NOT agree with the
+ *           exact model that closely for dW (nse 100 times larger: the
+ *           rounding really happens).
  *   The error of FAST16 against the exact fp64 gradients is measured
  *   (printed) and bounded: bf16 dW, db <= 2^-8 (one bf16 rounding of dZ, at
  *   most, relative to the largest entry), f16 likewise <= 2^-8 with dZ
@@ -56,8 +57,16 @@ static double from16(uint16_t h, mel_dtype dt)
 }
 
 typedef struct errs {
-    double y, dx, dw, db;
+    double y, dx, dw, db;   /* max |error| / max |reference|          */
+    double nx, nw, nb;      /* Σ error² / Σ reference² (nse)          */
 } errs;
+
+static double nse(const double *g, const double *r, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) num += (g[i] - r[i]) * (g[i] - r[i]), den += r[i] * r[i];
+    return num == 0 ? 0 : num / fmax(den, 1e-300);
+}
 
 /* One CE forward-backward, reduction SUM scaled by `scale` per row
  * (WEIGHTED with equal weights), with 16-bit storage dt in precision
@@ -121,6 +130,9 @@ static void run(mel_ctx *ctx, mel_transform *ce, mel_dtype dt, unsigned prec, in
     vs_fast->dx = ref_relerr(gdx, fdx, N * D, 1e-300);
     vs_fast->dw = ref_relerr(gdw, fdw, V * D, 1e-300);
     vs_fast->db = bias ? ref_relerr(gdb, fdb, V, 1e-300) : 0;
+    vs_exact->nx = nse(gdx, edx, N * D), vs_fast->nx = nse(gdx, fdx, N * D);
+    vs_exact->nw = nse(gdw, edw, V * D), vs_fast->nw = nse(gdw, fdw, V * D);
+    vs_exact->nb = bias ? nse(gdb, edb, V) : 0, vs_fast->nb = bias ? nse(gdb, fdb, V) : 0;
     mel_args_free(a);
     free(x), free(w), free(b), free(dx), free(X), free(W), free(B), free(wt), free(dw), free(db), free(lab), free(DX0);
     free(Z), free(G), free(yr), free(s), free(Gr), free(one), free(edx), free(edw), free(edb), free(fdx), free(fdw);
@@ -141,12 +153,16 @@ static void compare(mel_ctx *ctx, mel_transform *ce, mel_dtype dt, int64_t N, in
              (long long)D, (long long)V, (long long)chunk, bias ? " bias" : "", acc ? " accumulate dX" : "", scale);
     ok(s1 == MEL_OK && ee.y < 3e-5 && ee.dx < tx && ee.dw < 3e-5 && ee.db < 3e-5,
        "EXACT %s vs the exact fp64 model: y %.1e dX %.1e dW %.1e db %.1e", what, ee.y, ee.dx, ee.dw, ee.db);
-    ok(s2 == MEL_OK && ff.y < 3e-5 && ff.dx < tx && ff.dw < 3e-5 && ff.db < 3e-5,
-       "FAST16 %s vs the fp64 model of FAST16 (dZ rounded to %s): y %.1e dX %.1e dW %.1e db %.1e", what,
-       mel_dtype_name(dt), ff.y, ff.dx, ff.dw, ff.db);
-    /* the rounding is really applied: the exact model is further away */
-    ok(s2 == MEL_OK && fe.dw > 4 * ff.dw && fe.dw > 3e-5,
-       "FAST16 %s is measurably not EXACT: dW error vs the exact model %.1e > 4 × %.1e", what, fe.dw, ff.dw);
+    /* against the model in nse: the library's fp32 dZ and the model's fp64
+     * one can round to different neighbours where they lie next to a
+     * rounding midpoint -- a rare one-ulp flip that a max-error test would
+     * magnify, an nse test does not */
+    ok(s2 == MEL_OK && ff.y < 3e-5 && ff.dx < tx && ff.nw < 1e-9 && ff.nb < 1e-9,
+       "FAST16 %s vs the fp64 model of FAST16 (dZ rounded to %s): y %.1e dX %.1e, nse dW %.1e db %.1e", what,
+       mel_dtype_name(dt), ff.y, ff.dx, ff.nw, ff.nb);
+    /* the rounding is really applied: the exact model is much further away */
+    ok(s2 == MEL_OK && fe.nw > 100 * ff.nw && fe.nw > 1e-9,
+       "FAST16 %s is measurably not EXACT: dW nse vs the exact model %.1e > 100 × %.1e", what, fe.nw, ff.nw);
     /* the documented bound of FAST16 against exact fp64 gradients */
     ok(s2 == MEL_OK && fe.y < 3e-5 && fe.dx < tx + 0x1p-8 && fe.dw < 0x1p-8 && fe.db < 0x1p-8,
        "FAST16 %s vs the exact fp64 gradients, measured: dX %.1e dW %.1e db %.1e (bound: dW, db 2^-8; dX 2^-8 + %.1e)",
