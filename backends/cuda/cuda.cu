@@ -127,6 +127,9 @@ static cu_state *st_of(mel_ctx *ctx) { return (cu_state *)ctx->be; }
 
 static mel_status cu_err(mel_ctx *ctx, cudaError_t e, const char *what)
 {
+    /* e came from libmel's own runtime call: take it off the thread's
+     * last-error slot, so the next call does not see it as the caller's */
+    cudaGetLastError();
     return mel_fail(ctx, MEL_ERR_BACKEND, "cuda: %s: %s (%s)", what, cudaGetErrorName(e),
                     cudaGetErrorString(e));
 }
@@ -360,7 +363,7 @@ static void cu_free(mel_ctx *ctx, void *p)
      * error for the next operation that can report it */
     cudaError_t e = cudaStreamSynchronize(st->stream);
     if (e != cudaSuccess && st->deferred == cudaSuccess) st->deferred = e;
-    cudaFree(p);
+    if (cudaFree(p) != cudaSuccess || e != cudaSuccess) cudaGetLastError(); /* ours (see cu_err) */
 }
 
 /* End of a call: wait for the queued kernels and GEMMs and report their errors. */
@@ -370,6 +373,7 @@ static mel_status cu_sync(mel_ctx *ctx)
     mel_status s = take_deferred(ctx);
     if (s) return s;
     cudaError_t e = cudaStreamSynchronize(st->stream);
+    if (e != cudaSuccess) cudaGetLastError(); /* ours (see cu_err) */
     if (e != cudaSuccess)
         return mel_fail(ctx, MEL_ERR_BACKEND,
                         "cuda: a kernel or GEMM of this call failed while running: %s (%s); the last one queued "
