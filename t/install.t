@@ -36,6 +36,26 @@ while IFS= read -r line; do
     *) echo "$line" ;;
     esac
 done <"$tmp/check.tap"
+# the Python package, installed beside the library, loads the installed libmel
+m=$((m + 1))
+if [ -z "${MEL_PYTHON:-}" ] || [ -n "${MEL_SANITIZED:-}" ]; then
+    echo "ok $m # SKIP the Python package: no Python with torch, or a sanitizer build"
+else
+    pkg=$(find "$prefix" -type f -name _lib.py -path '*/libmel/*' | head -1)
+    site=${pkg%/libmel/_lib.py}
+    out=$(cd "$tmp" && env -u MEL_LIBRARY PYTHONPATH="$site" "$MEL_PYTHON" -c '
+import torch, libmel
+X = torch.randn(5, 3, dtype=torch.float64); W = torch.randn(7, 3, dtype=torch.float64)
+lab = torch.tensor([0, 6, 2, 3, 1])
+d = (libmel.linear_loss(X, W, lab) - torch.nn.functional.cross_entropy(X @ W.T, lab)).abs().item()
+print(libmel.library_path, d)' 2>&1)
+    path=${out% *}
+    if [ "$path" = "$prefix/lib/libmel.so" ] && awk -v d="${out##* }" 'BEGIN { exit !(d + 0 < 1e-12) }'; then
+        echo "ok $m - the installed Python package ($site) loads the installed libmel and computes: $out"
+    else
+        echo "not ok $m - the installed Python package: $out"; rc=1
+    fi
+fi
 env -u MAKEFLAGS -u MFLAGS $MAKE -C "$top_build" uninstall prefix="$prefix" >"$tmp/uninstall.log" 2>&1
 left=$(find "$prefix" -type f 2>/dev/null | wc -l)
 m=$((m + 1))

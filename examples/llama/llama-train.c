@@ -492,6 +492,26 @@ typedef struct trainee {
     double first_loss;
 } trainee;
 
+/* Clip the global gradient norm (when clip > 0; L2 accumulated in double), then one
+ * optimizer step. */
+static void clip_and_step(trainee *m, const llama_config *c,
+                          const llama_layout *lo, float *g, double clip)
+{
+    if (clip > 0) {
+        double ss = 0;
+        const int64_t n = lo->total;
+#pragma omp parallel for schedule(static) reduction(+ : ss)
+        for (int64_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
+        m->grad_norm = sqrt(ss);
+        if (m->grad_norm > clip) {
+            const float s = (float)(clip / m->grad_norm);
+#pragma omp parallel for schedule(static)
+            for (int64_t i = 0; i < n; i++) g[i] *= s;
+        }
+    }
+    llama_optim_step(&m->opt, c, lo, m->params, g);
+}
+
 /* One training step of model m on (inputs, targets): forward, head,
  * backward into the shared gradient buffer g, optimizer update.
  * 0, or -1 with a message printed. */
@@ -517,20 +537,7 @@ static int train_step(trainee *m, const llama_config *c, const llama_layout *lo,
     }
     double t2 = now_s();
     llama_backward(c, lo, m->params, inputs, a, g);
-    if (clip > 0) {
-        /* Global L2 norm of the gradient, accumulated in double. */
-        double ss = 0;
-        const int64_t n = lo->total;
-#pragma omp parallel for schedule(static) reduction(+ : ss)
-        for (int64_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
-        m->grad_norm = sqrt(ss);
-        if (m->grad_norm > clip) {
-            const float s = (float)(clip / m->grad_norm);
-#pragma omp parallel for schedule(static)
-            for (int64_t i = 0; i < n; i++) g[i] *= s;
-        }
-    }
-    llama_optim_step(&m->opt, c, lo, m->params, g);
+    clip_and_step(m, c, lo, g, clip);
     double t3 = now_s();
     m->head_s = t2 - t1;
     m->step_s = t3 - t0;
@@ -599,25 +606,6 @@ static int write_plot(const char *png, const char *csv, const char *title,
 /* ------------------------------------------------------------------- GRPO */
 
 static const char *loss_type_name[] = {"grpo", "bnpo", "dr_grpo", "dapo"};
-
-/* Clip the global gradient norm (when clip > 0), then one optimizer step. */
-static void clip_and_step(trainee *m, const llama_config *c,
-                          const llama_layout *lo, float *g, double clip)
-{
-    if (clip > 0) {
-        double ss = 0;
-        const int64_t n = lo->total;
-#pragma omp parallel for schedule(static) reduction(+ : ss)
-        for (int64_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
-        m->grad_norm = sqrt(ss);
-        if (m->grad_norm > clip) {
-            const float s = (float)(clip / m->grad_norm);
-#pragma omp parallel for schedule(static)
-            for (int64_t i = 0; i < n; i++) g[i] *= s;
-        }
-    }
-    llama_optim_step(&m->opt, c, lo, m->params, g);
-}
 
 static int write_grpo_plot(const char *png, const char *csv, const char *title,
                            int compare)
