@@ -224,9 +224,9 @@ const char *mel_builtin_help(int i) { return i >= 0 && i < N_BUILTINS ? builtins
 
 const char *mel_builtin_param(int i, int j, double *dflt)
 {
-    if (i < 0 || i >= N_BUILTINS || j < 0 || j >= MAXP || !builtins[i].params[j].name) return NULL;
-    if (dflt) *dflt = builtins[i].params[j].dflt;
-    return builtins[i].params[j].name;
+    if (i < 0 || i >= N_BUILTINS || j < 0 || j >= MEL_BUILTIN_MAXP || !builtins[i]->params[j].name) return NULL;
+    if (dflt) *dflt = builtins[i]->params[j].dflt;
+    return builtins[i]->params[j].name;
 }
 
 mel_status mel_transform_builtin(mel_ctx *ctx, const char *name, const mel_params *params,
