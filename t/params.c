@@ -55,9 +55,9 @@ int main(void)
         {"logprob", ""},
         {"entropy", ""},
         {"z_loss", ""},
-        {"kl", " t2_scale=0"},
-        {"reverse_kl", " t2_scale=0"},
-        {"jsd", " t2_scale=0 beta=0.5"},
+        {"kl", " t2_scale=0 use_labels=1"},
+        {"reverse_kl", " t2_scale=0 use_labels=1"},
+        {"jsd", " t2_scale=0 beta=0.5 use_labels=1"},
         {"grpo", " beta=0 epsilon_low=0.2 epsilon_high=-1 delta=0 use_old_logp=0 ref_source=0 "
                  "importance_sampling_level=0 seq_len=0 loss_type=3 max_completion_length=512 "
                  "num_items_in_batch=0"},
