@@ -52,3 +52,7 @@ t_backend_ops_t_SOURCES = t/backend_ops.c
 t_backend_ops_t_LDADD = $(TEST_LIBS)
 t_backend_ops_t_LDFLAGS = -static
 TESTS += t/backend_ops.t
+check_PROGRAMS += t/skip.t
+t_skip_t_SOURCES = t/skip.c
+t_skip_t_LDADD = $(TEST_LIBS)
+TESTS += t/skip.t
