@@ -204,6 +204,7 @@ void stats_add(callstats *cs, mel_ctx *ctx, const char *name)
     t->gemm_flops += s.gemm_flops;
     t->seconds += s.seconds;
     t->gemm_seconds += s.gemm_seconds;
+    if (s.active_rows > t->active_rows) t->active_rows = s.active_rows;
 }
 
 void json_stats(FILE *f, const mel_stats *s)
@@ -211,7 +212,7 @@ void json_stats(FILE *f, const mel_stats *s)
     fprintf(f,
             "\"chunk_rows\": %" PRId64 ", \"chunks\": %" PRId64
             ", \"peak_workspace_bytes\": %" PRId64 ", \"seconds\": %.9g"
-            ", \"gemm_seconds\": %.9g, \"gemm_flops\": %" PRId64,
+            ", \"gemm_seconds\": %.9g, \"gemm_flops\": %" PRId64 ", \"active_rows\": %" PRId64,
             s->chunk_rows, s->chunks, s->peak_workspace_bytes, s->seconds, s->gemm_seconds,
-            s->gemm_flops);
+            s->gemm_flops, s->active_rows);
 }
