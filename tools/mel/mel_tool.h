@@ -6,7 +6,7 @@
  *   inputs.c    .npy inputs and outputs: loading with shape and dtype checks,
  *               dtype conversion
  *   problem.c   random problems for gradcheck and bench
- *   run.c, gradcheck.c, bench.c, list.c   one command each
+ *   run.c, gradcheck.c, bench.c, list.c, plan.c   one command each
  *   mel.c       main: dispatch, --version, --help
  *
  * Only the public API of mel.h is used (plus lib/half.h's conversions).
@@ -215,5 +215,6 @@ int cmd_run(int argc, char **argv);
 int cmd_gradcheck(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_list(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
 
 #endif
