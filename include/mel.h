@@ -252,11 +252,12 @@ typedef struct mel_stats {
     int64_t gemm_flops;           /* 2·M·N·K summed over GEMMs             */
     double seconds;               /* wall time of the call                 */
     double gemm_seconds;          /* part of it spent in GEMMs             */
-    int64_t active_rows;          /* rows the GEMMs ran on (since 0.3): N,
-                                     or fewer when rows were skipped
-                                     (mel_set_row_skipping)               */
 } mel_stats;
 MEL_API void mel_get_stats(const mel_ctx *ctx, mel_stats *out);
+/* Rows the GEMMs of the last successful call ran on (since 0.3): N, or
+ * fewer when rows were skipped (mel_set_row_skipping).  A function rather
+ * than a mel_stats field so that mel_stats keeps its 0.2 layout. */
+MEL_API int64_t mel_get_active_rows(const mel_ctx *ctx);
 
 /* ------------------------------------------------------------ row programs
  *
@@ -550,7 +551,7 @@ typedef enum mel_mode {
 
 typedef struct mel_call_plan {
     int64_t rows;                 /* N                                      */
-    int64_t active_rows;          /* rows the GEMMs run on                  */
+    int64_t active_rows;          /* rows the GEMMs run on (= mel_get_active_rows) */
     int row_skipping;             /* 1 when inactive rows are skipped       */
     int64_t chunk_rows;           /* = mel_stats.chunk_rows of the call     */
     int64_t chunks;               /* = mel_stats.chunks                     */

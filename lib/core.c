@@ -237,6 +237,8 @@ mel_status mel_to_host(mel_ctx *ctx, void *dst, const void *src, size_t bytes)
     return transfer(ctx, "mel_to_host", dst, src, bytes, 0);
 }
 
+int64_t mel_get_active_rows(const mel_ctx *ctx) { return ctx ? ctx->active_rows : 0; }
+
 void mel_get_stats(const mel_ctx *ctx, mel_stats *out)
 {
     if (!out) return;

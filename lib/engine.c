@@ -1200,7 +1200,7 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     ctx->stats.gemm_flops = flops;
     ctx->stats.gemm_seconds = gemm_s;
     ctx->stats.seconds = now() - t0;
-    ctx->stats.active_rows = A.on ? A.n_act : c.N;
+    ctx->active_rows = A.on ? A.n_act : c.N;
 out:
     free_activity(&A);
     free_upstream(&u);

@@ -148,6 +148,7 @@ struct mel_ctx {
     size_t arena_size, arena_used;
     int64_t ws_cur, ws_peak;
     mel_stats stats;
+    int64_t active_rows; /* of the last successful call (mel_get_active_rows) */
     char err[512];
 };
 

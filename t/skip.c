@@ -12,7 +12,7 @@
  *    The skipped rows' dX must be exactly 0 (or the caller's values when
  *    accumulating), their y, aux outputs and input gradients 0; all rows
  *    ignored: mean 0, every gradient 0; the GEMMs ran on the active rows
- *    only (mel_stats.active_rows, gemm_flops).
+ *    only (mel_get_active_rows, gemm_flops).
  *  - Transforms that must not skip: segment sums (grpo sequence level), an
  *    unmasked aux output bound (grpo's logp), a mask that is
  *    differentiable, a mask that depends on the logits.
@@ -112,6 +112,7 @@ static int reads(const mel_transform *t, const char *name)
 typedef struct res {
     double y[N], dx[N * D], dw[V * D], db[V], aux[3][N], gs[N];
     mel_stats st;
+    int64_t active;
     mel_status s;
 } res;
 
@@ -169,6 +170,7 @@ static void run(mel_ctx *ctx, mel_transform *t, tkind k, mel_dtype dt, mode m, m
     r->s = m == M_FWD ? mel_forward(ctx, t, a) : m == M_BWD ? mel_backward(ctx, t, a) : mel_forward_backward(ctx, t, a);
     if (r->s) diag("%s %s: %s", tname[k], mname[m], mel_last_error(ctx));
     mel_get_stats(ctx, &r->st);
+    r->active = mel_get_active_rows(ctx);
     mel_args_free(a);
     if (f32) {
         for (int i = 0; i < N * D; i++) r->dx[i] = dxf[i];
@@ -226,15 +228,15 @@ static void compare(mel_ctx *ctx, mel_transform *t, tkind k, mel_dtype dt, mode 
     int64_t heads = k >= T_KL && k <= T_JSD ? 2 : 1;
     int64_t want_flops = 2 * (int64_t)(N - n_ign) * V * D * (gemms + (heads - 1) * 1);
     n_checked++;
-    if (!ok(on.s == MEL_OK && off.s == MEL_OK && e <= tol && !leak && on.st.active_rows == N - n_ign &&
-                off.st.active_rows == N && on.st.gemm_flops == want_flops,
+    if (!ok(on.s == MEL_OK && off.s == MEL_OK && e <= tol && !leak && on.active == N - n_ign &&
+                off.active == N && on.st.gemm_flops == want_flops,
             "%s %s %s %s%s chunk %lld, %s: skipping = not skipping (rel %.2e), skipped rows zero, "
             "%lld active rows",
             tname[k], mel_dtype_name(dt), mname[m],
             red == MEL_REDUCE_NONE ? "none" : red == MEL_REDUCE_SUM ? "sum" : "mean", acc ? " accumulate" : "",
-            (long long)chunk, what, e, (long long)on.st.active_rows))
-        diag("rel %.3e leak %d active %lld/%lld flops %lld want %lld", e, leak, (long long)on.st.active_rows,
-             (long long)off.st.active_rows, (long long)on.st.gemm_flops, (long long)want_flops);
+            (long long)chunk, what, e, (long long)on.active))
+        diag("rel %.3e leak %d active %lld/%lld flops %lld want %lld", e, leak, (long long)on.active,
+             (long long)off.active, (long long)on.st.gemm_flops, (long long)want_flops);
     if (n_ign == N && red == MEL_REDUCE_MEAN && m != M_BWD)
         ok(on.y[0] == 0, "%s %s %s: all rows ignored: mean 0", tname[k], mel_dtype_name(dt), mname[m]);
     if (n_ign == N && m != M_FWD) {
@@ -291,8 +293,8 @@ static void test_no_skip(mel_ctx *ctx, tap_rng *rng)
     mel_params_free(p);
     res r;
     run(ctx, seq, T_GRPO, MEL_F64, M_FB, MEL_REDUCE_MEAN, 0, 1, 0, &r);
-    ok(r.s == MEL_OK && r.st.active_rows == N, "grpo sequence level (segment sums): every row runs (%lld)",
-       (long long)r.st.active_rows);
+    ok(r.s == MEL_OK && r.active == N, "grpo sequence level (segment sums): every row runs (%lld)",
+       (long long)r.active);
     mel_transform_free(seq);
 
     mel_transform *g = build(ctx, T_GRPO);
@@ -307,8 +309,7 @@ static void test_no_skip(mel_ctx *ctx, tap_rng *rng)
     mel_args_input(a, "ref_logp", REF, MEL_F64, N);
     mel_args_output(a, r.y, MEL_F64);
     mel_args_aux(a, "logp", logp, MEL_F64);
-    mel_stats st;
-    ok(mel_forward(ctx, g, a) == MEL_OK && (mel_get_stats(ctx, &st), st.active_rows == N),
+    ok(mel_forward(ctx, g, a) == MEL_OK && mel_get_active_rows(ctx) == N,
        "grpo with the unmasked aux output logp bound: every row runs");
     int finite = 1;
     for (int i = 0; i < N; i++) finite &= isfinite(logp[i]) && logp[i] < 0;
@@ -321,7 +322,7 @@ static void test_no_skip(mel_ctx *ctx, tap_rng *rng)
     for (int v = 0; v < 2; v++) {
         mel_transform *u = build_user(ctx, v == 0, v == 1);
         run(ctx, u, T_USER, MEL_F64, M_FB, MEL_REDUCE_MEAN, 0, 1, 0, &r);
-        ok(r.s == MEL_OK && r.st.active_rows == N, "user transform, mask %s: every row runs",
+        ok(r.s == MEL_OK && r.active == N, "user transform, mask %s: every row runs",
            v == 0 ? "differentiable (its gradient is not 0 on masked rows)" : "computed from the logits");
         mel_transform_free(u);
     }
@@ -349,10 +350,10 @@ static void test_reference(mel_ctx *ctx, tap_rng *rng)
         run(ctx, t, T_CE, MEL_F64, M_FB, (mel_reduction)red, 0, 1, 0, &r);
         double ey = red == MEL_REDUCE_NONE ? rel(r.y, yr, N) : fabs(r.y[0] - ysum / (double)cnt) / fabs(ysum / cnt);
         double e = fmax(ey, fmax(rel(r.dx, dXr, N * D), fmax(rel(r.dw, dWr, V * D), rel(r.db, dbr, V))));
-        ok(r.s == MEL_OK && e < 1e-12 && r.st.active_rows == cnt,
+        ok(r.s == MEL_OK && e < 1e-12 && r.active == cnt,
            "ce f64 %s, half the rows ignored, skipping: y, dX, dW, db equal the fp64 reference (rel %.2e), %lld "
            "active rows", red == MEL_REDUCE_NONE ? "none (upstream gradient on every row)" : "mean", e,
-           (long long)r.st.active_rows);
+           (long long)r.active);
     }
     mel_transform_free(t);
 }
@@ -390,13 +391,13 @@ static void plan_one(mel_ctx *ctx, mel_transform *t, mel_dtype dt, mode m, mel_r
     mel_stats st;
     mel_get_stats(ctx, &st);
     if (!ok(ps == MEL_OK && s == MEL_OK && pl.chunk_rows == st.chunk_rows && pl.chunks == st.chunks &&
-                pl.peak_workspace_bytes == st.peak_workspace_bytes && pl.active_rows == st.active_rows &&
-                pl.rows == N && pl.row_skipping == (st.active_rows < N),
+                pl.peak_workspace_bytes == st.peak_workspace_bytes && pl.active_rows == mel_get_active_rows(ctx) &&
+                pl.rows == N && pl.row_skipping == (mel_get_active_rows(ctx) < N),
             "plan = call: %s %s %s: %lld rows/chunk, %lld chunks, %lld B, %lld active", what, mel_dtype_name(dt),
             mname[m], (long long)pl.chunk_rows, (long long)pl.chunks, (long long)pl.peak_workspace_bytes,
             (long long)pl.active_rows))
         diag("call: %lld rows/chunk, %lld chunks, %lld B, %lld active", (long long)st.chunk_rows,
-             (long long)st.chunks, (long long)st.peak_workspace_bytes, (long long)st.active_rows);
+             (long long)st.chunks, (long long)st.peak_workspace_bytes, (long long)mel_get_active_rows(ctx));
     mel_args_free(a);
 }
 

@@ -72,7 +72,10 @@ def torch_child(impl, n, d, v, ignore, pattern, seq_len, calls, threads, seed):
                                           options=torch.nn.LinearCrossEntropyOptions())
             loss.backward()
             return loss
-    step()  # warm-up; allocates x.grad and w.grad
+    # the gradients exist before the timed calls (as in a training loop);
+    # no warm-up call: one call takes tens of seconds on 2 cores
+    x.grad = torch.zeros_like(x)
+    w.grad = torch.zeros_like(w)
     times = []
     base = vm("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
@@ -99,7 +102,7 @@ def run_torch(py, impl, a, ignore, pattern):
 
 def run_mel(a, mode, ignore, pattern, no_skip):
     cmd = [a.mel, "bench", "--rows", str(a.rows), "--dim", str(a.dim), "--vocab", str(a.vocab), "--modes", mode,
-           "--repeat", str(a.calls), "--warmup", "1", "--threads", str(a.threads), "--seed", str(a.seed),
+           "--repeat", str(a.calls), "--warmup", str(a.mel_warmup), "--threads", str(a.threads), "--seed", str(a.seed),
            "--ignore", str(ignore), "--ignore-pattern", pattern]
     if pattern == "prefix":
         cmd += ["--seq-len", str(a.seq_len)]
@@ -129,6 +132,8 @@ def main():
     ap.add_argument("--mel", default=os.path.join(TOP, "tools", "mel", "mel"))
     ap.add_argument("--torch-python", default=sys.executable)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--mel-warmup", type=int, default=0)
+    ap.add_argument("--torch-patterns", default="random", help="patterns PyTorch runs (random,prefix)")
     ap.add_argument("--out", default="skip_bench.json")
     ap.add_argument("--torch-child", nargs=10, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -144,7 +149,7 @@ def main():
         if ig == 0:
             cfgs.append(("mel", "fused", 0, "random", True))  # skipping off: the no-slowdown check
             cfgs.append(("mel", "recompute", 0, "random", True))
-        if not a.no_torch:
+        if not a.no_torch and pat in a.torch_patterns.split(","):
             cfgs.append(("torch", "eager", ig, pat, False))
             cfgs.append(("torch", "chunked", ig, pat, False))
     results = {str(c): [] for c in cfgs}
@@ -159,6 +164,8 @@ def main():
             t = r.get("median") or (statistics.median(r["times"]) if "times" in r else None)
             print(f"round {rnd} {who} {impl} ignored {ig} {pat}{' no-skip' if ns else ''}: "
                   f"{t if t is None else round(t, 3)} s  load {loads[-1]:.2f}", file=sys.stderr, flush=True)
+            with open(a.out + ".partial", "w") as f:
+                json.dump({"configs": [list(c) for c in cfgs], "results": results, "loads": loads}, f)
     with open(a.out, "w") as f:
         json.dump({"configs": [list(c) for c in cfgs], "results": results, "loads": loads,
                    "args": vars(a)}, f, indent=1)

@@ -337,7 +337,7 @@ int cmd_bench(int argc, char **argv)
             printf("%8" PRId64 " %-9s %9.4f %9.4f %9.4f %10.1f %10" PRId64 " %7" PRId64 " %8" PRId64
                    " %14.1f %14.1f %12.1f %12.6g\n",
                    n, mode_names[m], med, mn, mx, gfs, cs.total.chunk_rows, cs.total.chunks,
-                   cs.total.active_rows,
+                   cs.total_active,
                    (double)cs.total.peak_workspace_bytes / 1048576.0,
                    (double)naive_bytes / 1048576.0, (double)rss / 1048576.0, y);
             fflush(stdout);

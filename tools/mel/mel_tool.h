@@ -83,9 +83,10 @@ typedef struct callstats {
     const char *names[2];
     mel_stats s[2];
     mel_stats total; /* chunk_rows max, chunks sum, peak max, rest summed */
+    int64_t active[2], total_active; /* mel_get_active_rows; total: the max */
 } callstats;
 void stats_add(callstats *cs, mel_ctx *ctx, const char *name);
-void json_stats(FILE *f, const mel_stats *s);
+void json_stats(FILE *f, const mel_stats *s, int64_t active_rows);
 
 /* -------------------------------------------------------------- args.c */
 

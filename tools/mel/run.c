@@ -487,7 +487,7 @@ int cmd_run(int argc, char **argv)
                 tname, !want_grad ? "forward" : mode == FUSED ? "fused"
                        : mode == RECOMPUTE ? "recompute" : "naive",
                 mel_dtype_name(dt), N, D, V, mel_get_threads(ctx), wall);
-        json_stats(f, &cs.total);
+        json_stats(f, &cs.total, cs.total_active);
         struct rusage ru;
         int64_t rss = getrusage(RUSAGE_SELF, &ru) == 0 ? (int64_t)ru.ru_maxrss * 1024 : -1;
         fprintf(f, ",\n \"input_bytes_held\": %" PRId64 ", \"input_bytes_peak\": %" PRId64
@@ -496,7 +496,7 @@ int cmd_run(int argc, char **argv)
         fprintf(f, ",\n \"calls\": [");
         for (int i = 0; i < cs.ncalls && i < 2; i++) {
             fprintf(f, "%s{\"call\": \"%s\", ", i ? ", " : "", cs.names[i]);
-            json_stats(f, &cs.s[i]);
+            json_stats(f, &cs.s[i], cs.active[i]);
             fprintf(f, "}");
         }
         fprintf(f, "]}\n");
