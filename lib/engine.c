@@ -551,7 +551,11 @@ static mel_status pick_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan
          * 224 or 256 (CE, D = 1024, V = 32768, OpenBLAS) */
         if (R >= 64 && t->seg_len <= 0 && R < c->n_eff) R = R / 32 * 32;
     }
-    if (R > c->n_eff) R = c->n_eff;
+    /* automatic: at most the rows the chunks cover (the active rows when
+     * skipping); a fixed chunk_rows keeps its meaning: R rows of workspace,
+     * at most N */
+    const int64_t cap = ctx->chunk_rows > 0 ? c->N : c->n_eff;
+    if (R > cap) R = cap;
     if (t->seg_len > 0 && c->N > 0) R = R / t->seg_len * t->seg_len; /* whole segments per chunk */
     if (R < 1) R = t->seg_len > 0 && c->N > 0 ? t->seg_len : 1;
     *out = R;
