@@ -919,8 +919,15 @@ static void gather_rows(const mel_transform *t, const mel_args *a, const call *c
                         const int64_t *rows, int64_t R, gathered *g)
 {
     const size_t ses = mel_dtype_size(c->st);
-    char *p = w->gather;
+    char *p = w->gather; /* 64-byte aligned: the 8-byte inputs first, then the rows */
     memset(g, 0, sizeof *g);
+    for (int k = 0; k < t->n_inputs; k++) {
+        const mel_bound *b = c->idx[k] ? c->idx[k] : c->inp[k];
+        const size_t es = mel_dtype_size(b->dtype);
+        for (int64_t r = 0; r < R; r++) memcpy(p + (size_t)r * es, (const char *)b->data + (size_t)rows[r] * es, es);
+        g->in[k] = p;
+        p += (size_t)R * 8;
+    }
     for (int h = 0; h < MEL_MAX_HEADS; h++) {
         if (!c->used[h]) continue;
         const mel_head_args *ha = &a->head[h];
@@ -936,13 +943,6 @@ static void gather_rows(const mel_transform *t, const mel_args *a, const call *c
                     memcpy(p + (size_t)r * rb, (const char *)ha->dx.data + (size_t)(rows[r] * ha->dx.ld) * ses, rb);
             p += (size_t)R * rb;
         }
-    }
-    for (int k = 0; k < t->n_inputs; k++) {
-        const mel_bound *b = c->idx[k] ? c->idx[k] : c->inp[k];
-        const size_t es = mel_dtype_size(b->dtype);
-        for (int64_t r = 0; r < R; r++) memcpy(p + (size_t)r * es, (const char *)b->data + (size_t)rows[r] * es, es);
-        g->in[k] = p;
-        p += (size_t)R * 8;
     }
 }
 

@@ -18,6 +18,7 @@
  *    differentiable, a mask that depends on the logits.
  *  - CE in f64 with ignored rows against the independent fp64 reference
  *    (t/ref.c), with skipping on.
+ *  - bf16 storage with MEL_ACCUMULATE_DX: skipping vs not.
  *  - mel_plan_call's chunk rows, chunks, active rows and peak workspace
  *    equal the call's mel_stats (skipping on and off, budgets, fixed
  *    chunks, MEAN's count pass, bf16, shapes only).
@@ -437,6 +438,66 @@ static void test_plan(mel_ctx *ctx, tap_rng *rng)
     mel_transform_free(t);
 }
 
+/* bf16 storage (widened X blocks, dX rounded once): skipping vs not, with
+ * MEL_ACCUMULATE_DX, 50 % ignored and chunk edges */
+static void test_bf16(mel_ctx *ctx, tap_rng *rng)
+{
+    static uint16_t x16[N * D], w16[V * D], dx16[2][N * D];
+    static float dw[2][V * D];
+    static double y[2];
+    int ign[N];
+    set_ignored(rng, 0.5, 8, ign);
+    set_inputs(T_CE, rng, ign);
+    for (int i = 0; i < N * D; i++) {
+        float f = (float)X[i];
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        x16[i] = (uint16_t)(u >> 16);
+    }
+    for (int i = 0; i < V * D; i++) {
+        float f = (float)W[i];
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        w16[i] = (uint16_t)(u >> 16);
+    }
+    mel_transform *t = NULL;
+    mel_transform_builtin(ctx, "ce", NULL, &t);
+    for (int chunk = 0; chunk < 2; chunk++) {
+        int64_t active = -1;
+        for (int skip = 0; skip < 2; skip++) {
+            for (int i = 0; i < N * D; i++) dx16[skip][i] = 0x3f80; /* 1.0, accumulated into */
+            mel_set_row_skipping(ctx, skip);
+            mel_set_chunk_rows(ctx, chunk ? 8 : 0);
+            mel_set_workspace_limit(ctx, 0);
+            mel_args *a = mel_args_new();
+            mel_args_head(a, 0, mel_mat(x16, MEL_BF16, N, D, 0), mel_mat(w16, MEL_BF16, V, D, 0), NULL);
+            mel_args_index(a, "labels", LAB, MEL_I64, N);
+            mel_args_output(a, &y[skip], MEL_F64);
+            mel_args_grad_head(a, 0, mel_mat(dx16[skip], MEL_BF16, N, D, 0), mel_mat(dw[skip], MEL_F32, V, D, 0), NULL,
+                               MEL_ACCUMULATE_DX | MEL_OVERWRITE_DW);
+            if (mel_forward_backward(ctx, t, a)) diag("bf16: %s", mel_last_error(ctx));
+            if (skip) active = mel_get_active_rows(ctx);
+            mel_args_free(a);
+        }
+        double ex = 0, ew = 0, sw = 1e-300;
+        int kept = 1;
+        for (int i = 0; i < N * D; i++) {
+            float f0, f1;
+            uint32_t u0 = (uint32_t)dx16[0][i] << 16, u1 = (uint32_t)dx16[1][i] << 16;
+            memcpy(&f0, &u0, 4);
+            memcpy(&f1, &u1, 4);
+            ex = fmax(ex, fabs((double)f0 - f1));
+            if (ign[i / D]) kept &= dx16[1][i] == 0x3f80;
+        }
+        for (int i = 0; i < V * D; i++) ew = fmax(ew, fabs((double)dw[0][i] - dw[1][i])), sw = fmax(sw, fabs(dw[0][i]));
+        ok(fabs(y[0] - y[1]) <= 1e-5 * fabs(y[0]) && ex <= 1e-2 && ew / sw <= 1e-5 && kept && active < N,
+           "ce bf16 accumulate, half ignored, chunk %s: skipping = not skipping (y %.2e, dX abs %.2e (bf16 "
+           "rounding), dW rel %.2e), ignored dX rows keep the caller's 1.0",
+           chunk ? "8" : "auto", fabs(y[0] - y[1]), ex, ew / sw);
+    }
+    mel_transform_free(t);
+}
+
 int main(void)
 {
     tap_rng rng;
@@ -459,6 +520,7 @@ int main(void)
     test_no_skip(ctx, &rng);
     test_reference(ctx, &rng);
     test_plan(ctx, &rng);
+    test_bf16(ctx, &rng);
     mel_ctx_destroy(ctx);
     return done_testing();
 }
