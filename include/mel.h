@@ -207,6 +207,24 @@ MEL_API mel_status mel_set_precision(mel_ctx *ctx, unsigned flags);
 /* The flags set (0 for a NULL ctx). */
 MEL_API unsigned mel_get_precision(const mel_ctx *ctx);
 
+/* Row skipping (since 0.3).  When a transform's y, and every aux output
+ * the call binds, is masked by a predicate of the per-row inputs alone --
+ * y = where(c, v, 0) or c·v with c computed from labels (valid()), masks
+ * or other per-row inputs, never from the logits -- a row where c is 0
+ * has y = 0, aux outputs 0, and no gradient: the engine evaluates c for
+ * every row before any GEMM and runs the GEMMs on the active rows only,
+ * in chunks of R active rows (gathered on the CPU backend, runs of
+ * consecutive rows on a device).  Skipped rows get y = 0 (reduction
+ * NONE), aux outputs 0, input gradients 0, and dX rows 0 (left untouched
+ * with MEL_ACCUMULATE_DX, as a zero gradient added); a MEAN still divides
+ * by the count of all rows.  The predicate is found by the compiler in
+ * any row program (see doc/design.md, "Row skipping"); a transform with
+ * segment sums never skips.  Results equal those without skipping except
+ * where the unskipped computation gives NaN from 0·∞ on a masked row.
+ * on = 0 runs every row (for comparison).  Default: 1. */
+MEL_API mel_status mel_set_row_skipping(mel_ctx *ctx, int on);
+MEL_API int mel_get_row_skipping(const mel_ctx *ctx);
+
 /* ------------------------------------------------- CUDA streams and memory
  *
  * On a MEL_BACKEND_CUDA context every buffer bound in mel_args (X, W, bias,
@@ -262,6 +280,10 @@ typedef struct mel_stats {
     double gemm_seconds;          /* part of it spent in GEMMs             */
 } mel_stats;
 MEL_API void mel_get_stats(const mel_ctx *ctx, mel_stats *out);
+/* Rows the GEMMs of the last successful call ran on (since 0.3): N, or
+ * fewer when rows were skipped (mel_set_row_skipping).  A function rather
+ * than a mel_stats field so that mel_stats keeps its 0.2 layout. */
+MEL_API int64_t mel_get_active_rows(const mel_ctx *ctx);
 
 /* ------------------------------------------------------------ row programs
  *
@@ -534,6 +556,36 @@ MEL_API mel_status mel_backward(mel_ctx *ctx, const mel_transform *t,
  * known before the forward, as in a training step. */
 MEL_API mel_status mel_forward_backward(mel_ctx *ctx, const mel_transform *t,
                                         const mel_args *a);
+
+/* ------------------------------------------------------------- planning
+ *
+ * mel_plan_call (since 0.3): what a call would use, without running it:
+ * the same validation, row activity and chunk sizing as the call on this
+ * context (threads, chunk rows, workspace limit, row skipping), no GEMM
+ * and no workspace.  The figures equal the mel_stats of the call made
+ * with the same context settings and arguments.  The planner reads the
+ * shapes, dtypes and flags of the bindings and the values of the per-row
+ * inputs (to count active rows), never X, W, bias or any output or
+ * gradient memory: x and w data may be NULL, and an output or gradient
+ * buffer only needs a non-NULL pointer to be counted as requested.  A
+ * per-row input left unbound counts every row as active. */
+typedef enum mel_mode {
+    MEL_MODE_FORWARD = 0,         /* mel_forward          */
+    MEL_MODE_BACKWARD = 1,        /* mel_backward         */
+    MEL_MODE_FORWARD_BACKWARD = 2 /* mel_forward_backward */
+} mel_mode;
+
+typedef struct mel_call_plan {
+    int64_t rows;                 /* N                                      */
+    int64_t active_rows;          /* rows the GEMMs run on (= mel_get_active_rows) */
+    int row_skipping;             /* 1 when inactive rows are skipped       */
+    int64_t chunk_rows;           /* = mel_stats.chunk_rows of the call     */
+    int64_t chunks;               /* = mel_stats.chunks                     */
+    int64_t peak_workspace_bytes; /* = mel_stats.peak_workspace_bytes       */
+} mel_call_plan;
+
+MEL_API mel_status mel_plan_call(mel_ctx *ctx, const mel_transform *t, const mel_args *a,
+                                 mel_mode mode, mel_call_plan *out);
 
 /* ------------------------------------------------------------- gradcheck
  *

@@ -111,6 +111,7 @@ mel_status mel_ctx_create(mel_backend backend, mel_ctx **out)
     if (!ctx) return mel_fail(NULL, MEL_ERR_OUT_OF_MEMORY, "mel_ctx_create: out of memory");
     ctx->ops = ops;
     ctx->workspace_limit = 0; /* automatic (see mel_set_workspace_limit) */
+    ctx->row_skipping = 1;
     mel_status s = ops->init ? ops->init(ctx) : MEL_OK;
     if (s != MEL_OK) {
         mel_fail(NULL, s, "mel_ctx_create: %s backend: %s", ops->name, ctx->err);
@@ -164,6 +165,17 @@ mel_status mel_set_chunk_rows(mel_ctx *ctx, int64_t chunk_rows)
     ctx->chunk_rows = chunk_rows;
     return MEL_OK;
 }
+
+mel_status mel_set_row_skipping(mel_ctx *ctx, int on)
+{
+    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
+    if (on != 0 && on != 1)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_set_row_skipping: on = %d is not 0 or 1", on);
+    ctx->row_skipping = on;
+    return MEL_OK;
+}
+
+int mel_get_row_skipping(const mel_ctx *ctx) { return ctx ? ctx->row_skipping : 0; }
 
 mel_status mel_set_workspace_limit(mel_ctx *ctx, int64_t bytes)
 {
@@ -262,6 +274,8 @@ mel_status mel_to_host(mel_ctx *ctx, void *dst, const void *src, size_t bytes)
 {
     return transfer(ctx, "mel_to_host", dst, src, bytes, 0);
 }
+
+int64_t mel_get_active_rows(const mel_ctx *ctx) { return ctx ? ctx->active_rows : 0; }
 
 void mel_get_stats(const mel_ctx *ctx, mel_stats *out)
 {

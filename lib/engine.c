@@ -109,13 +109,15 @@ typedef struct call {
     const mel_bound *inp[MEL_MAX_INPUTS];
     const mel_bound *ginp[MEL_MAX_INPUTS];
     const mel_bound *aux[MEL_MAX_AUX];
+    int64_t n_eff; /* rows the chunks cover: N, or the active rows when skipping */
+    int dry;       /* mel_plan_call: shapes only, no data read but per-row inputs */
 } call;
 
 static const char *head_label(int h) { return h == 0 ? "head 0" : h == 1 ? "head 1 (teacher/reference)" : "head"; }
 
-static mel_status check_matrix(mel_ctx *ctx, const char *what, int h, const mel_matrix *m)
+static mel_status check_matrix(mel_ctx *ctx, const char *what, int h, const mel_matrix *m, int dry)
 {
-    if (!m->data)
+    if (!m->data && !dry)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "%s of head %d: data is NULL", what, h);
     if (m->rows < 0 || m->cols < 1)
         return mel_fail(ctx, MEL_ERR_SHAPE, "%s of head %d: shape [%lld, %lld] is invalid (rows >= 0, cols >= 1)",
@@ -179,7 +181,7 @@ static mel_status check_heads(mel_ctx *ctx, const mel_transform *t, const mel_ar
                             "%s is not bound: transform '%s' reads its logits (mel_args_head(a, %d, ...))",
                             head_label(h), t->name, h);
         mel_status s;
-        if ((s = check_matrix(ctx, "x", h, &ha->x)) || (s = check_matrix(ctx, "w", h, &ha->w)))
+        if ((s = check_matrix(ctx, "x", h, &ha->x, c->dry)) || (s = check_matrix(ctx, "w", h, &ha->w, c->dry)))
             return s;
         if (ha->x.dtype != ha->w.dtype)
             return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "head %d: x is %s but w is %s (they must match)",
@@ -231,6 +233,7 @@ static mel_status check_inputs(mel_ctx *ctx, const mel_transform *t, const mel_a
         const mel_input_decl *d = &t->inputs[k];
         const mel_bound *b = find_bound(d->is_index ? a->index : a->input,
                                         d->is_index ? a->n_index : a->n_input, d->name);
+        if ((!b || !b->data) && c->dry) continue; /* planning: rows counted as active */
         if (!b || !b->data)
             return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                             "input '%s' of transform '%s' is not bound (mel_args_%s(a, \"%s\", ...))",
@@ -286,7 +289,7 @@ static mel_status check_inputs(mel_ctx *ctx, const mel_transform *t, const mel_a
 /* mel_set_check_finite: no NaN / Inf in X, W, bias and scalar inputs. */
 static mel_status check_finite_data(mel_ctx *ctx, const mel_transform *t, const mel_args *a, const call *c)
 {
-    if (ctx->check_finite) {
+    if (ctx->check_finite && !c->dry) {
         for (int h = 0; h < MEL_MAX_HEADS; h++) {
             if (!c->used[h]) continue;
             const mel_head_args *ha = &a->head[h];
@@ -391,9 +394,10 @@ static mel_status check_ops(mel_ctx *ctx, const mel_transform *t)
 }
 
 static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args *a,
-                           int grads, call *c)
+                           int grads, int dry, call *c)
 {
     memset(c, 0, sizeof *c);
+    c->dry = dry;
     if (!t) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "transform is NULL");
     if (!a) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "args is NULL");
     mel_status s;
@@ -401,6 +405,7 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
         (s = check_finite_data(ctx, t, a, c)) || (s = check_outputs(ctx, t, a, c)) ||
         (s = check_gradients(ctx, t, a, grads, c)) || (s = check_ops(ctx, t)))
         return s;
+    c->n_eff = c->N;
     return MEL_OK;
 }
 
@@ -439,6 +444,7 @@ static int64_t row_bytes(const mel_transform *t, size_t es)
 typedef struct sizing {
     int64_t per_row, fixed, scratch_per_thread;
     int64_t conv_fixed, conv_per_row; /* dtype-conversion scratch (bf16/f16) */
+    int64_t gather_per_row; /* skipping: gathered X (and dX) rows, per-row inputs */
     int threads, heads;
 } sizing;
 
@@ -465,6 +471,23 @@ static void size_call(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, c
     }
     sz->fixed += sz->conv_fixed;
     sz->per_row += sz->conv_per_row;
+    sz->gather_per_row = 0;
+}
+
+/* Skipping inactive rows on a host backend: each chunk's active rows are
+ * gathered (X of every head, dX of heads whose dX is accumulated or
+ * written, the per-row inputs) into buffers of R rows. */
+static void size_gather(const mel_transform *t, const call *c, int fb, const mel_args *a, sizing *sz)
+{
+    const int64_t ses = (int64_t)mel_dtype_size(c->st);
+    int64_t g = 8 * (int64_t)t->n_inputs;
+    for (int h = 0; h < MEL_MAX_HEADS; h++) {
+        if (!c->used[h]) continue;
+        g += c->D[h] * ses;
+        if (fb && c->want_dz[h] && a->head[h].dx.data) g += c->D[h] * ses;
+    }
+    sz->gather_per_row = g;
+    sz->per_row += g;
 }
 
 typedef struct run {
@@ -476,7 +499,9 @@ typedef struct run {
     void *regs;     /* [R, n] scalar registers (compute type)  */
     int64_t *iregs; /* [R, n] index registers                   */
     void *conv;     /* dtype conversion scratch, or NULL        */
-    size_t bytes_Z, bytes_scratch, bytes_rows, bytes_regs, bytes_iregs, bytes_conv;
+    void *gather;   /* skipping: gathered rows (size_gather), or NULL */
+    size_t bytes_Z, bytes_scratch, bytes_rows, bytes_regs, bytes_iregs, bytes_conv, bytes_gather;
+    int n_Z;        /* heads with a Z buffer                    */
 } run;
 
 static void release(mel_ctx *ctx, run *w)
@@ -487,6 +512,7 @@ static void release(mel_ctx *ctx, run *w)
     mel_ws_free(ctx, w->regs, w->bytes_regs);
     mel_ws_free(ctx, w->iregs, w->bytes_iregs);
     mel_ws_free(ctx, w->conv, w->bytes_conv);
+    mel_ws_free(ctx, w->gather, w->bytes_gather);
     if (w->hrow != w->rowbuf) free(w->hrow);
     memset(w, 0, sizeof *w);
 }
@@ -507,7 +533,7 @@ static int64_t budget(mel_ctx *ctx, const mel_transform *t, const call *c, const
     if (limit > upper) limit = upper;
     /* and never so small that it cannot hold the fixed part and 32 rows
      * (e.g. a device running hundreds of rows at once) */
-    int64_t rows = c->N < 32 ? (c->N > 0 ? c->N : 1) : 32;
+    int64_t rows = c->n_eff < 32 ? (c->n_eff > 0 ? c->n_eff : 1) : 32;
     if (t->seg_len > rows) rows = t->seg_len;
     int64_t floor_bytes = sz->fixed + rows * per_row;
     if (limit < floor_bytes) limit = floor_bytes;
@@ -536,18 +562,23 @@ static mel_status pick_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan
         R = avail / per_row;
         /* GEMM kernels work in blocks of rows: 252 rows ran 5% slower than
          * 224 or 256 (CE, D = 1024, V = 32768, OpenBLAS) */
-        if (R >= 64 && t->seg_len <= 0 && R < c->N) R = R / 32 * 32;
+        if (R >= 64 && t->seg_len <= 0 && R < c->n_eff) R = R / 32 * 32;
     }
-    if (R > c->N) R = c->N;
+    /* automatic: at most the rows the chunks cover (the active rows when
+     * skipping); a fixed chunk_rows keeps its meaning: R rows of workspace,
+     * at most N */
+    const int64_t cap = ctx->chunk_rows > 0 ? c->N : c->n_eff;
+    if (R > cap) R = cap;
     if (t->seg_len > 0 && c->N > 0) R = R / t->seg_len * t->seg_len; /* whole segments per chunk */
     if (R < 1) R = t->seg_len > 0 && c->N > 0 ? t->seg_len : 1;
     *out = R;
     return MEL_OK;
 }
 
-/* Size and carve the workspace of one chunk (logits only when need_Z). */
-static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c,
-                          const sizing *sz, int need_Z, run *w)
+/* The rows per chunk and the byte size of every workspace buffer of a
+ * pass (logits only when need_Z); nothing is allocated. */
+static mel_status layout(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c,
+                         const sizing *sz, int need_Z, run *w)
 {
     memset(w, 0, sizeof *w);
     int64_t R = 0;
@@ -564,9 +595,30 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
     w->bytes_regs = (size_t)(R * t->n) * c->es;
     w->bytes_iregs = (size_t)(R * t->n) * 8;
     w->bytes_conv = need_Z ? (size_t)(sz->conv_fixed + R * sz->conv_per_row) : 0;
+    w->bytes_gather = need_Z ? (size_t)(R * sz->gather_per_row) : 0;
+    for (int h = 0; h < MEL_MAX_HEADS && need_Z; h++) w->n_Z += c->used[h];
+    return MEL_OK;
+}
+
+/* The bytes a pass holds at once: what mel_stats.peak_workspace_bytes
+ * counts for it (the allocator counts requested, not rounded, bytes). */
+static int64_t run_bytes(const run *w)
+{
+    return (int64_t)(w->n_Z * w->bytes_Z + w->bytes_scratch + w->bytes_rows + w->bytes_regs +
+                     w->bytes_iregs + w->bytes_conv + w->bytes_gather);
+}
+
+/* Size and carve the workspace of one chunk (logits only when need_Z). */
+static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c,
+                          const sizing *sz, int need_Z, run *w)
+{
+    mel_status s = layout(ctx, t, p, c, sz, need_Z, w);
+    if (s) return s;
+    const int64_t R = w->R;
     size_t total = mel_ws_round(w->bytes_scratch) + mel_ws_round(w->bytes_rows) +
                    mel_ws_round(w->bytes_regs) + mel_ws_round(w->bytes_iregs) +
-                   (w->bytes_conv ? mel_ws_round(w->bytes_conv) : 0);
+                   (w->bytes_conv ? mel_ws_round(w->bytes_conv) : 0) +
+                   (w->bytes_gather ? mel_ws_round(w->bytes_gather) : 0);
     for (int h = 0; h < MEL_MAX_HEADS && need_Z; h++)
         if (c->used[h]) total += mel_ws_round(w->bytes_Z);
     if ((s = mel_ws_reserve(ctx, total))) return s;
@@ -577,6 +629,8 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
     if (s == MEL_OK && !(w->regs = mel_ws_alloc(ctx, w->bytes_regs))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && !(w->iregs = mel_ws_alloc(ctx, w->bytes_iregs))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && w->bytes_conv && !(w->conv = mel_ws_alloc(ctx, w->bytes_conv))) s = MEL_ERR_OUT_OF_MEMORY;
+    if (s == MEL_OK && w->bytes_gather && !(w->gather = mel_ws_alloc(ctx, w->bytes_gather)))
+        s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK) {
         w->hrow = ctx->ops->host_memory ? w->rowbuf : malloc(w->bytes_rows);
         if (!w->hrow) s = MEL_ERR_OUT_OF_MEMORY;
@@ -594,11 +648,11 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
 /* The chunk fields every plan needs: rows, inputs, registers, scratch.
  * Outputs (y, count, aux, seed, input gradients, Z) are set by the caller. */
 static void bind_chunk(const mel_transform *t, const call *c, const run *w, const sizing *sz,
-                       int64_t r0, mel_chunk *ch)
+                       int64_t r0, int64_t R, mel_chunk *ch)
 {
     memset(ch, 0, sizeof *ch);
     ch->r0 = r0;
-    ch->R = c->N - r0 < w->R ? c->N - r0 : w->R;
+    ch->R = R;
     ch->V = c->V;
     ch->ct = c->ct;
     for (int k = 0; k < t->n_inputs; k++) {
@@ -626,7 +680,7 @@ static mel_status total_count(mel_ctx *ctx, const mel_transform *t, const call *
     double acc = 0;
     for (int64_t r0 = 0; r0 < c->N && s == MEL_OK; r0 += w.R) {
         mel_chunk ch;
-        bind_chunk(t, c, &w, &sz, r0, &ch);
+        bind_chunk(t, c, &w, &sz, r0, c->N - r0 < w.R ? c->N - r0 : w.R, &ch);
         ch.count = dev.count;
         s = ctx->ops->run_rows(ctx, t, &t->cnt, &ch);
         if (s == MEL_OK && w.hrow != w.rowbuf)
@@ -692,29 +746,261 @@ static mel_status zero_overwritten(mel_ctx *ctx, const mel_args *a, const call *
     return MEL_OK;
 }
 
-/* Z_h = X_h[r0:r0+R] · W_hᵀ (+ b_h) for every head read.   Z: [R, V] */
+/* ------------------------------------------------------ row activity
+ *
+ * A transform whose y (and every bound aux output) is masked by a
+ * predicate of per-row inputs alone (t->pred, lib/transform.c) lets the
+ * engine skip the rows where the predicate is 0: their y, aux outputs and
+ * input gradients are 0 and no gradient reaches dX, dW or db.  The
+ * predicate is evaluated on the host by the CPU row executor before any
+ * GEMM; the chunks then hold R active rows each.  On a host backend a
+ * chunk's active rows are gathered (X, dX, per-row inputs); a device
+ * backend walks runs of consecutive active rows instead. */
+typedef struct activity {
+    int on;           /* inactive rows are skipped in this call            */
+    int gather;       /* gather scattered active rows (host memory)        */
+    int64_t n_act;    /* active rows                                       */
+    int64_t *rows;    /* [n_act] active rows, ascending (host, malloc)     */
+    unsigned char *active; /* [N] 1 for an active row                      */
+} activity;
+
+static void free_activity(activity *A)
+{
+    free(A->rows);
+    free(A->active);
+    memset(A, 0, sizeof *A);
+}
+
+/* Whether this call may skip rows: skipping on, a masked y, every bound
+ * aux output masked, no segments (a segment sum mixes rows; conservative),
+ * every per-row input readable. */
+static int may_skip(mel_ctx *ctx, const mel_transform *t, const call *c, int want_y)
+{
+    if (!ctx->row_skipping || t->y_pred < 0 || t->seg_len > 0 || c->N == 0) return 0;
+    for (int k = 0; k < t->n_aux; k++)
+        if (want_y && c->aux[k] && t->aux_pred[k] < 0) return 0;
+    for (int k = 0; k < t->n_inputs; k++)
+        if (!c->idx[k] && !c->inp[k]) return 0;
+    return 1;
+}
+
+static mel_status eval_activity(mel_ctx *ctx, const mel_transform *t, const call *c, int want_y,
+                                activity *A)
+{
+    memset(A, 0, sizeof *A);
+    if (!may_skip(ctx, t, c, want_y)) return MEL_OK;
+    char need[1 + MEL_MAX_AUX] = {0};
+    need[t->y_pred] = 1;
+    for (int k = 0; k < t->n_aux; k++)
+        if (want_y && c->aux[k]) need[t->aux_pred[k]] = 1;
+    const int64_t N = c->N, B = 1024, n = t->n;
+    const void *hidx[MEL_MAX_INPUTS] = {0}, *hinp[MEL_MAX_INPUTS] = {0};
+    void *tmp[MEL_MAX_INPUTS] = {0};
+    mel_status s = MEL_OK;
+    for (int k = 0; k < t->n_inputs && s == MEL_OK; k++) {
+        const mel_bound *b = c->idx[k] ? c->idx[k] : c->inp[k];
+        s = host_view(ctx, b->data, (size_t)N * mel_dtype_size(b->dtype), c->idx[k] ? &hidx[k] : &hinp[k],
+                      &tmp[k]);
+    }
+    const size_t spt = ((size_t)n * sizeof(void *) + 63) / 64 * 64;
+    void *regs = malloc((size_t)(B * n) * c->es + 1), *scratch = NULL;
+    int64_t *iregs = malloc((size_t)(B * n) * 8 + 1);
+    double *cnt = malloc((size_t)B * sizeof(double));
+    A->active = calloc((size_t)N, 1);
+    A->rows = malloc((size_t)N * sizeof(int64_t));
+    if (posix_memalign(&scratch, 64, spt)) scratch = NULL;
+    if (s == MEL_OK && (!regs || !iregs || !cnt || !A->active || !A->rows || !scratch))
+        s = mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "out of memory evaluating the row activity of %lld rows",
+                     (long long)N);
+    /* the predicate alone, through the CPU executor: a copy of the
+     * transform whose count is the predicate, run with its plan */
+    mel_transform sh = *t;
+    const mel_backend_ops *cpu = mel_cpu_backend();
+    for (int q = 0; q < t->n_pred && s == MEL_OK; q++) {
+        if (!need[q]) continue;
+        sh.count = t->pred[q];
+        for (int64_t r0 = 0; r0 < N && s == MEL_OK; r0 += B) {
+            mel_chunk ch;
+            memset(&ch, 0, sizeof ch);
+            ch.r0 = r0;
+            ch.R = N - r0 < B ? N - r0 : B;
+            ch.V = c->V;
+            ch.ct = c->ct;
+            for (int k = 0; k < t->n_inputs; k++) {
+                if (c->idx[k]) ch.idx[k] = hidx[k], ch.idx_dtype[k] = c->idx[k]->dtype;
+                if (c->inp[k]) ch.inp[k] = hinp[k], ch.inp_dtype[k] = c->inp[k]->dtype;
+            }
+            ch.count = cnt;
+            ch.regs = regs;
+            ch.iregs = iregs;
+            ch.scratch = scratch;
+            ch.scratch_per_thread = (int64_t)spt;
+            ch.threads = 1;
+            s = cpu->run_rows(ctx, &sh, &t->pplan[q], &ch);
+            /* NaN counts as active, as where() and products treat it */
+            for (int64_t r = 0; r < ch.R && s == MEL_OK; r++) A->active[r0 + r] |= !(cnt[r] == 0);
+        }
+    }
+    free(regs), free(iregs), free(cnt), free(scratch);
+    for (int k = 0; k < MEL_MAX_INPUTS; k++) free(tmp[k]);
+    if (s) {
+        free_activity(A);
+        return s;
+    }
+    for (int64_t i = 0; i < N; i++)
+        if (A->active[i]) A->rows[A->n_act++] = i;
+    if (A->n_act == N) { /* nothing to skip: the plain path */
+        free_activity(A);
+        return MEL_OK;
+    }
+    A->on = 1;
+    A->gather = ctx->ops->host_memory;
+    return MEL_OK;
+}
+
+/* The next chunk from active row k0 on: R rows starting at r0 when they
+ * are consecutive (rows = NULL), else the gathered rows rows[0..R). */
+static void next_chunk(const activity *A, const call *c, int64_t Rmax, int64_t k0, int64_t *r0,
+                       int64_t *R, const int64_t **rows)
+{
+    *rows = NULL;
+    if (!A->on) {
+        *r0 = k0;
+        *R = c->N - k0 < Rmax ? c->N - k0 : Rmax;
+        return;
+    }
+    int64_t n = A->n_act - k0 < Rmax ? A->n_act - k0 : Rmax;
+    const int64_t *a = A->rows + k0, first = a[0];
+    int64_t m = 1;
+    while (m < n && a[m] == first + m) m++;
+    *r0 = first;
+    *R = n;
+    if (m == n) return;
+    if (!A->gather) *R = m; /* a run of consecutive rows */
+    else *rows = a;
+}
+
+/* Zero the results of the inactive rows: y (NONE), aux outputs, input
+ * gradients, dX (unless accumulated), run by run. */
+static mel_status zero_inactive(mel_ctx *ctx, const mel_transform *t, const mel_args *a, const call *c,
+                                const activity *A, int want_y, int fb)
+{
+    double *zeros = NULL;
+    int64_t nz = 0;
+    mel_status s = MEL_OK;
+    for (int64_t i = 0; i < c->N && s == MEL_OK;) {
+        if (A->active[i]) {
+            i++;
+            continue;
+        }
+        int64_t j = i;
+        while (j < c->N && !A->active[j]) j++;
+        const int64_t len = j - i;
+        if (len > nz) {
+            free(zeros);
+            zeros = calloc((size_t)len, sizeof(double));
+            nz = len;
+            if (!zeros) return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "out of memory zeroing %lld rows", (long long)len);
+        }
+        if (want_y && a->y && a->reduction == MEL_REDUCE_NONE) s = put_reals(ctx, a->y, a->y_dtype, i, zeros, len);
+        for (int k = 0; k < t->n_aux && s == MEL_OK; k++)
+            if (want_y && c->aux[k]) s = put_reals(ctx, c->aux[k]->out, c->aux[k]->dtype, i, zeros, len);
+        for (int k = 0; k < t->n_inputs && s == MEL_OK; k++)
+            if (fb && c->ginp[k]) s = put_reals(ctx, c->ginp[k]->out, c->ginp[k]->dtype, i, zeros, len);
+        for (int h = 0; h < MEL_MAX_HEADS && s == MEL_OK && fb; h++) {
+            const mel_head_args *ha = &a->head[h];
+            if (!c->want_dz[h] || !ha->dx.data || (ha->flags & MEL_ACCUMULATE_DX)) continue;
+            const size_t es = mel_dtype_size(ha->dx.dtype);
+            s = ctx->ops->zero2d(ctx, (char *)ha->dx.data + (size_t)(i * ha->dx.ld) * es, len,
+                                 (size_t)c->D[h] * es, (size_t)ha->dx.ld * es);
+        }
+        i = j;
+    }
+    free(zeros);
+    return s;
+}
+
+/* A chunk's rows gathered into the workspace (host memory): X of every
+ * head, dX of heads whose dX is computed (the caller's rows when it is
+ * accumulated), and the per-row inputs; views over them. */
+typedef struct gathered {
+    mel_matrix x[MEL_MAX_HEADS], dx[MEL_MAX_HEADS];
+    const void *in[MEL_MAX_INPUTS];
+} gathered;
+
+static void gather_rows(const mel_transform *t, const mel_args *a, const call *c, const run *w, int fb,
+                        const int64_t *rows, int64_t R, gathered *g)
+{
+    const size_t ses = mel_dtype_size(c->st);
+    char *p = w->gather; /* 64-byte aligned: the 8-byte inputs first, then the rows */
+    memset(g, 0, sizeof *g);
+    for (int k = 0; k < t->n_inputs; k++) {
+        const mel_bound *b = c->idx[k] ? c->idx[k] : c->inp[k];
+        const size_t es = mel_dtype_size(b->dtype);
+        for (int64_t r = 0; r < R; r++) memcpy(p + (size_t)r * es, (const char *)b->data + (size_t)rows[r] * es, es);
+        g->in[k] = p;
+        p += (size_t)R * 8;
+    }
+    for (int h = 0; h < MEL_MAX_HEADS; h++) {
+        if (!c->used[h]) continue;
+        const mel_head_args *ha = &a->head[h];
+        const size_t rb = (size_t)c->D[h] * ses;
+        g->x[h] = mel_mat(p, c->st, R, c->D[h], c->D[h]);
+        for (int64_t r = 0; r < R; r++)
+            memcpy(p + (size_t)r * rb, (const char *)ha->x.data + (size_t)(rows[r] * ha->x.ld) * ses, rb);
+        p += (size_t)R * rb;
+        if (fb && c->want_dz[h] && ha->dx.data) {
+            g->dx[h] = mel_mat(p, c->st, R, c->D[h], c->D[h]);
+            if (ha->flags & MEL_ACCUMULATE_DX)
+                for (int64_t r = 0; r < R; r++)
+                    memcpy(p + (size_t)r * rb, (const char *)ha->dx.data + (size_t)(rows[r] * ha->dx.ld) * ses, rb);
+            p += (size_t)R * rb;
+        }
+    }
+}
+
+/* dX rows computed in the gathered buffer back to the caller's rows */
+static void scatter_dx(const mel_args *a, const call *c, const gathered *g, const int64_t *rows, int64_t R)
+{
+    const size_t ses = mel_dtype_size(c->st);
+    for (int h = 0; h < MEL_MAX_HEADS; h++) {
+        if (!g->dx[h].data) continue;
+        const mel_head_args *ha = &a->head[h];
+        const size_t rb = (size_t)c->D[h] * ses;
+        for (int64_t r = 0; r < R; r++)
+            memcpy((char *)ha->dx.data + (size_t)(rows[r] * ha->dx.ld) * ses, (const char *)g->dx[h].data + (size_t)r * rb, rb);
+    }
+}
+
+/* Z_h = X_h[r0:r0+R] · W_hᵀ (+ b_h) for every head read.   Z: [R, V]
+ * xs[h]: X of head h (the caller's, or the gathered rows with r0 = 0). */
 static mel_status chunk_logits(mel_ctx *ctx, const mel_args *a, const call *c, const run *w,
-                               int64_t r0, int64_t R, int64_t *flops)
+                               const mel_matrix *const *xs, int64_t r0, int64_t R, int64_t *flops)
 {
     mel_status s = MEL_OK;
     for (int h = 0; h < MEL_MAX_HEADS && s == MEL_OK; h++) {
         if (!c->used[h]) continue;
         const mel_head_args *ha = &a->head[h];
-        s = mel_gemm_logits(ctx, &ha->x, r0, R, &ha->w, ha->bias, w->Z[h], w->conv);
+        s = mel_gemm_logits(ctx, xs[h], r0, R, &ha->w, ha->bias, w->Z[h], w->conv);
         *flops += 2 * R * c->V * c->D[h];
     }
     return s;
 }
 
+/* the caller's row of chunk row r */
+static int64_t row_at(const int64_t *rows, int64_t r0, int64_t r) { return rows ? rows[r] : r0 + r; }
+
 /* seed_r = dL/dy_r: the upstream gradient times the reduction's weight,
  * written to the host row buffer and copied to the device's. */
 static mel_status seed_rows(mel_ctx *ctx, const mel_args *a, const upstream *u, const run *w,
-                            const row_bufs *dev, const row_bufs *host, int64_t r0, int64_t R)
+                            const row_bufs *dev, const row_bufs *host, const int64_t *rows, int64_t r0,
+                            int64_t R)
 {
     for (int64_t r = 0; r < R; r++) {
         double sd = u->scale;
-        if (a->reduction == MEL_REDUCE_NONE && u->dy) sd = read_real(u->dy, a->dy_dtype, r0 + r);
-        else if (a->reduction == MEL_REDUCE_WEIGHTED) sd = u->dy0 * u->wv[r0 + r];
+        const int64_t i = row_at(rows, r0, r);
+        if (a->reduction == MEL_REDUCE_NONE && u->dy) sd = read_real(u->dy, a->dy_dtype, i);
+        else if (a->reduction == MEL_REDUCE_WEIGHTED) sd = u->dy0 * u->wv[i];
         host->seed[r] = sd;
     }
     if (w->hrow == w->rowbuf) return MEL_OK;
@@ -722,13 +1008,29 @@ static mel_status seed_rows(mel_ctx *ctx, const mel_args *a, const upstream *u, 
 }
 
 /* Per-row results of a chunk to the caller: y (reduction NONE) or its
- * running total, aux outputs, input gradients. */
+ * running total, aux outputs, input gradients.  Gathered rows (rows !=
+ * NULL) are only ever host memory. */
 static mel_status collect_rows(mel_ctx *ctx, const mel_transform *t, const mel_args *a, const call *c,
                                const upstream *u, const run *w, const row_bufs *host, int want_y, int fb,
-                               int64_t r0, int64_t R, double *total)
+                               const int64_t *rows, int64_t r0, int64_t R, double *total)
 {
     mel_status s;
     if (w->hrow != w->rowbuf && (s = ctx->ops->copy(ctx, w->hrow, w->rowbuf, w->bytes_rows, 0))) return s;
+    if (rows) {
+        for (int64_t r = 0; r < R; r++) {
+            const int64_t i = rows[r];
+            if (a->reduction == MEL_REDUCE_NONE) {
+                if (want_y && a->y) write_real(a->y, a->y_dtype, i, host->y[r]);
+            } else {
+                *total += a->reduction == MEL_REDUCE_WEIGHTED ? u->wv[i] * host->y[r] : host->y[r];
+            }
+            for (int k = 0; k < t->n_aux; k++)
+                if (c->aux[k] && want_y) write_real(c->aux[k]->out, c->aux[k]->dtype, i, host->aux[k][r]);
+            for (int k = 0; k < t->n_inputs; k++)
+                if (fb && c->ginp[k]) write_real(c->ginp[k]->out, c->ginp[k]->dtype, i, host->ginp[k][r]);
+        }
+        return MEL_OK;
+    }
     if (a->reduction == MEL_REDUCE_NONE) {
         if (want_y && a->y && (s = put_reals(ctx, a->y, a->y_dtype, r0, host->y, R))) return s;
     } else {
@@ -744,9 +1046,13 @@ static mel_status collect_rows(mel_ctx *ctx, const mel_transform *t, const mel_a
     return MEL_OK;
 }
 
-/* dX_c = dZ·W, dW += dZᵀ·X_c, db += Σ_rows dZ for every head with a gradient. */
+/* dX_c = dZ·W, dW += dZᵀ·X_c, db += Σ_rows dZ for every head with a
+ * gradient.  xs / dxs: the caller's X and dX at r0, or gathered rows
+ * (r0 = 0, dX then accumulated into the gathered copy when the caller
+ * accumulates). */
 static mel_status chunk_backprop(mel_ctx *ctx, const mel_args *a, const call *c, const run *w,
-                                 int64_t r0, int64_t R, int64_t *flops)
+                                 const mel_matrix *const *xs, const mel_matrix *const *dxs, int64_t r0,
+                                 int64_t R, int64_t *flops)
 {
     mel_status s = MEL_OK;
     for (int h = 0; h < MEL_MAX_HEADS && s == MEL_OK; h++) {
@@ -755,12 +1061,12 @@ static mel_status chunk_backprop(mel_ctx *ctx, const mel_args *a, const call *c,
         /* FAST16 precision: dZ rounded to the storage dtype (a no-op otherwise) */
         if ((s = mel_gemm_round_dz(ctx, w->Z[h], R, c->st, c->D[h], c->V, w->conv))) break;
         if (ha->dx.data) {
-            s = mel_gemm_grad_x(ctx, w->Z[h], R, &ha->w, &ha->dx, r0, (ha->flags & MEL_ACCUMULATE_DX) != 0,
+            s = mel_gemm_grad_x(ctx, w->Z[h], R, &ha->w, dxs[h], r0, (ha->flags & MEL_ACCUMULATE_DX) != 0,
                                 w->conv);
             *flops += 2 * R * c->V * c->D[h];
         }
         if (s == MEL_OK && ha->dw.data) {
-            s = mel_gemm_grad_w(ctx, w->Z[h], R, &ha->x, r0, &ha->dw, w->conv);
+            s = mel_gemm_grad_w(ctx, w->Z[h], R, xs[h], r0, &ha->dw, w->conv);
             *flops += 2 * R * c->V * c->D[h];
         }
         if (s == MEL_OK && ha->db) s = ctx->ops->colsum(ctx, c->ct, w->Z[h], R, c->V, ha->db);
@@ -768,14 +1074,30 @@ static mel_status chunk_backprop(mel_ctx *ctx, const mel_args *a, const call *c,
     return s;
 }
 
+/* The workspace of the count pass of MEAN (total_count), without running it. */
+static mel_status count_pass_bytes(mel_ctx *ctx, const mel_transform *t, const mel_args *a, const call *c,
+                                   int64_t *out)
+{
+    *out = 0;
+    if (a->reduction != MEL_REDUCE_MEAN || t->count < 0 || c->N == 0) return MEL_OK;
+    sizing sz;
+    size_call(ctx, t, &t->cnt, c, &sz);
+    run w;
+    mel_status s = layout(ctx, t, &t->cnt, c, &sz, 0, &w);
+    if (s == MEL_OK) *out = run_bytes(&w);
+    return s;
+}
+
+/* A call, or with plan != NULL its plan only (mel_plan_call): the same
+ * validation, activity and sizing, no GEMM and no workspace. */
 static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *a, int want_y,
-                          int want_grads)
+                          int want_grads, mel_call_plan *plan)
 {
     double t0 = now(), gemm_s = 0;
     int64_t flops = 0;
     call c;
     mel_clear_error(ctx);
-    mel_status s = validate(ctx, t, a, want_grads, &c);
+    mel_status s = validate(ctx, t, a, want_grads, plan != NULL, &c);
     if (s) return s;
     ctx->ws_cur = 0;
     ctx->ws_peak = 0;
@@ -789,46 +1111,96 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     if (want_grads && !want_y && !fb)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                         "mel_backward: no gradient buffer is bound (mel_args_grad_head / mel_args_grad_input)");
-    const mel_plan *plan = fb ? &t->fb : &t->fwd;
-    if (want_grads && (s = zero_overwritten(ctx, a, &c))) return s;
+    const mel_plan *xplan = fb ? &t->fb : &t->fwd;
+    if (!plan && want_grads && (s = zero_overwritten(ctx, a, &c))) return s;
 
     upstream u;
-    if ((s = get_upstream(ctx, t, a, &c, &u))) goto out;
+    memset(&u, 0, sizeof u);
+    activity A;
+    memset(&A, 0, sizeof A);
+    int64_t count_bytes = 0;
+    if (plan) s = count_pass_bytes(ctx, t, a, &c, &count_bytes);
+    else s = get_upstream(ctx, t, a, &c, &u);
+    if (s) goto out;
+    /* row activity before any GEMM: the chunks then hold active rows */
+    if ((s = eval_activity(ctx, t, &c, want_y, &A))) goto out;
+    if (A.on) c.n_eff = A.n_act;
 
     sizing sz;
-    size_call(ctx, t, plan, &c, &sz);
+    size_call(ctx, t, xplan, &c, &sz);
+    if (A.on && A.gather) size_gather(t, &c, fb, a, &sz);
     run w;
-    if ((s = acquire(ctx, t, plan, &c, &sz, 1, &w))) goto out;
-    const row_bufs dev = row_layout(t, w.rowbuf, w.R), host = row_layout(t, w.hrow, w.R);
+    memset(&w, 0, sizeof w);
+    if (plan) {
+        /* the same layout and chunk walk as the call, nothing run */
+        if (c.n_eff > 0 && (s = layout(ctx, t, xplan, &c, &sz, 1, &w))) goto out;
+        int64_t chunks = 0;
+        for (int64_t k0 = 0; k0 < c.n_eff; chunks++) {
+            int64_t r0, R;
+            const int64_t *rows;
+            next_chunk(&A, &c, w.R, k0, &r0, &R, &rows);
+            k0 += R;
+        }
+        int64_t main_bytes = c.n_eff > 0 ? run_bytes(&w) : 0;
+        memset(plan, 0, sizeof *plan);
+        plan->rows = c.N;
+        plan->active_rows = A.on ? A.n_act : c.N;
+        plan->row_skipping = A.on;
+        plan->chunk_rows = w.R;
+        plan->chunks = chunks;
+        plan->peak_workspace_bytes = main_bytes > count_bytes ? main_bytes : count_bytes;
+        goto out;
+    }
+    if (A.on && (s = zero_inactive(ctx, t, a, &c, &A, want_y, fb))) goto out;
     double total = 0;
     int64_t chunks = 0;
+    if (c.n_eff > 0) {
+        if ((s = acquire(ctx, t, xplan, &c, &sz, 1, &w))) goto out;
+        const row_bufs dev = row_layout(t, w.rowbuf, w.R), host = row_layout(t, w.hrow, w.R);
+        for (int64_t k0 = 0; k0 < c.n_eff && s == MEL_OK; chunks++) {
+            int64_t r0, R;
+            const int64_t *rows;
+            next_chunk(&A, &c, w.R, k0, &r0, &R, &rows);
+            k0 += R;
+            mel_chunk ch;
+            bind_chunk(t, &c, &w, &sz, r0, R, &ch);
+            const mel_matrix *xs[MEL_MAX_HEADS], *dxs[MEL_MAX_HEADS];
+            gathered g;
+            for (int h = 0; h < MEL_MAX_HEADS; h++) xs[h] = &a->head[h].x, dxs[h] = &a->head[h].dx;
+            int64_t gr0 = r0;
+            if (rows) {
+                gather_rows(t, a, &c, &w, fb, rows, R, &g);
+                for (int h = 0; h < MEL_MAX_HEADS; h++) xs[h] = &g.x[h], dxs[h] = &g.dx[h];
+                for (int k = 0; k < t->n_inputs; k++) {
+                    if (c.idx[k]) ch.idx[k] = g.in[k];
+                    if (c.inp[k]) ch.inp[k] = g.in[k];
+                }
+                ch.r0 = gr0 = 0;
+            }
+            double g0 = gemm_begin(ctx);
+            s = chunk_logits(ctx, a, &c, &w, xs, gr0, R, &flops);
+            gemm_s += gemm_end(ctx, g0);
+            if (s) break;
 
-    for (int64_t r0 = 0; r0 < c.N && s == MEL_OK; r0 += w.R, chunks++) {
-        mel_chunk ch;
-        bind_chunk(t, &c, &w, &sz, r0, &ch);
-        const int64_t R = ch.R;
-        double g0 = gemm_begin(ctx);
-        s = chunk_logits(ctx, a, &c, &w, r0, R, &flops);
-        gemm_s += gemm_end(ctx, g0);
-        if (s) break;
+            for (int h = 0; h < MEL_MAX_HEADS; h++) ch.Z[h] = c.used[h] ? w.Z[h] : NULL;
+            ch.y = dev.y;
+            for (int k = 0; k < t->n_aux; k++)
+                if (c.aux[k]) ch.aux[k] = dev.aux[k];
+            if (fb) {
+                for (int k = 0; k < t->n_inputs; k++)
+                    if (c.ginp[k]) ch.ginp[k] = dev.ginp[k];
+                if ((s = seed_rows(ctx, a, &u, &w, &dev, &host, rows, r0, R))) break;
+                ch.seed = dev.seed;
+            }
+            if ((s = ctx->ops->run_rows(ctx, t, xplan, &ch))) break;
+            if ((s = collect_rows(ctx, t, a, &c, &u, &w, &host, want_y, fb, rows, r0, R, &total))) break;
 
-        for (int h = 0; h < MEL_MAX_HEADS; h++) ch.Z[h] = c.used[h] ? w.Z[h] : NULL;
-        ch.y = dev.y;
-        for (int k = 0; k < t->n_aux; k++)
-            if (c.aux[k]) ch.aux[k] = dev.aux[k];
-        if (fb) {
-            for (int k = 0; k < t->n_inputs; k++)
-                if (c.ginp[k]) ch.ginp[k] = dev.ginp[k];
-            if ((s = seed_rows(ctx, a, &u, &w, &dev, &host, r0, R))) break;
-            ch.seed = dev.seed;
+            if (!fb) continue;
+            g0 = gemm_begin(ctx);
+            s = chunk_backprop(ctx, a, &c, &w, xs, dxs, gr0, R, &flops);
+            gemm_s += gemm_end(ctx, g0);
+            if (s == MEL_OK && rows) scatter_dx(a, &c, &g, rows, R);
         }
-        if ((s = ctx->ops->run_rows(ctx, t, plan, &ch))) break;
-        if ((s = collect_rows(ctx, t, a, &c, &u, &w, &host, want_y, fb, r0, R, &total))) break;
-
-        if (!fb) continue;
-        g0 = gemm_begin(ctx);
-        s = chunk_backprop(ctx, a, &c, &w, r0, R, &flops);
-        gemm_s += gemm_end(ctx, g0);
     }
     const int64_t R = w.R;
     release(ctx, &w);
@@ -851,35 +1223,48 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     ctx->stats.gemm_flops = flops;
     ctx->stats.gemm_seconds = gemm_s;
     ctx->stats.seconds = now() - t0;
+    ctx->active_rows = A.on ? A.n_act : c.N;
 out:
+    free_activity(&A);
     free_upstream(&u);
     return s;
 }
 
 /* execute between the backend's enter and leave (CUDA: the context's device) */
 static mel_status call_execute(mel_ctx *ctx, const mel_transform *t, const mel_args *a, int want_y,
-                               int want_grads)
+                               int want_grads, mel_call_plan *out)
 {
     if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
     mel_clear_error(ctx);
     mel_status s = ctx->ops->enter ? ctx->ops->enter(ctx) : MEL_OK;
     if (s) return s;
-    s = execute(ctx, t, a, want_y, want_grads);
+    s = execute(ctx, t, a, want_y, want_grads, out);
     if (ctx->ops->leave) ctx->ops->leave(ctx);
     return s;
 }
 
 mel_status mel_forward(mel_ctx *ctx, const mel_transform *t, const mel_args *a)
 {
-    return call_execute(ctx, t, a, 1, 0);
+    return call_execute(ctx, t, a, 1, 0, NULL);
 }
 
 mel_status mel_backward(mel_ctx *ctx, const mel_transform *t, const mel_args *a)
 {
-    return call_execute(ctx, t, a, 0, 1);
+    return call_execute(ctx, t, a, 0, 1, NULL);
 }
 
 mel_status mel_forward_backward(mel_ctx *ctx, const mel_transform *t, const mel_args *a)
 {
-    return call_execute(ctx, t, a, 1, 1);
+    return call_execute(ctx, t, a, 1, 1, NULL);
+}
+
+mel_status mel_plan_call(mel_ctx *ctx, const mel_transform *t, const mel_args *a, mel_mode mode,
+                         mel_call_plan *out)
+{
+    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
+    mel_clear_error(ctx);
+    if (!out) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_plan_call: out is NULL");
+    if ((unsigned)mode > MEL_MODE_FORWARD_BACKWARD)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_plan_call: mode = %d is not a mel_mode", (int)mode);
+    return call_execute(ctx, t, a, mode != MEL_MODE_BACKWARD, mode != MEL_MODE_FORWARD, out);
 }

@@ -117,6 +117,16 @@ struct mel_transform {
     mel_plan fb;     /* y, aux and all adjoints                        */
     mel_plan cnt;    /* the count node only (no vectors)               */
     int64_t seg_len; /* rows per segment (OP_SEGSUM), 0 when unused    */
+    /* Row activity (lib/transform.c, mark_activity): a predicate is a
+     * scalar node computed from per-row inputs alone (no logits, no
+     * segment sum) such that, on a row where it is 0, y (or an aux output)
+     * is exactly 0 and no gradient reaches the logits or any input.
+     * y_pred / aux_pred: index into pred[] (-1: not masked); pplan[k]
+     * computes pred[k] alone. */
+    int pred[1 + MEL_MAX_AUX];
+    int n_pred;
+    int y_pred, aux_pred[MEL_MAX_AUX];
+    mel_plan pplan[1 + MEL_MAX_AUX];
 };
 
 /* ----------------------------------------------------------- the context */
@@ -132,6 +142,7 @@ struct mel_ctx {
     int64_t workspace_limit;
     unsigned precision; /* mel_precision flags (mel_set_precision)      */
     int grad_gemm;      /* 1 while lib/gemm.c runs a gradient GEMM      */
+    int row_skipping; /* mel_set_row_skipping; default 1 */
     /* workspace: one arena kept between calls (grown when a call needs
      * more, released by mel_ctx_trim / mel_ctx_destroy); a call carves its
      * buffers from it.  ws_cur / ws_peak count the bytes a call uses. */
@@ -139,6 +150,7 @@ struct mel_ctx {
     size_t arena_size, arena_used;
     int64_t ws_cur, ws_peak;
     mel_stats stats;
+    int64_t active_rows; /* of the last successful call (mel_get_active_rows) */
     char err[512];
 };
 
@@ -226,8 +238,13 @@ mel_status mel_differentiate(mel_graph *g, int out, int32_t *adj);
 mel_status mel_plan_build(const mel_transform *t, const int *targets, int n,
                           mel_plan *p);
 void mel_plan_free(mel_plan *p);
-/* t->fwd, t->fb and t->cnt of a differentiated transform. */
+/* t->fwd, t->fb and t->cnt of a differentiated transform, and
+ * t->pplan[] of its activity predicates. */
 mel_status mel_plan_transform(mel_transform *t);
+
+/* lib/transform.c: the activity predicates of a compiled transform
+ * (t->pred, t->y_pred, t->aux_pred; see struct mel_transform). */
+void mel_mark_activity(mel_transform *t);
 
 /* lib/gemm.c: the three GEMMs of a chunk on any storage dtype, from the
  * backend's primitives (see the file's comment).  conv: scratch of

@@ -183,5 +183,9 @@ mel_status mel_plan_transform(mel_transform *t)
     if (s == MEL_OK) s = mel_plan_build(t, targets, nt, &t->fb);
     int ct[1] = {t->count};
     if (s == MEL_OK) s = mel_plan_build(t, ct, t->count >= 0 ? 1 : 0, &t->cnt);
+    for (int k = 0; k < t->n_pred && s == MEL_OK; k++) {
+        int pt[1] = {t->pred[k]};
+        s = mel_plan_build(t, pt, 1, &t->pplan[k]);
+    }
     return s;
 }

@@ -17,6 +17,107 @@ static int depends_on_vectors(const mel_graph *g, int v, char *seen)
            depends_on_vectors(g, nd->c, seen);
 }
 
+/* ------------------------------------------------------ row activity
+ *
+ * A row is inactive when a predicate computed from its per-row inputs
+ * alone is 0 and that makes y (and every bound aux output) exactly 0 with
+ * no gradient to the logits or any input: the engine then runs no GEMM for
+ * it.  The predicate is read off the forward program, for any transform:
+ *
+ *   where(c, v, 0)   masked by c when c is row-only (where's VJP sends no
+ *                    gradient to v where c is 0, and none ever to c);
+ *   c·v, v·c         masked by c when c is row-only and not differentiable
+ *                    (the adjoint of v is c·seed = 0; c receives none);
+ *   −v, stop_gradient(v), and add / sub / min / max / where of operands
+ *                    masked by the same predicate: masked by it.
+ *
+ * Row-only: a scalar that depends on no vector (so on no logits), on no
+ * segment sum, and is not the adjoint seed. */
+
+#define ACT_ZERO (-2) /* the node is the constant 0 */
+
+static int row_only(const mel_transform *t, int v, signed char *memo)
+{
+    if (v < 0) return 1;
+    if (memo[v]) return memo[v] > 0;
+    const mel_node *nd = &t->nodes[v];
+    int ok = nd->kind != K_VEC && nd->op != OP_SEGSUM && nd->op != OP_SEED &&
+             nd->op != OP_LOGITS && row_only(t, nd->a, memo) && row_only(t, nd->b, memo) &&
+             row_only(t, nd->c, memo);
+    memo[v] = ok ? 1 : -1;
+    return ok;
+}
+
+/* The predicate node masking node v (ACT_ZERO for the constant 0), or -1. */
+static int mask_of(const mel_transform *t, int v, signed char *memo, int depth)
+{
+    if (v < 0 || depth > 64) return -1;
+    const mel_node *nd = &t->nodes[v];
+    if (nd->kind != K_SCAL) return -1;
+    switch ((mel_op)nd->op) {
+    case OP_CONST:
+        return nd->cval == 0 ? ACT_ZERO : -1;
+    case OP_WHERE: {
+        int mb = mask_of(t, nd->c, memo, depth + 1);
+        if (mb == ACT_ZERO && t->nodes[nd->a].kind == K_SCAL && row_only(t, nd->a, memo)) return nd->a;
+        int ma = mask_of(t, nd->b, memo, depth + 1);
+        if (ma == mb) return ma;
+        if (ma == ACT_ZERO) return mb;
+        return -1;
+    }
+    case OP_MUL: {
+        for (int k = 0; k < 2; k++) {
+            int c = k ? nd->b : nd->a;
+            if (t->nodes[c].kind == K_SCAL && !t->nodes[c].grad && row_only(t, c, memo) &&
+                t->nodes[c].op != OP_CONST)
+                return c;
+        }
+        int ma = mask_of(t, nd->a, memo, depth + 1);
+        if (ma >= 0 || ma == ACT_ZERO) return ma;
+        return mask_of(t, nd->b, memo, depth + 1);
+    }
+    case OP_NEG:
+    case OP_STOPGRAD:
+        return mask_of(t, nd->a, memo, depth + 1);
+    case OP_ADD:
+    case OP_SUB:
+    case OP_MIN:
+    case OP_MAX: {
+        int ma = mask_of(t, nd->a, memo, depth + 1), mb = mask_of(t, nd->b, memo, depth + 1);
+        if (ma == ACT_ZERO) return mb;
+        if (mb == ACT_ZERO) return ma;
+        return ma == mb ? ma : -1;
+    }
+    default:
+        return -1;
+    }
+}
+
+static int pred_slot(mel_transform *t, int node)
+{
+    if (node < 0) return -1;
+    for (int k = 0; k < t->n_pred; k++)
+        if (t->pred[k] == node) return k;
+    t->pred[t->n_pred] = node;
+    return t->n_pred++;
+}
+
+void mel_mark_activity(mel_transform *t)
+{
+    t->n_pred = 0;
+    t->y_pred = -1;
+    for (int k = 0; k < MEL_MAX_AUX; k++) t->aux_pred[k] = -1;
+    signed char *memo = calloc((size_t)t->n + 1, 1);
+    if (!memo) return; /* no skipping: always correct */
+    t->y_pred = pred_slot(t, mask_of(t, t->out, memo, 0));
+    /* an aux output that is the constant 0 is masked by anything: y's */
+    for (int k = 0; k < t->n_aux; k++) {
+        int m = mask_of(t, t->aux[k], memo, 0);
+        t->aux_pred[k] = m == ACT_ZERO ? t->y_pred : pred_slot(t, m);
+    }
+    free(memo);
+}
+
 void mel_transform_free(mel_transform *t)
 {
     if (!t) return;
@@ -24,6 +125,7 @@ void mel_transform_free(mel_transform *t)
     mel_plan_free(&t->fwd);
     mel_plan_free(&t->fb);
     mel_plan_free(&t->cnt);
+    for (int k = 0; k < t->n_pred; k++) mel_plan_free(&t->pplan[k]);
     free(t);
 }
 
@@ -105,6 +207,7 @@ mel_status mel_graph_compile(mel_ctx *ctx, const mel_graph *src, const char *nam
             t->adj_input[g.nodes[i].slot] = adj[i];
     free(adj);
 
+    mel_mark_activity(t);
     mel_status s = mel_plan_transform(t);
     if (s != MEL_OK) {
         mel_transform_free(t);

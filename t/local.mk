@@ -57,3 +57,8 @@ check_PROGRAMS += t/precision.t
 t_precision_t_SOURCES = t/precision.c
 t_precision_t_LDADD = $(TEST_LIBS)
 TESTS += t/precision.t
+
+check_PROGRAMS += t/skip.t
+t_skip_t_SOURCES = t/skip.c
+t_skip_t_LDADD = $(TEST_LIBS)
+TESTS += t/skip.t

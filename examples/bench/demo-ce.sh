@@ -13,7 +13,7 @@ WARMUP=${WARMUP:-1}
 rm -f "$csv"
 for m in naive recompute fused; do
     "$mel" bench --transform ce --rows "${ROWS:-4096}" --dim "${DIM:-1024}" --vocab "${VOCAB:-32768}" \
-        --dtype f32 --modes "$m" --repeat "$REPEAT" --warmup "$WARMUP" --csv "$csv.$m" >/dev/null
+        --dtype f32 --modes "$m" --repeat "$REPEAT" --warmup "$WARMUP" --no-skip --csv "$csv.$m" >/dev/null
     if [ ! -f "$csv" ]; then cat "$csv.$m" >"$csv"; else grep -v '^#' "$csv.$m" | tail -n +2 >>"$csv"; fi
     rm -f "$csv.$m"
 done

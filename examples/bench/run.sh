@@ -29,7 +29,7 @@ for m in $MODES; do   # modes outer: each mode's rows are contiguous (one line p
     tmp="$out/.one.csv"
     # shellcheck disable=SC2086
     "$mel" bench --rows "$n" --dim "$DIM" --vocab "$VOCAB" --dtype "$DTYPE" --transform "$TRANSFORM" \
-      --modes "$m" --repeat "$REPEAT" --warmup "$WARMUP" --csv "$tmp" $([ "$m" != naive ] && echo $EXTRA) >/dev/null
+      --modes "$m" --repeat "$REPEAT" --warmup "$WARMUP" --no-skip --csv "$tmp" $([ "$m" != naive ] && echo $EXTRA) >/dev/null
     if [ ! -s "$csv" ]; then cat "$tmp" > "$csv"; else grep -v '^#' "$tmp" | tail -n +2 >> "$csv"; fi
     rm -f "$tmp"
   done

@@ -3,6 +3,7 @@
 #include "mel_tool.h"
 
 #include <errno.h>
+#include <math.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@ static const optspec bench_opts[] = {
     {"--dtype", 1}, {"--modes", 1}, {"--repeat", 1}, {"--warmup", 1},
     {"--threads", 1}, {"--csv", 1}, {"--seed", 1}, {"--param", OPT_REPEAT},
     {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--backend", 1}, {"--help", 0},
+    {"--no-skip", 0}, {"--ignore", 1}, {"--ignore-pattern", 1}, {"--seq-len", 1},
     {NULL, 0}};
 
 static void usage_bench(FILE *f)
@@ -29,7 +31,11 @@ static void usage_bench(FILE *f)
 "  --param NAME=VALUE  --csv FILE (units in the column names)\n"
 "  --backend cpu|cuda (cpu): cuda runs on device buffers (times include the\n"
 "  end-of-call synchronisation; threads = rows run at once)\n"
-"  naive = one chunk of N rows (the full logits); recompute = forward then\n"
+"  --ignore F (0 <= F <= 1): that fraction of the labels set to ignore_index (default:\n"
+"  about 1 in 5 at random); --ignore-pattern random|prefix (random): prefix ignores the\n"
+"  first F of each sequence of --seq-len T rows (default 512), like a prompt\n"
+"  --no-skip: run the GEMMs on every row (row skipping off, for comparison)\n"
+"  naive = one chunk of N rows (the full logits, never skipping); recompute = forward then\n"
 "  backward; fused = forward_backward.  max_rss is the process-wide maximum so far.\n");
 }
 
@@ -88,6 +94,36 @@ static void git_commit(char *buf, size_t len)
     pclose(p);
 }
 
+/* --ignore F: exactly round(F·n) labels ignored, at random positions, or
+ * as the first round(F·T) rows of each sequence of T rows (prefix); the
+ * other labels drawn anew in [0, V). */
+static void set_ignored(problem *p, int64_t n, int64_t v, double f, const char *pattern, int64_t T,
+                        int64_t ignore_index, uint64_t seed)
+{
+    uint64_t s = seed * 0x9E3779B97F4A7C15ull + 12345;
+    for (int64_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        p->labels[i] = (int64_t)((s >> 33) % (uint64_t)v);
+    }
+    if (!strcmp(pattern, "prefix")) {
+        const int64_t k = (int64_t)llround(f * (double)T);
+        for (int64_t i = 0; i < n; i++)
+            if (i % T < k) p->labels[i] = ignore_index;
+        return;
+    }
+    const int64_t want = (int64_t)llround(f * (double)n);
+    int64_t *perm = xcalloc(n, sizeof(int64_t), "--ignore");
+    for (int64_t i = 0; i < n; i++) perm[i] = i;
+    for (int64_t i = 0; i < want; i++) { /* partial Fisher-Yates */
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        int64_t j = i + (int64_t)((s >> 33) % (uint64_t)(n - i));
+        int64_t tmp = perm[i];
+        perm[i] = perm[j], perm[j] = tmp;
+        p->labels[perm[i]] = ignore_index;
+    }
+    release(perm);
+}
+
 int cmd_bench(int argc, char **argv)
 {
     const char *rows_s = "4096", *modes_s = "naive,recompute,fused", *tname = "ce",
@@ -97,6 +133,10 @@ int cmd_bench(int argc, char **argv)
     uint64_t seed = 1;
     mel_dtype dt = MEL_F32;
     mel_params *pl = NULL;
+    int no_skip = 0;
+    double ignore = -1;
+    const char *pattern = NULL;
+    int64_t seq_len = 0;
 
     optscan o = {argc, 0, argv, "bench", bench_opts, 0};
     const char *name, *val;
@@ -121,7 +161,22 @@ int cmd_bench(int argc, char **argv)
         else if (!strcmp(name, "--chunk-rows")) chunk = parse_i64(name, val, 1, INT64_MAX);
         else if (!strcmp(name, "--workspace-bytes")) ws_bytes = parse_bytes(name, val);
         else if (!strcmp(name, "--backend")) backend = val;
+        else if (!strcmp(name, "--no-skip")) no_skip = 1;
+        else if (!strcmp(name, "--ignore")) {
+            ignore = parse_f64(name, val);
+            if (!(ignore >= 0 && ignore <= 1)) die(EXIT_USAGE, "--ignore: %s is outside [0, 1]", val);
+        } else if (!strcmp(name, "--ignore-pattern")) {
+            if (strcmp(val, "random") && strcmp(val, "prefix"))
+                die(EXIT_USAGE, "--ignore-pattern: unknown pattern '%s' (want random or prefix)", val);
+            pattern = val;
+        } else if (!strcmp(name, "--seq-len")) seq_len = parse_i64(name, val, 1, INT32_MAX);
     }
+    if ((pattern || seq_len) && ignore < 0)
+        die(EXIT_USAGE, "%s: needs --ignore F (the fraction to ignore)", pattern ? "--ignore-pattern" : "--seq-len");
+    if (seq_len && (!pattern || strcmp(pattern, "prefix")))
+        die(EXIT_USAGE, "--seq-len: only applies to --ignore-pattern prefix");
+    if (!pattern) pattern = "random";
+    if (!seq_len) seq_len = 512;
 
     /* --rows list */
     int64_t rows[32];
@@ -161,6 +216,13 @@ int cmd_bench(int argc, char **argv)
     mel_ctx *ctx = make_ctx(backend, threads);
     mel_transform *t = build_transform(ctx, "bench", tname, pl);
     double ii = param_value(tname, pl, "ignore_index", -100);
+    char ignore_desc[96] = "about 1 in 5 at random (the default problem)";
+    if (ignore >= 0) {
+        if (!strcmp(pattern, "prefix"))
+            snprintf(ignore_desc, sizeof ignore_desc, "%g of each %" PRId64 "-row sequence, as a prefix", ignore,
+                     seq_len);
+        else snprintf(ignore_desc, sizeof ignore_desc, "%g at random", ignore);
+    }
     size_t lsz = dt == MEL_F64 ? 8 : 4; /* logits element size */
 
     /* machine line */
@@ -176,9 +238,10 @@ int cmd_bench(int argc, char **argv)
     snprintf(header, sizeof header,
              "# machine: %s; nproc %ld; backend %s; threads %d; OPENBLAS_CORETYPE=%s; commit %s; "
              "libmel %s; transform %s; dtype %s; dim %" PRId64 "; vocab %" PRId64
-             "; repeat %d; warmup %d",
+             "; repeat %d; warmup %d; row skipping %s; ignored %s",
              machine, nproc, backend, mel_get_threads(ctx), coretype && *coretype ? coretype : "unset",
-             commit, mel_version_string(), tname, mel_dtype_name(dt), d, v, repeat, warmup);
+             commit, mel_version_string(), tname, mel_dtype_name(dt), d, v, repeat, warmup,
+             no_skip ? "off" : "on", ignore_desc);
 
     FILE *cf = NULL;
     if (csv) {
@@ -192,8 +255,8 @@ int cmd_bench(int argc, char **argv)
                     "max_rss_bytes,loss\n");
     }
     printf("%s\n", header);
-    printf("%8s %-9s %9s %9s %9s %10s %10s %7s %14s %14s %12s %12s\n", "rows", "mode",
-           "median_s", "min_s", "max_s", "gemm_GF/s", "chunk_rows", "chunks",
+    printf("%8s %-9s %9s %9s %9s %10s %10s %7s %8s %14s %14s %12s %12s\n", "rows", "mode",
+           "median_s", "min_s", "max_s", "gemm_GF/s", "chunk_rows", "chunks", "active",
            "peak_ws_MiB", "naive_lgt_MiB", "max_rss_MiB", "loss");
     fflush(stdout);
 
@@ -205,6 +268,7 @@ int cmd_bench(int argc, char **argv)
         const size_t mark = own_mark(); /* this rows setting's buffers */
         problem p;
         make_problem(&p, t, n, d, v, 0, (int64_t)ii, 0, seed + (uint64_t)ri);
+        if (ignore >= 0 && p.labels) set_ignored(&p, n, v, ignore, pattern, seq_len, (int64_t)ii, seed);
         mel_args *a = own(mel_args_new(), free_args);
         if (!a) die(EXIT_FAILED, "out of memory");
         void *xs, *ws;
@@ -229,6 +293,7 @@ int cmd_bench(int argc, char **argv)
               "bench");
         for (int mi = 0; mi < nmodes; mi++) {
             int m = modes[mi];
+            check(ctx, mel_set_row_skipping(ctx, !no_skip && m != 0), "--no-skip");
             if (m == 0) {
                 check(ctx, mel_set_chunk_rows(ctx, n), "bench naive");
                 /* one chunk of N rows: the budget does not apply */
@@ -269,9 +334,10 @@ int cmd_bench(int argc, char **argv)
             double gfs = gmed > 0 ? (double)cs.total.gemm_flops / gmed * 1e-9 : 0;
             int64_t naive_bytes = n * v * (int64_t)lsz;
             int64_t rss = max_rss_bytes();
-            printf("%8" PRId64 " %-9s %9.4f %9.4f %9.4f %10.1f %10" PRId64 " %7" PRId64
+            printf("%8" PRId64 " %-9s %9.4f %9.4f %9.4f %10.1f %10" PRId64 " %7" PRId64 " %8" PRId64
                    " %14.1f %14.1f %12.1f %12.6g\n",
                    n, mode_names[m], med, mn, mx, gfs, cs.total.chunk_rows, cs.total.chunks,
+                   cs.total_active,
                    (double)cs.total.peak_workspace_bytes / 1048576.0,
                    (double)naive_bytes / 1048576.0, (double)rss / 1048576.0, y);
             fflush(stdout);

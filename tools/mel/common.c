@@ -191,9 +191,11 @@ void stats_add(callstats *cs, mel_ctx *ctx, const char *name)
 {
     mel_stats s;
     mel_get_stats(ctx, &s);
+    const int64_t act = mel_get_active_rows(ctx);
     if (cs->ncalls < 2) {
         cs->names[cs->ncalls] = name;
         cs->s[cs->ncalls] = s;
+        cs->active[cs->ncalls] = act;
     }
     cs->ncalls++;
     mel_stats *t = &cs->total;
@@ -204,14 +206,15 @@ void stats_add(callstats *cs, mel_ctx *ctx, const char *name)
     t->gemm_flops += s.gemm_flops;
     t->seconds += s.seconds;
     t->gemm_seconds += s.gemm_seconds;
+    if (act > cs->total_active) cs->total_active = act;
 }
 
-void json_stats(FILE *f, const mel_stats *s)
+void json_stats(FILE *f, const mel_stats *s, int64_t active_rows)
 {
     fprintf(f,
             "\"chunk_rows\": %" PRId64 ", \"chunks\": %" PRId64
             ", \"peak_workspace_bytes\": %" PRId64 ", \"seconds\": %.9g"
-            ", \"gemm_seconds\": %.9g, \"gemm_flops\": %" PRId64,
+            ", \"gemm_seconds\": %.9g, \"gemm_flops\": %" PRId64 ", \"active_rows\": %" PRId64,
             s->chunk_rows, s->chunks, s->peak_workspace_bytes, s->seconds, s->gemm_seconds,
-            s->gemm_flops);
+            s->gemm_flops, active_rows);
 }

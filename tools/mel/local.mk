@@ -3,7 +3,7 @@
 # Included from Makefile.am; paths are relative to the top directory.
 #
 #   tools/mel/mel          the tool: mel.c dispatches to run.c, gradcheck.c,
-#                          bench.c, list.c; args.c (options, --param),
+#                          bench.c, list.c, plan.c; args.c (options, --param),
 #                          inputs.c (.npy inputs), problem.c (random
 #                          problems), common.c (resources, errors, context)
 #   tools/mel/libnpy.la    .npy reader/writer (npy.c), also used by t/ and fuzz/
@@ -12,7 +12,7 @@
 bin_PROGRAMS += tools/mel/mel
 tools_mel_mel_SOURCES = tools/mel/mel.c tools/mel/mel_tool.h tools/mel/common.c \
 	tools/mel/args.c tools/mel/inputs.c tools/mel/problem.c tools/mel/run.c \
-	tools/mel/gradcheck.c tools/mel/bench.c tools/mel/list.c
+	tools/mel/gradcheck.c tools/mel/bench.c tools/mel/list.c tools/mel/plan.c
 tools_mel_mel_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools/mel
 tools_mel_mel_LDADD = lib/libmel.la tools/mel/libnpy.la -lm
 # The installed mel finds the installed libmel without LD_LIBRARY_PATH or
@@ -34,6 +34,10 @@ TESTS += t/npy.t
 # The CLI end to end (a shell TAP script; needs tools/mel/mel built).
 dist_check_SCRIPTS += t/cli.t
 TESTS += t/cli.t
+
+# mel plan against mel run --stats (a shell TAP script).
+dist_check_SCRIPTS += t/plan_cli.t
+TESTS += t/plan_cli.t
 
 # make demo-ce: naive vs recompute vs fused on a CE training step, each mode
 # in its own process (examples/bench/demo-ce.sh; about 1 min on 2 cores).

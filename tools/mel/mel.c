@@ -4,6 +4,7 @@
  *   mel run TRANSFORM [options]        compute a transform and its gradients
  *   mel gradcheck TRANSFORM [options]  finite differences on random inputs
  *   mel bench [options]                naive vs recompute vs fused
+ *   mel plan TRANSFORM [options]       chunks and workspace of a call, not run
  *   mel list                           built-in transforms
  *   mel --version
  */
@@ -18,6 +19,7 @@ static void usage(FILE *f)
 "usage: mel run TRANSFORM [options]        compute a transform and, on request, its gradients\n"
 "       mel gradcheck TRANSFORM [options]  finite differences on random inputs\n"
 "       mel bench [options]                time and memory of naive vs recompute vs fused\n"
+"       mel plan TRANSFORM [options]       chunks, active rows and workspace of a call, without running it\n"
 "       mel list                           built-in transforms\n"
 "       mel --version\n"
 "'mel COMMAND --help' describes each command's options.\n");
@@ -34,6 +36,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "run")) return cmd_run(argc - 2, argv + 2);
     if (!strcmp(cmd, "gradcheck")) return cmd_gradcheck(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 2, argv + 2);
+    if (!strcmp(cmd, "plan")) return cmd_plan(argc - 2, argv + 2);
     if (!strcmp(cmd, "list")) {
         return cmd_list(argc - 2, argv + 2);
     }
@@ -54,5 +57,5 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    die(EXIT_USAGE, "unknown command '%s' (want run, gradcheck, bench, list or --version)", cmd);
+    die(EXIT_USAGE, "unknown command '%s' (want run, gradcheck, bench, plan, list or --version)", cmd);
 }

@@ -6,7 +6,7 @@
  *   inputs.c    .npy inputs and outputs: loading with shape and dtype checks,
  *               dtype conversion
  *   problem.c   random problems for gradcheck and bench
- *   run.c, gradcheck.c, bench.c, list.c   one command each
+ *   run.c, gradcheck.c, bench.c, list.c, plan.c   one command each
  *   mel.c       main: dispatch, --version, --help
  *
  * Only the public API of mel.h is used (plus lib/half.h's conversions).
@@ -83,9 +83,10 @@ typedef struct callstats {
     const char *names[2];
     mel_stats s[2];
     mel_stats total; /* chunk_rows max, chunks sum, peak max, rest summed */
+    int64_t active[2], total_active; /* mel_get_active_rows; total: the max */
 } callstats;
 void stats_add(callstats *cs, mel_ctx *ctx, const char *name);
-void json_stats(FILE *f, const mel_stats *s);
+void json_stats(FILE *f, const mel_stats *s, int64_t active_rows);
 
 /* -------------------------------------------------------------- args.c */
 
@@ -215,5 +216,6 @@ int cmd_run(int argc, char **argv);
 int cmd_gradcheck(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_list(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
 
 #endif

@@ -16,7 +16,7 @@ static const optspec run_opts[] = {
     {"--grad-hidden", 1}, {"--grad-weight", 1}, {"--grad-bias", 1},
     {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--mode", 1},
     {"--dtype", 1}, {"--backend", 1}, {"--threads", 1}, {"--stats", 1},
-    {"--check-finite", 0}, {"--help", 0}, {NULL, 0}};
+    {"--check-finite", 0}, {"--no-skip", 0}, {"--help", 0}, {NULL, 0}};
 
 static void usage_run(FILE *f)
 {
@@ -47,6 +47,9 @@ static void usage_run(FILE *f)
 "                           save float32 and pass --dtype bf16)\n"
 "  --backend cpu|cuda       default cpu\n"
 "  --threads K              CPU threads (0: default)\n"
+"  --no-skip                run the GEMMs on every row, also where the transform's\n"
+"                           output is masked (row skipping off, for comparison;\n"
+"                           --mode naive never skips: it is the full-logits reference)\n"
 "  --check-finite           scan X, W, bias and the per-row float inputs for NaN/Inf first\n"
 "                           and exit 2 naming the first (off by default: NaN/Inf propagate\n"
 "                           into y and the gradients as in the naive computation, and the\n"
@@ -119,7 +122,7 @@ int cmd_run(int argc, char **argv)
                *f_gb = NULL, *f_stats = NULL, *s_mode = NULL, *s_dtype = NULL,
                *s_backend = NULL;
     const char *in_names[MAX_INPUTS], *in_files[MAX_INPUTS];
-    int n_in = 0, threads = -1, check_fin = 0;
+    int n_in = 0, threads = -1, check_fin = 0, no_skip = 0;
     int64_t chunk_rows = -1, ws_bytes = -1;
     mel_reduction red = MEL_REDUCE_MEAN;
     int red_given = 0;
@@ -147,6 +150,7 @@ int cmd_run(int argc, char **argv)
         else if (!strcmp(name, "--grad-weight")) f_gw = val;
         else if (!strcmp(name, "--grad-bias")) f_gb = val;
         else if (!strcmp(name, "--stats")) f_stats = val;
+        else if (!strcmp(name, "--no-skip")) no_skip = 1;
         else if (!strcmp(name, "--check-finite")) check_fin = 1;
         else if (!strcmp(name, "--mode")) s_mode = val;
         else if (!strcmp(name, "--dtype")) s_dtype = val;
@@ -418,6 +422,7 @@ int cmd_run(int argc, char **argv)
     }
 
     if (check_fin) check(ctx, mel_set_check_finite(ctx, 1), "--check-finite");
+    if (no_skip || mode == NAIVE) check(ctx, mel_set_row_skipping(ctx, 0), "--no-skip");
     flag_names names = {f_hidden, f_weight, f_bias, f_thidden, f_tweight};
 
     /* ---- compute */
@@ -482,7 +487,7 @@ int cmd_run(int argc, char **argv)
                 tname, !want_grad ? "forward" : mode == FUSED ? "fused"
                        : mode == RECOMPUTE ? "recompute" : "naive",
                 mel_dtype_name(dt), N, D, V, mel_get_threads(ctx), wall);
-        json_stats(f, &cs.total);
+        json_stats(f, &cs.total, cs.total_active);
         struct rusage ru;
         int64_t rss = getrusage(RUSAGE_SELF, &ru) == 0 ? (int64_t)ru.ru_maxrss * 1024 : -1;
         fprintf(f, ",\n \"input_bytes_held\": %" PRId64 ", \"input_bytes_peak\": %" PRId64
@@ -491,7 +496,7 @@ int cmd_run(int argc, char **argv)
         fprintf(f, ",\n \"calls\": [");
         for (int i = 0; i < cs.ncalls && i < 2; i++) {
             fprintf(f, "%s{\"call\": \"%s\", ", i ? ", " : "", cs.names[i]);
-            json_stats(f, &cs.s[i]);
+            json_stats(f, &cs.s[i], cs.active[i]);
             fprintf(f, "}");
         }
         fprintf(f, "]}\n");
