@@ -238,3 +238,16 @@ mel_transform *build_transform(mel_ctx *ctx, const char *cmd, const char *name,
     }
     return own(t, free_transform);
 }
+
+void input_add(const char *val, const char **names, const char **files, int *n, int max)
+{
+    const char *eq = strchr(val, '=');
+    if (!eq || eq == val || !eq[1]) die(EXIT_USAGE, "--input: '%s' is not NAME=FILE", val);
+    if (*n >= max) die(EXIT_USAGE, "--input: more than %d inputs", max);
+    char *nm = xcalloc(eq - val + 1, 1, "--input");
+    memcpy(nm, val, (size_t)(eq - val));
+    for (int i = 0; i < *n; i++)
+        if (!strcmp(names[i], nm)) die(EXIT_USAGE, "--input: '%s' given twice", nm);
+    names[*n] = nm;
+    files[(*n)++] = eq + 1;
+}

@@ -125,6 +125,9 @@ const char *next_opt(optscan *o, const char **val);
  * and importance_sampling_level) and set on *p (created and owned on
  * first use); a NAME given twice is an error. */
 void param_add(mel_params **p, const char *spec);
+/* --input NAME=FILE (repeatable): appends to names/files (capacity max), exit 2
+ * on a malformed value, a name given twice or too many inputs. */
+void input_add(const char *val, const char **names, const char **files, int *n, int max);
 /* The value built-in `tname` will use for parameter `name`: the one set on
  * p, else the built-in's default (mel_builtin_param), else `fallback`. */
 double param_value(const char *tname, const mel_params *p, const char *name, double fallback);

@@ -35,7 +35,7 @@ static void usage_plan(FILE *f)
 int cmd_plan(int argc, char **argv)
 {
     const char *tname = NULL, *f_labels = NULL, *s_mode = "fused", *backend = NULL;
-    const char *in_names[16], *in_files[16];
+    const char *in_names[PROBLEM_MAX_INPUTS], *in_files[PROBLEM_MAX_INPUTS];
     int n_in = 0, threads = -1, no_skip = 0, json = 0;
     int64_t n = -1, d = -1, v = -1, chunk_rows = -1, ws_bytes = -1;
     mel_dtype dt = MEL_F32;
@@ -67,15 +67,7 @@ int cmd_plan(int argc, char **argv)
         else if (!strcmp(name, "--no-skip")) no_skip = 1;
         else if (!strcmp(name, "--json")) json = 1;
         else if (!strcmp(name, "--input")) {
-            const char *eq = strchr(val, '=');
-            if (!eq || eq == val || !eq[1]) die(EXIT_USAGE, "--input: '%s' is not NAME=FILE", val);
-            if (n_in >= 16) die(EXIT_USAGE, "--input: more than 16 inputs");
-            char *nm = xcalloc(eq - val + 1, 1, "--input");
-            memcpy(nm, val, (size_t)(eq - val));
-            for (int i = 0; i < n_in; i++)
-                if (!strcmp(in_names[i], nm)) die(EXIT_USAGE, "--input: '%s' given twice", nm);
-            in_names[n_in] = nm;
-            in_files[n_in++] = eq + 1;
+            input_add(val, in_names, in_files, &n_in, PROBLEM_MAX_INPUTS);
         }
     }
     if (!tname) die(EXIT_USAGE, "plan: missing TRANSFORM (see mel list)");

@@ -164,16 +164,7 @@ int cmd_run(int argc, char **argv)
             red_given = 1;
             red = parse_reduction(name, val);
         } else if (!strcmp(name, "--input")) {
-            const char *eq = strchr(val, '=');
-            if (!eq || eq == val || !eq[1])
-                die(EXIT_USAGE, "--input: '%s' is not NAME=FILE", val);
-            if (n_in >= MAX_INPUTS) die(EXIT_USAGE, "--input: more than %d inputs", MAX_INPUTS);
-            char *nm = xcalloc(eq - val + 1, 1, "--input");
-            memcpy(nm, val, (size_t)(eq - val));
-            for (int i = 0; i < n_in; i++)
-                if (!strcmp(in_names[i], nm)) die(EXIT_USAGE, "--input: '%s' given twice", nm);
-            in_names[n_in] = nm;
-            in_files[n_in++] = eq + 1;
+            input_add(val, in_names, in_files, &n_in, MAX_INPUTS);
         }
     }
     if (!tname) die(EXIT_USAGE, "run: missing TRANSFORM (see mel list)");
