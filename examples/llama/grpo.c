@@ -1,5 +1,6 @@
 /* grpo.c -- task, sampling and the two GRPO heads of llama-train (grpo.h). */
 #include "grpo.h"
+#include "head.h" /* llama_mel_context */
 
 #include <cblas.h>
 #include <math.h>
@@ -297,14 +298,9 @@ int grpo_mel_init(grpo_mel *h, const grpo_cfg *cfg, int threads,
                   int64_t chunk_rows, int64_t workspace_bytes)
 {
     memset(h, 0, sizeof *h);
-    mel_status s = mel_ctx_create(MEL_BACKEND_CPU, &h->ctx);
-    if (s != MEL_OK) return mel_fail(h, "mel_ctx_create", s);
-    if (threads > 0 && (s = mel_set_threads(h->ctx, threads)) != MEL_OK)
-        return mel_fail(h, "mel_set_threads", s);
-    if ((s = mel_set_chunk_rows(h->ctx, chunk_rows)) != MEL_OK)
-        return mel_fail(h, "mel_set_chunk_rows", s);
-    if ((s = mel_set_workspace_limit(h->ctx, workspace_bytes)) != MEL_OK)
-        return mel_fail(h, "mel_set_workspace_limit", s);
+    if (llama_mel_context(&h->ctx, h->err, sizeof h->err, threads, chunk_rows, workspace_bytes))
+        return -1;
+    mel_status s;
     mel_params *prm = mel_params_new();
     if (!prm) {
         snprintf(h->err, sizeof h->err, "mel_params_new: out of memory");

@@ -90,18 +90,30 @@ static int mel_fail(head_mel *h, const char *what, mel_status s)
     return -1;
 }
 
+int llama_mel_context(mel_ctx **ctx, char *err, size_t errlen, int threads, int64_t chunk_rows,
+                      int64_t workspace_bytes)
+{
+    const char *what = "mel_ctx_create";
+    mel_status s = mel_ctx_create(MEL_BACKEND_CPU, ctx);
+    if (s == MEL_OK && threads > 0 && (s = mel_set_threads(*ctx, threads)) != MEL_OK)
+        what = "mel_set_threads";
+    else if (s == MEL_OK && (s = mel_set_chunk_rows(*ctx, chunk_rows)) != MEL_OK)
+        what = "mel_set_chunk_rows";
+    else if (s == MEL_OK && (s = mel_set_workspace_limit(*ctx, workspace_bytes)) != MEL_OK)
+        what = "mel_set_workspace_limit";
+    if (s == MEL_OK) return 0;
+    snprintf(err, errlen, "%s: %s (%s)", what, mel_status_str(s),
+             *ctx ? mel_last_error(*ctx) : mel_ctx_create_error());
+    return -1;
+}
+
 int head_mel_init(head_mel *h, int threads, int64_t chunk_rows,
                   int64_t workspace_bytes)
 {
     memset(h, 0, sizeof *h);
-    mel_status s = mel_ctx_create(MEL_BACKEND_CPU, &h->ctx);
-    if (s != MEL_OK) return mel_fail(h, "mel_ctx_create", s);
-    if (threads > 0 && (s = mel_set_threads(h->ctx, threads)) != MEL_OK)
-        return mel_fail(h, "mel_set_threads", s);
-    if ((s = mel_set_chunk_rows(h->ctx, chunk_rows)) != MEL_OK)
-        return mel_fail(h, "mel_set_chunk_rows", s);
-    if ((s = mel_set_workspace_limit(h->ctx, workspace_bytes)) != MEL_OK)
-        return mel_fail(h, "mel_set_workspace_limit", s);
+    if (llama_mel_context(&h->ctx, h->err, sizeof h->err, threads, chunk_rows, workspace_bytes))
+        return -1;
+    mel_status s;
     mel_params *prm = mel_params_new();
     if (!prm) {
         snprintf(h->err, sizeof h->err, "mel_params_new: out of memory");

@@ -45,6 +45,11 @@ typedef struct head_mel {
 
 /* threads: 0 = default.  chunk_rows / workspace_bytes: 0 = libmel's
  * default.  0, or -1 with h->err set. */
+/* A CPU context with the trainer's thread count (0: default) and chunk policy
+ * (chunk_rows / workspace_bytes as mel_set_*): 0, or -1 with a message in err
+ * (and *ctx NULL or a context the caller destroys). Shared by both libmel heads. */
+int llama_mel_context(mel_ctx **ctx, char *err, size_t errlen, int threads, int64_t chunk_rows,
+                      int64_t workspace_bytes);
 int head_mel_init(head_mel *h, int threads, int64_t chunk_rows,
                   int64_t workspace_bytes);
 void head_mel_free(head_mel *h);
