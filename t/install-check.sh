@@ -42,7 +42,9 @@ awk '/^```c$/ { on = 1; next } on && /^```$/ { exit } on { print }' "$top_src/RE
 cmp -s "$tmp/readme.c" "$top_src/doc/example.c"
 ok $? "README's C example is doc/example.c"
 # shellcheck disable=SC2046
-$CC $(pkg-config --cflags mel) "$top_src/doc/example.c" -o "$tmp/example" $(pkg-config --libs mel) \
+# a sanitizer build's libmel needs the program built with the same runtime
+# shellcheck disable=SC2086
+$CC ${MEL_SANITIZED:-} $(pkg-config --cflags mel) "$top_src/doc/example.c" -o "$tmp/example" $(pkg-config --libs mel) \
     >"$tmp/cc.log" 2>&1
 rc=$?
 ok $rc "doc/example.c builds with pkg-config --cflags --libs mel" || sed 's/^/# /' "$tmp/cc.log"

@@ -1156,7 +1156,7 @@ out:
         llama_optim_free(&models[k].opt);
         free(adv[k]);
     }
-    free(ref); free(grads); free(X); free(Xr); free(dX); free(zbuf); free(xbuf);
+    free(ref); free(grads); free(X); free(Xr); free(dX); free(dX2); free(dW2); free(zbuf); free(xbuf);
     free(inputs); free(comp); free(mask); free(old);
     free(rewards); free(adv_seq); free(reward_hist); free(acc_hist);
     llama_acts_free(&acts);
