@@ -27,35 +27,6 @@
 #include "ref.h"
 #include "tap.h"
 
-static uint16_t to16(double v, mel_dtype dt)
-{
-    float f = (float)v;
-    uint16_t h;
-    if (dt == MEL_F16) {
-        _Float16 x = (_Float16)f;
-        memcpy(&h, &x, 2);
-        return h;
-    }
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static double from16(uint16_t h, mel_dtype dt)
-{
-    if (dt == MEL_F16) {
-        _Float16 x;
-        memcpy(&x, &h, 2);
-        return (double)x;
-    }
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 typedef struct errs {
     double y, dx, dw, db;   /* max |error| / max |reference|          */
     double nx, nw, nb;      /* Σ error² / Σ reference² (nse)          */
@@ -80,13 +51,13 @@ static void run(mel_ctx *ctx, mel_transform *ce, mel_dtype dt, unsigned prec, in
     float *dw = malloc(V * D * 4), *db = malloc(V * 4), y;
     int64_t *lab = malloc(N * 8);
     double *DX0 = malloc(N * D * 8);
-    for (int64_t i = 0; i < N * D; i++) x[i] = to16(rng_normal(rng) / sqrt((double)D) * 2, dt), X[i] = from16(x[i], dt);
-    for (int64_t i = 0; i < V * D; i++) w[i] = to16(rng_normal(rng), dt), W[i] = from16(w[i], dt);
-    for (int64_t i = 0; i < V; i++) b[i] = to16(rng_normal(rng) * 0.3, dt), B[i] = from16(b[i], dt);
+    for (int64_t i = 0; i < N * D; i++) x[i] = ref_to16(rng_normal(rng) / sqrt((double)D) * 2, dt), X[i] = ref_from16(x[i], dt);
+    for (int64_t i = 0; i < V * D; i++) w[i] = ref_to16(rng_normal(rng), dt), W[i] = ref_from16(w[i], dt);
+    for (int64_t i = 0; i < V; i++) b[i] = ref_to16(rng_normal(rng) * 0.3, dt), B[i] = ref_from16(b[i], dt);
     for (int64_t i = 0; i < N; i++) lab[i] = i % 5 == 4 ? -100 : rng_int(rng, V), wt[i] = 1.0;
     for (int64_t i = 0; i < N * D; i++) { /* pre-filled dX for MEL_ACCUMULATE_DX */
-        dx[i] = acc ? to16(rng_normal(rng) * 1e-3, dt) : 0;
-        DX0[i] = from16(dx[i], dt);
+        dx[i] = acc ? ref_to16(rng_normal(rng) * 1e-3, dt) : 0;
+        DX0[i] = ref_from16(dx[i], dt);
     }
     mel_args *a = mel_args_new();
     mel_args_head(a, 0, mel_mat(x, dt, N, D, 0), mel_mat(w, dt, V, D, 0), bias ? b : NULL);
@@ -115,12 +86,12 @@ static void run(mel_ctx *ctx, mel_transform *ce, mel_dtype dt, unsigned prec, in
     for (int64_t i = 0; i < N; i++) want += yr[i], s[i] = scale, one[i] = 1.0;
     ref_backprop(N, D, V, X, W, G, s, edx, edw, edb);
     /* FAST16: dZ = round16(f32(s·G)), then the same products on it */
-    for (int64_t k = 0; k < N * V; k++) Gr[k] = from16(to16((double)(float)(scale * G[k]), dt), dt);
+    for (int64_t k = 0; k < N * V; k++) Gr[k] = ref_from16(ref_to16((double)(float)(scale * G[k]), dt), dt);
     ref_backprop(N, D, V, X, W, Gr, one, fdx, fdw, fdb);
     for (int64_t i = 0; i < N * D; i++) edx[i] += DX0[i], fdx[i] += DX0[i];
 
     double *gdx = malloc(N * D * 8), *gdw = malloc(V * D * 8), *gdb = malloc(V * 8);
-    for (int64_t i = 0; i < N * D; i++) gdx[i] = from16(dx[i], dt);
+    for (int64_t i = 0; i < N * D; i++) gdx[i] = ref_from16(dx[i], dt);
     for (int64_t i = 0; i < V * D; i++) gdw[i] = dw[i];
     for (int64_t i = 0; i < V; i++) gdb[i] = db[i];
     vs_exact->y = vs_fast->y = fabs(y - want) / fmax(fabs(want), 1.0);

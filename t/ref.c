@@ -1,6 +1,7 @@
 #include "ref.h"
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 void ref_logits(int64_t N, int64_t D, int64_t V, const double *X, const double *W,
                 const double *b, double *Z)
@@ -170,4 +171,33 @@ int64_t ref_kd(int64_t N, int64_t V, const double *Zs, const double *Zt, const i
     }
     free(ls), free(lt), free(g);
     return counted;
+}
+
+uint16_t ref_to16(double v, mel_dtype dt)
+{
+    float f = (float)v;
+    uint16_t h;
+    if (dt == MEL_F16) {
+        _Float16 x = (_Float16)f;
+        memcpy(&h, &x, 2);
+        return h;
+    }
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+double ref_from16(uint16_t h, mel_dtype dt)
+{
+    if (dt == MEL_F16) {
+        _Float16 x;
+        memcpy(&x, &h, 2);
+        return (double)x;
+    }
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
 }

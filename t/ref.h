@@ -3,6 +3,13 @@
 #ifndef MEL_TEST_REF_H
 #define MEL_TEST_REF_H
 #include <stdint.h>
+#include "mel.h"
+
+/* 16-bit storage written independently of lib/half.h: f16 through the
+ * compiler's _Float16, bf16 by round-to-nearest-even on the f32 bits (a NaN
+ * stays a quiet NaN).  dt is MEL_F16 or MEL_BF16. */
+uint16_t ref_to16(double v, mel_dtype dt);
+double ref_from16(uint16_t h, mel_dtype dt);
 
 /* Z[N,V] = X[N,D]·W[V,D]ᵀ (+ b[V]), plain loops in double. */
 void ref_logits(int64_t N, int64_t D, int64_t V, const double *X, const double *W,
