@@ -15,8 +15,11 @@
 #include "mel_internal.h"
 
 /* What the row executor needs for one chunk of rows [r0, r0 + R). */
-typedef struct mel_chunk {
+struct mel_chunk {
     int64_t r0, R, V;
+    /* the columns [v_off, v_off + V) of a vocabulary of v_total (V and 0
+     * unless vocabulary-parallel) */
+    int64_t v_off, v_total;
     mel_dtype ct;               /* compute type: MEL_F32 or MEL_F64       */
     void *Z[MEL_MAX_HEADS];     /* [R, V] logits; dZ written in place     */
     const void *idx[MEL_MAX_INPUTS];   /* per input: index data (full N) */
@@ -33,7 +36,7 @@ typedef struct mel_chunk {
     void *regs;                 /* per-row scalar registers [R, n] (T)     */
     int64_t *iregs;             /* per-row index registers [R, n]          */
     int threads;
-} mel_chunk;
+};
 
 struct mel_backend_ops {
     const char *name;

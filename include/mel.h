@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 #define MEL_VERSION_MAJOR 0
-#define MEL_VERSION_MINOR 4
+#define MEL_VERSION_MINOR 5
 #define MEL_VERSION_PATCH 0
 #define MEL_VERSION_NUMBER \
     (MEL_VERSION_MAJOR * 10000 + MEL_VERSION_MINOR * 100 + MEL_VERSION_PATCH)
@@ -50,7 +50,7 @@ extern "C" {
 /* Runtime version: MEL_VERSION_NUMBER of the library actually linked.
  * Compare with the macro to detect header/library mismatches. */
 MEL_API int mel_version(void);
-/* "0.4.0" */
+/* "0.5.0" */
 MEL_API const char *mel_version_string(void);
 
 /* ------------------------------------------------------------------ status */
@@ -224,6 +224,43 @@ MEL_API unsigned mel_get_precision(const mel_ctx *ctx);
  * on = 0 runs every row (for comparison).  Default: 1. */
 MEL_API mel_status mel_set_row_skipping(mel_ctx *ctx, int on);
 MEL_API int mel_get_row_skipping(const mel_ctx *ctx);
+
+/* ------------------------------------------------- vocabulary parallelism
+ *
+ * (since 0.5) W split by vocabulary rows across the processes of an MPI
+ * communicator: this process holds rows [v_offset, v_offset + V_r) of the
+ * vocabulary of v_total columns (V_r = the rows of the w it binds; bias and
+ * a teacher / reference head sharded the same way).  Every vector -> scalar
+ * reduction of the row program (sum, mean, max, logsumexp, gather, and those
+ * the autodiff generates) is combined across the processes, one collective
+ * per reduction phase per chunk, in rank order (deterministic for a fixed
+ * process count); no process ever holds a full row of logits.  y, aux
+ * outputs and input gradients come out identical on every process; dW and
+ * db are this process's shard; dX is summed over the processes (or left as
+ * this process's partial sum with MEL_VP_PARTIAL_DX, for a caller that
+ * reduces it itself).  Labels stay global column ids.  Every process must
+ * make the same calls with the same X, labels, inputs and options; a call
+ * is then collective (mel_plan_call too).  Shards must tile [0, v_total)
+ * (checked at each call: all processes agree on the shapes first and fail
+ * together, naming the process at fault).
+ *
+ * comm points at an MPI_Comm (pass &comm); libmel duplicates it (a
+ * collective call), so its messages never mix with the caller's.  NULL
+ * switches vocabulary parallelism off (v_offset, v_total and flags must
+ * then be 0).  CPU backend only; MEL_ERR_UNSUPPORTED with a message when
+ * libmel was built without MPI (configure --with-mpi), on a CUDA context,
+ * or when MPI is not initialised. */
+#define MEL_VP_PARTIAL_DX 1u /* leave dX as this process's partial sum */
+MEL_API mel_status mel_set_vocab_parallel(mel_ctx *ctx, const void *comm, int64_t v_offset,
+                                          int64_t v_total, unsigned flags);
+/* 1 when vocabulary parallelism is on; then *rank, *size, *v_offset,
+ * *v_total (any may be NULL) describe it.  0 otherwise. */
+MEL_API int mel_get_vocab_parallel(const mel_ctx *ctx, int *rank, int *size, int64_t *v_offset,
+                                   int64_t *v_total);
+/* Bytes this process sent and received in libmel's collectives during the
+ * last successful call, and the wall seconds spent in them (0 without
+ * vocabulary parallelism). */
+MEL_API void mel_get_comm_stats(const mel_ctx *ctx, int64_t *bytes, double *seconds);
 
 /* ------------------------------------------------- CUDA streams and memory
  *

@@ -125,6 +125,7 @@ mel_status mel_ctx_create(mel_backend backend, mel_ctx **out)
 void mel_ctx_destroy(mel_ctx *ctx)
 {
     if (!ctx) return;
+    mel_vp_destroy(ctx);
     const int e = enter(ctx) == MEL_OK;
     if (ctx->arena) ctx->ops->free(ctx, ctx->arena);
     if (e) leave(ctx);

@@ -110,6 +110,9 @@ typedef struct call {
     const mel_bound *ginp[MEL_MAX_INPUTS];
     const mel_bound *aux[MEL_MAX_AUX];
     int64_t n_eff; /* rows the chunks cover: N, or the active rows when skipping */
+    int64_t dx_tmp_cols; /* vocabulary parallelism: D of the widest head whose
+                          * accumulated f32/f64 dX is summed over processes via
+                          * a separate chunk buffer (0: none) */
     int dry;       /* mel_plan_call: shapes only, no data read but per-row inputs */
 } call;
 
@@ -249,8 +252,10 @@ static mel_status check_inputs(mel_ctx *ctx, const mel_transform *t, const mel_a
             void *tmp;
             mel_status s = host_view(ctx, b->data, (size_t)b->n * mel_dtype_size(b->dtype), &hv, &tmp);
             if (s) return s;
-            /* vocabulary padding: only the first `limit` columns are real */
-            int64_t hi = d->limit > 0 && d->limit < c->V ? d->limit : c->V;
+            /* vocabulary padding: only the first `limit` columns are real;
+             * labels are global column ids under vocabulary parallelism */
+            const int64_t Vt = ctx->vp ? mel_vp_total(ctx) : c->V;
+            int64_t hi = d->limit > 0 && d->limit < Vt ? d->limit : Vt;
             for (int64_t i = 0; i < b->n; i++) {
                 int64_t v = b->dtype == MEL_I32 ? ((const int32_t *)hv)[i] : ((const int64_t *)hv)[i];
                 if ((v < 0 || v >= hi) && v != d->ignore_index) {
@@ -258,7 +263,7 @@ static mel_status check_inputs(mel_ctx *ctx, const mel_transform *t, const mel_a
                     return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                                     "%s[%lld] = %lld is outside [0, %lld)%s and is not ignore_index (%lld)",
                                     d->name, (long long)i, (long long)v, (long long)hi,
-                                    hi < c->V ? " (the real vocabulary, vocab_valid)" : "",
+                                    hi < Vt ? " (the real vocabulary, vocab_valid)" : "",
                                     (long long)d->ignore_index);
                 }
             }
@@ -500,7 +505,10 @@ typedef struct run {
     int64_t *iregs; /* [R, n] index registers                   */
     void *conv;     /* dtype conversion scratch, or NULL        */
     void *gather;   /* skipping: gathered rows (size_gather), or NULL */
+    void *comm;     /* vocabulary parallelism: collective buffers, or NULL */
+    void *dxtmp;    /* vocabulary parallelism: a chunk's dX contribution, or NULL */
     size_t bytes_Z, bytes_scratch, bytes_rows, bytes_regs, bytes_iregs, bytes_conv, bytes_gather;
+    size_t bytes_comm, bytes_dxtmp;
     int n_Z;        /* heads with a Z buffer                    */
 } run;
 
@@ -513,6 +521,9 @@ static void release(mel_ctx *ctx, run *w)
     mel_ws_free(ctx, w->iregs, w->bytes_iregs);
     mel_ws_free(ctx, w->conv, w->bytes_conv);
     mel_ws_free(ctx, w->gather, w->bytes_gather);
+    mel_ws_free(ctx, w->comm, w->bytes_comm);
+    mel_ws_free(ctx, w->dxtmp, w->bytes_dxtmp);
+    if (ctx->vp_buf == w->comm) ctx->vp_buf = NULL;
     if (w->hrow != w->rowbuf) free(w->hrow);
     memset(w, 0, sizeof *w);
 }
@@ -583,6 +594,9 @@ static mel_status layout(mel_ctx *ctx, const mel_transform *t, const mel_plan *p
     memset(w, 0, sizeof *w);
     int64_t R = 0;
     mel_status s = pick_rows(ctx, t, p, c, sz, need_Z, &R);
+    /* vocabulary parallelism: every process runs the same chunks (the
+     * collectives pair up), so all take the smallest R */
+    if (ctx->vp) s = mel_vp_agree_rows(ctx, s, c->n_eff, &R);
     if (s) return s;
     w->R = R;
     int64_t bz;
@@ -596,6 +610,8 @@ static mel_status layout(mel_ctx *ctx, const mel_transform *t, const mel_plan *p
     w->bytes_iregs = (size_t)(R * t->n) * 8;
     w->bytes_conv = need_Z ? (size_t)(sz->conv_fixed + R * sz->conv_per_row) : 0;
     w->bytes_gather = need_Z ? (size_t)(R * sz->gather_per_row) : 0;
+    w->bytes_comm = (size_t)mel_vp_buffer_bytes(ctx, p, R);
+    w->bytes_dxtmp = need_Z ? (size_t)(R * c->dx_tmp_cols) * c->es : 0;
     for (int h = 0; h < MEL_MAX_HEADS && need_Z; h++) w->n_Z += c->used[h];
     return MEL_OK;
 }
@@ -605,7 +621,7 @@ static mel_status layout(mel_ctx *ctx, const mel_transform *t, const mel_plan *p
 static int64_t run_bytes(const run *w)
 {
     return (int64_t)(w->n_Z * w->bytes_Z + w->bytes_scratch + w->bytes_rows + w->bytes_regs +
-                     w->bytes_iregs + w->bytes_conv + w->bytes_gather);
+                     w->bytes_iregs + w->bytes_conv + w->bytes_gather + w->bytes_comm + w->bytes_dxtmp);
 }
 
 /* Size and carve the workspace of one chunk (logits only when need_Z). */
@@ -618,7 +634,9 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
     size_t total = mel_ws_round(w->bytes_scratch) + mel_ws_round(w->bytes_rows) +
                    mel_ws_round(w->bytes_regs) + mel_ws_round(w->bytes_iregs) +
                    (w->bytes_conv ? mel_ws_round(w->bytes_conv) : 0) +
-                   (w->bytes_gather ? mel_ws_round(w->bytes_gather) : 0);
+                   (w->bytes_gather ? mel_ws_round(w->bytes_gather) : 0) +
+                   (w->bytes_comm ? mel_ws_round(w->bytes_comm) : 0) +
+                   (w->bytes_dxtmp ? mel_ws_round(w->bytes_dxtmp) : 0);
     for (int h = 0; h < MEL_MAX_HEADS && need_Z; h++)
         if (c->used[h]) total += mel_ws_round(w->bytes_Z);
     if ((s = mel_ws_reserve(ctx, total))) return s;
@@ -631,6 +649,9 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
     if (s == MEL_OK && w->bytes_conv && !(w->conv = mel_ws_alloc(ctx, w->bytes_conv))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && w->bytes_gather && !(w->gather = mel_ws_alloc(ctx, w->bytes_gather)))
         s = MEL_ERR_OUT_OF_MEMORY;
+    if (s == MEL_OK && w->bytes_comm && !(w->comm = mel_ws_alloc(ctx, w->bytes_comm))) s = MEL_ERR_OUT_OF_MEMORY;
+    if (s == MEL_OK && w->bytes_dxtmp && !(w->dxtmp = mel_ws_alloc(ctx, w->bytes_dxtmp))) s = MEL_ERR_OUT_OF_MEMORY;
+    if (s == MEL_OK && w->comm) ctx->vp_buf = w->comm;
     if (s == MEL_OK) {
         w->hrow = ctx->ops->host_memory ? w->rowbuf : malloc(w->bytes_rows);
         if (!w->hrow) s = MEL_ERR_OUT_OF_MEMORY;
@@ -647,13 +668,15 @@ static mel_status acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *
 
 /* The chunk fields every plan needs: rows, inputs, registers, scratch.
  * Outputs (y, count, aux, seed, input gradients, Z) are set by the caller. */
-static void bind_chunk(const mel_transform *t, const call *c, const run *w, const sizing *sz,
-                       int64_t r0, int64_t R, mel_chunk *ch)
+static void bind_chunk(const mel_ctx *ctx, const mel_transform *t, const call *c, const run *w,
+                       const sizing *sz, int64_t r0, int64_t R, mel_chunk *ch)
 {
     memset(ch, 0, sizeof *ch);
     ch->r0 = r0;
     ch->R = R;
     ch->V = c->V;
+    ch->v_off = mel_vp_offset(ctx);
+    ch->v_total = ctx->vp ? mel_vp_total(ctx) : c->V;
     ch->ct = c->ct;
     for (int k = 0; k < t->n_inputs; k++) {
         if (c->idx[k]) ch->idx[k] = c->idx[k]->data, ch->idx_dtype[k] = c->idx[k]->dtype;
@@ -671,18 +694,19 @@ static mel_status total_count(mel_ctx *ctx, const mel_transform *t, const call *
 {
     *out = (double)c->N;
     if (t->count < 0 || c->N == 0) return MEL_OK;
+    const mel_plan *cp = ctx->vp ? &t->vcnt : &t->cnt;
     sizing sz;
-    size_call(ctx, t, &t->cnt, c, &sz);
+    size_call(ctx, t, cp, c, &sz);
     run w;
-    mel_status s = acquire(ctx, t, &t->cnt, c, &sz, 0, &w);
+    mel_status s = acquire(ctx, t, cp, c, &sz, 0, &w);
     if (s) return s;
     const row_bufs dev = row_layout(t, w.rowbuf, w.R), host = row_layout(t, w.hrow, w.R);
     double acc = 0;
     for (int64_t r0 = 0; r0 < c->N && s == MEL_OK; r0 += w.R) {
         mel_chunk ch;
-        bind_chunk(t, c, &w, &sz, r0, c->N - r0 < w.R ? c->N - r0 : w.R, &ch);
+        bind_chunk(ctx, t, c, &w, &sz, r0, c->N - r0 < w.R ? c->N - r0 : w.R, &ch);
         ch.count = dev.count;
-        s = ctx->ops->run_rows(ctx, t, &t->cnt, &ch);
+        s = ctx->ops->run_rows(ctx, t, cp, &ch);
         if (s == MEL_OK && w.hrow != w.rowbuf)
             s = ctx->ops->copy(ctx, host.count, dev.count, (size_t)ch.R * sizeof(double), 0);
         for (int64_t r = 0; r < ch.R && s == MEL_OK; r++) acc += host.count[r];
@@ -774,9 +798,24 @@ static void free_activity(activity *A)
 /* Whether this call may skip rows: skipping on, a masked y, every bound
  * aux output masked, no segments (a segment sum mixes rows; conservative),
  * every per-row input readable. */
+/* Under vocabulary parallelism a predicate must be a function of the row's
+ * inputs alone on every process: no vector (of this process's columns) and
+ * no V. */
+static int pred_local(const mel_transform *t, int k)
+{
+    const mel_plan *p = &t->pplan[k];
+    for (int pos = 0; pos < p->n; pos++) {
+        const mel_node *nd = &t->nodes[p->order[pos]];
+        if (nd->kind == K_VEC || nd->op == OP_VOCAB) return 0;
+    }
+    return 1;
+}
+
 static int may_skip(mel_ctx *ctx, const mel_transform *t, const call *c, int want_y)
 {
     if (!ctx->row_skipping || t->y_pred < 0 || t->seg_len > 0 || c->N == 0) return 0;
+    for (int k = 0; k < t->n_pred; k++)
+        if (ctx->vp && !pred_local(t, k)) return 0;
     for (int k = 0; k < t->n_aux; k++)
         if (want_y && c->aux[k] && t->aux_pred[k] < 0) return 0;
     for (int k = 0; k < t->n_inputs; k++)
@@ -1046,6 +1085,41 @@ static mel_status collect_rows(mel_ctx *ctx, const mel_transform *t, const mel_a
     return MEL_OK;
 }
 
+/* dX[r0:r0+R] (+)= dZ·W of head h; under vocabulary parallelism summed
+ * over the processes (unless MEL_VP_PARTIAL_DX): in place when dX is
+ * overwritten, through the chunk buffer dxtmp when an f32/f64 dX is
+ * accumulated, before the one rounding of a 16-bit dX (lib/gemm.c). */
+static mel_status chunk_grad_x(mel_ctx *ctx, const call *c, const run *w, int h, const mel_matrix *wm,
+                               const mel_matrix *dx, int64_t r0, int64_t R, int accumulate)
+{
+    const int sum = ctx->vp && !mel_vp_partial_dx(ctx);
+    mel_status s;
+    if (!sum) return mel_gemm_grad_x(ctx, w->Z[h], R, wm, dx, r0, accumulate, w->conv);
+    if (c->st == MEL_BF16 || c->st == MEL_F16) {
+        ctx->vp_dx16 = 1;
+        s = mel_gemm_grad_x(ctx, w->Z[h], R, wm, dx, r0, accumulate, w->conv);
+        ctx->vp_dx16 = 0;
+        return s;
+    }
+    const int64_t D = c->D[h];
+    if (!accumulate) {
+        if ((s = mel_gemm_grad_x(ctx, w->Z[h], R, wm, dx, r0, 0, w->conv))) return s;
+        return mel_vp_sum(ctx, (char *)dx->data + (size_t)(r0 * dx->ld) * c->es, c->ct, R, D, dx->ld);
+    }
+    mel_matrix tmp = mel_mat(w->dxtmp, c->ct, R, D, D);
+    if ((s = mel_gemm_grad_x(ctx, w->Z[h], R, wm, &tmp, 0, 0, w->conv)) ||
+        (s = mel_vp_sum(ctx, w->dxtmp, c->ct, R, D, D)))
+        return s;
+    for (int64_t r = 0; r < R; r++) {
+        char *row = (char *)dx->data + (size_t)((r0 + r) * dx->ld) * c->es;
+        for (int64_t j = 0; j < D; j++) {
+            if (c->ct == MEL_F32) ((float *)row)[j] += ((const float *)w->dxtmp)[r * D + j];
+            else ((double *)row)[j] += ((const double *)w->dxtmp)[r * D + j];
+        }
+    }
+    return MEL_OK;
+}
+
 /* dX_c = dZ·W, dW += dZᵀ·X_c, db += Σ_rows dZ for every head with a
  * gradient.  xs / dxs: the caller's X and dX at r0, or gathered rows
  * (r0 = 0, dX then accumulated into the gathered copy when the caller
@@ -1061,8 +1135,7 @@ static mel_status chunk_backprop(mel_ctx *ctx, const mel_args *a, const call *c,
         /* FAST16 precision: dZ rounded to the storage dtype (a no-op otherwise) */
         if ((s = mel_gemm_round_dz(ctx, w->Z[h], R, c->st, c->D[h], c->V, w->conv))) break;
         if (ha->dx.data) {
-            s = mel_gemm_grad_x(ctx, w->Z[h], R, &ha->w, dxs[h], r0, (ha->flags & MEL_ACCUMULATE_DX) != 0,
-                                w->conv);
+            s = chunk_grad_x(ctx, c, w, h, &ha->w, dxs[h], r0, R, (ha->flags & MEL_ACCUMULATE_DX) != 0);
             *flops += 2 * R * c->V * c->D[h];
         }
         if (s == MEL_OK && ha->dw.data) {
@@ -1080,10 +1153,11 @@ static mel_status count_pass_bytes(mel_ctx *ctx, const mel_transform *t, const m
 {
     *out = 0;
     if (a->reduction != MEL_REDUCE_MEAN || t->count < 0 || c->N == 0) return MEL_OK;
+    const mel_plan *cp = ctx->vp ? &t->vcnt : &t->cnt;
     sizing sz;
-    size_call(ctx, t, &t->cnt, c, &sz);
+    size_call(ctx, t, cp, c, &sz);
     run w;
-    mel_status s = layout(ctx, t, &t->cnt, c, &sz, 0, &w);
+    mel_status s = layout(ctx, t, cp, c, &sz, 0, &w);
     if (s == MEL_OK) *out = run_bytes(&w);
     return s;
 }
@@ -1098,9 +1172,10 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     call c;
     mel_clear_error(ctx);
     mel_status s = validate(ctx, t, a, want_grads, plan != NULL, &c);
-    if (s) return s;
     ctx->ws_cur = 0;
     ctx->ws_peak = 0;
+    ctx->comm_bytes = 0;
+    ctx->comm_seconds = 0;
 
     /* forward only, or forward and backward (fb) */
     int any_dz = 0;
@@ -1108,10 +1183,41 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     int any_ginp = 0;
     for (int k = 0; k < MEL_MAX_INPUTS; k++) any_ginp |= c.ginp[k] != NULL;
     const int fb = want_grads && (any_dz || any_ginp);
-    if (want_grads && !want_y && !fb)
-        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
-                        "mel_backward: no gradient buffer is bound (mel_args_grad_head / mel_args_grad_input)");
-    const mel_plan *xplan = fb ? &t->fb : &t->fwd;
+    if (s == MEL_OK && want_grads && !want_y && !fb)
+        s = mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                     "mel_backward: no gradient buffer is bound (mel_args_grad_head / mel_args_grad_input)");
+    if (ctx->vp) {
+        /* every process validated, and they make the same call: the same
+         * collectives follow on all of them */
+        int dx_bound[MEL_MAX_HEADS] = {0};
+        for (int h = 0; h < MEL_MAX_HEADS && s == MEL_OK; h++) {
+            const mel_head_args *ha = &a->head[h];
+            dx_bound[h] = c.want_dz[h] && ha->dx.data != NULL;
+            if (dx_bound[h] && (ha->flags & MEL_ACCUMULATE_DX) && !mel_vp_partial_dx(ctx) &&
+                c.st != MEL_BF16 && c.st != MEL_F16 && c.D[h] > c.dx_tmp_cols)
+                c.dx_tmp_cols = c.D[h];
+        }
+        int64_t shape[2 + 3 * MEL_MAX_HEADS + 8];
+        int ns = 0;
+        shape[ns++] = c.N;
+        shape[ns++] = c.st;
+        for (int h = 0; h < MEL_MAX_HEADS; h++) {
+            shape[ns++] = c.D[h];
+            shape[ns++] = c.used[h];
+            shape[ns++] = dx_bound[h];
+        }
+        shape[ns++] = want_y;
+        shape[ns++] = want_grads;
+        shape[ns++] = fb;
+        shape[ns++] = a ? (int64_t)a->reduction : 0;
+        shape[ns++] = plan != NULL;
+        shape[ns++] = ctx->row_skipping;
+        shape[ns++] = t ? t->n : 0;
+        shape[ns++] = t ? t->n_fwd : 0;
+        s = mel_vp_agree(ctx, s, c.V, shape, ns);
+    }
+    if (s) return s;
+    const mel_plan *xplan = ctx->vp ? (fb ? &t->vfb : &t->vfwd) : fb ? &t->fb : &t->fwd;
     if (!plan && want_grads && (s = zero_overwritten(ctx, a, &c))) return s;
 
     upstream u;
@@ -1163,7 +1269,7 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
             next_chunk(&A, &c, w.R, k0, &r0, &R, &rows);
             k0 += R;
             mel_chunk ch;
-            bind_chunk(t, &c, &w, &sz, r0, R, &ch);
+            bind_chunk(ctx, t, &c, &w, &sz, r0, R, &ch);
             const mel_matrix *xs[MEL_MAX_HEADS], *dxs[MEL_MAX_HEADS];
             gathered g;
             for (int h = 0; h < MEL_MAX_HEADS; h++) xs[h] = &a->head[h].x, dxs[h] = &a->head[h].dx;

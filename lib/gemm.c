@@ -110,6 +110,15 @@ mel_status mel_gemm_round_dz(mel_ctx *ctx, void *dZ, int64_t R, mel_dtype st, in
     return s;
 }
 
+/* The f32 dX chunk into the 16-bit dX, rounded once; under vocabulary
+ * parallelism summed over the processes first (ctx->vp_dx16). */
+static mel_status store_dx16(mel_ctx *ctx, const mel_matrix *dx, int64_t r0, int64_t R, float *dxf, int accumulate)
+{
+    mel_status s;
+    if (ctx->vp_dx16 && (s = mel_vp_sum(ctx, dxf, MEL_F32, R, dx->cols, dx->cols))) return s;
+    return ctx->ops->store16(ctx, dx, r0, R, dxf, accumulate);
+}
+
 mel_status mel_gemm_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *w,
                            const mel_matrix *dx, int64_t r0, int accumulate, void *conv)
 {
@@ -129,7 +138,7 @@ mel_status mel_gemm_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_ma
         if ((s = o->gemm16(ctx, w->dtype, 0, 0, R, D, V, dz16_of(ctx, conv, R, D, V), V, w->data, w->ld, 0.0f,
                            dxf, D)))
             return s;
-        return o->store16(ctx, dx, r0, R, dxf, accumulate);
+        return store_dx16(ctx, dx, r0, R, dxf, accumulate);
     }
     const int64_t vb = mel_gemm_wblock(o, V, D);
     for (int64_t v0 = 0; v0 < V; v0 += vb) {
@@ -140,7 +149,7 @@ mel_status mel_gemm_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_ma
                          dxf, D)))
             return s;
     }
-    return o->store16(ctx, dx, r0, R, dxf, accumulate);
+    return store_dx16(ctx, dx, r0, R, dxf, accumulate);
 }
 
 mel_status mel_gemm_grad_w(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *x, int64_t r0,

@@ -95,6 +95,16 @@ typedef struct mel_plan {
     int n_slots;    /* scratch vectors per row                        */
     int n_phases;
     int32_t *phase_start; /* [n_phases + 1] positions               */
+    /* Vocabulary-parallel plans (vsplit = 1, lib/vocab.c): every vector ->
+     * scalar reduction (and argmaxmask) also ends a phase; it runs on the
+     * process's shard in its phase, and the barrier that opens phase q
+     * combines red[red_start[q] .. red_start[q + 1]) across processes.
+     * phase_of[i]: the phase node i runs in (-1: not in the plan); an
+     * argmaxmask runs its shard's part there and is rebuilt from the
+     * combined index in later phases. */
+    int vsplit;
+    int32_t *phase_of; /* [n] (vsplit plans only)                      */
+    int32_t *red, *red_start;
 } mel_plan;
 
 struct mel_transform {
@@ -116,6 +126,7 @@ struct mel_transform {
     mel_plan fwd;    /* y and aux                                      */
     mel_plan fb;     /* y, aux and all adjoints                        */
     mel_plan cnt;    /* the count node only (no vectors)               */
+    mel_plan vfwd, vfb, vcnt; /* the same, vocabulary-parallel (vsplit)  */
     int64_t seg_len; /* rows per segment (OP_SEGSUM), 0 when unused    */
     /* Row activity (lib/transform.c, mark_activity): a predicate is a
      * scalar node computed from per-row inputs alone (no logits, no
@@ -132,6 +143,7 @@ struct mel_transform {
 /* ----------------------------------------------------------- the context */
 
 typedef struct mel_backend_ops mel_backend_ops;
+typedef struct mel_vp mel_vp;
 
 struct mel_ctx {
     const mel_backend_ops *ops; /* backends/backend.h */
@@ -143,6 +155,11 @@ struct mel_ctx {
     unsigned precision; /* mel_precision flags (mel_set_precision)      */
     int grad_gemm;      /* 1 while lib/gemm.c runs a gradient GEMM      */
     int row_skipping; /* mel_set_row_skipping; default 1 */
+    mel_vp *vp;         /* vocabulary parallelism (lib/vocab.c), or NULL */
+    int vp_dx16;        /* 1 while lib/gemm.c must sum a 16-bit dX chunk over processes */
+    void *vp_buf;       /* the call's communication buffer (workspace)   */
+    int64_t comm_bytes; /* of the last successful call (mel_get_comm_stats) */
+    double comm_seconds;
     /* workspace: one arena kept between calls (grown when a call needs
      * more, released by mel_ctx_trim / mel_ctx_destroy); a call carves its
      * buffers from it.  ws_cur / ws_peak count the bytes a call uses. */
@@ -236,15 +253,47 @@ mel_status mel_differentiate(mel_graph *g, int out, int32_t *adj);
 /* lib/plan.c: execution plans */
 /* Build a plan reaching `targets` (n of them); assigns vector slots. */
 mel_status mel_plan_build(const mel_transform *t, const int *targets, int n,
-                          mel_plan *p);
+                          int vsplit, mel_plan *p);
 void mel_plan_free(mel_plan *p);
 /* t->fwd, t->fb and t->cnt of a differentiated transform, and
  * t->pplan[] of its activity predicates. */
 mel_status mel_plan_transform(mel_transform *t);
 
+/* A vector -> scalar reduction over the vocabulary (combined across
+ * processes under vocabulary parallelism). */
+static inline int mel_is_vocab_reduction(const mel_node *nodes, int i)
+{
+    const mel_node *nd = &nodes[i];
+    return nd->kind == K_SCAL && nd->a >= 0 && nodes[nd->a].kind == K_VEC;
+}
+
 /* lib/transform.c: the activity predicates of a compiled transform
  * (t->pred, t->y_pred, t->aux_pred; see struct mel_transform). */
 void mel_mark_activity(mel_transform *t);
+
+/* lib/vocab.c: vocabulary parallelism (see mel_set_vocab_parallel) */
+typedef struct mel_chunk mel_chunk;
+/* Agree across processes before a call runs: every process passes its
+ * status so far and the call's shape; all return the same status (the
+ * first failing process's, named in the others' messages), MEL_OK only
+ * when every process validated and the shapes agree and the shards tile
+ * the vocabulary.  shape[]: n values that must be equal everywhere. */
+mel_status mel_vp_agree(mel_ctx *ctx, mel_status s, int64_t v_rows, const int64_t *shape, int n);
+/* Agree on the rows per chunk: the smallest of every process's *R (and a
+ * status as above); `rows` (the rows the call runs) must be equal. */
+mel_status mel_vp_agree_rows(mel_ctx *ctx, mel_status s, int64_t rows, int64_t *R);
+/* The barrier that opens phase q of a vsplit plan: combine the chunk's
+ * reductions listed for q across processes (one collective). */
+mel_status mel_vp_combine(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, int q, mel_chunk *ch);
+/* Sum a [rows, cols] block (leading dimension ld, dtype f32 or f64, host
+ * memory) over the processes, in place, in rank order. */
+mel_status mel_vp_sum(mel_ctx *ctx, void *data, mel_dtype dt, int64_t rows, int64_t cols, int64_t ld);
+/* Bytes of the host buffers the combines of a chunk of R rows need. */
+int64_t mel_vp_buffer_bytes(const mel_ctx *ctx, const mel_plan *p, int64_t R);
+int64_t mel_vp_offset(const mel_ctx *ctx);
+int64_t mel_vp_total(const mel_ctx *ctx);
+int mel_vp_partial_dx(const mel_ctx *ctx);
+void mel_vp_destroy(mel_ctx *ctx);
 
 /* lib/gemm.c: the three GEMMs of a chunk on any storage dtype, from the
  * backend's primitives (see the file's comment).  conv: scratch of

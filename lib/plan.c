@@ -10,14 +10,22 @@ void mel_plan_free(mel_plan *p)
     free(p->order);
     free(p->pslot);
     free(p->phase_start);
+    free(p->phase_of);
+    free(p->red);
+    free(p->red_start);
     memset(p, 0, sizeof *p);
 }
 
 /* Mark, for phase q, the vector nodes of earlier phases that nodes of
  * phase q read (recursively through vector operands): they are recomputed
  * in phase q because vectors do not survive a phase barrier. */
-static void mark_recompute(const mel_transform *t, const int32_t *phase, int v, int q, char *in)
+/* vsplit: an argmaxmask in a later phase is rebuilt from its combined
+ * index and reads no operand there. */
+static int rebuilt(const mel_transform *t, int v, int vsplit) { return vsplit && t->nodes[v].op == OP_ARGMAXMASK; }
+
+static void mark_recompute(const mel_transform *t, const int32_t *phase, int v, int q, char *in, int vsplit)
 {
+    if (rebuilt(t, v, vsplit) && phase[v] != q) return;
     const mel_node *nd = &t->nodes[v];
     int ops[3] = {nd->a, nd->b, nd->c};
     for (int k = 0; k < 3; k++) {
@@ -26,11 +34,18 @@ static void mark_recompute(const mel_transform *t, const int32_t *phase, int v, 
         const mel_node *on = &t->nodes[o];
         if (on->kind != K_VEC || phase[o] == q) continue;
         in[o] = 1;
-        mark_recompute(t, phase, o, q, in);
+        mark_recompute(t, phase, o, q, in, vsplit);
     }
 }
 
-mel_status mel_plan_build(const mel_transform *t, const int *targets, int nt, mel_plan *p)
+/* vsplit: a reduction over the vocabulary (or an argmaxmask) is combined
+ * across processes before anything reads it. */
+static int combined(const mel_transform *t, int i, int vsplit)
+{
+    return vsplit && (mel_is_vocab_reduction(t->nodes, i) || t->nodes[i].op == OP_ARGMAXMASK);
+}
+
+mel_status mel_plan_build(const mel_transform *t, const int *targets, int nt, int vsplit, mel_plan *p)
 {
     int n = t->n;
     memset(p, 0, sizeof *p);
@@ -57,17 +72,22 @@ mel_status mel_plan_build(const mel_transform *t, const int *targets, int nt, me
         for (int k = 0; k < 3; k++)
             if (ops[k] >= 0 && !need[ops[k]]) need[ops[k]] = 1, stack[sp++] = ops[k];
     }
-    /* phases: a segment sum starts a new phase */
+    /* phases: a segment sum starts a new phase; in a vsplit plan, so does
+     * reading a reduction over the vocabulary (combined at the barrier) */
     int n_phases = 1;
     for (int i = 0; i < n; i++) {
         if (!need[i]) continue;
         const mel_node *nd = &t->nodes[i];
         int ph = 0;
         int ops[3] = {nd->a, nd->b, nd->c};
-        for (int k = 0; k < 3; k++)
-            if (ops[k] >= 0 && phase[ops[k]] > ph) ph = phase[ops[k]];
+        for (int k = 0; k < 3; k++) {
+            if (ops[k] < 0) continue;
+            int ready = phase[ops[k]] + combined(t, ops[k], vsplit);
+            if (ready > ph) ph = ready;
+        }
         phase[i] = ph + (nd->op == OP_SEGSUM);
-        if (phase[i] + 1 > n_phases) n_phases = phase[i] + 1;
+        int end = phase[i] + combined(t, i, vsplit);
+        if (end + 1 > n_phases) n_phases = end + 1;
     }
     p->n_phases = n_phases;
     p->phase_start = malloc((size_t)(n_phases + 1) * sizeof *p->phase_start);
@@ -89,7 +109,7 @@ mel_status mel_plan_build(const mel_transform *t, const int *targets, int nt, me
     for (int i = n - 1; i >= 0; i--) {
         if (!need[i]) continue;
         const mel_node *nd = &t->nodes[i];
-        if (nd->kind != K_VEC) own[i] = 1;
+        if (nd->kind != K_VEC || combined(t, i, vsplit)) own[i] = 1;
         if (!own[i]) continue;
         int ops[3] = {nd->a, nd->b, nd->c};
         for (int k = 0; k < 3; k++)
@@ -102,23 +122,30 @@ mel_status mel_plan_build(const mel_transform *t, const int *targets, int nt, me
         for (int i = 0; i < n; i++)
             if (need[i] && own[i] && phase[i] == q) in[i] = 1;
         for (int i = 0; i < n; i++)
-            if (in[i] && phase[i] == q) mark_recompute(t, phase, i, q, in);
+            if (in[i] && phase[i] == q) mark_recompute(t, phase, i, q, in, vsplit);
         /* vector targets must be live at the end of the last phase */
         if (q == n_phases - 1)
             for (int k = 0; k < nt; k++) {
                 int v = targets[k];
                 if (v >= 0 && t->nodes[v].kind == K_VEC && !in[v]) {
                     in[v] = 1;
-                    mark_recompute(t, phase, v, q, in);
+                    mark_recompute(t, phase, v, q, in, vsplit);
                 }
             }
         int start = p->n;
         p->phase_start[q] = start;
         for (int i = 0; i < n; i++)
             if (in[i]) {
-                if (p->n == cap) {
-                    st = MEL_ERR_INTERNAL;
-                    goto out;
+                if (p->n == cap) { /* more phases, more recomputed vectors */
+                    int32_t *o2 = realloc(p->order, (size_t)cap * 2 * sizeof *o2);
+                    if (o2) p->order = o2;
+                    int32_t *s2 = realloc(p->pslot, (size_t)cap * 2 * sizeof *s2);
+                    if (s2) p->pslot = s2;
+                    if (!o2 || !s2) {
+                        st = MEL_ERR_OUT_OF_MEMORY;
+                        goto out;
+                    }
+                    cap *= 2;
                 }
                 p->order[p->n++] = i;
             }
@@ -159,6 +186,28 @@ mel_status mel_plan_build(const mel_transform *t, const int *targets, int nt, me
     }
     p->phase_start[n_phases] = p->n;
     p->n_slots = n_slots;
+    if (vsplit) {
+        /* what each barrier combines: the reductions of the phase before */
+        p->vsplit = 1;
+        p->phase_of = malloc(((size_t)n + 1) * sizeof *p->phase_of);
+        p->red = malloc(((size_t)n + 1) * sizeof *p->red);
+        p->red_start = malloc(((size_t)n_phases + 1) * sizeof *p->red_start);
+        if (!p->phase_of || !p->red || !p->red_start) {
+            st = MEL_ERR_OUT_OF_MEMORY;
+            goto out;
+        }
+        for (int i = 0; i < n; i++) p->phase_of[i] = need[i] ? phase[i] : -1;
+        /* red_start[q] .. red_start[q + 1]: the barrier opening phase q
+         * combines the reductions that ran in phase q - 1 */
+        int m = 0;
+        p->red_start[0] = 0;
+        for (int q = 1; q < n_phases; q++) {
+            p->red_start[q] = m;
+            for (int i = 0; i < n; i++)
+                if (need[i] && combined(t, i, 1) && phase[i] == q - 1) p->red[m++] = i;
+        }
+        p->red_start[n_phases] = m;
+    }
 out:
     free(own);
     free(need), free(in), free(phase), free(last), free(stack), free(slot);
@@ -179,13 +228,17 @@ mel_status mel_plan_transform(mel_transform *t)
     for (int k = 0; k < MEL_MAX_INPUTS; k++)
         if (t->adj_input[k] >= 0) targets[nt++] = t->adj_input[k];
 
-    mel_status s = mel_plan_build(t, targets, n_fwd_targets, &t->fwd);
-    if (s == MEL_OK) s = mel_plan_build(t, targets, nt, &t->fb);
+    mel_status s = mel_plan_build(t, targets, n_fwd_targets, 0, &t->fwd);
+    if (s == MEL_OK) s = mel_plan_build(t, targets, nt, 0, &t->fb);
     int ct[1] = {t->count};
-    if (s == MEL_OK) s = mel_plan_build(t, ct, t->count >= 0 ? 1 : 0, &t->cnt);
+    if (s == MEL_OK) s = mel_plan_build(t, ct, t->count >= 0 ? 1 : 0, 0, &t->cnt);
+    /* the vocabulary-parallel plans (lib/vocab.c) */
+    if (s == MEL_OK) s = mel_plan_build(t, targets, n_fwd_targets, 1, &t->vfwd);
+    if (s == MEL_OK) s = mel_plan_build(t, targets, nt, 1, &t->vfb);
+    if (s == MEL_OK) s = mel_plan_build(t, ct, t->count >= 0 ? 1 : 0, 1, &t->vcnt);
     for (int k = 0; k < t->n_pred && s == MEL_OK; k++) {
         int pt[1] = {t->pred[k]};
-        s = mel_plan_build(t, pt, 1, &t->pplan[k]);
+        s = mel_plan_build(t, pt, 1, 0, &t->pplan[k]);
     }
     return s;
 }

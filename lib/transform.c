@@ -125,6 +125,9 @@ void mel_transform_free(mel_transform *t)
     mel_plan_free(&t->fwd);
     mel_plan_free(&t->fb);
     mel_plan_free(&t->cnt);
+    mel_plan_free(&t->vfwd);
+    mel_plan_free(&t->vfb);
+    mel_plan_free(&t->vcnt);
     for (int k = 0; k < t->n_pred; k++) mel_plan_free(&t->pplan[k]);
     free(t);
 }

@@ -62,3 +62,14 @@ check_PROGRAMS += t/skip.t
 t_skip_t_SOURCES = t/skip.c
 t_skip_t_LDADD = $(TEST_LIBS)
 TESTS += t/skip.t
+
+# Vocabulary parallelism under mpirun (t/vocab_parallel.t runs t/vp with
+# 1, 2 and 3 processes; it skips when libmel has no MPI).
+if HAVE_MPI
+check_PROGRAMS += t/vp
+t_vp_SOURCES = t/vp.c
+t_vp_CFLAGS = $(AM_CFLAGS) $(MPI_CFLAGS)
+t_vp_LDADD = $(TEST_LIBS) $(MPI_LIBS)
+endif
+dist_check_SCRIPTS += t/vocab_parallel.t
+TESTS += t/vocab_parallel.t

@@ -193,10 +193,10 @@ static mel_status cpu_colsum(mel_ctx *ctx, mel_dtype ct, const void *Z, int64_t 
 static mel_status cpu_run_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan *p,
                                mel_chunk *ch)
 {
-    int fb = p == &t->fb;
-    if (ch->ct == MEL_F32) run_rows_f32(t, p, ch, fb);
-    else run_rows_f64(t, p, ch, fb);
-    return MEL_OK;
+    int fb = p == &t->fb || p == &t->vfb;
+    if (ch->v_total == 0) ch->v_total = ch->V; /* not vocabulary-parallel */
+    if (ch->ct == MEL_F32) return run_rows_f32(ctx, t, p, ch, fb);
+    return run_rows_f64(ctx, t, p, ch, fb);
 }
 
 /* The executor runs every operation. */

@@ -8,14 +8,17 @@
 #define FEXP(x) (sizeof(T) == 4 ? (T)mel_expf((float)(x)) : (T)exp((double)(x)))
 #define FTANH(x) (sizeof(T) == 4 ? (T)mel_tanhf((float)(x)) : (T)tanh((double)(x)))
 
-/* Run positions [p0, p1) of plan p for row r of the chunk.  Vectors live in
- * `scr` (n_slots × V) or, for logits, in the chunk's Z rows; s / iv are
- * the row's scalar and index registers (persisting across phases), vp the
- * thread's vector pointers. */
-MEL_CLONES static void FN(run_row)(const mel_transform *t, const mel_plan *p, int p0, int p1,
+/* Run positions [p0, p1) (phase q) of plan p for row r of the chunk.
+ * Vectors live in `scr` (n_slots × V) or, for logits, in the chunk's Z
+ * rows; s / iv are the row's scalar and index registers (persisting across
+ * phases), vp the thread's vector pointers.  The chunk holds columns
+ * [v_off, v_off + V) of v_total: index inputs and iota are global column
+ * ids, reductions cover the chunk's columns (combined across processes at
+ * the barriers of a vsplit plan, lib/vocab.c). */
+MEL_CLONES static void FN(run_row)(const mel_transform *t, const mel_plan *p, int q, int p0, int p1,
                         const mel_chunk *ch, int64_t r, T *scr, T *s, int64_t *iv, T **vp)
 {
-    const int64_t V = ch->V;
+    const int64_t V = ch->V, off = ch->v_off;
     const int64_t row = ch->r0 + r;
     for (int pos = p0; pos < p1; pos++) {
         const int i = p->order[pos];
@@ -43,9 +46,9 @@ MEL_CLONES static void FN(run_row)(const mel_transform *t, const mel_plan *p, in
             continue;
         }
         case OP_CONST: s[i] = (T)nd->cval; continue;
-        case OP_VOCAB: s[i] = (T)V; continue;
+        case OP_VOCAB: s[i] = (T)ch->v_total; continue;
         case OP_IOTA:
-            for (int64_t j = 0; j < V; j++) o[j] = (T)j;
+            for (int64_t j = 0; j < V; j++) o[j] = (T)(off + j);
             break;
         case OP_SEED: s[i] = (T)ch->seed[r]; continue;
 
@@ -124,7 +127,7 @@ MEL_CLONES static void FN(run_row)(const mel_transform *t, const mel_plan *p, in
         case OP_MEAN: {
             double acc = 0;
             _Pragma("omp simd reduction(+:acc)") for (int64_t j = 0; j < V; j++) acc += A[j];
-            s[i] = (T)(nd->op == OP_MEAN ? acc / (double)V : acc);
+            s[i] = (T)(nd->op == OP_MEAN ? acc / (double)ch->v_total : acc);
             break;
         }
         case OP_RMAX: {
@@ -156,7 +159,7 @@ MEL_CLONES static void FN(run_row)(const mel_transform *t, const mel_plan *p, in
         case OP_GATHER: {
             const int64_t k = iv[b];
             const int64_t ig = t->inputs[t->nodes[b].slot].ignore_index;
-            s[i] = k == ig ? (T)0 : A[k];
+            s[i] = k == ig || k < off || k >= off + V ? (T)0 : A[k - off];
             break;
         }
         case OP_VALID:
@@ -165,10 +168,27 @@ MEL_CLONES static void FN(run_row)(const mel_transform *t, const mel_plan *p, in
         case OP_ONEHOT: {
             const int64_t k = iv[a];
             memset(o, 0, (size_t)V * sizeof(T));
-            if (k != t->inputs[t->nodes[a].slot].ignore_index) o[k] = 1;
+            if (k != t->inputs[t->nodes[a].slot].ignore_index && k >= off && k < off + V) o[k - off] = 1;
             break;
         }
         case OP_ARGMAXMASK: {
+            if (p->vsplit && q == p->phase_of[i]) {
+                /* this shard's part: the first maximum of the non-NaN
+                 * entries (value in s, global column in iv; -1: none), or
+                 * -2 when global column 0 is here and NaN (the scan below
+                 * then stays at 0) */
+                int64_t k = -1;
+                for (int64_t j = 0; j < V; j++)
+                    if (A[j] == A[j] && (k < 0 || A[j] > A[k])) k = j;
+                s[i] = k >= 0 ? A[k] : (T)0;
+                iv[i] = off == 0 && A[0] != A[0] ? -2 : k >= 0 ? off + k : -1;
+                continue;
+            }
+            if (p->vsplit) { /* rebuilt from the combined column */
+                memset(o, 0, (size_t)V * sizeof(T));
+                if (iv[i] >= off && iv[i] < off + V) o[iv[i] - off] = 1;
+                break;
+            }
             int64_t k = 0;
             for (int64_t j = 1; j < V; j++)
                 if (A[j] > A[k]) k = j;
@@ -193,7 +213,7 @@ MEL_CLONES static void FN(run_row)(const mel_transform *t, const mel_plan *p, in
     }
 }
 
-static void FN(run_rows)(const mel_transform *t, const mel_plan *p, mel_chunk *ch, int fb)
+static mel_status FN(run_rows)(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, mel_chunk *ch, int fb)
 {
     const int64_t V = ch->V;
     const int64_t R = ch->R;
@@ -204,6 +224,11 @@ static void FN(run_rows)(const mel_transform *t, const mel_plan *p, mel_chunk *c
     for (int q = 0; q < p->n_phases; q++) {
         const int p0 = p->phase_start[q], p1 = p->phase_start[q + 1];
         const int final = q == p->n_phases - 1;
+        /* barrier: reductions combined across processes (vsplit plans) */
+        if (q > 0 && p->vsplit && p->red_start[q + 1] > p->red_start[q]) {
+            mel_status st = mel_vp_combine(ctx, t, p, q, ch);
+            if (st) return st;
+        }
         /* barrier: segment sums that open this phase, in a fixed order */
         for (int pos = p0; pos < p1 && q > 0; pos++) {
             const int i = p->order[pos];
@@ -226,7 +251,7 @@ static void FN(run_rows)(const mel_transform *t, const mel_plan *p, mel_chunk *c
             for (int64_t r = 0; r < R; r++) {
                 T *s = regs + r * n;
                 int64_t *iv = iregs + r * n;
-                FN(run_row)(t, p, p0, p1, ch, r, scr, s, iv, vp);
+                FN(run_row)(t, p, q, p0, p1, ch, r, scr, s, iv, vp);
                 if (!final) continue;
                 if (ch->y) ch->y[r] = (double)s[t->out];
                 if (ch->count) ch->count[r] = t->count >= 0 ? (double)s[t->count] : 1.0;
@@ -245,4 +270,5 @@ static void FN(run_rows)(const mel_transform *t, const mel_plan *p, mel_chunk *c
             }
         }
     }
+    return MEL_OK;
 }
