@@ -69,7 +69,19 @@ if HAVE_MPI
 check_PROGRAMS += t/vp
 t_vp_SOURCES = t/vp.c
 t_vp_CFLAGS = $(AM_CFLAGS) $(MPI_CFLAGS)
-t_vp_LDADD = $(TEST_LIBS) $(MPI_LIBS)
+t_vp_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools/mel -I$(top_srcdir)/t
+t_vp_LDADD = tools/mel/libnpy.la $(TEST_LIBS) $(MPI_LIBS)
 endif
 dist_check_SCRIPTS += t/vocab_parallel.t
 TESTS += t/vocab_parallel.t
+
+# The vocabulary-parallel training example (examples/vocab_parallel.c), also
+# run by t/vocab_parallel.t with 2 and 3 processes.
+if HAVE_MPI
+noinst_PROGRAMS += examples/vocab_parallel
+examples_vocab_parallel_SOURCES = examples/vocab_parallel.c
+examples_vocab_parallel_CFLAGS = $(AM_CFLAGS) $(MPI_CFLAGS)
+examples_vocab_parallel_LDADD = lib/libmel.la $(MPI_LIBS) -lm
+else
+EXTRA_DIST += examples/vocab_parallel.c
+endif

@@ -38,4 +38,58 @@ for np in 1 2 3; do
         echo "not ok $n - mpirun -np $np t/vp exited with status $rc"
     fi
 done
+t_ok() { # t_ok STATUS DESCRIPTION
+    n=$((n + 1))
+    if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fi
+}
+
+# the training example: vocabulary-parallel SGD steps against one process
+for np in 2 3; do
+    $MPIRUN $opts -np $np "$top/examples/vocab_parallel" 20 >"$tmp" 2>&1
+    rc=$?
+    sed 's/^/# /' "$tmp"
+    t_ok $rc "np=$np: examples/vocab_parallel: 20 SGD steps, loss equal to one process's within 1e-5"
+done
+
+# the tool: mel run --vocab-parallel under mpirun writes what one process writes
+MEL=$top/tools/mel/mel
+dir=${TMPDIR:-/tmp}/mel-vp-tool.$$
+mkdir -p "$dir"
+trap 'rm -f "$tmp"; rm -rf "$dir"' EXIT
+"$top/t/vp" --write-npy "$dir" || t_ok 1 "t/vp --write-npy"
+cmp_npy() { # cmp_npy NAME A B: f64 outputs equal within 1e-12
+    e=$("$top/t/vp" --compare "$2" "$3" 1e-12 2>&1)
+    t_ok $? "$1: max rel diff $e (tol 1e-12)"
+}
+for np in 2 3; do
+    common="--hidden $dir/x.npy --weight $dir/w.npy --labels $dir/labels.npy"
+    # ce with bias, label smoothing, per-row y and upstream gradient
+    args="ce $common --bias $dir/b.npy --param label_smoothing=0.1 --reduction none --grad-output $dir/dy.npy"
+    "$MEL" run $args --output "$dir/y1.npy" --grad-hidden "$dir/dx1.npy" --grad-weight "$dir/dw1.npy" \
+        --grad-bias "$dir/db1.npy" >"$tmp" 2>&1
+    r1=$?
+    $MPIRUN $opts -np $np "$MEL" run $args --vocab-parallel --output "$dir/yk.npy" --grad-hidden "$dir/dxk.npy" \
+        --grad-weight "$dir/dwk.npy" --grad-bias "$dir/dbk.npy" --stats "$dir/stats.json" >>"$tmp" 2>&1
+    rk=$?
+    [ $r1 = 0 ] && [ $rk = 0 ] || sed 's/^/# /' "$tmp"
+    t_ok $((r1 + rk)) "np=$np: mel run ce --vocab-parallel runs (exit $rk; one process: $r1)"
+    cmp_npy "np=$np: mel run ce --vocab-parallel: y" "$dir/yk.npy" "$dir/y1.npy"
+    cmp_npy "np=$np: mel run ce --vocab-parallel: dX" "$dir/dxk.npy" "$dir/dx1.npy"
+    cmp_npy "np=$np: mel run ce --vocab-parallel: dW assembled on process 0" "$dir/dwk.npy" "$dir/dw1.npy"
+    cmp_npy "np=$np: mel run ce --vocab-parallel: db assembled on process 0" "$dir/dbk.npy" "$dir/db1.npy"
+    grep -q "\"processes\": $np, \"comm_bytes\": [1-9]" "$dir/stats.json"
+    t_ok $? "np=$np: --stats has processes = $np and comm_bytes > 0, comm_seconds"
+    # kl with a sharded teacher, mean
+    args="kl $common --teacher-hidden $dir/tx.npy --teacher-weight $dir/tw.npy --param temperature=1.5"
+    "$MEL" run $args --output "$dir/y1.npy" --grad-hidden "$dir/dx1.npy" --grad-weight "$dir/dw1.npy" >"$tmp" 2>&1
+    r1=$?
+    $MPIRUN $opts -np $np "$MEL" run $args --vocab-parallel --output "$dir/yk.npy" --grad-hidden "$dir/dxk.npy" \
+        --grad-weight "$dir/dwk.npy" >>"$tmp" 2>&1
+    rk=$?
+    [ $r1 = 0 ] && [ $rk = 0 ] || sed 's/^/# /' "$tmp"
+    t_ok $((r1 + rk)) "np=$np: mel run kl --vocab-parallel with a sharded teacher runs"
+    cmp_npy "np=$np: mel run kl --vocab-parallel: y" "$dir/yk.npy" "$dir/y1.npy"
+    cmp_npy "np=$np: mel run kl --vocab-parallel: dX" "$dir/dxk.npy" "$dir/dx1.npy"
+    cmp_npy "np=$np: mel run kl --vocab-parallel: dW" "$dir/dwk.npy" "$dir/dw1.npy"
+done
 echo "1..$n"

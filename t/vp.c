@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "mel.h"
+#include "npy.h"
 #include "tap.h"
 
 enum { N = 12, D = 5, V = 13, T = 4 };
@@ -247,8 +248,60 @@ static const kase cases[] = {
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 
+/* t/vp --write-npy DIR: a problem for the mel tool (f64 .npy files);
+ * t/vp --compare A B TOL: max |A − B| / max |B| of two .npy files <= TOL */
+static int tool_helpers(int argc, char **argv)
+{
+    char err[512], path[1024];
+    if (argc == 3 && !strcmp(argv[1], "--write-npy")) {
+        make_problem(4242, 1);
+        struct {
+            const char *name;
+            void *data;
+            mel_dtype dt;
+            int ndim;
+            int64_t s0, s1;
+        } f[] = {{"x", X[0], MEL_F64, 2, N, D}, {"w", W[0], MEL_F64, 2, V, D}, {"b", B[0], MEL_F64, 1, V, 0},
+                 {"tx", X[1], MEL_F64, 2, N, D}, {"tw", W[1], MEL_F64, 2, V, D}, {"labels", labels, MEL_I64, 1, N, 0},
+                 {"dy", dyv, MEL_F64, 1, N, 0}};
+        for (size_t k = 0; k < sizeof f / sizeof f[0]; k++) {
+            npy_array a;
+            memset(&a, 0, sizeof a);
+            a.dtype = f[k].dt, a.ndim = f[k].ndim, a.shape[0] = f[k].s0, a.shape[1] = f[k].s1;
+            a.count = f[k].s0 * (f[k].ndim == 2 ? f[k].s1 : 1);
+            a.data = f[k].data;
+            snprintf(path, sizeof path, "%s/%s.npy", argv[2], f[k].name);
+            if (npy_save(path, &a, err, sizeof err)) {
+                fprintf(stderr, "%s\n", err);
+                return 2;
+            }
+        }
+        return 0;
+    }
+    if (argc == 5 && !strcmp(argv[1], "--compare")) {
+        npy_array a, b;
+        if (npy_load(argv[2], &a, err, sizeof err) || npy_load(argv[3], &b, err, sizeof err)) {
+            fprintf(stderr, "%s\n", err);
+            return 2;
+        }
+        if (a.count != b.count || a.dtype != b.dtype) {
+            fprintf(stderr, "%s and %s differ in shape or dtype\n", argv[2], argv[3]);
+            return 1;
+        }
+        double *da = malloc(sizeof(double) * (size_t)(a.count + 1)), *db = malloc(sizeof(double) * (size_t)(a.count + 1));
+        from(da, a.data, a.dtype, a.count);
+        from(db, b.data, b.dtype, b.count);
+        double e = relerr(da, db, a.count);
+        printf("%.3g\n", e);
+        return e <= atof(argv[4]) ? 0 : 1;
+    }
+    return -1;
+}
+
 int main(int argc, char **argv)
 {
+    int th = tool_helpers(argc, argv);
+    if (th >= 0) return th;
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);

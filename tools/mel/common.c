@@ -196,6 +196,7 @@ void stats_add(callstats *cs, mel_ctx *ctx, const char *name)
         cs->names[cs->ncalls] = name;
         cs->s[cs->ncalls] = s;
         cs->active[cs->ncalls] = act;
+        mel_get_comm_stats(ctx, &cs->comm_bytes[cs->ncalls], &cs->comm_seconds[cs->ncalls]);
     }
     cs->ncalls++;
     mel_stats *t = &cs->total;

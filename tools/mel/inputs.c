@@ -110,7 +110,9 @@ static const char *hint_of(unsigned takes)
     return "";
 }
 
-input load(const char *flag, const char *path, unsigned takes)
+input load(const char *flag, const char *path, unsigned takes) { return load_rows(flag, path, takes, 0, -1); }
+
+input load_rows(const char *flag, const char *path, unsigned takes, int64_t r0, int64_t nrows)
 {
     input in;
     char err[512], list[96];
@@ -119,7 +121,8 @@ input load(const char *flag, const char *path, unsigned takes)
     in.path = path;
     takes_list(takes, list, sizeof list);
     unsigned allow = (takes & TAKES_F16 ? NPY_ALLOW_F16 : 0) | (takes & TAKES_BOOL ? NPY_ALLOW_BOOL : 0);
-    int rc = npy_load_ex(path, &in.a, allow, err, sizeof err);
+    int rc = nrows < 0 ? npy_load_ex(path, &in.a, allow, err, sizeof err)
+                       : npy_load_rows(path, &in.a, allow, r0, nrows, err, sizeof err);
     if (rc == NPY_EDTYPE)
         die(EXIT_USAGE, "%s: %s is not supported (%s takes %s%s)", flag, err, flag, list, hint_of(takes));
     if (rc < 0) die(EXIT_USAGE, "%s: %s", flag, err);

@@ -14,7 +14,9 @@ tools_mel_mel_SOURCES = tools/mel/mel.c tools/mel/mel_tool.h tools/mel/common.c 
 	tools/mel/args.c tools/mel/inputs.c tools/mel/problem.c tools/mel/run.c \
 	tools/mel/gradcheck.c tools/mel/bench.c tools/mel/list.c tools/mel/plan.c
 tools_mel_mel_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools/mel
-tools_mel_mel_LDADD = lib/libmel.la tools/mel/libnpy.la -lm
+# MPI for --vocab-parallel (empty without configure's MPI)
+tools_mel_mel_CFLAGS = $(AM_CFLAGS) $(MPI_CFLAGS)
+tools_mel_mel_LDADD = lib/libmel.la tools/mel/libnpy.la $(MPI_LIBS) -lm
 # The installed mel finds the installed libmel without LD_LIBRARY_PATH or
 # ldconfig: a run path relative to the binary ($ORIGIN/../lib, right for
 # `make install prefix=DIR` and any prefix with the default libdir), then the

@@ -82,6 +82,8 @@ typedef struct callstats {
     int ncalls;
     const char *names[2];
     mel_stats s[2];
+    int64_t comm_bytes[2]; /* mel_get_comm_stats of each call */
+    double comm_seconds[2];
     mel_stats total; /* chunk_rows max, chunks sum, peak max, rest summed */
     int64_t active[2], total_active; /* mel_get_active_rows; total: the max */
 } callstats;
@@ -168,6 +170,9 @@ void shape_str(const npy_array *a, char *buf, size_t len);
 /* Load `path` for `flag`; dies with a message naming both on failure,
  * and listing the dtypes the flag takes when the file has another. */
 input load(const char *flag, const char *path, unsigned takes);
+/* rows [r0, r0 + nrows) of the file's first axis only (in.a.file_rows: all
+ * of them); nrows = 0 reads the header alone */
+input load_rows(const char *flag, const char *path, unsigned takes, int64_t r0, int64_t nrows);
 /* The data of `in` as dtype `to`: the loaded data itself when it already
  * has that dtype (no copy), else a converted copy that replaces it (the
  * loaded data is released at once).  No input is ever copied otherwise. */

@@ -338,19 +338,29 @@ static int read_exact(FILE *f, void *buf, size_t n)
     return fread(buf, 1, n, f) == n ? 0 : -1;
 }
 
-static int load_impl(const char *path, npy_array *out, unsigned flags, char *err, size_t errlen);
+static int load_impl(const char *path, npy_array *out, unsigned flags, int64_t r0, int64_t nrows, char *err,
+                     size_t errlen);
 
 int npy_load(const char *path, npy_array *out, char *err, size_t errlen)
 {
-    return load_impl(path, out, 0, err, errlen);
+    return load_impl(path, out, 0, 0, -1, err, errlen);
 }
 
 int npy_load_ex(const char *path, npy_array *out, unsigned flags, char *err, size_t errlen)
 {
-    return load_impl(path, out, (flags & (NPY_ALLOW_F16 | NPY_ALLOW_BOOL)) | NPY_LOAD_EX, err, errlen);
+    return load_impl(path, out, (flags & (NPY_ALLOW_F16 | NPY_ALLOW_BOOL)) | NPY_LOAD_EX, 0, -1, err, errlen);
 }
 
-static int load_impl(const char *path, npy_array *out, unsigned flags, char *err, size_t errlen)
+int npy_load_rows(const char *path, npy_array *out, unsigned flags, int64_t r0, int64_t nrows, char *err,
+                  size_t errlen)
+{
+    return load_impl(path, out, (flags & (NPY_ALLOW_F16 | NPY_ALLOW_BOOL)) | NPY_LOAD_EX, r0, nrows < 0 ? 0 : nrows,
+                     err, errlen);
+}
+
+/* nrows < 0: the whole array; else rows [r0, r0 + nrows) of the first axis */
+static int load_impl(const char *path, npy_array *out, unsigned flags, int64_t r0, int64_t nrows, char *err,
+                     size_t errlen)
 {
     int rc = -1;
     FILE *f = NULL;
@@ -459,7 +469,31 @@ static int load_impl(const char *path, npy_array *out, unsigned flags, char *err
     }
 
     int64_t nbytes = a.count * (int64_t)isz;
-    if (fsize >= 0 && fsize - data_off < nbytes) {
+    int64_t skip = 0;
+    if (nrows >= 0) { /* a range of rows: read only those */
+        if (a.ndim < 1 || r0 < 0 || r0 + nrows > a.shape[0]) {
+            set_err(err, errlen, "%s: rows [%lld, %lld) asked of an array with %lld rows", path, (long long)r0,
+                    (long long)(r0 + nrows), (long long)(a.ndim < 1 ? 0 : a.shape[0]));
+            goto fail;
+        }
+        const int64_t row_count = a.shape[0] > 0 ? a.count / a.shape[0] : 0;
+        a.file_rows = a.shape[0];
+        if (fsize >= 0 && fsize - data_off < nbytes) {
+            set_err(err, errlen,
+                    "%s: truncated: the header promises %lld data bytes, the file "
+                    "holds %lld", path, (long long)nbytes, (long long)(fsize - data_off));
+            goto fail;
+        }
+        skip = r0 * row_count * (int64_t)isz;
+        a.shape[0] = nrows;
+        a.count = nrows * row_count;
+        nbytes = a.count * (int64_t)isz;
+        if (skip && fseeko(f, (off_t)skip, SEEK_CUR) != 0) {
+            set_err(err, errlen, "%s: cannot seek to row %lld: %s", path, (long long)r0, strerror(errno));
+            goto fail;
+        }
+    }
+    if (fsize >= 0 && fsize - data_off - skip < nbytes) {
         set_err(err, errlen,
                 "%s: truncated: the header promises %lld data bytes, the file "
                 "holds %lld", path, (long long)nbytes, (long long)(fsize - data_off));

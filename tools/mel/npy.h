@@ -16,6 +16,7 @@ typedef struct npy_array {
     int64_t shape[NPY_MAX_DIMS];
     int64_t count;              /* product of shape (1 for ndim == 0)      */
     void *data;                 /* malloc'ed, count elements               */
+    int64_t file_rows;          /* npy_load_rows: rows of the file's array  */
 } npy_array;
 
 /* Load `path`.  Returns 0 on success; otherwise -1 with a one-line message
@@ -35,6 +36,10 @@ int npy_load(const char *path, npy_array *out, char *err, size_t errlen);
 #define NPY_EDTYPE (-2)
 #define NPY_BOOL ((mel_dtype)64) /* npy-only dtype code: |b1 */
 int npy_load_ex(const char *path, npy_array *out, unsigned flags, char *err, size_t errlen);
+/* npy_load_ex of rows [r0, r0 + nrows) of the first axis only (the rest of
+ * the file is not read); an error when the array has fewer rows. */
+int npy_load_rows(const char *path, npy_array *out, unsigned flags, int64_t r0, int64_t nrows, char *err,
+                  size_t errlen);
 /* Bytes per element of a dtype npy_load_ex can return (0 for any other). */
 size_t npy_itemsize(mel_dtype t);
 /* Write `a` to `path` (format 1.0).  0 on success, -1 with message. */

@@ -8,6 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#ifdef HAVE_MPI
+#include <mpi.h>
+#endif
 
 static const optspec run_opts[] = {
     {"--hidden", 1}, {"--weight", 1}, {"--bias", 1}, {"--labels", 1},
@@ -16,7 +19,7 @@ static const optspec run_opts[] = {
     {"--grad-hidden", 1}, {"--grad-weight", 1}, {"--grad-bias", 1},
     {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--mode", 1},
     {"--dtype", 1}, {"--backend", 1}, {"--threads", 1}, {"--stats", 1},
-    {"--check-finite", 0}, {"--no-skip", 0}, {"--help", 0}, {NULL, 0}};
+    {"--check-finite", 0}, {"--no-skip", 0}, {"--vocab-parallel", 0}, {"--help", 0}, {NULL, 0}};
 
 static void usage_run(FILE *f)
 {
@@ -54,6 +57,11 @@ static void usage_run(FILE *f)
 "                           and exit 2 naming the first (off by default: NaN/Inf propagate\n"
 "                           into y and the gradients as in the naive computation, and the\n"
 "                           scan reads every input once more)\n"
+"  --vocab-parallel         under mpirun -np K: W (and --bias, --teacher-weight) split by\n"
+"                           vocabulary rows across the K processes, each reading only its\n"
+"                           rows of the files (doc/distributed.md); process 0 writes y, dX\n"
+"                           and the assembled dW / db, equal to a one-process run's;\n"
+"                           --stats adds processes, comm_bytes and comm_seconds\n"
 "  --stats FILE             JSON statistics; for recompute the totals add both calls\n"
 "                           (chunk_rows and peak_workspace_bytes are maxima) and\n"
 "                           \"calls\" lists each one; input_bytes_held: the input data\n"
@@ -122,7 +130,7 @@ int cmd_run(int argc, char **argv)
                *f_gb = NULL, *f_stats = NULL, *s_mode = NULL, *s_dtype = NULL,
                *s_backend = NULL;
     const char *in_names[MAX_INPUTS], *in_files[MAX_INPUTS];
-    int n_in = 0, threads = -1, check_fin = 0, no_skip = 0;
+    int n_in = 0, threads = -1, check_fin = 0, no_skip = 0, vocab_par = 0;
     int64_t chunk_rows = -1, ws_bytes = -1;
     mel_reduction red = MEL_REDUCE_MEAN;
     int red_given = 0;
@@ -151,6 +159,7 @@ int cmd_run(int argc, char **argv)
         else if (!strcmp(name, "--grad-bias")) f_gb = val;
         else if (!strcmp(name, "--stats")) f_stats = val;
         else if (!strcmp(name, "--no-skip")) no_skip = 1;
+        else if (!strcmp(name, "--vocab-parallel")) vocab_par = 1;
         else if (!strcmp(name, "--check-finite")) check_fin = 1;
         else if (!strcmp(name, "--mode")) s_mode = val;
         else if (!strcmp(name, "--dtype")) s_dtype = val;
@@ -224,6 +233,20 @@ int cmd_run(int argc, char **argv)
             param_add(&pl, "use_old_logp=1");
     if (f_thidden && builtin_has_param(tname, "ref_source") && !mel_params_get(pl, "ref_source", NULL))
         param_add(&pl, "ref_source=1");
+    /* vocabulary parallelism: this process's rows of W */
+    int vp_rank = 0, vp_size = 1;
+    if (vocab_par) {
+#ifdef HAVE_MPI
+        int init = 0;
+        MPI_Initialized(&init);
+        if (!init) MPI_Init(NULL, NULL);
+        MPI_Comm_rank(MPI_COMM_WORLD, &vp_rank);
+        MPI_Comm_size(MPI_COMM_WORLD, &vp_size);
+#else
+        die(EXIT_USAGE, "--vocab-parallel: this mel was built without MPI (install libopenmpi-dev and run "
+            "configure --with-mpi)");
+#endif
+    }
     mel_ctx *ctx = make_ctx(s_backend, threads);
     mel_transform *t = build_transform(ctx, "run", tname, pl);
     /* what the built transform reads, against what was given */
@@ -277,12 +300,35 @@ int cmd_run(int argc, char **argv)
     input X = load("--hidden", f_hidden, TAKES_FLOAT | TAKES_F16);
     want_ndim(&X, 2, "2-d [N, D]");
     int64_t N = X.a.shape[0], D = X.a.shape[1];
-    input W = load("--weight", f_weight, TAKES_FLOAT | TAKES_F16);
-    want_ndim(&W, 2, "2-d [V, D]");
-    int64_t V = W.a.shape[0];
+    /* V: the vocabulary; this process holds rows [v_off, v_off + Vl) of
+     * it (all of them without --vocab-parallel) */
+    int64_t V, v_off = 0, Vl;
+    input W;
+    if (!vocab_par) {
+        W = load("--weight", f_weight, TAKES_FLOAT | TAKES_F16);
+        want_ndim(&W, 2, "2-d [V, D]");
+        V = Vl = W.a.shape[0];
+    } else {
+        input Wh = load_rows("--weight", f_weight, TAKES_FLOAT | TAKES_F16, 0, 0);
+        want_ndim(&Wh, 2, "2-d [V, D]");
+        V = Wh.a.file_rows;
+        if (V < vp_size)
+            die(EXIT_USAGE, "--vocab-parallel: --weight %s has V = %" PRId64 " rows, fewer than the %d "
+                "processes", f_weight, V, vp_size);
+        /* even shards: the first V mod K processes hold one row more */
+        Vl = V / vp_size + (vp_rank < V % vp_size);
+        v_off = (int64_t)vp_rank * (V / vp_size) + (vp_rank < V % vp_size ? vp_rank : V % vp_size);
+        W = load_rows("--weight", f_weight, TAKES_FLOAT | TAKES_F16, v_off, Vl);
+    }
     if (W.a.shape[1] != D)
         die(EXIT_USAGE, "--weight: %s: shape (%" PRId64 ", %" PRId64 ") does not match "
             "D = %" PRId64 " of --hidden %s", f_weight, V, W.a.shape[1], D, f_hidden);
+#ifdef HAVE_MPI
+    if (vocab_par) {
+        MPI_Comm world = MPI_COMM_WORLD;
+        check(ctx, mel_set_vocab_parallel(ctx, &world, v_off, V, 0), "--vocab-parallel");
+    }
+#endif
     mel_dtype dt = X.a.dtype;
     if (s_dtype) dt = parse_dtype("--dtype", s_dtype);
     mel_dtype gdt = dt == MEL_F64 ? MEL_F64 : MEL_F32; /* dW, db, saved dX */
@@ -295,11 +341,15 @@ int cmd_run(int argc, char **argv)
     const size_t es = mel_dtype_size(dt), ges = mel_dtype_size(gdt);
     void *x = on_dev(&X, dt), *w = on_dev(&W, dt), *b = NULL;
     if (f_bias) {
-        input B = load("--bias", f_bias, TAKES_FLOAT | TAKES_F16);
-        want_vec(&B, V, "V rows of --weight");
+        input B = vocab_par ? load_rows("--bias", f_bias, TAKES_FLOAT | TAKES_F16, v_off, Vl)
+                            : load("--bias", f_bias, TAKES_FLOAT | TAKES_F16);
+        if (vocab_par && B.a.file_rows != V)
+            die(EXIT_USAGE, "--bias: %s: %" PRId64 " values, want %" PRId64 " (V rows of --weight)", f_bias,
+                B.a.file_rows, V);
+        want_vec(&B, Vl, "V rows of --weight");
         b = on_dev(&B, dt);
     }
-    check(ctx, mel_args_head(a, 0, mel_mat(x, dt, N, D, 0), mel_mat(w, dt, V, D, 0), b),
+    check(ctx, mel_args_head(a, 0, mel_mat(x, dt, N, D, 0), mel_mat(w, dt, Vl, D, 0), b),
           "--hidden/--weight");
     const void *lab_host = NULL; /* host labels, for grpo's effective mask below */
     mel_dtype lab_dt = MEL_I64;
@@ -355,18 +405,28 @@ int cmd_run(int argc, char **argv)
     if (f_thidden) {
         input TX = load("--teacher-hidden", f_thidden, TAKES_FLOAT | TAKES_F16);
         want_ndim(&TX, 2, "2-d [N, D]");
-        input TW = load("--teacher-weight", f_tweight, TAKES_FLOAT | TAKES_F16);
+        input TW;
+        if (vocab_par) {
+            input TWh = load_rows("--teacher-weight", f_tweight, TAKES_FLOAT | TAKES_F16, 0, 0);
+            want_ndim(&TWh, 2, "2-d [V, D]");
+            if (TWh.a.file_rows != V)
+                die(EXIT_USAGE, "--teacher-weight: %s: %" PRId64 " rows, want %" PRId64 " (V of --weight)",
+                    f_tweight, TWh.a.file_rows, V);
+            TW = load_rows("--teacher-weight", f_tweight, TAKES_FLOAT | TAKES_F16, v_off, Vl);
+        } else {
+            TW = load("--teacher-weight", f_tweight, TAKES_FLOAT | TAKES_F16);
+        }
         want_ndim(&TW, 2, "2-d [V, D]");
         int64_t TD = TX.a.shape[1];
         if (TX.a.shape[0] != N)
             die(EXIT_USAGE, "--teacher-hidden: %s: %" PRId64 " rows, --hidden has %" PRId64,
                 f_thidden, TX.a.shape[0], N);
-        if (TW.a.shape[0] != V || TW.a.shape[1] != TD)
+        if (TW.a.shape[0] != Vl || TW.a.shape[1] != TD)
             die(EXIT_USAGE, "--teacher-weight: %s: shape (%" PRId64 ", %" PRId64 "), want (%"
                 PRId64 ", %" PRId64 ") (V of --weight, D of --teacher-hidden)",
-                f_tweight, TW.a.shape[0], TW.a.shape[1], V, TD);
+                f_tweight, vocab_par ? V : TW.a.shape[0], TW.a.shape[1], V, TD);
         void *tx = on_dev(&TX, dt), *tw = on_dev(&TW, dt);
-        check(ctx, mel_args_head(a, 1, mel_mat(tx, dt, N, TD, 0), mel_mat(tw, dt, V, TD, 0),
+        check(ctx, mel_args_head(a, 1, mel_mat(tx, dt, N, TD, 0), mel_mat(tw, dt, Vl, TD, 0),
                                  NULL),
               "--teacher-hidden/--teacher-weight");
     }
@@ -392,12 +452,12 @@ int cmd_run(int argc, char **argv)
     void *dx = NULL, *dw = NULL, *db = NULL, *dx_d = NULL, *dw_d = NULL, *db_d = NULL;
     if (want_grad) {
         if (f_gx) dx = xcalloc(mul64(N, D, "--grad-hidden"), es, "--grad-hidden");
-        if (f_gw) dw = xcalloc(mul64(V, D, "--grad-weight"), ges, "--grad-weight");
-        if (f_gb) db = xcalloc(V, ges, "--grad-bias");
+        if (f_gw) dw = xcalloc(mul64(Vl, D, "--grad-weight"), ges, "--grad-weight");
+        if (f_gb) db = xcalloc(Vl, ges, "--grad-bias");
         dx_d = to_dev(dx, (size_t)(N * D) * es, "--grad-hidden");
-        dw_d = to_dev(dw, (size_t)(V * D) * ges, "--grad-weight");
-        db_d = to_dev(db, (size_t)V * ges, "--grad-bias");
-        check(ctx, mel_args_grad_head(a, 0, mel_mat(dx_d, dt, N, D, 0), mel_mat(dw_d, gdt, V, D, 0),
+        dw_d = to_dev(dw, (size_t)(Vl * D) * ges, "--grad-weight");
+        db_d = to_dev(db, (size_t)Vl * ges, "--grad-bias");
+        check(ctx, mel_args_grad_head(a, 0, mel_mat(dx_d, dt, N, D, 0), mel_mat(dw_d, gdt, Vl, D, 0),
                                       db_d, MEL_OVERWRITE_DW),
               "--grad-hidden/--grad-weight/--grad-bias");
     }
@@ -440,9 +500,36 @@ int cmd_run(int argc, char **argv)
     /* ---- outputs (back from the device on --backend cuda) */
     from_dev(y, y_d, (size_t)ny * 8, "--output");
     from_dev(dx, dx_d, (size_t)(N * D) * es, "--grad-hidden");
-    from_dev(dw, dw_d, (size_t)(V * D) * ges, "--grad-weight");
-    from_dev(db, db_d, (size_t)V * ges, "--grad-bias");
-    if (f_out) {
+    from_dev(dw, dw_d, (size_t)(Vl * D) * ges, "--grad-weight");
+    from_dev(db, db_d, (size_t)Vl * ges, "--grad-bias");
+#ifdef HAVE_MPI
+    if (vocab_par) {
+        /* dW and db assembled on process 0; only it writes files and stdout */
+        int *cnt = xcalloc(vp_size, sizeof(int), "--vocab-parallel"), *dsp = xcalloc(vp_size, sizeof(int), "--vocab-parallel");
+        for (int k = 0; k < vp_size; k++) {
+            cnt[k] = (int)(V / vp_size + (k < V % vp_size));
+            dsp[k] = k ? dsp[k - 1] + cnt[k - 1] : 0;
+        }
+        MPI_Datatype row, one = gdt == MEL_F64 ? MPI_DOUBLE : MPI_FLOAT;
+        MPI_Type_contiguous((int)D, one, &row);
+        MPI_Type_commit(&row);
+        if (f_gw) {
+            void *full = vp_rank == 0 ? xcalloc(mul64(V, D, "--grad-weight"), ges, "--grad-weight") : NULL;
+            MPI_Gatherv(dw, (int)Vl, row, full, cnt, dsp, row, 0, MPI_COMM_WORLD);
+            dw = full;
+        }
+        if (f_gb) {
+            void *full = vp_rank == 0 ? xcalloc(V, ges, "--grad-bias") : NULL;
+            MPI_Gatherv(db, (int)Vl, one, full, cnt, dsp, one, 0, MPI_COMM_WORLD);
+            db = full;
+        }
+        MPI_Type_free(&row);
+        if (vp_rank != 0) f_out = f_gx = f_gw = f_gb = f_stats = NULL;
+    }
+#endif
+    if (vocab_par && vp_rank != 0) {
+        /* process 0 writes */
+    } else if (f_out) {
         int64_t shp[1] = {N};
         save("--output", f_out, MEL_F64, y, red == MEL_REDUCE_NONE ? 1 : 0, shp);
     } else {
@@ -481,6 +568,13 @@ int cmd_run(int argc, char **argv)
         json_stats(f, &cs.total, cs.total_active);
         struct rusage ru;
         int64_t rss = getrusage(RUSAGE_SELF, &ru) == 0 ? (int64_t)ru.ru_maxrss * 1024 : -1;
+        if (vocab_par) {
+            int64_t cb = 0;
+            double csec = 0;
+            for (int i = 0; i < cs.ncalls && i < 2; i++) cb += cs.comm_bytes[i], csec += cs.comm_seconds[i];
+            fprintf(f, ",\n \"processes\": %d, \"comm_bytes\": %" PRId64 ", \"comm_seconds\": %.9g", vp_size, cb,
+                    csec);
+        }
         fprintf(f, ",\n \"input_bytes_held\": %" PRId64 ", \"input_bytes_peak\": %" PRId64
                 ", \"input_bytes_converted\": %" PRId64 ", \"max_rss_bytes\": %" PRId64,
                 held_at_call, g_input_mem.peak, g_input_mem.converted, rss);
@@ -495,6 +589,9 @@ int cmd_run(int argc, char **argv)
             die(EXIT_USAGE, "--stats: %s: write failed", f_stats);
     }
     release_all();
+#ifdef HAVE_MPI
+    if (vocab_par) MPI_Finalize();
+#endif
     if (fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, "mel: stdout: write failed\n");
         return EXIT_FAILED;
