@@ -21,7 +21,7 @@
 
 #include "mel.h"
 
-enum { N = 96, D = 48, V = 1001 };
+enum { N = 192, D = 128, V = 1001 }; /* N·D spans several pieces of the dX sum */
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static double gauss(void)

@@ -29,6 +29,16 @@ static mel_status mpi_allgather(mel_ctx *ctx, mel_comm *c, const void *send, voi
                     "exceeds 1 GiB", bytes);
 }
 
+static mel_status mpi_alltoall(mel_ctx *ctx, mel_comm *c, const void *send, void *recv, size_t bytes)
+{
+    MPI_Comm *comm = c->impl;
+    if (bytes > ((size_t)1 << 30))
+        return mel_fail(ctx, MEL_ERR_OVERFLOW, "vocabulary parallelism: one all-to-all block of %zu bytes "
+                        "exceeds 1 GiB", bytes);
+    int rc = MPI_Alltoall(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, *comm);
+    return rc == MPI_SUCCESS ? MEL_OK : mpi_fail(ctx, rc, "MPI_Alltoall");
+}
+
 static void mpi_destroy(mel_comm *c)
 {
     MPI_Comm *comm = c->impl;
@@ -39,7 +49,7 @@ static void mpi_destroy(mel_comm *c)
     free(c);
 }
 
-static const mel_comm_ops mpi_ops = {"MPI", mpi_allgather, mpi_destroy};
+static const mel_comm_ops mpi_ops = {"MPI", mpi_allgather, mpi_alltoall, mpi_destroy};
 
 mel_status mel_comm_mpi_create(mel_ctx *ctx, const void *mpi_comm, mel_comm **out)
 {

@@ -345,31 +345,46 @@ mel_status mel_vp_combine(mel_ctx *ctx, const mel_transform *t, const mel_plan *
     return MEL_OK;
 }
 
+/* mel_vp_sum: a deterministic all-reduce in two steps per piece of P
+ * elements, padded to K slices of b elements: an all-to-all gives process
+ * k slice k of every process's piece, which it sums in rank order; an
+ * allgather returns the summed slices to everyone.  Each process sends and
+ * receives 2·(K−1)/K of the piece, as a ring all-reduce does. */
 mel_status mel_vp_sum(mel_ctx *ctx, void *data, mel_dtype dt, int64_t rows, int64_t cols, int64_t ld)
 {
-    const int K = ctx->vp->comm->size;
-    const size_t es = mel_dtype_size(dt);
-    /* pieces of P elements: P·es sent, K·P·es received */
-    int64_t P = SUM_BUFFER_BYTES / (int64_t)((K + 1) * es);
-    if (P < 1) P = 1;
-    char *send = ctx->vp_buf, *recv = send + P * (int64_t)es;
+    mel_comm *cm = ctx->vp->comm;
+    const int K = cm->size;
+    const int64_t es = (int64_t)mel_dtype_size(dt);
+    /* buffers: piece (send) | received slices | summed slice | gathered piece */
+    int64_t b = SUM_BUFFER_BYTES / (es * (3 * (int64_t)K + 1));
+    if (b < 1) b = 1;
+    const int64_t P = b * K;
+    char *piece = ctx->vp_buf, *slices = piece + P * es, *mine = slices + P * es, *full = mine + b * es;
     const int64_t total = rows * cols;
     for (int64_t e0 = 0; e0 < total; e0 += P) {
         const int64_t np = total - e0 < P ? total - e0 : P;
+        memset(piece, 0, (size_t)(P * es));
         for (int64_t e = 0; e < np; e++) {
             const int64_t r = (e0 + e) / cols, c = (e0 + e) % cols;
-            memcpy(send + e * (int64_t)es, (char *)data + (r * ld + c) * (int64_t)es, es);
+            memcpy(piece + e * es, (char *)data + (r * ld + c) * es, (size_t)es);
         }
-        mel_status s = allgather(ctx, send, recv, (size_t)(np * (int64_t)es));
+        double t0 = wall();
+        mel_status s = cm->ops->alltoall(ctx, cm, piece, slices, (size_t)(b * es));
+        ctx->comm_seconds += wall() - t0;
+        ctx->comm_bytes += b * es * (K - 1);
         if (s) return s;
-        for (int64_t e = 0; e < np; e++) {
-            const int64_t r = (e0 + e) / cols, c = (e0 + e) % cols;
+        for (int64_t e = 0; e < b; e++) {
             double acc = 0;
             for (int j = 0; j < K; j++)
-                acc += dt == MEL_F32 ? (double)((const float *)recv)[(int64_t)j * np + e]
-                                     : ((const double *)recv)[(int64_t)j * np + e];
-            if (dt == MEL_F32) ((float *)data)[r * ld + c] = (float)acc;
-            else ((double *)data)[r * ld + c] = acc;
+                acc += dt == MEL_F32 ? (double)((const float *)slices)[(int64_t)j * b + e]
+                                     : ((const double *)slices)[(int64_t)j * b + e];
+            if (dt == MEL_F32) ((float *)mine)[e] = (float)acc;
+            else ((double *)mine)[e] = acc;
+        }
+        if ((s = allgather(ctx, mine, full, (size_t)(b * es)))) return s;
+        for (int64_t e = 0; e < np; e++) {
+            const int64_t r = (e0 + e) / cols, c = (e0 + e) % cols;
+            memcpy((char *)data + (r * ld + c) * es, full + e * es, (size_t)es);
         }
     }
     return MEL_OK;
