@@ -233,12 +233,13 @@ MEL_API int mel_get_row_skipping(const mel_ctx *ctx);
  * a teacher / reference head sharded the same way).  Every vector -> scalar
  * reduction of the row program (sum, mean, max, logsumexp, gather, and those
  * the autodiff generates) is combined across the processes, one collective
- * per reduction phase per chunk, in rank order (deterministic for a fixed
- * process count); no process ever holds a full row of logits.  y, aux
- * outputs and input gradients come out identical on every process; dW and
- * db are this process's shard; dX is summed over the processes (or left as
- * this process's partial sum with MEL_VP_PARTIAL_DX, for a caller that
- * reduces it itself).  Labels stay global column ids.  Every process must
+ * per reduction phase per chunk, combined by libmel in rank order
+ * (deterministic for a fixed process count); no process ever holds a full
+ * row of logits.  y, aux outputs and input gradients come out identical on
+ * every process; dW and db are this process's shard; dX is summed over the
+ * processes by an MPI all-reduce, one per chunk (or left as this process's
+ * partial sum with MEL_VP_PARTIAL_DX, for a caller that reduces it
+ * itself).  Labels stay global column ids.  Every process must
  * make the same calls with the same X, labels, inputs and options; a call
  * is then collective (mel_plan_call too).  Shards must tile [0, v_total)
  * (checked at each call: all processes agree on the shapes first and fail
@@ -257,9 +258,12 @@ MEL_API mel_status mel_set_vocab_parallel(mel_ctx *ctx, const void *comm, int64_
  * *v_total (any may be NULL) describe it.  0 otherwise. */
 MEL_API int mel_get_vocab_parallel(const mel_ctx *ctx, int *rank, int *size, int64_t *v_offset,
                                    int64_t *v_total);
-/* Bytes this process sent and received in libmel's collectives during the
- * last successful call, and the wall seconds spent in them (0 without
- * vocabulary parallelism). */
+/* The last successful call's communication on this process: bytes
+ * received from the other processes (the row reductions' allgathers
+ * exactly; dX's all-reduce counted as a ring all-reduce moves it,
+ * 2·(K−1)/K of the block) and the wall seconds spent in collectives,
+ * waiting for the slowest process included.  0 without vocabulary
+ * parallelism. */
 MEL_API void mel_get_comm_stats(const mel_ctx *ctx, int64_t *bytes, double *seconds);
 
 /* ------------------------------------------------- CUDA streams and memory

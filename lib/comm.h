@@ -1,9 +1,12 @@
 /* The communicator behind vocabulary parallelism (lib/vocab.c).
  *
- * The engine asks two things of it: an allgather and an all-to-all of host
- * bytes, blocks laid out in rank order.  libmel combines the blocks itself,
- * in rank order, so results are identical on every process and independent
- * of how the transport would order its sums.  MPI provides it today (lib/comm_mpi.c); a
+ * The engine asks two things of it.  An allgather of host bytes, blocks
+ * laid out in rank order: the row reductions are combined by libmel itself
+ * from it, in rank order, so they are identical on every process and
+ * independent of the transport.  And an in-place all-reduce (sum) of a
+ * matrix, for dX: one collective per chunk and no buffer of libmel's; its
+ * order of summation is the transport's (MPI: fixed for a given process
+ * count and message size).  MPI provides it today (lib/comm_mpi.c); a
  * NCCL communicator for device buffers would be another mel_comm_ops. */
 #ifndef MEL_COMM_H
 #define MEL_COMM_H
@@ -16,8 +19,10 @@ typedef struct mel_comm_ops {
     const char *name;
     /* recv[k·bytes .. (k+1)·bytes) ← process k's send, for every k */
     mel_status (*allgather)(mel_ctx *ctx, mel_comm *c, const void *send, void *recv, size_t bytes);
-    /* recv[k·bytes ..) ← process k's send[rank·bytes ..), for every k */
-    mel_status (*alltoall)(mel_ctx *ctx, mel_comm *c, const void *send, void *recv, size_t bytes);
+    /* data [rows, cols] (leading dimension ld, f32 or f64) ← its sum over
+     * the processes, in place, the same values on every process */
+    mel_status (*allreduce_sum)(mel_ctx *ctx, mel_comm *c, void *data, mel_dtype dt, int64_t rows, int64_t cols,
+                                int64_t ld);
     void (*destroy)(mel_comm *c);
 } mel_comm_ops;
 

@@ -29,14 +29,27 @@ static mel_status mpi_allgather(mel_ctx *ctx, mel_comm *c, const void *send, voi
                     "exceeds 1 GiB", bytes);
 }
 
-static mel_status mpi_alltoall(mel_ctx *ctx, mel_comm *c, const void *send, void *recv, size_t bytes)
+static mel_status mpi_allreduce_sum(mel_ctx *ctx, mel_comm *c, void *data, mel_dtype dt, int64_t rows,
+                                    int64_t cols, int64_t ld)
 {
     MPI_Comm *comm = c->impl;
-    if (bytes > ((size_t)1 << 30))
-        return mel_fail(ctx, MEL_ERR_OVERFLOW, "vocabulary parallelism: one all-to-all block of %zu bytes "
-                        "exceeds 1 GiB", bytes);
-    int rc = MPI_Alltoall(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, *comm);
-    return rc == MPI_SUCCESS ? MEL_OK : mpi_fail(ctx, rc, "MPI_Alltoall");
+    MPI_Datatype one = dt == MEL_F64 ? MPI_DOUBLE : MPI_FLOAT;
+    if (rows <= 0 || cols <= 0) return MEL_OK;
+    if (rows > INT_MAX || cols > INT_MAX || ld > INT_MAX)
+        return mel_fail(ctx, MEL_ERR_OVERFLOW, "vocabulary parallelism: a dX block of %lld × %lld (ld %lld) "
+                        "exceeds MPI's int counts", (long long)rows, (long long)cols, (long long)ld);
+    int rc;
+    if (ld == cols && rows * cols <= INT_MAX) {
+        rc = MPI_Allreduce(MPI_IN_PLACE, data, (int)(rows * cols), one, MPI_SUM, *comm);
+    } else { /* strided rows: one vector datatype, still one collective */
+        MPI_Datatype v;
+        if ((rc = MPI_Type_vector((int)rows, (int)cols, (int)ld, one, &v)) == MPI_SUCCESS &&
+            (rc = MPI_Type_commit(&v)) == MPI_SUCCESS) {
+            rc = MPI_Allreduce(MPI_IN_PLACE, data, 1, v, MPI_SUM, *comm);
+            MPI_Type_free(&v);
+        }
+    }
+    return rc == MPI_SUCCESS ? MEL_OK : mpi_fail(ctx, rc, "MPI_Allreduce");
 }
 
 static void mpi_destroy(mel_comm *c)
@@ -49,7 +62,7 @@ static void mpi_destroy(mel_comm *c)
     free(c);
 }
 
-static const mel_comm_ops mpi_ops = {"MPI", mpi_allgather, mpi_alltoall, mpi_destroy};
+static const mel_comm_ops mpi_ops = {"MPI", mpi_allgather, mpi_allreduce_sum, mpi_destroy};
 
 mel_status mel_comm_mpi_create(mel_ctx *ctx, const void *mpi_comm, mel_comm **out)
 {

@@ -36,8 +36,6 @@ struct mel_vp {
     unsigned flags;
 };
 
-/* bytes of the dX sum's pieces: send + size received blocks */
-#define SUM_BUFFER_BYTES ((int64_t)256 << 10)
 
 static double wall(void)
 {
@@ -245,11 +243,12 @@ int64_t mel_vp_buffer_bytes(const mel_ctx *ctx, const mel_plan *p, int64_t R)
     int64_t m = 0;
     for (int q = 1; q < p->n_phases; q++) {
         int64_t w = 0;
-        for (int k = p->red_start[q]; k < p->red_start[q + 1]; k++) w += 2; /* ≤ width() */
+        w += 2 * (int64_t)(p->red_start[q + 1] - p->red_start[q]); /* ≥ Σ width() */
         if (w > m) m = w;
     }
-    int64_t combine = (K + 1) * R * m * 8;
-    return combine > SUM_BUFFER_BYTES ? combine : SUM_BUFFER_BYTES;
+    /* the combine's send block and the K received ones (≤ 2 doubles per
+     * reduction and row) */
+    return (K + 1) * R * m * 8;
 }
 
 static double reg(const mel_chunk *ch, int64_t at)
@@ -345,47 +344,13 @@ mel_status mel_vp_combine(mel_ctx *ctx, const mel_transform *t, const mel_plan *
     return MEL_OK;
 }
 
-/* mel_vp_sum: a deterministic all-reduce in two steps per piece of P
- * elements, padded to K slices of b elements: an all-to-all gives process
- * k slice k of every process's piece, which it sums in rank order; an
- * allgather returns the summed slices to everyone.  Each process sends and
- * receives 2·(K−1)/K of the piece, as a ring all-reduce does. */
 mel_status mel_vp_sum(mel_ctx *ctx, void *data, mel_dtype dt, int64_t rows, int64_t cols, int64_t ld)
 {
     mel_comm *cm = ctx->vp->comm;
-    const int K = cm->size;
-    const int64_t es = (int64_t)mel_dtype_size(dt);
-    /* buffers: piece (send) | received slices | summed slice | gathered piece */
-    int64_t b = SUM_BUFFER_BYTES / (es * (3 * (int64_t)K + 1));
-    if (b < 1) b = 1;
-    const int64_t P = b * K;
-    char *piece = ctx->vp_buf, *slices = piece + P * es, *mine = slices + P * es, *full = mine + b * es;
-    const int64_t total = rows * cols;
-    for (int64_t e0 = 0; e0 < total; e0 += P) {
-        const int64_t np = total - e0 < P ? total - e0 : P;
-        memset(piece, 0, (size_t)(P * es));
-        for (int64_t e = 0; e < np; e++) {
-            const int64_t r = (e0 + e) / cols, c = (e0 + e) % cols;
-            memcpy(piece + e * es, (char *)data + (r * ld + c) * es, (size_t)es);
-        }
-        double t0 = wall();
-        mel_status s = cm->ops->alltoall(ctx, cm, piece, slices, (size_t)(b * es));
-        ctx->comm_seconds += wall() - t0;
-        ctx->comm_bytes += b * es * (K - 1);
-        if (s) return s;
-        for (int64_t e = 0; e < b; e++) {
-            double acc = 0;
-            for (int j = 0; j < K; j++)
-                acc += dt == MEL_F32 ? (double)((const float *)slices)[(int64_t)j * b + e]
-                                     : ((const double *)slices)[(int64_t)j * b + e];
-            if (dt == MEL_F32) ((float *)mine)[e] = (float)acc;
-            else ((double *)mine)[e] = acc;
-        }
-        if ((s = allgather(ctx, mine, full, (size_t)(b * es)))) return s;
-        for (int64_t e = 0; e < np; e++) {
-            const int64_t r = (e0 + e) / cols, c = (e0 + e) % cols;
-            memcpy((char *)data + (r * ld + c) * es, full + e * es, (size_t)es);
-        }
-    }
-    return MEL_OK;
+    double t0 = wall();
+    mel_status s = cm->ops->allreduce_sum(ctx, cm, data, dt, rows, cols, ld);
+    ctx->comm_seconds += wall() - t0;
+    /* what a ring all-reduce moves into each process */
+    ctx->comm_bytes += 2 * (cm->size - 1) * rows * cols * (int64_t)mel_dtype_size(dt) / cm->size;
+    return s;
 }

@@ -386,6 +386,13 @@ int main(int argc, char **argv)
                         for (int p = 1; p < size; p++) same &= !memcmp(all, all + p * N, sizeof(double) * ny);
                         free(all);
                         check_status(same, "y bitwise identical on every process");
+                        /* and dX (the MPI all-reduce's order is the same on every process) */
+                        double *dxs = malloc(sizeof(double) * N * D * size);
+                        MPI_Allgather(got->dx[0], N * D, MPI_DOUBLE, dxs, N * D, MPI_DOUBLE, MPI_COMM_WORLD);
+                        same = 1;
+                        for (int p = 1; p < size; p++) same &= !memcmp(dxs, dxs + (size_t)p * N * D, sizeof(double) * N * D);
+                        free(dxs);
+                        check_status(same, "dX bitwise identical on every process");
                     }
         mel_transform_free(t);
     }

@@ -61,7 +61,9 @@ static void usage_run(FILE *f)
 "                           vocabulary rows across the K processes, each reading only its\n"
 "                           rows of the files (doc/distributed.md); process 0 writes y, dX\n"
 "                           and the assembled dW / db, equal to a one-process run's;\n"
-"                           --stats adds processes, comm_bytes and comm_seconds\n"
+"                           --stats adds processes, comm_bytes, comm_seconds (process 0's),\n"
+"                           vocab_rows (process 0's) and the maxima over the processes of\n"
+"                           wall_seconds and peak_workspace_bytes\n"
 "  --stats FILE             JSON statistics; for recompute the totals add both calls\n"
 "                           (chunk_rows and peak_workspace_bytes are maxima) and\n"
 "                           \"calls\" lists each one; input_bytes_held: the input data\n"
@@ -502,8 +504,14 @@ int cmd_run(int argc, char **argv)
     from_dev(dx, dx_d, (size_t)(N * D) * es, "--grad-hidden");
     from_dev(dw, dw_d, (size_t)(Vl * D) * ges, "--grad-weight");
     from_dev(db, db_d, (size_t)Vl * ges, "--grad-bias");
+    int64_t vp_peak_max = 0;
+    double vp_wall_max = 0;
 #ifdef HAVE_MPI
     if (vocab_par) {
+        /* the slowest process's call and the largest workspace of any */
+        MPI_Reduce(&wall, &vp_wall_max, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+        int64_t pk = cs.total.peak_workspace_bytes;
+        MPI_Reduce(&pk, &vp_peak_max, 1, MPI_INT64_T, MPI_MAX, 0, MPI_COMM_WORLD);
         /* dW and db assembled on process 0; only it writes files and stdout */
         int *cnt = xcalloc(vp_size, sizeof(int), "--vocab-parallel"), *dsp = xcalloc(vp_size, sizeof(int), "--vocab-parallel");
         for (int k = 0; k < vp_size; k++) {
@@ -572,8 +580,9 @@ int cmd_run(int argc, char **argv)
             int64_t cb = 0;
             double csec = 0;
             for (int i = 0; i < cs.ncalls && i < 2; i++) cb += cs.comm_bytes[i], csec += cs.comm_seconds[i];
-            fprintf(f, ",\n \"processes\": %d, \"comm_bytes\": %" PRId64 ", \"comm_seconds\": %.9g", vp_size, cb,
-                    csec);
+            fprintf(f, ",\n \"processes\": %d, \"comm_bytes\": %" PRId64 ", \"comm_seconds\": %.9g, "
+                    "\"vocab_rows\": %" PRId64 ", \"wall_seconds_max_process\": %.9g, "
+                    "\"peak_workspace_bytes_max_process\": %" PRId64, vp_size, cb, csec, Vl, vp_wall_max, vp_peak_max);
         }
         fprintf(f, ",\n \"input_bytes_held\": %" PRId64 ", \"input_bytes_peak\": %" PRId64
                 ", \"input_bytes_converted\": %" PRId64 ", \"max_rss_bytes\": %" PRId64,
