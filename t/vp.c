@@ -424,6 +424,44 @@ int main(int argc, char **argv)
         mel_transform_free(t);
     }
 
+    /* mel_plan_call is collective and gives the call's figures; comm stats */
+    {
+        const kase *k = &cases[0];
+        mel_transform *t = NULL;
+        build(one, k, &t);
+        make_problem(80, 1);
+        mel_set_chunk_rows(vp, 0);
+        mel_set_workspace_limit(vp, 0);
+        mel_args *a = mel_args_new();
+        double y[N];
+        mel_args_head(a, 0, mel_mat(X[0], MEL_F64, N, D, D), mel_mat(W[0] + v_off * D, MEL_F64, v_rows, D, D), NULL);
+        mel_args_index(a, "labels", labels, MEL_I64, N);
+        mel_args_reduction(a, MEL_REDUCE_NONE, NULL);
+        mel_args_output(a, y, MEL_F64);
+        mel_call_plan pl;
+        mel_stats st;
+        s = mel_plan_call(vp, t, a, MEL_MODE_FORWARD, &pl);
+        mel_status s2 = mel_forward(vp, t, a);
+        mel_get_stats(vp, &st);
+        check_status(s == MEL_OK && s2 == MEL_OK && pl.chunk_rows == st.chunk_rows && pl.chunks == st.chunks &&
+                         pl.peak_workspace_bytes == st.peak_workspace_bytes && pl.active_rows == N - 4,
+                     "mel_plan_call under vocabulary parallelism: chunk rows, chunks, workspace and active "
+                     "rows equal the call's");
+        int64_t bytes = -1;
+        double sec = -1;
+        mel_get_comm_stats(vp, &bytes, &sec);
+        /* one barrier of 2 values per active row from each other process, and the agreements */
+        const int64_t rowb = (int64_t)(size - 1) * (N - 4) * 2 * 8;
+        check_status(size == 1 ? bytes == 0 : bytes > rowb && bytes < rowb + (size - 1) * 400 && sec >= 0,
+                     "mel_get_comm_stats: the row values of a forward ce call, (K - 1)·rows·16 bytes, plus the "
+                     "agreements");
+        if (rank == 0) diag("comm bytes %lld (row values %lld)", (long long)bytes, (long long)rowb);
+        mel_get_comm_stats(one, &bytes, &sec);
+        check_status(bytes == 0 && sec == 0, "mel_get_comm_stats: 0 without vocabulary parallelism");
+        mel_args_free(a);
+        mel_transform_free(t);
+    }
+
     /* bf16 storage: one rounding of the summed dX, like one process */
     {
         const kase *k = &cases[0];
