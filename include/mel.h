@@ -637,7 +637,8 @@ MEL_API mel_status mel_plan_call(mel_ctx *ctx, const mel_transform *t, const mel
  * f64 path with central differences (L(θ+h) − L(θ−h)) / 2h for `samples`
  * random entries of every X, W, bias and differentiable per-row input.
  * An entry passes when |g − fd| <= atol + rtol·max(|g|, |fd|).
- * The caller's output buffers are not written.
+ * The caller's output buffers are not written.  CPU backend, one process:
+ * MEL_ERR_UNSUPPORTED on a vocabulary-parallel context.
  */
 typedef struct mel_gradcheck_opts {
     uint64_t seed;    /* random projection and sampled entries        */

@@ -90,6 +90,10 @@ mel_status mel_gradcheck(mel_ctx *ctx, const mel_transform *t, const mel_args *a
     if (!ctx->ops->host_memory)
         return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "mel_gradcheck: runs on the CPU backend (host memory, "
                         "fp64); this context's backend is %s", ctx->ops->name);
+    if (ctx->vp)
+        return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "mel_gradcheck: runs on one process, and this context is "
+                        "vocabulary-parallel (each process would perturb its own entries at once); check on a "
+                        "context without mel_set_vocab_parallel");
     mel_gradcheck_opts o = {0};
     if (opts) o = *opts;
     if (o.samples <= 0) o.samples = 24;

@@ -564,6 +564,19 @@ int main(int argc, char **argv)
         good &= mel_set_vocab_parallel(vp, NULL, 3, 0, 0) == MEL_ERR_INVALID_ARGUMENT &&
                 strstr(mel_last_error(vp), "comm is NULL") != NULL;
         check_status(good, "mel_set_vocab_parallel refuses bad offsets, totals, flags and leftovers, naming them");
+        {
+            mel_transform *ce = NULL;
+            mel_transform_builtin(vp, "ce", NULL, &ce);
+            mel_args *a = mel_args_new();
+            mel_gradcheck_report rep;
+            mel_args_head(a, 0, mel_mat(X[0], MEL_F64, N, D, D), mel_mat(W[0] + v_off * D, MEL_F64, v_rows, D, D), NULL);
+            mel_args_index(a, "labels", labels, MEL_I64, N);
+            s = mel_gradcheck(vp, ce, a, NULL, &rep);
+            check_status(s == MEL_ERR_UNSUPPORTED && strstr(mel_last_error(vp), "one process"),
+                         "mel_gradcheck on a vocabulary-parallel context: MEL_ERR_UNSUPPORTED, saying why");
+            mel_args_free(a);
+            mel_transform_free(ce);
+        }
         mel_ctx *cu = NULL;
         if (mel_ctx_create(MEL_BACKEND_CUDA, &cu) == MEL_OK) {
             s = mel_set_vocab_parallel(cu, &world, v_off, V, 0);
