@@ -46,6 +46,39 @@ t_ok() { # t_ok STATUS DESCRIPTION
     if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fi
 }
 
+# the Python package: linear_loss(..., vocab_parallel=) against torch autograd
+py=${MEL_PYTHON:-}
+top_src=${MEL_TOP_SRCDIR:-.}
+if [ -z "$py" ]; then
+    n=$((n + 1)); echo "ok $n # SKIP Python package: no Python that imports torch"
+elif [ -n "${MEL_SANITIZED:-}" ]; then
+    n=$((n + 1)); echo "ok $n # SKIP Python package: sanitizer build (libmel.so needs the ASan runtime first)"
+elif ! "$py" -c "import torch, mpi4py" >/dev/null 2>&1; then
+    n=$((n + 1)); echo "ok $n # SKIP Python package: $py cannot import mpi4py (Debian: python3-mpi4py)"
+else
+    for np in 2 3; do
+        MEL_LIBRARY=$(cd "$top" && pwd)/lib/.libs/libmel.so \
+        PYTHONPATH=$(cd "$top_src" && pwd)/python${PYTHONPATH:+:$PYTHONPATH} \
+            $MPIRUN $opts -x MEL_LIBRARY -x PYTHONPATH -np $np "$py" "$top_src/t/python/test_vp.py" >"$tmp" 2>&1
+        rc=$?
+        failed=0
+        while IFS= read -r line; do
+            case $line in
+            "ok "*|"not ok "*)
+                n=$((n + 1))
+                case $line in "not ok "*) failed=1 ;; esac
+                echo "$line" | sed -E "s/^(not ok|ok) [0-9]+/\1 $n/; s/ - / - python: /" ;;
+            1..*) ;;
+            *) echo "# $line" | sed 's/^# #/#/' ;;
+            esac
+        done <"$tmp"
+        if [ $rc != 0 ] && [ $failed = 0 ]; then
+            n=$((n + 1))
+            echo "not ok $n - mpirun -np $np python t/python/test_vp.py exited with status $rc"
+        fi
+    done
+fi
+
 # the training example: vocabulary-parallel SGD steps against one process
 for np in 2 3; do
     $MPIRUN $opts -np $np "$top/examples/vocab_parallel" 20 >"$tmp" 2>&1

@@ -10,7 +10,7 @@ from where); importing this package imports torch and nothing heavier.
 from ._lib import path as library_path
 from ._lib import lib as _clib
 from ._core import (MelError, MelValueError, MelMemoryError, Transform, builtin, builtins,
-                    linear_loss, last_stats, gradcheck, LOSS_TYPES)
+                    linear_loss, last_stats, gradcheck, LOSS_TYPES, VocabParallel)
 from ._dsl import Graph, Sym, define_transform
 from ._function import MemoryEfficientLinear
 
@@ -18,4 +18,4 @@ __version__ = _clib.mel_version_string().decode()
 
 __all__ = ["linear_loss", "MemoryEfficientLinear", "define_transform", "builtin", "builtins",
            "Transform", "Graph", "Sym", "gradcheck", "last_stats", "MelError",
-           "MelValueError", "MelMemoryError", "library_path", "LOSS_TYPES"]
+           "MelValueError", "MelMemoryError", "library_path", "LOSS_TYPES", "VocabParallel"]

@@ -286,7 +286,7 @@ class _Spec:
     """Everything about one linear_loss call that is not a differentiable tensor."""
     __slots__ = ("transform", "reduction", "weights", "chunk_rows", "workspace_bytes",
                  "mode", "aux", "lead", "N", "D", "V", "Dt", "dtype", "device",
-                 "input_names", "index_name", "check_finite", "ydtype")
+                 "input_names", "index_name", "check_finite", "ydtype", "vp")
 
 
 def _reduction_code(r):
@@ -331,10 +331,72 @@ def _bind(spec, ctx, hidden2, ld, weight, bias, th2, tld, tweight, labels, input
         raise
 
 
+class VocabParallel:
+    """W split by vocabulary rows across MPI processes (doc/distributed.md).
+
+    VocabParallel(comm, v_offset, v_total, partial_dx=False): this process holds rows
+    [v_offset, v_offset + V_r) of a vocabulary of v_total; pass it as
+    linear_loss(..., vocab_parallel=vp) with weight (and bias, a teacher's weight) this
+    process's rows and labels as global column ids.  The call is then collective: every
+    process makes it with the same hidden, labels and inputs; the loss and hidden's
+    gradient come out the same on every process (dX summed over the processes unless
+    partial_dx=True), weight's gradient is the shard's.  comm: an mpi4py communicator
+    (mpi4py.MPI.Comm), or the integer address of an MPI_Comm.  CPU tensors only; needs a
+    libmel built with MPI (configure --with-mpi)."""
+
+    __slots__ = ("comm", "addr", "v_offset", "v_total", "partial_dx")
+
+    def __init__(self, comm, v_offset, v_total, partial_dx=False):
+        if hasattr(comm, "Get_rank") and hasattr(comm, "Get_size"):
+            from mpi4py import MPI  # the communicator is mpi4py's: it is importable
+            addr = MPI._addressof(comm)
+        elif isinstance(comm, int) and not isinstance(comm, bool):
+            addr = comm
+        else:
+            raise TypeError("libmel: VocabParallel's comm must be an mpi4py communicator or the "
+                            "address of an MPI_Comm, got %s" % type(comm).__name__)
+        for nm, v in (("v_offset", v_offset), ("v_total", v_total)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError("libmel: VocabParallel's %s must be an int, got %r" % (nm, v))
+        if v_total < 1 or not 0 <= v_offset < v_total:
+            raise ValueError("libmel: VocabParallel: v_offset=%d, v_total=%d: want "
+                             "0 <= v_offset < v_total" % (v_offset, v_total))
+        self.comm = comm  # kept alive while in use
+        self.addr = addr
+        self.v_offset = v_offset
+        self.v_total = v_total
+        self.partial_dx = bool(partial_dx)
+
+    def _key(self):
+        return (self.addr, self.v_offset, self.v_total, self.partial_dx)
+
+    def __repr__(self):
+        return "VocabParallel(v_offset=%d, v_total=%d%s)" % (
+            self.v_offset, self.v_total, ", partial_dx=True" if self.partial_dx else "")
+
+
+def _apply_vocab_parallel(ctx, vp):
+    """Switch the context's vocabulary parallelism to vp (None: off) when it differs;
+    mel_set_vocab_parallel is collective, and every process switches at the same call."""
+    want = vp._key() if vp is not None else None
+    if getattr(ctx, "vp_key", None) == want:
+        return
+    c = ctx.ptr
+    if getattr(ctx, "vp_key", None) is not None:
+        _check(ctx, L.lib.mel_set_vocab_parallel(c, None, 0, 0, 0), "vocab_parallel")
+        ctx.vp_key = None
+    if vp is not None:
+        holder = ctypes.c_void_p(vp.addr)
+        _check(ctx, L.lib.mel_set_vocab_parallel(c, holder, vp.v_offset, vp.v_total,
+                                                 1 if vp.partial_dx else 0), "vocab_parallel")
+        ctx.vp_key = want
+
+
 def _prepare_ctx(spec):
     ctx = _context(spec.device)
     c = ctx.ptr
     if spec.device.type == "cpu":
+        _apply_vocab_parallel(ctx, spec.vp)
         _check(ctx, L.lib.mel_set_threads(c, max(1, min(4096, torch.get_num_threads()))),
                "threads")
     else:
@@ -350,6 +412,11 @@ def _record_stats(ctx):
     s = L.Stats()
     L.lib.mel_get_stats(ctx.ptr, ctypes.byref(s))
     _tls.stats = {f: getattr(s, f) for f, _ in L.Stats._fields_}
+    if getattr(ctx, "vp_key", None) is not None:
+        b, sec = ctypes.c_int64(), ctypes.c_double()
+        L.lib.mel_get_comm_stats(ctx.ptr, ctypes.byref(b), ctypes.byref(sec))
+        _tls.stats["comm_bytes"] = b.value
+        _tls.stats["comm_seconds"] = sec.value
 
 
 def _grad_buffers(spec, ctx, a, need, inputs_req):
@@ -489,7 +556,8 @@ class _LinearLoss(torch.autograd.Function):
 
 def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, inputs=None,
                 teacher=None, params=None, reduction=None, weights=None, chunk_rows=None,
-                workspace_bytes=None, mode=None, return_aux=None, check_finite=False):
+                workspace_bytes=None, mode=None, return_aux=None, check_finite=False,
+                vocab_parallel=None):
     """y = f(hidden · weightᵀ + bias) reduced, differentiable in hidden, weight and
     bias, without the [..., V] logits.  See doc/python.md."""
     # --- the transform
@@ -527,6 +595,17 @@ def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, input
     device = hidden.device
     if weight.device != device:
         raise ValueError("libmel: weight is on %s, hidden on %s" % (weight.device, device))
+    if vocab_parallel is not None:
+        if not isinstance(vocab_parallel, VocabParallel):
+            raise TypeError("libmel: vocab_parallel must be a libmel.VocabParallel, got %s"
+                            % type(vocab_parallel).__name__)
+        if device.type != "cpu":
+            raise ValueError("libmel: vocab_parallel runs on the CPU backend; hidden is on %s"
+                             % device)
+        if vocab_parallel.v_offset + weight.shape[0] > vocab_parallel.v_total:
+            raise ValueError("libmel: weight holds %d vocabulary rows from v_offset=%d, past "
+                             "v_total=%d" % (weight.shape[0], vocab_parallel.v_offset,
+                                             vocab_parallel.v_total))
     lead = tuple(hidden.shape[:-1])
     N = 1
     for s in lead:
@@ -709,6 +788,7 @@ def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, input
     spec.input_names = scalar_names
     spec.index_name = idx_names[0] if idx_names else None
     spec.check_finite = bool(check_finite)
+    spec.vp = vocab_parallel
 
     # per-row inputs that may carry a gradient go to the Function as themselves
     fn_inputs = [raw if (diff and raw.is_floating_point()) else None
@@ -755,6 +835,8 @@ def gradcheck(transform, hidden, weight, labels=None, *, inputs=None, teacher=No
     conv = [_per_row(inputs[s].detach().cpu(), N, lead, "inputs[%r]" % s, spec.device)
             for s in spec.input_names]
     ctx = _cpu_ctx()
+    if getattr(ctx, "vp_key", None) is not None:
+        ctx = _Ctx(L.BACKEND_CPU)  # the check runs on one process, not on the shared context
     a = _bind(spec, ctx, h2, ld, weight, bias.detach().cpu() if bias is not None else None,
               th2, tld, tw, lab, conv)
     try:
