@@ -34,6 +34,6 @@ TESTS += $(PY_TESTS)
 dist_check_SCRIPTS += $(PY_TESTS) t/python/run.sh
 EXTRA_DIST += t/python/tap.py t/python/test_builtins.py t/python/test_dsl.py \
 	t/python/test_challenge.py t/python/test_errors.py t/python/test_hf.py \
-	t/python/test_trl.py
+	t/python/test_trl.py t/python/test_vp.py
 include t/fixtures/hf/files.mk
 EXTRA_DIST += $(HF_FIXTURES) t/fixtures/hf/files.mk
