@@ -795,9 +795,6 @@ static void free_activity(activity *A)
     memset(A, 0, sizeof *A);
 }
 
-/* Whether this call may skip rows: skipping on, a masked y, every bound
- * aux output masked, no segments (a segment sum mixes rows; conservative),
- * every per-row input readable. */
 /* Under vocabulary parallelism a predicate must be a function of the row's
  * inputs alone on every process: no vector (of this process's columns) and
  * no V. */
@@ -811,6 +808,10 @@ static int pred_local(const mel_transform *t, int k)
     return 1;
 }
 
+/* Whether this call may skip rows: skipping on, a masked y, every bound
+ * aux output masked, no segments (a segment sum mixes rows; conservative),
+ * every per-row input readable, and under vocabulary parallelism
+ * predicates local to the row. */
 static int may_skip(mel_ctx *ctx, const mel_transform *t, const call *c, int want_y)
 {
     if (!ctx->row_skipping || t->y_pred < 0 || t->seg_len > 0 || c->N == 0) return 0;
