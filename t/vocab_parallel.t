@@ -22,8 +22,13 @@ export OMPI_MCA_btl=self,vader OMPI_MCA_plm=isolated OMPI_MCA_btl_vader_single_c
 tmp=${TMPDIR:-/tmp}/mel-vp.$$
 trap 'rm -f "$tmp"' EXIT
 n=0
-for np in 1 2 3; do
-    $MPIRUN $opts -np $np "$top/t/vp" >"$tmp" 2>&1
+# mpi_tap PREFIX NP COMMAND...: run COMMAND under mpirun -np NP; its TAP (from
+# process 0) renumbered into this stream, descriptions prefixed, other lines
+# as comments; a failed exit without a failed check is one more failure
+mpi_tap() {
+    prefix=$1 np=$2
+    shift 2
+    $MPIRUN $opts -np "$np" "$@" >"$tmp" 2>&1
     rc=$?
     failed=0
     while IFS= read -r line; do
@@ -31,15 +36,18 @@ for np in 1 2 3; do
         "ok "*|"not ok "*)
             n=$((n + 1))
             case $line in "not ok "*) failed=1 ;; esac
-            echo "$line" | sed -E "s/^(not ok|ok) [0-9]+/\1 $n/; s/ - / - np=$np: /" ;;
+            echo "$line" | sed -E "s/^(not ok|ok) [0-9]+/\1 $n/; s/ - / - $prefix: /" ;;
         1..*) ;;
         *) echo "# $line" | sed 's/^# #/#/' ;;
         esac
     done <"$tmp"
     if [ $rc != 0 ] && [ $failed = 0 ]; then
         n=$((n + 1))
-        echo "not ok $n - mpirun -np $np t/vp exited with status $rc"
+        echo "not ok $n - mpirun -np $np $* exited with status $rc"
     fi
+}
+for np in 1 2 3; do
+    mpi_tap "np=$np" $np "$top/t/vp"
 done
 t_ok() { # t_ok STATUS DESCRIPTION
     n=$((n + 1))
@@ -56,26 +64,11 @@ elif [ -n "${MEL_SANITIZED:-}" ]; then
 elif ! "$py" -c "import torch, mpi4py" >/dev/null 2>&1; then
     n=$((n + 1)); echo "ok $n # SKIP Python package: $py cannot import mpi4py (Debian: python3-mpi4py)"
 else
+    MEL_LIBRARY=$(cd "$top" && pwd)/lib/.libs/libmel.so
+    PYTHONPATH=$(cd "$top_src" && pwd)/python${PYTHONPATH:+:$PYTHONPATH}
+    export MEL_LIBRARY PYTHONPATH
     for np in 2 3; do
-        MEL_LIBRARY=$(cd "$top" && pwd)/lib/.libs/libmel.so \
-        PYTHONPATH=$(cd "$top_src" && pwd)/python${PYTHONPATH:+:$PYTHONPATH} \
-            $MPIRUN $opts -x MEL_LIBRARY -x PYTHONPATH -np $np "$py" "$top_src/t/python/test_vp.py" >"$tmp" 2>&1
-        rc=$?
-        failed=0
-        while IFS= read -r line; do
-            case $line in
-            "ok "*|"not ok "*)
-                n=$((n + 1))
-                case $line in "not ok "*) failed=1 ;; esac
-                echo "$line" | sed -E "s/^(not ok|ok) [0-9]+/\1 $n/; s/ - / - python: /" ;;
-            1..*) ;;
-            *) echo "# $line" | sed 's/^# #/#/' ;;
-            esac
-        done <"$tmp"
-        if [ $rc != 0 ] && [ $failed = 0 ]; then
-            n=$((n + 1))
-            echo "not ok $n - mpirun -np $np python t/python/test_vp.py exited with status $rc"
-        fi
+        mpi_tap python $np -x MEL_LIBRARY -x PYTHONPATH "$py" "$top_src/t/python/test_vp.py"
     done
 fi
 
@@ -97,35 +90,36 @@ cmp_npy() { # cmp_npy NAME A B: f64 outputs equal within 1e-12
     e=$("$top/t/vp" --compare "$2" "$3" 1e-12 2>&1)
     t_ok $? "$1: max rel diff $e (tol 1e-12)"
 }
+# tool_pair NP NAME OUTS ARGS...: mel run ARGS on one process and under
+# mpirun --vocab-parallel, writing the outputs OUTS (of y dx dw db) to
+# DIR/o1.npy and DIR/ok.npy, then compares them file by file
+tool_pair() {
+    np=$1 name=$2 outs=$3
+    shift 3
+    f1="" fk=""
+    for o in $outs; do
+        case $o in y) flag=--output ;; dx) flag=--grad-hidden ;; dw) flag=--grad-weight ;; db) flag=--grad-bias ;; esac
+        f1="$f1 $flag $dir/${o}1.npy" fk="$fk $flag $dir/${o}k.npy"
+    done
+    "$MEL" run "$@" $f1 >"$tmp" 2>&1
+    r1=$?
+    $MPIRUN $opts -np "$np" "$MEL" run "$@" --vocab-parallel $fk --stats "$dir/stats.json" >>"$tmp" 2>&1
+    rk=$?
+    [ $r1 = 0 ] && [ $rk = 0 ] || sed 's/^/# /' "$tmp"
+    t_ok $((r1 + rk)) "np=$np: mel run $name --vocab-parallel runs (exit $rk; one process: $r1)"
+    for o in $outs; do
+        cmp_npy "np=$np: mel run $name --vocab-parallel: $o (process 0's file)" "$dir/${o}k.npy" "$dir/${o}1.npy"
+    done
+}
 for np in 2 3; do
     common="--hidden $dir/x.npy --weight $dir/w.npy --labels $dir/labels.npy"
     # ce with bias, label smoothing, per-row y and upstream gradient
-    args="ce $common --bias $dir/b.npy --param label_smoothing=0.1 --reduction none --grad-output $dir/dy.npy"
-    "$MEL" run $args --output "$dir/y1.npy" --grad-hidden "$dir/dx1.npy" --grad-weight "$dir/dw1.npy" \
-        --grad-bias "$dir/db1.npy" >"$tmp" 2>&1
-    r1=$?
-    $MPIRUN $opts -np $np "$MEL" run $args --vocab-parallel --output "$dir/yk.npy" --grad-hidden "$dir/dxk.npy" \
-        --grad-weight "$dir/dwk.npy" --grad-bias "$dir/dbk.npy" --stats "$dir/stats.json" >>"$tmp" 2>&1
-    rk=$?
-    [ $r1 = 0 ] && [ $rk = 0 ] || sed 's/^/# /' "$tmp"
-    t_ok $((r1 + rk)) "np=$np: mel run ce --vocab-parallel runs (exit $rk; one process: $r1)"
-    cmp_npy "np=$np: mel run ce --vocab-parallel: y" "$dir/yk.npy" "$dir/y1.npy"
-    cmp_npy "np=$np: mel run ce --vocab-parallel: dX" "$dir/dxk.npy" "$dir/dx1.npy"
-    cmp_npy "np=$np: mel run ce --vocab-parallel: dW assembled on process 0" "$dir/dwk.npy" "$dir/dw1.npy"
-    cmp_npy "np=$np: mel run ce --vocab-parallel: db assembled on process 0" "$dir/dbk.npy" "$dir/db1.npy"
+    tool_pair $np ce "y dx dw db" ce $common --bias "$dir/b.npy" --param label_smoothing=0.1 \
+        --reduction none --grad-output "$dir/dy.npy"
     grep -q "\"processes\": $np, \"comm_bytes\": [1-9]" "$dir/stats.json"
     t_ok $? "np=$np: --stats has processes = $np and comm_bytes > 0, comm_seconds"
     # kl with a sharded teacher, mean
-    args="kl $common --teacher-hidden $dir/tx.npy --teacher-weight $dir/tw.npy --param temperature=1.5"
-    "$MEL" run $args --output "$dir/y1.npy" --grad-hidden "$dir/dx1.npy" --grad-weight "$dir/dw1.npy" >"$tmp" 2>&1
-    r1=$?
-    $MPIRUN $opts -np $np "$MEL" run $args --vocab-parallel --output "$dir/yk.npy" --grad-hidden "$dir/dxk.npy" \
-        --grad-weight "$dir/dwk.npy" >>"$tmp" 2>&1
-    rk=$?
-    [ $r1 = 0 ] && [ $rk = 0 ] || sed 's/^/# /' "$tmp"
-    t_ok $((r1 + rk)) "np=$np: mel run kl --vocab-parallel with a sharded teacher runs"
-    cmp_npy "np=$np: mel run kl --vocab-parallel: y" "$dir/yk.npy" "$dir/y1.npy"
-    cmp_npy "np=$np: mel run kl --vocab-parallel: dX" "$dir/dxk.npy" "$dir/dx1.npy"
-    cmp_npy "np=$np: mel run kl --vocab-parallel: dW" "$dir/dwk.npy" "$dir/dw1.npy"
+    tool_pair $np "kl (sharded teacher)" "y dx dw" kl $common --teacher-hidden "$dir/tx.npy" \
+        --teacher-weight "$dir/tw.npy" --param temperature=1.5
 done
 echo "1..$n"

@@ -226,6 +226,30 @@ static void check_status(int good, const char *label)
     if (rank == 0) ok(all, "%s", label);
 }
 
+/* case ci's transform (built on ctx) and a fresh problem */
+static mel_transform *setup(mel_ctx *ctx, const kase *k, uint64_t seed, int ignored)
+{
+    mel_transform *t = NULL;
+    if (build(ctx, k, &t) != MEL_OK) {
+        fprintf(stderr, "t/vp: %s: %s\n", k->name, mel_last_error(ctx));
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    make_problem(seed, ignored);
+    return t;
+}
+
+/* bf16 bits of the f64 values (through f32, truncated: the test only needs
+ * the same bf16 inputs for both runs) */
+static void to_bf16(uint16_t *dst, const double *src, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float f = (float)src[i];
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        dst[i] = (uint16_t)(u >> 16);
+    }
+}
+
 static const kase cases[] = {
     {"ce", "ce", "", 1, 0, MEL_REDUCE_MEAN, 0, -1, {0}},
     {"ce every option", "ce", "label_smoothing=0.1,z_loss=0.001,logit_scale=0.7,softcap=3,temperature=1.3,vocab_valid=11",
@@ -400,9 +424,7 @@ int main(int argc, char **argv)
     /* dX accumulated, and dX left partial (summed here) */
     {
         const kase *k = &cases[1];
-        mel_transform *t = NULL;
-        build(one, k, &t);
-        make_problem(77, 1);
+        mel_transform *t = setup(one, k, 77, 1);
         mel_set_chunk_rows(one, 5);
         mel_set_chunk_rows(vp, 5);
         run(one, t, k, MEL_F64, 0, 0, V, MEL_ACCUMULATE_DX, ref);
@@ -426,10 +448,7 @@ int main(int argc, char **argv)
 
     /* mel_plan_call is collective and gives the call's figures; comm stats */
     {
-        const kase *k = &cases[0];
-        mel_transform *t = NULL;
-        build(one, k, &t);
-        make_problem(80, 1);
+        mel_transform *t = setup(one, &cases[0], 80, 1);
         mel_set_chunk_rows(vp, 0);
         mel_set_workspace_limit(vp, 0);
         mel_args *a = mel_args_new();
@@ -464,31 +483,15 @@ int main(int argc, char **argv)
 
     /* bf16 storage: one rounding of the summed dX, like one process */
     {
-        const kase *k = &cases[0];
-        mel_transform *t = NULL;
-        build(one, k, &t);
-        make_problem(78, 0);
+        mel_transform *t = setup(one, &cases[0], 78, 0);
         mel_set_chunk_rows(one, 0);
         mel_set_chunk_rows(vp, 0);
-        /* bf16 inputs: the master copies rounded once, so both runs read the same values */
-        res *r1 = ref, *r2 = got;
-        mel_args *dummy = NULL;
-        (void)dummy;
+        /* the same bf16 inputs for both runs */
         uint16_t xb[N * D], wb[V * D], dxb1[N * D], dxb2[N * D];
         float dw1[V * D], dw2[V * D];
         double y1, y2;
-        for (int i = 0; i < N * D; i++) {
-            float f = (float)X[0][i];
-            uint32_t u;
-            memcpy(&u, &f, 4);
-            xb[i] = (uint16_t)(u >> 16);
-        }
-        for (int i = 0; i < V * D; i++) {
-            float f = (float)W[0][i];
-            uint32_t u;
-            memcpy(&u, &f, 4);
-            wb[i] = (uint16_t)(u >> 16);
-        }
+        to_bf16(xb, X[0], N * D);
+        to_bf16(wb, W[0], V * D);
         mel_ctx *cs[2] = {one, vp};
         for (int c = 0; c < 2; c++) {
             const int64_t o = c ? v_off : 0, rows = c ? v_rows : V;
@@ -503,7 +506,6 @@ int main(int argc, char **argv)
             if (s) diag("rank %d: %s", rank, mel_last_error(cs[c]));
             mel_args_free(a);
         }
-        (void)r1, (void)r2;
         int same_dx = !memcmp(dxb1, dxb2, sizeof dxb1);
         double e = fabs(y1 - y2) / fabs(y1), ew = 0;
         for (int i = v_off * D; i < (v_off + v_rows) * D; i++) {
@@ -528,9 +530,7 @@ int main(int argc, char **argv)
     /* errors: every process fails together */
     {
         const kase *k = &cases[0];
-        mel_transform *t = NULL;
-        build(one, k, &t);
-        make_problem(79, 0);
+        mel_transform *t = setup(one, k, 79, 0);
         mel_set_chunk_rows(vp, 0);
         /* one process with a label out of range */
         if (rank == size - 1) labels[3] = V + 5;
