@@ -47,6 +47,12 @@ struct mel_backend_ops {
     /* 16-bit storage: bytes of f32 W rows widened at once by the engine's
      * dX loop (lib/gemm.c); at least 64 rows. */
     int64_t conv_block_bytes;
+    /* The dW GEMM (dW += dZᵀ·X) in blocks of dW rows whose dZ columns take
+     * at most this many bytes (0: one GEMM).  OpenBLAS packs the whole
+     * transposed dZ it is given into a buffer of its own: one GEMM over all
+     * V rows grew the process by V·R·4 bytes, as much as the chunk's logits
+     * again (49 MiB at V = 32768, R = 384). */
+    int64_t dw_block_bytes;
 
     /* ---- lifecycle */
     mel_status (*init)(mel_ctx *ctx);

@@ -152,23 +152,41 @@ mel_status mel_gemm_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_ma
     return store_dx16(ctx, dx, r0, R, dxf, accumulate);
 }
 
+/* dW[V, D] += dZ[R, V]ᵀ · X[R, D] (compute dtype ct), in blocks of dW rows
+ * when the backend asks (dw_block_bytes: the packed dZᵀ of one block). */
+static mel_status grad_w_gemm(mel_ctx *ctx, mel_dtype ct, int64_t R, const void *dZ, int64_t V,
+                              const void *X, int64_t ldx, const mel_matrix *dw, int grad_gemm)
+{
+    const mel_backend_ops *o = ctx->ops;
+    const int64_t D = dw->cols, es = (int64_t)mel_dtype_size(ct);
+    int64_t vb = V;
+    if (o->dw_block_bytes > 0 && R > 0) {
+        vb = o->dw_block_bytes / (R * es);
+        if (vb < 256) vb = 256; /* keep the GEMMs large */
+    }
+    mel_status s = MEL_OK;
+    ctx->grad_gemm = grad_gemm; /* f32 storage: TF32 allowed (see above) */
+    for (int64_t v0 = 0; v0 < V && s == MEL_OK; v0 += vb) {
+        const int64_t n = V - v0 < vb ? V - v0 : vb;
+        s = o->gemm(ctx, ct, 1, 0, n, D, R, 1.0, (const char *)dZ + v0 * es, V, X, ldx, 1.0,
+                    (char *)dw->data + v0 * dw->ld * es, dw->ld);
+    }
+    ctx->grad_gemm = 0;
+    return s;
+}
+
 mel_status mel_gemm_grad_w(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *x, int64_t r0,
                            const mel_matrix *dw, void *conv)
 {
     const mel_backend_ops *o = ctx->ops;
     const int64_t V = dw->rows, D = dw->cols;
     mel_status s;
-    if (!is16(x->dtype)) {
-        ctx->grad_gemm = 1;
-        s = o->gemm(ctx, x->dtype, 1, 0, V, D, R, 1.0, dZ, V, row_of(x, r0), x->ld, 1.0, dw->data, dw->ld);
-        ctx->grad_gemm = 0;
-        return s;
-    }
+    if (!is16(x->dtype)) return grad_w_gemm(ctx, x->dtype, R, dZ, V, row_of(x, r0), x->ld, dw, 1);
     if (fast16(ctx, x->dtype) && o->gemm16) /* dW += dZ16ᵀ · X16, fp32 accumulation in dW */
         return o->gemm16(ctx, x->dtype, 1, 0, V, D, R, dz16_of(ctx, conv, R, D, V), V, row_of(x, r0), x->ld,
                          1.0f, (float *)dw->data, dw->ld);
     float *xf = conv;
     s = o->widen(ctx, x, r0, R, xf);
     if (s) return s;
-    return o->gemm(ctx, MEL_F32, 1, 0, V, D, R, 1.0, dZ, V, xf, D, 1.0, dw->data, dw->ld);
+    return grad_w_gemm(ctx, MEL_F32, R, dZ, V, xf, D, dw, 0);
 }

@@ -193,6 +193,11 @@ int main(void)
                         run_case(sh, &options[oi], (mel_reduction)red, chunks[ci], MEL_F32, ci == 4, ctx);
                 }
     }
+    /* the dW GEMM in blocks of dW rows (the CPU's dw_block_bytes: at most 16 MiB of dZ
+     * columns a call): one chunk of 600 rows × V = 8000 spans 3 blocks in f64, 2 in f32 */
+    const shape big = {600, 3, 8000};
+    run_case(&big, &options[0], MEL_REDUCE_MEAN, 600, MEL_F64, 0, ctx);
+    run_case(&big, &options[0], MEL_REDUCE_MEAN, 600, MEL_F32, 0, ctx);
     mel_ctx_destroy(ctx);
     return done_testing();
 }

@@ -206,6 +206,7 @@ static const mel_backend_ops cpu_ops = {
     .name = "cpu",
     .host_memory = 1,
     .conv_block_bytes = (int64_t)4 << 20, /* 4 MiB of f32 W rows */
+    .dw_block_bytes = (int64_t)16 << 20,  /* OpenBLAS's packed dZᵀ: 16 MiB at most */
     .init = cpu_init,
     .fini = cpu_fini,
     .threads = cpu_threads,
