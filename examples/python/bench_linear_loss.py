@@ -7,6 +7,7 @@ produces (peak RSS growth during the step minus the size of X.grad and W.grad).
 
     PYTHONPATH=python MEL_LIBRARY=lib/.libs/libmel.so python3 examples/python/bench_linear_loss.py
     options: --rows --dim --vocab --repeat (default 3) --csv FILE
+             --ws-mib M   also libmel with a workspace budget of M MiB ("libmel_ws")
 """
 import argparse
 import json
@@ -22,7 +23,7 @@ def rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def child(method, N, D, V, threads):
+def child(method, N, D, V, threads, ws_mib=0):
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(threads)  # libmel follows torch's thread count
@@ -37,11 +38,12 @@ def child(method, N, D, V, threads):
     grads_mib = (X.numel() + W.numel()) * 4 / 2**20
     extra = {}
     opts = None
-    if method == "libmel":
+    if method in ("libmel", "libmel_ws"):
         import libmel
+        budget = int(ws_mib * 2**20) if method == "libmel_ws" else None
 
         def step():
-            return libmel.linear_loss(X, W, lab)
+            return libmel.linear_loss(X, W, lab, workspace_bytes=budget)
     elif method == "torch_eager":
         def step():
             return F.cross_entropy(X @ W.T, lab)
@@ -58,6 +60,7 @@ def child(method, N, D, V, threads):
     Ws = W.detach()[:512].clone().requires_grad_(True)
     ls = lab[:64] % 512
     step_small = {"libmel": lambda: libmel.linear_loss(Xs, Ws, ls),
+                  "libmel_ws": lambda: libmel.linear_loss(Xs, Ws, ls),
                   "torch_eager": lambda: F.cross_entropy(Xs @ Ws.T, ls),
                   "torch_chunked": lambda: F.linear_cross_entropy(Xs, Ws, ls, options=opts)}
     step_small[method]().backward()
@@ -68,7 +71,7 @@ def child(method, N, D, V, threads):
     loss.backward()
     wall = time.perf_counter() - t0
     peak = rss_mib()
-    if method == "libmel":
+    if method in ("libmel", "libmel_ws"):
         st = libmel.last_stats()
         extra = {"lib_seconds": st["seconds"], "peak_workspace_mib": st["peak_workspace_bytes"] / 2**20,
                  "chunk_rows": st["chunk_rows"]}
@@ -85,12 +88,13 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--csv")
     ap.add_argument("--child")
+    ap.add_argument("--ws-mib", type=float, default=0)
     a = ap.parse_args()
     if a.child:
-        child(a.child, a.rows, a.dim, a.vocab, a.threads)
+        child(a.child, a.rows, a.dim, a.vocab, a.threads, a.ws_mib)
         return
     import torch
-    methods = ["libmel", "torch_eager"]
+    methods = ["libmel"] + (["libmel_ws"] if a.ws_mib > 0 else []) + ["torch_eager"]
     if hasattr(torch.nn, "LinearCrossEntropyOptions"):
         methods.append("torch_chunked")
     res = {m: [] for m in methods}
@@ -98,12 +102,13 @@ def main():
         for m in methods:  # interleaved, so machine noise hits every method alike
             out = subprocess.run([sys.executable, __file__, "--child", m, "--rows", str(a.rows),
                                   "--dim", str(a.dim), "--vocab", str(a.vocab),
-                                  "--threads", str(a.threads)],
+                                  "--threads", str(a.threads), "--ws-mib", str(a.ws_mib)],
                                  capture_output=True, text=True, check=True)
             res[m].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print("# N=%d D=%d V=%d f32, torch %s, threads %d, OPENBLAS_CORETYPE=%s, %d repeats "
-          "(medians)" % (a.rows, a.dim, a.vocab, torch.__version__, a.threads,
-                         os.environ.get("OPENBLAS_CORETYPE", ""), a.repeat))
+          "(medians)%s" % (a.rows, a.dim, a.vocab, torch.__version__, a.threads,
+                           os.environ.get("OPENBLAS_CORETYPE", ""), a.repeat,
+                           "; libmel_ws: workspace_bytes = %g MiB" % a.ws_mib if a.ws_mib else ""))
     print("# load average before: %s" % open("/proc/loadavg").read().split()[:3])
     print("%-14s %10s %14s %10s" % ("method", "time_s", "extra_rss_MiB", "loss"))
     rows = []
