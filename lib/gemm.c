@@ -86,7 +86,9 @@ mel_status mel_gemm_logits(mel_ctx *ctx, const mel_matrix *x, int64_t r0, int64_
         if (s) return s;
     } else {
         if ((s = o->widen(ctx, x, r0, R, xf))) return s;
-        for (int64_t v0 = 0; v0 < V; v0 += vb) {
+        if (o->gemm_w16) {
+            if ((s = o->gemm_w16(ctx, 0, R, xf, D, w, (float *)Z, V, wf, 4 * vb * D))) return s;
+        } else for (int64_t v0 = 0; v0 < V; v0 += vb) {
             int64_t n = V - v0 < vb ? V - v0 : vb;
             if ((s = o->widen(ctx, w, v0, n, wf))) return s;
             /* Z[:, v0:v0+n] = Xf · Wfᵀ */
@@ -132,6 +134,10 @@ mel_status mel_gemm_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_ma
         return o->store16(ctx, dx, r0, R, dxf, accumulate);
     }
     const int64_t vb = mel_gemm_wblock(o, V, D);
+    if (o->gemm_w16) {
+        if ((s = o->gemm_w16(ctx, 1, R, (const float *)dZ, V, w, dxf, D, wf, 4 * vb * D))) return s;
+        return o->store16(ctx, dx, r0, R, dxf, accumulate);
+    }
     for (int64_t v0 = 0; v0 < V; v0 += vb) {
         int64_t n = V - v0 < vb ? V - v0 : vb;
         if ((s = o->widen(ctx, w, v0, n, wf))) return s;
