@@ -72,7 +72,7 @@ struct mel_backend_ops {
                          const void *B, int64_t ldb, float beta, float *C, int64_t ldc);
     /* Optional (NULL: lib/gemm.c widens W one block of mel_gemm_wblock rows
      * at a time into wbuf and calls gemm on it).  The same products and f32
-     * sums as that loop, in one call; W is 16-bit [V, D] (w->rows = V,
+     * block sums as that loop, in one call; W is 16-bit [V, D] (w->rows = V,
      * w->cols = D), wbuf holds wbuf_bytes (the W block of the conversion
      * scratch, mel_gemm_wblock(V, D)·D floats):
      *   which 0 (logits): C[R, V] = A[R, D] · f32(W)ᵀ, ldc = V

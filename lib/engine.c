@@ -550,9 +550,11 @@ static int64_t budget(mel_ctx *ctx, const mel_transform *t, const call *c, const
  * Whatever its rows R, a chunk's GEMMs stream all of W (V·D: read by the
  * logits GEMM and again by the dX GEMM) and dW (V·D: read and written by
  * the dW GEMM): s·V·D bytes per chunk, s = 2·(storage bytes) + 2·(compute
- * bytes), 16 in f32.  They do 2·g·R·V·D flops (g = 3 GEMMs; a forward
- * pass: 1 GEMM reading W once, s = storage bytes), and their logits take
- * R·V·es bytes -- the memory a smaller chunk saves.  Below
+ * bytes), 16 in f32; with 16-bit storage each W GEMM also writes and
+ * reads back the f32 copy of W it widens (lib/gemm.c), 2·(compute bytes)
+ * more each, s = 28.  They do 2·g·R·V·D flops (g = 3 GEMMs; a forward
+ * pass: 1 GEMM over W once, s = 4 in f32, 10 in bf16), and their logits
+ * take R·V·es bytes -- the memory a smaller chunk saves.  Below
  *
  *     R* = balance · s / (2·g)          (balance: flops per byte of memory)
  *
@@ -566,13 +568,15 @@ static int64_t budget(mel_ctx *ctx, const mel_transform *t, const call *c, const
  * also the f32 rate of current GPUs over their memory bandwidth (H200:
  * 67 TFLOP/s over 4.8 TB/s = 14).  f64 GEMMs run at half the f32 rate,
  * so their balance is halved.  R*: f32 / f64 training 43 rows, bf16 /
- * f16 storage 32, a forward pass 32 (f32) or 16 (16-bit). */
+ * f16 storage 75 (2 chunks of 32 rows took 1.35× one chunk of 64 there),
+ * a forward pass 32 (f32) or 80 (16-bit). */
 #define MEL_GEMM_BALANCE 16.0
 
 static int64_t gemm_bound_rows(const mel_transform *t, const mel_plan *p, const call *c)
 {
     const double st = (double)mel_dtype_size(c->st), ct = (double)c->es;
-    const double s = p == &t->fb ? 2 * st + 2 * ct : st, g = p == &t->fb ? 3 : 1;
+    const double wide = st == 2 ? 2 * ct : 0; /* 16-bit: the widened copy of W, per W GEMM */
+    const double s = p == &t->fb ? 2 * (st + wide) + 2 * ct : st + wide, g = p == &t->fb ? 3 : 1;
     return (int64_t)ceil(MEL_GEMM_BALANCE * (4 / ct) * s / (2 * g));
 }
 

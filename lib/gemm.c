@@ -11,7 +11,9 @@
  *   [ X chunk f32 R·D | dX chunk f32 R·D | W block f32 Vb·D | bias f32 V ]
  * with Vb = mel_gemm_wblock() rows of W at a time; dX is rounded once into
  * the 16-bit dX.  A backend with a 16-bit GEMM (gemm16) computes the
- * logits from the 16-bit X and W directly.
+ * logits from the 16-bit X and W directly; one with gemm_w16 (the CPU)
+ * runs the W-block loops of the logits and dX in one call, with the same
+ * products and sums, using the W block of `conv` as its threads' scratch.
  *
  * Precision (mel_set_precision).  EXACT: dZ enters the gradient GEMMs in
  * f32 as above.  FAST16 with 16-bit storage: mel_gemm_round_dz first

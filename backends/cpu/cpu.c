@@ -160,9 +160,8 @@ static int nested_gemm_threads(mel_ctx *ctx)
  * logits: a block of vb / threads rows of W, widened into its own slice
  * of wbuf, then Z[:, block] = A · Wfᵀ by a one-thread GEMM; dX: a tile of
  * columns, walking all W blocks of vb rows in order with dX[:, tile] +=
- * A[:, block] · Wf[block, tile] -- so every element gets the same products
- * and sums as the loop whatever the thread count, and the threads meet
- * once per call. */
+ * A[:, block] · Wf[block, tile] -- the same products as the loop, the W
+ * blocks summed in the same order, and the threads meet once per call. */
 static mel_status cpu_gemm_w16(mel_ctx *ctx, int which, int64_t R, const float *A, int64_t lda,
                                const mel_matrix *w, float *C, int64_t ldc, float *wbuf, int64_t wbuf_bytes)
 {
