@@ -92,9 +92,8 @@ static mel_status cpu_gemm(mel_ctx *ctx, mel_dtype ct, int transA, int transB,
 
 /* One bf16 row to f32: the bits shifted into the high half, exactly
  * mel_bf16_to_f32, in a loop the compiler vectorises (16 lanes with
- * AVX-512).  W is widened once or twice per chunk (lib/gemm.c): the scalar
- * loop took 0.9 ns per element and thread, a tenth of a chunk's time at
- * D = 4096, V = 128000 and 384 rows. */
+ * AVX-512).  W is widened twice per chunk (lib/gemm.c): the scalar loop
+ * took 3 % of the CPU time at D = 4096, V = 128000 and 384 rows (perf). */
 static MEL_CLONES void widen_bf16_row(const uint16_t *restrict s, uint32_t *restrict o, int64_t n)
 {
 #pragma omp simd
@@ -154,10 +153,11 @@ static int nested_gemm_threads(mel_ctx *ctx)
 /* The 16-bit W loops of lib/gemm.c (backend.h, gemm_w16).  That loop runs
  * one multi-threaded GEMM per W block of vb rows (4 MiB of f32): at
  * D = 4096, V = 128000 and 384 rows a chunk made 1000 GEMM calls of a few
- * milliseconds, each with its thread start and end, and a quarter of the
- * CPU time went to threads waiting for one another (perf, 2 threads,
- * doc/benchmarks.md).  Here each thread takes whole tasks instead --
- * logits: a block of vb / threads rows of W, widened into its own slice
+ * milliseconds, each with its thread start and end, and about a third of
+ * the CPU time went to threads spinning or yielding while they waited for
+ * one another (perf, 2 threads, doc/benchmarks.md).  Here each thread
+ * takes whole tasks instead -- logits: a block of vb / threads rows of W,
+ * widened into its own slice
  * of wbuf, then Z[:, block] = A · Wfᵀ by a one-thread GEMM; dX: a tile of
  * columns, walking all W blocks of vb rows in order with dX[:, tile] +=
  * A[:, block] · Wf[block, tile] -- the same products as the loop, the W
