@@ -79,6 +79,19 @@ struct mel_backend_ops {
     mel_status (*gemm16)(mel_ctx *ctx, mel_dtype st16, int transA, int transB,
                          int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
                          const void *B, int64_t ldb, float beta, float *C, int64_t ldc);
+    /* Optional (NULL: lib/gemm.c widens W one block of mel_gemm_wblock rows
+     * at a time into wbuf and calls gemm on it).  The same products and f32
+     * block sums as that loop, in one call; W is 16-bit [V, D] (w->rows = V,
+     * w->cols = D), wbuf holds wbuf_bytes (the W block of the conversion
+     * scratch, mel_gemm_wblock(V, D)·D floats):
+     *   which 0 (logits): C[R, V] = A[R, D] · f32(W)ᵀ, ldc = V
+     *   which 1 (dX):     C[R, D] = A[R, V] · f32(W), lda = V, summed over
+     *                     W blocks of mel_gemm_wblock rows in order.
+     * The CPU runs the blocks (logits) or column tiles (dX) on its threads
+     * at once, each widening its own part and calling a one-thread GEMM,
+     * instead of one multi-threaded GEMM per block. */
+    mel_status (*gemm_w16)(mel_ctx *ctx, int which, int64_t R, const float *A, int64_t lda,
+                           const mel_matrix *w, float *C, int64_t ldc, float *wbuf, int64_t wbuf_bytes);
     /* out[r, j] = f32(m[r0 + r, j]) for r < R, j < m->cols (m bf16 or f16),
      * packed [R, cols]. */
     mel_status (*widen)(mel_ctx *ctx, const mel_matrix *m, int64_t r0, int64_t R, float *out);

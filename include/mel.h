@@ -160,14 +160,19 @@ MEL_API mel_status mel_set_chunk_rows(mel_ctx *ctx, int64_t chunk_rows);
  * (per-thread vectors) plus 32 rows: at most 10% of the naive memory once
  * N·V is large, while chunks stay large enough for efficient GEMMs.
  * Automatic chunks of 64 rows or more are a multiple of 32 rows (GEMM
- * blocking), unless the transform has segments.
+ * blocking), unless the transform has segments.  And no automatic chunk
+ * with logits has fewer than R* rows (43 for f32/f64 training, 75 with
+ * bf16/f16 storage, 32 or 80 for a forward pass): every chunk streams all
+ * of W and dW, and below R* rows that costs more than the chunk's GEMMs;
+ * a call of fewer than 2·R* rows runs in one chunk (doc/design.md, "The
+ * GEMM floor").
  * On a CUDA context the upper bound is instead half the device memory that
  * is free when the call starts (cudaMemGetInfo; the workspace the context
  * already holds counts as free, since a call reuses or replaces it), so
  * large batches get large chunks on a large device and a nearly full
- * device gets small ones; the lower bound and the fixed + 32 rows floor are
- * the same.  An explicit limit (bytes > 0) is always respected as is, on
- * every backend. */
+ * device gets small ones; the lower bound, the fixed + 32 rows floor and
+ * the R* rows floor are the same.  An explicit limit (bytes > 0) is always
+ * respected as is, on every backend. */
 #define MEL_DEFAULT_WORKSPACE ((int64_t)512 << 20)     /* the default's upper bound */
 #define MEL_DEFAULT_WORKSPACE_MIN ((int64_t)16 << 20)  /* the default's lower bound */
 MEL_API mel_status mel_set_workspace_limit(mel_ctx *ctx, int64_t bytes);

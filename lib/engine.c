@@ -528,6 +528,14 @@ static void release(mel_ctx *ctx, run *w)
     memset(w, 0, sizeof *w);
 }
 
+/* The upper bound of the automatic budget: the backend's (CUDA: half the
+ * free device memory), else MEL_DEFAULT_WORKSPACE. */
+static int64_t budget_upper(mel_ctx *ctx)
+{
+    int64_t upper = ctx->ops->device_budget ? ctx->ops->device_budget(ctx) : 0;
+    return upper > 0 ? upper : MEL_DEFAULT_WORKSPACE;
+}
+
 /* The workspace budget in bytes: the caller's (mel_set_workspace_limit), or
  * automatic: 1/10 of the one-chunk workspace, clamped. */
 static int64_t budget(mel_ctx *ctx, const mel_transform *t, const call *c, const sizing *sz, int64_t per_row)
@@ -537,10 +545,7 @@ static int64_t budget(mel_ctx *ctx, const mel_transform *t, const call *c, const
     double naive = (double)sz->fixed + (double)per_row * (double)c->N;
     limit = (int64_t)(naive / 10);
     if (limit < MEL_DEFAULT_WORKSPACE_MIN) limit = MEL_DEFAULT_WORKSPACE_MIN;
-    /* upper bound: the backend's (CUDA: half the free device memory),
-     * else MEL_DEFAULT_WORKSPACE */
-    int64_t upper = ctx->ops->device_budget ? ctx->ops->device_budget(ctx) : 0;
-    if (upper <= 0) upper = MEL_DEFAULT_WORKSPACE;
+    const int64_t upper = budget_upper(ctx);
     if (limit > upper) limit = upper;
     /* and never so small that it cannot hold the fixed part and 32 rows
      * (e.g. a device running hundreds of rows at once) */
@@ -551,8 +556,62 @@ static int64_t budget(mel_ctx *ctx, const mel_transform *t, const call *c, const
     return limit;
 }
 
+/* Streaming W and dW against the logits a chunk saves.
+ *
+ * Whatever its rows R, a chunk's GEMMs stream all of W (V·D: read by the
+ * logits GEMM and again by the dX GEMM) and dW (V·D: read and written by
+ * the dW GEMM): s·V·D bytes per chunk, s = 2·(storage bytes) + 2·(compute
+ * bytes), 16 in f32; with 16-bit storage each W GEMM also writes and
+ * reads back the f32 copy of W it widens (lib/gemm.c), 2·(compute bytes)
+ * more each, s = 28.  They do 2·g·R·V·D flops (g = 3 GEMMs; a forward
+ * pass: 1 GEMM over W once, s = 4 in f32, 10 in bf16), and their logits
+ * take R·V·es bytes -- the memory a smaller chunk saves.  Below
+ *
+ *     R* = balance · s / (2·g)          (balance: flops per byte of memory)
+ *
+ * rows the GEMMs of a chunk are bound by the pass over W and dW, not by
+ * arithmetic: each further chunk then costs about as much as its whole
+ * computation, for logits of R·V, a fraction R/D of W's V·D.  R* depends
+ * on neither V nor D.  On the CPU machine of doc/benchmarks.md a chunk's
+ * pass over W and dW (4·V·D·4 bytes in f32) took 0.25 s at V = 128256,
+ * D = 2048 (16.8 GB/s) against 6.2 ms of GEMMs per row (254 GFLOP/s):
+ * 15 flops per byte, R* = 40 rows.  MEL_GEMM_BALANCE rounds that to 16,
+ * also the f32 rate of current GPUs over their memory bandwidth (H200:
+ * 67 TFLOP/s over 4.8 TB/s = 14).  f64 GEMMs run at half the f32 rate,
+ * so their balance is halved.  R*: f32 / f64 training 43 rows, bf16 /
+ * f16 storage 75 (2 chunks of 32 rows took 1.35× one chunk of 64 there),
+ * a forward pass 32 (f32) or 80 (16-bit). */
+#define MEL_GEMM_BALANCE 16.0
+
+static int64_t gemm_bound_rows(const mel_transform *t, const mel_plan *p, const call *c)
+{
+    const double st = (double)mel_dtype_size(c->st), ct = (double)c->es;
+    const double wide = st == 2 ? 2 * ct : 0; /* 16-bit: the widened copy of W, per W GEMM */
+    const double s = p == &t->fb ? 2 * (st + wide) + 2 * ct : st + wide, g = p == &t->fb ? 3 : 1;
+    return (int64_t)ceil(MEL_GEMM_BALANCE * (4 / ct) * s / (2 * g));
+}
+
+/* The fewest rows of an automatic chunk with logits: no chunk below R*
+ * rows (gemm_bound_rows), i.e. at most n_eff / R* chunks of equal size,
+ * and one chunk when fewer than 2·R* rows; within the budget's upper
+ * bound (MEL_DEFAULT_WORKSPACE, CUDA: half the free device memory). */
+static int64_t gemm_floor_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c,
+                               const sizing *sz, int64_t per_row)
+{
+    const int64_t n = c->n_eff, rmin = gemm_bound_rows(t, p, c);
+    int64_t rows = n;
+    if (n >= rmin) {
+        const int64_t k = n / rmin;
+        rows = (n + k - 1) / k;
+    }
+    const int64_t fit = (budget_upper(ctx) - sz->fixed) / (per_row > 0 ? per_row : 1);
+    return rows < fit ? rows : fit;
+}
+
 /* Rows per chunk: the caller's (mel_set_chunk_rows) or as many as the
- * budget holds; whole segments, at most N, at least 1. */
+ * budget holds; whole segments, at most N, at least 1.  The automatic
+ * budget (no caller's limit) also keeps chunks with logits at R* rows or
+ * more (gemm_floor_rows). */
 static mel_status pick_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c,
                             const sizing *sz, int need_Z, int64_t *out)
 {
@@ -574,6 +633,10 @@ static mel_status pick_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan
         /* GEMM kernels work in blocks of rows: 252 rows ran 5% slower than
          * 224 or 256 (CE, D = 1024, V = 32768, OpenBLAS) */
         if (R >= 64 && t->seg_len <= 0 && R < c->n_eff) R = R / 32 * 32;
+        if (need_Z && ctx->workspace_limit <= 0) {
+            const int64_t f = gemm_floor_rows(ctx, t, p, c, sz, per_row);
+            if (R < f) R = f;
+        }
     }
     /* automatic: at most the rows the chunks cover (the active rows when
      * skipping); a fixed chunk_rows keeps its meaning: R rows of workspace,

@@ -11,7 +11,9 @@
  *   [ X chunk f32 R·D | dX chunk f32 R·D | W block f32 Vb·D | bias f32 V ]
  * with Vb = mel_gemm_wblock() rows of W at a time; dX is rounded once into
  * the 16-bit dX.  A backend with a 16-bit GEMM (gemm16) computes the
- * logits from the 16-bit X and W directly.
+ * logits from the 16-bit X and W directly; one with gemm_w16 (the CPU)
+ * runs the W-block loops of the logits and dX in one call, with the same
+ * products and sums, using the W block of `conv` as its threads' scratch.
  *
  * Precision (mel_set_precision).  EXACT: dZ enters the gradient GEMMs in
  * f32 as above.  FAST16 with 16-bit storage: mel_gemm_round_dz first
@@ -86,7 +88,9 @@ mel_status mel_gemm_logits(mel_ctx *ctx, const mel_matrix *x, int64_t r0, int64_
         if (s) return s;
     } else {
         if ((s = o->widen(ctx, x, r0, R, xf))) return s;
-        for (int64_t v0 = 0; v0 < V; v0 += vb) {
+        if (o->gemm_w16) {
+            if ((s = o->gemm_w16(ctx, 0, R, xf, D, w, (float *)Z, V, wf, 4 * vb * D))) return s;
+        } else for (int64_t v0 = 0; v0 < V; v0 += vb) {
             int64_t n = V - v0 < vb ? V - v0 : vb;
             if ((s = o->widen(ctx, w, v0, n, wf))) return s;
             /* Z[:, v0:v0+n] = Xf · Wfᵀ */
@@ -141,6 +145,10 @@ mel_status mel_gemm_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_ma
         return store_dx16(ctx, dx, r0, R, dxf, accumulate);
     }
     const int64_t vb = mel_gemm_wblock(o, V, D);
+    if (o->gemm_w16) {
+        if ((s = o->gemm_w16(ctx, 1, R, (const float *)dZ, V, w, dxf, D, wf, 4 * vb * D))) return s;
+        return o->store16(ctx, dx, r0, R, dxf, accumulate);
+    }
     for (int64_t v0 = 0; v0 < V; v0 += vb) {
         int64_t n = V - v0 < vb ? V - v0 : vb;
         if ((s = o->widen(ctx, w, v0, n, wf))) return s;

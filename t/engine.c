@@ -434,6 +434,65 @@ static void test_nonfinite(mel_ctx *ctx, mel_transform *ce, tap_rng *rng)
     mel_transform_free(t);
 }
 
+/* The automatic budget's GEMM floor (doc/design.md, "The GEMM floor"): no
+ * automatic chunk below R* = ceil(16 · s / (2g)) rows -- 43 for f32
+ * training (s = 16, g = 3), 75 for bf16 storage (s = 28), 32 for an f32
+ * forward pass (s = 4, g = 1) -- at most n / R* chunks of equal size; a
+ * caller's limit or chunk_rows used as is.  Shapes only (mel_plan_call),
+ * V = 131072: one row of logits is 512 KiB, so the 16 MiB floor alone
+ * holds fewer than 32 rows. */
+static void test_gemm_floor(mel_ctx *ctx, mel_transform *ce)
+{
+    enum { FN = 200, FD = 8, FV = 131072 };
+    static int64_t lab[FN];
+    static double y[FN], dx[FN * FD], dw[FV * FD]; /* gradients: bound, so the plan is the training one */
+    struct {
+        int64_t n, ignored, limit, chunk;
+        mel_dtype dt;
+        mel_mode mode;
+        int64_t rows, chunks; /* expected */
+        const char *why;
+    } cs[] = {
+        {64, 0, 0, 0, MEL_F32, MEL_MODE_FORWARD_BACKWARD, 64, 1, "f32, 64 < 2·43 rows: one chunk"},
+        {85, 0, 0, 0, MEL_F32, MEL_MODE_FORWARD_BACKWARD, 85, 1, "f32, 85 < 2·43 rows: one chunk"},
+        {86, 0, 0, 0, MEL_F32, MEL_MODE_FORWARD_BACKWARD, 43, 2, "f32, 86 rows: 2 chunks of 43"},
+        {200, 0, 0, 0, MEL_F32, MEL_MODE_FORWARD_BACKWARD, 50, 4, "f32, 200 rows: 4 chunks of 50"},
+        {200, 150, 0, 0, MEL_F32, MEL_MODE_FORWARD_BACKWARD, 50, 1, "f32, 50 active rows of 200: one chunk"},
+        {64, 0, 0, 0, MEL_F64, MEL_MODE_FORWARD_BACKWARD, 64, 1, "f64, 64 rows: one chunk"},
+        {149, 0, 0, 0, MEL_BF16, MEL_MODE_FORWARD_BACKWARD, 149, 1, "bf16, 149 < 2·75 rows: one chunk"},
+        {150, 0, 0, 0, MEL_BF16, MEL_MODE_FORWARD_BACKWARD, 75, 2, "bf16, 150 rows: 2 chunks of 75"},
+        {64, 0, 0, 0, MEL_F32, MEL_MODE_FORWARD, 32, 2, "f32 forward, 64 rows: 2 chunks of 32"},
+        {64, 0, 16 << 20, 0, MEL_F32, MEL_MODE_FORWARD_BACKWARD, -1, -1, "f32, a caller's 16 MiB limit: kept"},
+        {64, 0, 0, 16, MEL_F32, MEL_MODE_FORWARD_BACKWARD, 16, 4, "f32, chunk_rows 16: kept"},
+    };
+    for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
+        const int64_t n = cs[k].n;
+        for (int64_t i = 0; i < n; i++) lab[i] = i < cs[k].ignored ? -100 : i % FV;
+        mel_set_row_skipping(ctx, 1);
+        mel_set_workspace_limit(ctx, cs[k].limit);
+        mel_set_chunk_rows(ctx, cs[k].chunk);
+        const mel_dtype gt = cs[k].dt == MEL_BF16 ? MEL_F32 : cs[k].dt;
+        mel_args *a = mel_args_new();
+        mel_args_head(a, 0, mel_mat(NULL, cs[k].dt, n, FD, 0), mel_mat(NULL, cs[k].dt, FV, FD, 0), NULL);
+        mel_args_index(a, "labels", lab, MEL_I64, n);
+        mel_args_output(a, y, MEL_F64);
+        if (cs[k].mode != MEL_MODE_FORWARD)
+            mel_args_grad_head(a, 0, mel_mat(dx, cs[k].dt, n, FD, 0), mel_mat(dw, gt, FV, FD, 0), NULL,
+                               MEL_OVERWRITE_DW);
+        mel_call_plan pl;
+        mel_status s = mel_plan_call(ctx, ce, a, cs[k].mode, &pl);
+        int good = s == MEL_OK;
+        if (cs[k].rows > 0) good &= pl.chunks == cs[k].chunks && pl.chunk_rows == cs[k].rows;
+        else good &= pl.chunks >= 2 && pl.chunk_rows < 43 && pl.peak_workspace_bytes <= cs[k].limit;
+        ok(good, "GEMM floor: %s (planned %lld rows × %lld chunks, %lld B)", cs[k].why, (long long)pl.chunk_rows,
+           (long long)pl.chunks, (long long)pl.peak_workspace_bytes);
+        if (s) diag("plan: %s", mel_last_error(ctx));
+        mel_args_free(a);
+    }
+    mel_set_workspace_limit(ctx, 0);
+    mel_set_chunk_rows(ctx, 0);
+}
+
 int main(void)
 {
     tap_rng rng;
@@ -449,6 +508,7 @@ int main(void)
     test_budget_invariance(ctx, ce, &rng);
     test_accumulate_and_degenerate(ctx, ce, &rng);
     test_nonfinite(ctx, ce, &rng);
+    test_gemm_floor(ctx, ce);
     mel_transform_free(ce);
     mel_ctx_destroy(ctx);
     return done_testing();

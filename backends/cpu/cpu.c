@@ -90,6 +90,16 @@ static mel_status cpu_gemm(mel_ctx *ctx, mel_dtype ct, int transA, int transB,
 
 /* ------------------------------------------------ bf16 / f16 storage */
 
+/* One bf16 row to f32: the bits shifted into the high half, exactly
+ * mel_bf16_to_f32, in a loop the compiler vectorises (16 lanes with
+ * AVX-512).  W is widened twice per chunk (lib/gemm.c): the scalar loop
+ * took 3 % of the CPU time at D = 4096, V = 128000 and 384 rows (perf). */
+static MEL_CLONES void widen_bf16_row(const uint16_t *restrict s, uint32_t *restrict o, int64_t n)
+{
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) o[j] = (uint32_t)s[j] << 16;
+}
+
 /* rows [r0, r0+R) of a 16-bit matrix view into a packed f32 block */
 static mel_status cpu_widen(mel_ctx *ctx, const mel_matrix *m, int64_t r0, int64_t R, float *out)
 {
@@ -102,9 +112,119 @@ static mel_status cpu_widen(mel_ctx *ctx, const mel_matrix *m, int64_t r0, int64
         const uint16_t *s = src + (r0 + r) * ld;
         float *o = out + r * C;
         if (bf)
-            for (int64_t j = 0; j < C; j++) o[j] = mel_bf16_to_f32(s[j]);
+            widen_bf16_row(s, (uint32_t *)(void *)o, C);
         else
             for (int64_t j = 0; j < C; j++) o[j] = mel_f16_to_f32(s[j]);
+    }
+    return MEL_OK;
+}
+
+/* f32(m[r0 + r, c0 + j]) for r < R, j < nc, packed [R, nc], on the
+ * calling thread */
+static void widen_tile(const mel_matrix *m, int64_t r0, int64_t R, int64_t c0, int64_t nc, float *out)
+{
+    const uint16_t *src = m->data;
+    const int bf = m->dtype == MEL_BF16;
+    for (int64_t r = 0; r < R; r++) {
+        const uint16_t *s = src + (r0 + r) * m->ld + c0;
+        float *o = out + r * nc;
+        if (bf)
+            widen_bf16_row(s, (uint32_t *)(void *)o, nc);
+        else
+            for (int64_t j = 0; j < nc; j++) o[j] = mel_f16_to_f32(s[j]);
+    }
+}
+
+#ifdef HAVE_OPENBLAS_GET_PARALLEL
+int openblas_get_parallel(void);
+#endif
+
+/* Threads that may each run a one-thread GEMM at once: OpenBLAS's OpenMP
+ * build runs a cblas call made inside a parallel region on the calling
+ * thread alone; another BLAS may start threads of its own, so 1 there. */
+static int nested_gemm_threads(mel_ctx *ctx)
+{
+#ifdef HAVE_OPENBLAS_GET_PARALLEL
+    if (openblas_get_parallel() == 2) return cpu_threads(ctx);
+#endif
+    return 1;
+}
+
+/* The 16-bit W loops of lib/gemm.c (backend.h, gemm_w16).  That loop runs
+ * one multi-threaded GEMM per W block of vb rows (4 MiB of f32): at
+ * D = 4096, V = 128000 and 384 rows a chunk made 1000 GEMM calls of a few
+ * milliseconds, each with its thread start and end, and about a third of
+ * the CPU time went to threads spinning or yielding while they waited for
+ * one another (perf, 2 threads, doc/benchmarks.md).  Here each thread
+ * takes whole tasks instead -- logits: a block of vb / threads rows of W,
+ * widened into its own slice
+ * of wbuf, then Z[:, block] = A · Wfᵀ by a one-thread GEMM; dX: a tile of
+ * columns, walking all W blocks of vb rows in order with dX[:, tile] +=
+ * A[:, block] · Wf[block, tile] -- the same products as the loop, the W
+ * blocks summed in the same order, and the threads meet once per call. */
+static mel_status cpu_gemm_w16(mel_ctx *ctx, int which, int64_t R, const float *A, int64_t lda,
+                               const mel_matrix *w, float *C, int64_t ldc, float *wbuf, int64_t wbuf_bytes)
+{
+    const int64_t V = w->rows, D = w->cols, vb = mel_gemm_wblock(ctx->ops, V, D);
+    if (!fits_int(R) || !fits_int(V) || !fits_int(D) || !fits_int(lda) || !fits_int(ldc) || !fits_int(w->ld))
+        return mel_fail(ctx, MEL_ERR_OVERFLOW,
+                        "cpu gemm: a dimension (R=%lld V=%lld D=%lld) exceeds the 32-bit BLAS index range",
+                        (long long)R, (long long)V, (long long)D);
+    if (R == 0 || V == 0 || D == 0) return MEL_OK;
+    int nt = nested_gemm_threads(ctx);
+    const int64_t floats = wbuf_bytes / 4;
+    /* logits: W rows per task; dX: columns per tile (a multiple of 16, two
+     * tiles per thread when they stay at 256 columns or more) */
+    int64_t bt = vb / (nt > 0 ? nt : 1), tc = 0;
+    if (which == 1 && nt > 1) {
+        const int64_t cap = floats / ((int64_t)nt * vb);
+        const int64_t tiles = D / (2 * nt) >= 256 ? 2 * nt : nt;
+        tc = ((D + tiles - 1) / tiles + 15) / 16 * 16;
+        if (tc > cap) tc = cap / 16 * 16;
+        if (tc < 16) nt = 1;
+    }
+    if (which == 0 && bt < 32) nt = 1;
+    if (nt <= 1) { /* the loop of lib/gemm.c: one multi-threaded GEMM per block */
+        mel_status s = MEL_OK;
+        for (int64_t v0 = 0; v0 < V && s == MEL_OK; v0 += vb) {
+            const int64_t n = V - v0 < vb ? V - v0 : vb;
+            if ((s = cpu_widen(ctx, w, v0, n, wbuf))) break;
+            if (which == 0)
+                s = cpu_gemm(ctx, MEL_F32, 0, 1, R, n, D, 1.0, A, lda, wbuf, D, 0.0, C + v0, ldc);
+            else
+                s = cpu_gemm(ctx, MEL_F32, 0, 0, R, D, n, 1.0, A + v0, lda, wbuf, D, v0 ? 1.0 : 0.0, C, ldc);
+        }
+        return s;
+    }
+    if (which == 0) {
+        const int64_t tasks = (V + bt - 1) / bt;
+#pragma omp parallel num_threads(nt)
+        {
+            float *wt = wbuf + (int64_t)omp_get_thread_num() * bt * D;
+#pragma omp for schedule(dynamic)
+            for (int64_t k = 0; k < tasks; k++) {
+                const int64_t v0 = k * bt, n = V - v0 < bt ? V - v0 : bt;
+                widen_tile(w, v0, n, 0, D, wt);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)n, (int)D, 1.0f, A, (int)lda,
+                            wt, (int)D, 0.0f, C + v0, (int)ldc);
+            }
+        }
+        return MEL_OK;
+    }
+    const int64_t tiles = (D + tc - 1) / tc;
+#pragma omp parallel num_threads(nt)
+    {
+        float *wt = wbuf + (int64_t)omp_get_thread_num() * vb * tc;
+#pragma omp for schedule(dynamic)
+        for (int64_t k = 0; k < tiles; k++) {
+            const int64_t c0 = k * tc, nc = D - c0 < tc ? D - c0 : tc;
+            for (int64_t v0 = 0; v0 < V; v0 += vb) {
+                const int64_t n = V - v0 < vb ? V - v0 : vb;
+                widen_tile(w, v0, n, c0, nc, wt);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)nc, (int)n, 1.0f, A + v0,
+                            (int)lda, wt, (int)nc, v0 ? 1.0f : 0.0f, C + c0, (int)ldc);
+            }
+        }
     }
     return MEL_OK;
 }
@@ -216,6 +336,7 @@ static const mel_backend_ops cpu_ops = {
     .zero2d = cpu_zero2d,
     .gemm = cpu_gemm,
     .widen = cpu_widen,
+    .gemm_w16 = cpu_gemm_w16,
     .store16 = cpu_store16,
     .add_bias = cpu_add_bias,
     .colsum = cpu_colsum,
