@@ -147,7 +147,7 @@ mel_status mel_gemm_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_ma
     const int64_t vb = mel_gemm_wblock(o, V, D);
     if (o->gemm_w16) {
         if ((s = o->gemm_w16(ctx, 1, R, (const float *)dZ, V, w, dxf, D, wf, 4 * vb * D))) return s;
-        return o->store16(ctx, dx, r0, R, dxf, accumulate);
+        return store_dx16(ctx, dx, r0, R, dxf, accumulate);
     }
     for (int64_t v0 = 0; v0 < V; v0 += vb) {
         int64_t n = V - v0 < vb ? V - v0 : vb;
