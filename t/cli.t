@@ -19,33 +19,8 @@ fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/mel-cli.XXXXXX") || { echo "Bail out! mktemp"; exit 1; }
 trap 'rm -rf "$tmp"' EXIT
 
-n=0
-fails=0
-ok() { # ok STATUS DESCRIPTION
-    n=$((n + 1))
-    if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else
-        echo "not ok $n - $2"
-        fails=$((fails + 1))
-    fi
-}
-diag() { sed 's/^/# /' "$@"; }
+. "$top_src/t/tap.sh" # ok, diag, npy, done_testing
 
-# npy FILE DESCR SHAPE DATA [FORTRAN]: a version 1.0 .npy file; DATA is a
-# printf format of octal escapes (little-endian element bytes).
-npy() {
-    dict="{'descr': '$2', 'fortran_order': ${5:-False}, 'shape': $3, }"
-    len=$((${#dict} + 1))
-    pad=$(((64 - (10 + len) % 64) % 64))
-    hl=$((len + pad))
-    {
-        printf '\223NUMPY\001\000'
-        printf "\\$(printf %03o $((hl % 256)))\\$(printf %03o $((hl / 256)))"
-        printf '%s' "$dict"
-        printf "%${pad}s" ''
-        printf '\n'
-        printf "$4"
-    } >"$1"
-}
 # little-endian bytes of a few exact doubles and integers
 F0='\000\000\000\000\000\000\000\000'
 F1='\000\000\000\000\000\000\360\077'
@@ -481,5 +456,4 @@ else
     ok $? "bench --backend cuda without a CUDA device: exit 2, one line naming the backend" || diag "$tmp/err"
 fi
 
-echo "1..$n"
-[ $fails -eq 0 ]
+done_testing

@@ -13,15 +13,7 @@ pcdir=$1
 bindir=$2
 top_src=${MEL_TOP_SRCDIR:-.}
 CC=${CC:-cc}
-n=0
-fails=0
-ok() {
-    n=$((n + 1))
-    if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else
-        echo "not ok $n - $2"
-        fails=$((fails + 1))
-    fi
-}
+. "$top_src/t/tap.sh" # ok, diag, done_testing
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/mel-inst.XXXXXX") || { echo "Bail out! mktemp"; exit 1; }
 trap 'rm -rf "$tmp"' EXIT
 PKG_CONFIG_PATH=$pcdir
@@ -59,5 +51,4 @@ ok $r "installed mel runs without LD_LIBRARY_PATH: $out"
 env -u LD_LIBRARY_PATH "$bindir/mel" gradcheck ce >"$tmp/gc" 2>&1 && grep -q '^PASS' "$tmp/gc"
 ok $? "installed mel computes (mel gradcheck ce passes)"
 
-echo "1..$n"
-[ $fails -eq 0 ]
+done_testing

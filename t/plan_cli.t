@@ -16,30 +16,8 @@ fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/mel-plan.XXXXXX") || { echo "Bail out! mktemp"; exit 1; }
 trap 'rm -rf "$tmp"' EXIT
 
-n=0
-fails=0
-ok() {
-    n=$((n + 1))
-    if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else
-        echo "not ok $n - $2"
-        fails=$((fails + 1))
-    fi
-}
-diag() { sed 's/^/# /' "$@"; }
-npy() { # npy FILE DESCR SHAPE DATA
-    dict="{'descr': '$2', 'fortran_order': False, 'shape': $3, }"
-    len=$((${#dict} + 1))
-    pad=$(((64 - (10 + len) % 64) % 64))
-    hl=$((len + pad))
-    {
-        printf '\223NUMPY\001\000'
-        printf "\\$(printf %03o $((hl % 256)))\\$(printf %03o $((hl / 256)))"
-        printf '%s' "$dict"
-        printf "%${pad}s" ''
-        printf '\n'
-        printf "$4"
-    } >"$1"
-}
+top_src=${MEL_TOP_SRCDIR:-.}
+. "$top_src/t/tap.sh" # ok, diag, npy, done_testing
 F0='\000\000\000\000\000\000\000\000'
 F1='\000\000\000\000\000\000\360\077'
 F2='\000\000\000\000\000\000\000\100'
@@ -106,5 +84,4 @@ bad "labels of the wrong length" "--labels" ce --rows 5 --dim 1 --vocab 2 --labe
 bad "unknown transform" "unknown transform" cee --rows 4 --dim 4 --vocab 8
 bad "budget below one row" "workspace limit" ce --rows 4 --dim 4 --vocab 100000 --workspace-bytes 1K
 
-echo "1..$n"
-[ $fails -eq 0 ]
+done_testing

@@ -21,7 +21,8 @@ opts="--oversubscribe --bind-to none"
 export OMPI_MCA_btl=self,vader OMPI_MCA_plm=isolated OMPI_MCA_btl_vader_single_copy_mechanism=none
 tmp=${TMPDIR:-/tmp}/mel-vp.$$
 trap 'rm -f "$tmp"' EXIT
-n=0
+top_src=${MEL_TOP_SRCDIR:-.}
+. "$top_src/t/tap.sh" # ok, done_testing
 # mpi_tap PREFIX NP COMMAND...: run COMMAND under mpirun -np NP; its TAP (from
 # process 0) renumbered into this stream, descriptions prefixed, other lines
 # as comments; a failed exit without a failed check is one more failure
@@ -35,28 +36,22 @@ mpi_tap() {
         case $line in
         "ok "*|"not ok "*)
             n=$((n + 1))
-            case $line in "not ok "*) failed=1 ;; esac
+            case $line in "not ok "*) failed=1 fails=$((fails + 1)) ;; esac
             echo "$line" | sed -E "s/^(not ok|ok) [0-9]+/\1 $n/; s/ - / - $prefix: /" ;;
         1..*) ;;
         *) echo "# $line" | sed 's/^# #/#/' ;;
         esac
     done <"$tmp"
     if [ $rc != 0 ] && [ $failed = 0 ]; then
-        n=$((n + 1))
-        echo "not ok $n - mpirun -np $np $* exited with status $rc"
+        ok 1 "mpirun -np $np $* exited with status $rc"
     fi
 }
 for np in 1 2 3; do
     mpi_tap "np=$np" $np "$top/t/vp"
 done
-t_ok() { # t_ok STATUS DESCRIPTION
-    n=$((n + 1))
-    if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fi
-}
 
 # the Python package: linear_loss(..., vocab_parallel=) against torch autograd
 py=${MEL_PYTHON:-}
-top_src=${MEL_TOP_SRCDIR:-.}
 if [ -z "$py" ]; then
     n=$((n + 1)); echo "ok $n # SKIP Python package: no Python that imports torch"
 elif [ -n "${MEL_SANITIZED:-}" ]; then
@@ -77,7 +72,7 @@ for np in 2 3; do
     $MPIRUN $opts -np $np "$top/examples/vocab_parallel" 20 >"$tmp" 2>&1
     rc=$?
     sed 's/^/# /' "$tmp"
-    t_ok $rc "np=$np: examples/vocab_parallel: 20 SGD steps, loss equal to one process's within 1e-5"
+    ok $rc "np=$np: examples/vocab_parallel: 20 SGD steps, loss equal to one process's within 1e-5"
 done
 
 # the tool: mel run --vocab-parallel under mpirun writes what one process writes
@@ -85,10 +80,10 @@ MEL=$top/tools/mel/mel
 dir=${TMPDIR:-/tmp}/mel-vp-tool.$$
 mkdir -p "$dir"
 trap 'rm -f "$tmp"; rm -rf "$dir"' EXIT
-"$top/t/vp" --write-npy "$dir" || t_ok 1 "t/vp --write-npy"
+"$top/t/vp" --write-npy "$dir" || ok 1 "t/vp --write-npy"
 cmp_npy() { # cmp_npy NAME A B: f64 outputs equal within 1e-12
     e=$("$top/t/vp" --compare "$2" "$3" 1e-12 2>&1)
-    t_ok $? "$1: max rel diff $e (tol 1e-12)"
+    ok $? "$1: max rel diff $e (tol 1e-12)"
 }
 # tool_pair NP NAME OUTS ARGS...: mel run ARGS on one process and under
 # mpirun --vocab-parallel, writing the outputs OUTS (of y dx dw db) to
@@ -106,7 +101,7 @@ tool_pair() {
     $MPIRUN $opts -np "$np" "$MEL" run "$@" --vocab-parallel $fk --stats "$dir/stats.json" >>"$tmp" 2>&1
     rk=$?
     [ $r1 = 0 ] && [ $rk = 0 ] || sed 's/^/# /' "$tmp"
-    t_ok $((r1 + rk)) "np=$np: mel run $name --vocab-parallel runs (exit $rk; one process: $r1)"
+    ok $((r1 + rk)) "np=$np: mel run $name --vocab-parallel runs (exit $rk; one process: $r1)"
     for o in $outs; do
         cmp_npy "np=$np: mel run $name --vocab-parallel: $o (process 0's file)" "$dir/${o}k.npy" "$dir/${o}1.npy"
     done
@@ -117,9 +112,9 @@ for np in 2 3; do
     tool_pair $np ce "y dx dw db" ce $common --bias "$dir/b.npy" --param label_smoothing=0.1 \
         --reduction none --grad-output "$dir/dy.npy"
     grep -q "\"processes\": $np, \"comm_bytes\": [1-9]" "$dir/stats.json"
-    t_ok $? "np=$np: --stats has processes = $np and comm_bytes > 0, comm_seconds"
+    ok $? "np=$np: --stats has processes = $np and comm_bytes > 0, comm_seconds"
     # kl with a sharded teacher, mean
     tool_pair $np "kl (sharded teacher)" "y dx dw" kl $common --teacher-hidden "$dir/tx.npy" \
         --teacher-weight "$dir/tw.npy" --param temperature=1.5
 done
-echo "1..$n"
+done_testing
