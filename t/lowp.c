@@ -77,8 +77,9 @@ int main(void)
         run(ctx, ce, dts[k], 64, 96, 5003, 0, 0, &rng);   /* several W conversion blocks */
         run(ctx, ce, dts[k], 50, 130, 8999, 17, 1, &rng);  /* odd sizes, bias, many chunks */
     }
-    /* a tight budget still holds with the conversion scratch counted */
-    {
+    /* a tight budget still holds with the conversion scratch counted, and
+     * with FAST16's 16-bit dZ copy too (mel_set_precision) */
+    for (int fast = 0; fast < 2; fast++) {
         enum { N = 40, D = 32, V = 2001 };
         uint16_t *x = calloc(N * D, 2), *w = calloc(V * D, 2), *dx = calloc(N * D, 2);
         float *dw = calloc(V * D, 4), y;
@@ -91,12 +92,16 @@ int main(void)
         mel_args_grad_head(a, 0, mel_mat(dx, MEL_BF16, N, D, 0), mel_mat(dw, MEL_F32, V, D, 0), NULL, 0);
         mel_set_chunk_rows(ctx, 0);
         mel_set_workspace_limit(ctx, 600 << 10);
+        mel_set_precision(ctx, fast ? MEL_PRECISION_FAST16 : MEL_PRECISION_EXACT);
         mel_status s = mel_forward_backward(ctx, ce, a);
         mel_stats st;
         mel_get_stats(ctx, &st);
         ok(s == MEL_OK && st.peak_workspace_bytes <= (600 << 10) && fabs(y - log(V)) < 1e-5,
-           "bf16 with a 600 KiB budget: peak %lld B, %lld rows per chunk, loss %.6f = log V",
-           (long long)st.peak_workspace_bytes, (long long)st.chunk_rows, y);
+           "bf16%s with a 600 KiB budget: peak %lld B, %lld rows per chunk, loss %.6f = log V",
+           fast ? " FAST16" : "", (long long)st.peak_workspace_bytes, (long long)st.chunk_rows, y);
+        if (s) diag("%s", mel_last_error(ctx));
+        mel_set_precision(ctx, MEL_PRECISION_EXACT);
+        mel_set_workspace_limit(ctx, 0);
         mel_args_free(a);
         free(x), free(w), free(dx), free(dw);
     }
