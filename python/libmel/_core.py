@@ -1,5 +1,6 @@
 """Contexts, transforms and the autograd Function behind libmel.linear_loss."""
 import ctypes
+import re
 import threading
 
 import torch
@@ -36,12 +37,55 @@ def _raise(status, message):
     raise MelError(status, message)
 
 
+_HEAD_WORDS = {("x", 0): "hidden", ("w", 0): "weight", ("bias", 0): "bias", ("b", 0): "bias",
+               ("x", 1): "teacher hidden", ("w", 1): "teacher weight",
+               ("bias", 1): "teacher bias", ("b", 1): "teacher bias",
+               ("dx", 0): "hidden's gradient", ("dw", 0): "weight's gradient",
+               ("db", 0): "bias's gradient"}
+_HEAD_RE = re.compile(r"\b(dx|dw|db|x|w|bias|b) of head (\d+)(: \[(\d+), (\d+)\])?")
+_LABELS_RE = re.compile(r"\blabels\[(\d+)\]")
+
+
+def _unravel(i, lead):
+    out = []
+    for s in reversed(lead):
+        out.append(i % s if s else 0)
+        i = i // s if s else 0
+    return ", ".join(str(v) for v in reversed(out))
+
+
+def _caller_words(msg, lead=None):
+    """libmel's C message in the caller's words: "x of head 0: [r, c]" is hidden[b, t, c]
+    (the leading shape unravelled), "w of head 0" weight, head 1 the teacher's."""
+    def head(m):
+        word = _HEAD_WORDS.get((m.group(1), int(m.group(2))))
+        if word is None:
+            return m.group(0)
+        if m.group(3) is None:
+            return word
+        r, c = int(m.group(4)), int(m.group(5))
+        if m.group(1) in ("bias", "b"):
+            return "%s[%d]" % (word, c)
+        if m.group(1) == "x" and lead is not None and len(lead) != 1:
+            return "%s[%s, %d]" % (word, _unravel(r, lead), c)
+        return "%s[%d, %d]" % (word, r, c)
+
+    msg = _HEAD_RE.sub(head, msg)
+    if lead is not None and len(lead) != 1:
+        msg = _LABELS_RE.sub(lambda m: "labels[%s]" % _unravel(int(m.group(1)), lead), msg)
+    return msg
+
+
 def _check(ctx, status, what=""):
     if status != L.OK:
         msg = (L.lib.mel_last_error(ctx.ptr) or b"").decode() if ctx is not None else ""
         if not msg:
             msg = (L.lib.mel_status_str(status) or b"").decode()
-        _raise(status, (what + ": " if what else "") + msg)
+        msg = _caller_words(msg, getattr(ctx, "lead", None))
+        # the C message may already start with what this call says (no repeated prefix)
+        if what and not (msg.startswith(what + ":") or msg.startswith(what + " ")):
+            msg = what + ": " + msg
+        _raise(status, msg)
 
 
 # ------------------------------------------------------------------ contexts
@@ -228,6 +272,30 @@ _DT = {torch.float64: L.F64, torch.float32: L.F32, torch.bfloat16: L.BF16,
 _TORCH_DT = {v: k for k, v in _DT.items()}
 
 
+def _autocast_dtype(device):
+    """The dtype torch.autocast casts F.linear's operands to on `device`, or None."""
+    dev = device.type
+    try:
+        if torch.is_autocast_enabled(dev):
+            return torch.get_autocast_dtype(dev)
+        return None
+    except TypeError:  # torch < 2.4: per-device functions
+        pass
+    if dev == "cpu":
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    if dev == "cuda":
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+    return None
+
+
+def _autocast(t, dtype):
+    """As autocast casts an operand: floating tensors other than float64."""
+    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64 \
+            and t.dtype != dtype:
+        return t.to(dtype)
+    return t
+
+
 def _float_dtype(t, what):
     d = _DT.get(t.dtype)
     if d is None:
@@ -394,6 +462,7 @@ def _apply_vocab_parallel(ctx, vp):
 
 def _prepare_ctx(spec):
     ctx = _context(spec.device)
+    ctx.lead = spec.lead  # for messages in the caller's words
     c = ctx.ptr
     if spec.device.type == "cpu":
         _apply_vocab_parallel(ctx, spec.vp)
@@ -447,45 +516,156 @@ def _grad_buffers(spec, ctx, a, need, inputs_req):
     return dx, dw, db, dins
 
 
-class _LinearLoss(torch.autograd.Function):
-    """forward(spec, hidden, weight, bias, th2, tld, tw, lab, in_conv, *fn_inputs).
+class _Extra:
+    """The parts of a call autograd does not see: the converted (possibly copied)
+    teacher, labels and per-row inputs the C call binds, and the caller's own
+    tensors behind them (detached: they share the caller's version counters), which
+    are saved with save_for_backward so that an in-place change between forward and
+    backward is refused as torch refuses it."""
+    __slots__ = ("th2", "tld", "tw", "lab", "in_conv", "watch")
 
-    Positions in needs_input_grad: 1 hidden, 2 weight, 3 bias, 9 + i the i-th
-    per-row input (passed as itself when it can carry a gradient, else None);
-    the teacher (th2, tw) is detached and never gets a gradient."""
+    def __init__(self, th2=None, tld=0, tw=None, lab=None, in_conv=(), watch=()):
+        self.th2, self.tld, self.tw, self.lab = th2, tld, tw, lab
+        self.in_conv = list(in_conv)
+        self.watch = [t.detach() for t in watch if isinstance(t, torch.Tensor)]
+
+
+def _weight_rows(weight, V, D):
+    if weight.stride(1) != 1 and V > 0 and D > 1:
+        return weight.contiguous()
+    return weight
+
+
+def _run_forward(spec, hidden, weight, bias, ex, need, in_req, fused):
+    """One C forward (fused: forward and backward with dL/dy = 1).  Returns
+    (y, aux, grads) with grads (dx [N, D], dw, db, dins) or None."""
+    hidden2, ld = _rows(hidden, spec.D, "hidden")
+    weight = _weight_rows(weight, spec.V, spec.D)
+    ctx = _prepare_ctx(spec)
+    ydt = torch.float64 if spec.dtype == L.F64 else torch.float32
+    ymdt = L.F64 if spec.dtype == L.F64 else L.F32
+    y = torch.empty((spec.N,) if spec.reduction == L.REDUCE_NONE else (),
+                    dtype=ydt, device=spec.device)
+    aux_out = [torch.empty((spec.N,), dtype=ydt, device=spec.device) for _ in spec.aux]
+    grads = None
+    a = _bind(spec, ctx, hidden2, ld, weight, bias, ex.th2, ex.tld, ex.tw, ex.lab, ex.in_conv)
+    try:
+        _check(ctx, L.lib.mel_args_output(a, y.data_ptr(), ymdt), "output")
+        for name, buf in zip(spec.aux, aux_out):
+            _check(ctx, L.lib.mel_args_aux(a, name.encode(), buf.data_ptr(), ymdt),
+                   "aux %r" % name)
+        if fused:
+            grads = _grad_buffers(spec, ctx, a, need, in_req)
+            _check(ctx, L.lib.mel_forward_backward(ctx.ptr, spec.transform.ptr, a),
+                   spec.transform.name)
+        else:
+            _check(ctx, L.lib.mel_forward(ctx.ptr, spec.transform.ptr, a), spec.transform.name)
+        _record_stats(ctx)
+    finally:
+        L.lib.mel_args_free(a)
+    return y, aux_out, grads
+
+
+def _run_backward(spec, hidden, weight, bias, ex, gy, need, in_req):
+    """mel_backward with the upstream gradient gy (the reduced [1] or per-row [N])."""
+    gdt = torch.float64 if spec.dtype == L.F64 else torch.float32
+    hidden2, ld = _rows(hidden, spec.D, "hidden")
+    weight = _weight_rows(weight, spec.V, spec.D)
+    ctx = _prepare_ctx(spec)
+    g = gy.reshape(-1).to(gdt).contiguous()
+    a = _bind(spec, ctx, hidden2, ld, weight, bias, ex.th2, ex.tld, ex.tw, ex.lab, ex.in_conv)
+    try:
+        _check(ctx, L.lib.mel_args_grad_output(
+            a, g.data_ptr(), L.F64 if gdt == torch.float64 else L.F32), "upstream gradient")
+        grads = _grad_buffers(spec, ctx, a, need, in_req)
+        _check(ctx, L.lib.mel_backward(ctx.ptr, spec.transform.ptr, a), spec.transform.name)
+        _record_stats(ctx)
+    finally:
+        L.lib.mel_args_free(a)
+    return grads
+
+
+def _scale_grads(spec, grads, gy):
+    """Fused mode: the gradients were computed with dL/dy = 1; the upstream gradient
+    (a scalar) is multiplied in here, in place."""
+    gdt = torch.float64 if spec.dtype == L.F64 else torch.float32
+    if spec.device.type == "cpu" and float(gy) == 1.0:
+        return grads
+    g = gy.reshape(()).to(gdt)
+    dx, dw, db, dins = grads
+    for t in (dx, dw, db, *dins):
+        if t is not None:
+            t.mul_(g)
+    return grads
+
+
+_DOUBLE_BACKWARD = (
+    "libmel: the gradient of linear_loss was differentiated (double backward: "
+    "torch.autograd.grad(..., create_graph=True) and a loss built from that gradient), which "
+    "libmel does not implement: its backward is not itself differentiable. Compute that term "
+    "with plain torch ops, or leave it out")
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Under create_graph=True: hands out linear_loss's gradients as depending on
+    the tensors they are functions of, with a backward that refuses (rather than
+    leaving them constants, which would silently drop a gradient penalty's term)."""
 
     @staticmethod
-    def forward(fctx, spec, hidden, weight, bias, th2, tld, tw, lab, in_conv, *fn_inputs):
-        hidden2, ld = _rows(hidden, spec.D, "hidden")
-        ctx = _prepare_ctx(spec)
+    def forward(fctx, grads, *deps):
+        return tuple(g.clone() for g in grads)
+
+    @staticmethod
+    def backward(fctx, *g):
+        raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+def _finish_grads(spec, fctx_like, grads, deps):
+    """Shapes and dtypes of the returned gradients; wrapped under create_graph."""
+    dx, dw, db, dins = grads
+    if dx is not None:
+        dx = dx.view(fctx_like.hidden_shape)
+    if dw is not None and dw.dtype != fctx_like.wdtype:
+        dw = dw.to(fctx_like.wdtype)
+    if db is not None and db.dtype != fctx_like.wdtype:
+        db = db.to(fctx_like.wdtype)
+    gin = [t.view(spec.lead).to(fctx_like.in_dtypes[i]) if t is not None else None
+           for i, t in enumerate(dins)]
+    out = [dx, dw, db, *gin]
+    if torch.is_grad_enabled() and any(isinstance(d, torch.Tensor) and d.requires_grad
+                                       for d in deps):
+        present = [i for i, t in enumerate(out) if t is not None]
+        wrapped = _NoDoubleBackward.apply([out[i] for i in present],
+                                          *[d for d in deps if isinstance(d, torch.Tensor)])
+        for i, t in zip(present, wrapped):
+            out[i] = t
+    return out
+
+
+class _LinearLoss(torch.autograd.Function):
+    """forward(spec, ex, hidden, weight, bias, *fn_inputs).
+
+    Positions in needs_input_grad: 2 hidden, 3 weight, 4 bias, 5 + i the i-th
+    per-row input (passed as itself when it can carry a gradient, else None);
+    the teacher (in ex) is detached and never gets a gradient.
+
+    Everything backward reads is saved with save_for_backward (the caller's hidden,
+    weight, bias, teacher, labels, inputs and reduction weights), so torch's own
+    checks apply: an in-place change between forward and backward raises "modified by
+    an inplace operation", and a second backward without retain_graph raises "Trying
+    to backward through the graph a second time"."""
+
+    @staticmethod
+    def forward(fctx, spec, ex, hidden, weight, bias, *fn_inputs):
         grads_on = spec.mode != "forward"
         nig = fctx.needs_input_grad
-        need = (grads_on and nig[1], grads_on and nig[2],
-                grads_on and bias is not None and nig[3])
-        in_req = [grads_on and fn_inputs[i] is not None and nig[9 + i]
+        need = (grads_on and nig[2], grads_on and nig[3],
+                grads_on and bias is not None and nig[4])
+        in_req = [grads_on and fn_inputs[i] is not None and nig[5 + i]
                   for i in range(len(fn_inputs))]
-        ydt = torch.float64 if spec.dtype == L.F64 else torch.float32
-        ymdt = L.F64 if spec.dtype == L.F64 else L.F32
-        y = torch.empty((spec.N,) if spec.reduction == L.REDUCE_NONE else (),
-                        dtype=ydt, device=spec.device)
-        aux_out = [torch.empty((spec.N,), dtype=ydt, device=spec.device) for _ in spec.aux]
-        fused = spec.mode == "fused" and (any(need) or any(in_req))
-        a = _bind(spec, ctx, hidden2, ld, weight, bias, th2, tld, tw, lab, in_conv)
-        try:
-            _check(ctx, L.lib.mel_args_output(a, y.data_ptr(), ymdt), "output")
-            for name, buf in zip(spec.aux, aux_out):
-                _check(ctx, L.lib.mel_args_aux(a, name.encode(), buf.data_ptr(), ymdt),
-                       "aux %r" % name)
-            if fused:
-                grads = _grad_buffers(spec, ctx, a, need, in_req)
-                _check(ctx, L.lib.mel_forward_backward(ctx.ptr, spec.transform.ptr, a),
-                       spec.transform.name)
-            else:
-                _check(ctx, L.lib.mel_forward(ctx.ptr, spec.transform.ptr, a),
-                       spec.transform.name)
-            _record_stats(ctx)
-        finally:
-            L.lib.mel_args_free(a)
+        wanted = any(need) or any(in_req)
+        fused = spec.mode == "fused" and wanted
+        y, aux_out, grads = _run_forward(spec, hidden, weight, bias, ex, need, in_req, fused)
         fctx.spec = spec
         fctx.hidden_shape = hidden.shape
         fctx.wdtype = weight.dtype
@@ -493,12 +673,11 @@ class _LinearLoss(torch.autograd.Function):
         fctx.fused = fused
         fctx.need = need
         fctx.in_req = in_req
-        fctx.grads = grads if fused else None
-        fctx.keep = None
-        if not fused and (any(need) or any(in_req)):
-            # recompute: the inputs are kept by reference (no copy), as torch keeps
-            # the inputs of a linear layer
-            fctx.keep = (hidden, weight, bias, th2, tld, tw, lab, in_conv)
+        fctx.grads = grads
+        fctx.ex = ex if wanted else None
+        fctx.n_fn = len(fn_inputs)
+        if wanted:
+            fctx.save_for_backward(hidden, weight, bias, *fn_inputs, *ex.watch)
         if spec.reduction == L.REDUCE_NONE:
             y = y.view(spec.lead)
         aux_out = [t.view(spec.lead) for t in aux_out]
@@ -509,59 +688,46 @@ class _LinearLoss(torch.autograd.Function):
     @staticmethod
     def backward(fctx, gy, *gaux):
         spec = fctx.spec
-        gdt = torch.float64 if spec.dtype == L.F64 else torch.float32
-        if fctx.fused:
-            if fctx.grads is None:
-                raise RuntimeError(
-                    "libmel: a fused-mode result was backpropagated a second time (retain_graph "
-                    "or torch.autograd.grad twice); its gradients were computed once, in "
-                    "forward, and handed out the first time. Use mode='recompute' for that.")
-            dx, dw, db, dins = fctx.grads
-            fctx.grads = None
-            # fused: the gradients of the reduced loss were computed in forward with
-            # dL/dy = 1; the upstream gradient is a scalar, multiplied in here
-            if not (spec.device.type == "cpu" and float(gy) == 1.0):
-                g = gy.reshape(()).to(gdt)
-                for t in (dx, dw, db, *dins):
-                    if t is not None:
-                        t.mul_(g)
-        else:
-            # the inputs stay referenced until torch frees the graph, so a second
-            # backward (retain_graph=True) recomputes again
-            hidden, weight, bias, th2, tld, tw, lab, in_conv = fctx.keep
-            hidden2, ld = _rows(hidden, spec.D, "hidden")
-            ctx = _prepare_ctx(spec)
-            g = gy.reshape(-1).to(gdt).contiguous()
-            a = _bind(spec, ctx, hidden2, ld, weight, bias, th2, tld, tw, lab, in_conv)
-            try:
-                _check(ctx, L.lib.mel_args_grad_output(
-                    a, g.data_ptr(), L.F64 if gdt == torch.float64 else L.F32),
-                    "upstream gradient")
-                dx, dw, db, dins = _grad_buffers(spec, ctx, a, fctx.need, fctx.in_req)
-                _check(ctx, L.lib.mel_backward(ctx.ptr, spec.transform.ptr, a),
-                       spec.transform.name)
-                _record_stats(ctx)
-            finally:
-                L.lib.mel_args_free(a)
-        if dx is not None:
-            dx = dx.view(fctx.hidden_shape)
-        if dw is not None and dw.dtype != fctx.wdtype:
-            dw = dw.to(fctx.wdtype)
-        if db is not None and db.dtype != fctx.wdtype:
-            db = db.to(fctx.wdtype)
-        gin = [t.view(spec.lead).to(fctx.in_dtypes[i]) if t is not None else None
-               for i, t in enumerate(dins)]
-        return (None, dx, dw, db, None, None, None, None, None, *gin)
+        nothing = (None, None, None, None, None) + (None,) * fctx.n_fn
+        if fctx.ex is None:
+            return nothing
+        # unpacking runs torch's checks: the version of every saved tensor, and
+        # whether the graph was freed by an earlier backward without retain_graph
+        saved = fctx.saved_tensors
+        hidden, weight, bias = saved[:3]
+        fn_inputs = saved[3:3 + fctx.n_fn]
+        with torch.no_grad():
+            if fctx.fused and fctx.grads is not None:
+                grads = _scale_grads(spec, fctx.grads, gy)
+                fctx.grads = None  # handed out once; a retained graph recomputes
+            else:
+                grads = _run_backward(spec, hidden, weight, bias, fctx.ex, gy, fctx.need,
+                                      fctx.in_req)
+        out = _finish_grads(spec, fctx, grads, (gy, hidden, weight, bias, *fn_inputs))
+        return (None, None, *out)
 
 
 def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, inputs=None,
                 teacher=None, params=None, reduction=None, weights=None, chunk_rows=None,
                 workspace_bytes=None, mode=None, return_aux=None, check_finite=False,
-                vocab_parallel=None):
+                vocab_parallel=None, ignore_index=None, label_smoothing=None):
     """y = f(hidden · weightᵀ + bias) reduced, differentiable in hidden, weight and
     bias, without the [..., V] logits.  See doc/python.md."""
     # --- the transform
     params = dict(params or {})
+    for nm, v in (("ignore_index", ignore_index), ("label_smoothing", label_smoothing)):
+        if v is None:
+            continue
+        if nm in params and _param_value(nm, params[nm]) != _param_value(nm, v):
+            raise ValueError("libmel: %s=%r and params[%r]=%r contradict each other; pass "
+                             "one of them" % (nm, v, nm, params[nm]))
+        if isinstance(transform, Transform):
+            if _param_value(nm, v) != transform.params.get(nm, _param_value(nm, v)) or \
+                    nm not in transform.params:
+                raise ValueError("libmel: %s=%r given with a compiled transform %r: parameters "
+                                 "are fixed when a transform is built" % (nm, v, transform.name))
+            continue
+        params[nm] = v
     if callable(getattr(transform, "compiled", None)):  # a define_transform factory
         transform = transform.compiled()
     if isinstance(transform, Transform):
@@ -583,6 +749,14 @@ def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, input
         raise ValueError("libmel: hidden must have shape [..., D], got a 0-d tensor")
     if weight.dim() != 2:
         raise ValueError("libmel: weight must have shape [V, D], got %s" % (tuple(weight.shape),))
+    # --- autocast: what the caller's lm_head (F.linear) would do under torch.autocast:
+    # hidden, weight, bias (and a teacher) in the autocast dtype; logits and the
+    # result stay fp32 in libmel, and the casts' backward returns dW in weight's dtype
+    cast = _autocast_dtype(hidden.device)
+    if cast is not None:
+        hidden, weight, bias = (_autocast(t, cast) for t in (hidden, weight, bias))
+        if teacher is not None and isinstance(teacher, (tuple, list)) and len(teacher) == 2:
+            teacher = tuple(_autocast(t, cast) for t in teacher)
     dt = _float_dtype(hidden, "hidden")
     if weight.dtype != hidden.dtype:
         raise TypeError("libmel: weight has dtype %s, hidden %s: they must be the same"
@@ -592,6 +766,12 @@ def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, input
     if weight.shape[1] != D:
         raise ValueError("libmel: weight has shape %s; hidden's last dimension is D = %d"
                          % (tuple(weight.shape), D))
+    if D == 0:
+        raise ValueError("libmel: hidden has shape %s: D = 0 features (logits that are only "
+                         "the bias) is not supported" % (tuple(hidden.shape),))
+    if V == 0:
+        raise ValueError("libmel: weight has shape %s: a vocabulary of V = 0 classes"
+                         % (tuple(weight.shape),))
     device = hidden.device
     if weight.device != device:
         raise ValueError("libmel: weight is on %s, hidden on %s" % (weight.device, device))
@@ -610,10 +790,6 @@ def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, input
     N = 1
     for s in lead:
         N *= s
-    if weight.stride(1) != 1 and V > 0 and D > 1:
-        weight_c = weight.contiguous()
-    else:
-        weight_c = weight
     if bias is not None:
         if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (V,):
             raise ValueError("libmel: bias must be a tensor of shape [V] = [%d], got %s" % (
@@ -679,16 +855,19 @@ def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, input
                                  tuple(th.shape), tuple(tw.shape), tuple(hidden.shape),
                                  tuple(weight.shape), lead, V))
         Dt = th.shape[-1]
-        th2, tld = _rows(th.detach(), Dt, "teacher hidden")
-        tw = tw.detach()
-        if tw.stride(1) != 1 and V > 0 and Dt > 1:
-            tw = tw.contiguous()
+        if Dt == 0:
+            raise ValueError("libmel: the teacher's hidden has shape %s: D_t = 0 features is "
+                             "not supported" % (tuple(th.shape),))
+        teacher_raw = (th, tw)
+        th2, tld = (_rows(th.detach(), Dt, "teacher hidden") if N > 0 else (None, Dt))
+        tw = _weight_rows(tw.detach(), V, Dt)
     else:
         if teacher is not None:
             raise ValueError("libmel: teacher= is given but transform '%s' does not read head "
                              "1" % tr.name)
         th2 = tw = None
         tld = Dt = 0
+        teacher_raw = ()
 
     # --- per-row inputs
     idx_names = tr.index_inputs
@@ -726,6 +905,11 @@ def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, input
     if grpo_weights:
         if "mask" not in inputs:
             raise ValueError("libmel: grpo's loss type needs inputs['mask']")
+        if N == 0:
+            raise ValueError("libmel: grpo's loss type normalisation of an empty batch (hidden "
+                             "%s): TRL's loss types differ there (0 or nan); pass reduction= "
+                             "and params['seq_len'] for an explicit empty result"
+                             % (tuple(hidden.shape),))
         B, T = lead
         lt = int(tr.params.get("loss_type", 3))
         # the effective mask, as the transform uses it for counts and sequence means:
@@ -768,6 +952,12 @@ def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, input
         hidden.requires_grad or weight.requires_grad or
         (bias is not None and bias.requires_grad) or
         any(t.requires_grad for t in in_raw if t.is_floating_point()))
+    # per-row inputs that may carry a gradient go to the Function as themselves
+    fn_inputs = [raw if (diff and raw.is_floating_point()) else None
+                 for (_s, _ix, diff), raw in zip([i for i in tr.inputs if not i[1]], in_raw)]
+    if N == 0:
+        return _empty_result(red, lead, dt, device, aux, grads_wanted,
+                             (hidden, weight, bias, *fn_inputs))
     spec = _Spec()
     spec.transform = tr
     spec.reduction = red
@@ -790,14 +980,43 @@ def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, input
     spec.check_finite = bool(check_finite)
     spec.vp = vocab_parallel
 
-    # per-row inputs that may carry a gradient go to the Function as themselves
-    fn_inputs = [raw if (diff and raw.is_floating_point()) else None
-                 for (_s, _ix, diff), raw in zip([i for i in tr.inputs if not i[1]], in_raw)]
-    out = _LinearLoss.apply(spec, hidden, weight_c, bias, th2, tld, tw, lab, in_conv,
-                            *fn_inputs)
+    ex = _Extra(th2, tld, tw, lab, in_conv,
+                watch=(*teacher_raw, labels, weights,
+                       *[t for t, f in zip(in_raw, fn_inputs) if f is None]))
+    out = _LinearLoss.apply(spec, ex, hidden, weight, bias, *fn_inputs)
     if aux:
         return out[0], dict(zip(aux, out[1:]))
     return out[0]
+
+
+class _Empty(torch.autograd.Function):
+    """The result of an empty batch (N = 0), as PyTorch's: the gradients are zeros."""
+
+    @staticmethod
+    def forward(fctx, value, *deps):
+        fctx.save_for_backward(*deps)
+        return value
+
+    @staticmethod
+    def backward(fctx, g):
+        deps = fctx.saved_tensors
+        return (None, *[torch.zeros_like(d) if d is not None and d.requires_grad else None
+                        for d in deps])
+
+
+def _empty_result(red, lead, dt, device, aux, grads_wanted, deps):
+    """PyTorch's results for N = 0: mean nan (0/0), sum 0, none an empty tensor."""
+    ydt = torch.float64 if dt == L.F64 else torch.float32
+    if red == L.REDUCE_NONE:
+        y = torch.empty(lead, dtype=ydt, device=device)
+    else:
+        y = torch.full((), float("nan") if red == L.REDUCE_MEAN else 0.0, dtype=ydt,
+                       device=device)
+    if grads_wanted:
+        y = _Empty.apply(y, *deps)
+    if aux:
+        return y, {nm: torch.empty(lead, dtype=ydt, device=device) for nm in aux}
+    return y
 
 
 def gradcheck(transform, hidden, weight, labels=None, *, inputs=None, teacher=None,
