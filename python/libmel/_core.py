@@ -7,8 +7,8 @@ import torch
 
 from . import _lib as L
 
-__all__ = ["MelError", "Transform", "builtin", "builtins", "linear_loss", "last_stats",
-           "gradcheck"]
+__all__ = ["MelError", "Transform", "builtin", "builtins", "linear_loss", "linear_cross_entropy",
+           "last_stats", "gradcheck"]
 
 
 # ------------------------------------------------------------------ errors
@@ -1067,3 +1067,80 @@ def gradcheck(transform, hidden, weight, labels=None, *, inputs=None, teacher=No
         L.lib.mel_args_free(a)
     return {"checked": rep.checked, "failed": rep.failed, "max_abs_err": rep.max_abs_err,
             "max_rel_err": rep.max_rel_err, "worst": rep.worst.decode()}
+
+
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
+                         reduction="mean", ignore_index=None, label_smoothing=0.0, options=None):
+    """PyTorch's torch.nn.functional.linear_cross_entropy (2.13+) with its signature and
+    meaning, through libmel: cross_entropy(linear(input, linear_weight, linear_bias),
+    target, weight=, reduction=, ignore_index=, label_smoothing=).  input [N, D] (or
+    unbatched [D]), target class indices [N].  See doc/python.md."""
+    if options is not None:
+        raise ValueError("libmel: linear_cross_entropy: options=%r: libmel chunks by its own "
+                         "byte budget (linear_loss's chunk_rows= / workspace_bytes=); pass "
+                         "options=None" % (options,))
+    for nm, t in (("input", input), ("linear_weight", linear_weight), ("target", target)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError("libmel: linear_cross_entropy: %s must be a tensor, got %s"
+                            % (nm, type(t).__name__))
+    if linear_weight.dim() != 2:
+        raise ValueError("libmel: linear_cross_entropy: linear_weight has shape %s; libmel "
+                         "takes [C, D] (no K-dimensional out_features)"
+                         % (tuple(linear_weight.shape),))
+    if input.dim() > 2:
+        raise ValueError(
+            "libmel: linear_cross_entropy: input has shape %s; PyTorch's function reads dim 1 "
+            "of the logits as the classes (cross_entropy's convention), which for [B, T, D] "
+            "input is T, not the vocabulary: flatten to input [B*T, D] and target [B*T], or "
+            "call libmel.linear_loss, which takes any leading shape" % (tuple(input.shape),))
+    if target.is_floating_point():
+        raise NotImplementedError("libmel: linear_cross_entropy: target is %s: class "
+                                  "probabilities are not supported, only class indices"
+                                  % target.dtype)
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError("libmel: linear_cross_entropy: reduction=%r: one of 'none', 'mean', "
+                         "'sum'" % (reduction,))
+    ii = -100 if ignore_index is None else ignore_index
+    unbatched = input.dim() == 1
+    if unbatched:
+        if target.dim() != 0:
+            raise ValueError("libmel: linear_cross_entropy: unbatched input [D] needs a 0-d "
+                             "target, got %s" % (tuple(target.shape),))
+        input, target = input[None], target[None]
+    elif target.dim() != 1 or target.shape[0] != input.shape[0]:
+        raise ValueError("libmel: linear_cross_entropy: target has shape %s; input %s wants "
+                         "[%d]" % (tuple(target.shape), tuple(input.shape), input.shape[0]))
+    kw = dict(bias=linear_bias, ignore_index=ii, label_smoothing=label_smoothing)
+    if weight is None:
+        y = linear_loss(input, linear_weight, target, reduction=reduction, **kw)
+        if reduction == "mean":
+            # PyTorch: every target ignored is 0/0 = nan (libmel's mean gives 0)
+            y = torch.where((target != ii).any(), y, torch.full_like(y, float("nan")))
+    else:
+        if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != \
+                (linear_weight.shape[0],):
+            raise ValueError("libmel: linear_cross_entropy: weight= (class weights) must be a "
+                             "tensor of shape [C] = [%d], got %s" % (
+                                 linear_weight.shape[0], tuple(weight.shape)
+                                 if isinstance(weight, torch.Tensor) else type(weight).__name__))
+        if float(label_smoothing) != 0.0:
+            raise NotImplementedError("libmel: linear_cross_entropy: class weights (weight=) "
+                                      "together with label_smoothing=%r are not supported"
+                                      % (label_smoothing,))
+        # -w[target_i] log softmax(z_i)[target_i]: per-row weights w[target_i], 0 when
+        # ignored; the mean divides by their sum (PyTorch's weighted mean)
+        valid = target != ii
+        wrow = torch.where(valid, weight.detach().to(input.device, torch.float64)[
+            torch.where(valid, target, torch.zeros_like(target))],
+            torch.zeros((), dtype=torch.float64, device=input.device))
+        if reduction == "none":
+            y = linear_loss(input, linear_weight, target, reduction="none", **kw)
+            y = y * wrow.to(y.dtype)
+        else:
+            y = linear_loss(input, linear_weight, target, reduction="weighted", weights=wrow,
+                            **kw)
+            if reduction == "mean":
+                y = y / wrow.sum().to(y.dtype)
+    if unbatched and reduction == "none":
+        y = y[0]
+    return y
