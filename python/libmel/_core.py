@@ -1,7 +1,9 @@
 """Contexts, transforms and the autograd Function behind libmel.linear_loss."""
+import contextlib
 import ctypes
 import re
 import threading
+import weakref
 
 import torch
 
@@ -148,6 +150,10 @@ def last_stats():
 
 # ------------------------------------------------------------------ transforms
 
+_TRANSFORMS = weakref.WeakValueDictionary()
+_VPS = {}
+
+
 class Transform:
     """A compiled libmel transform (immutable; shareable across threads).
 
@@ -167,14 +173,15 @@ class Transform:
             self.inputs.append((nm, bool(ix.value), bool(df.value)))
         self.aux = [L.lib.mel_transform_aux(t, i).decode()
                     for i in range(L.lib.mel_transform_num_aux(t))]
+        self.param_items = tuple(sorted(self.params.items()))
+        # the name the custom operators know it by (doc/python.md, torch.compile)
+        with _builtin_lock:
+            self.key = "T%d" % len(_TRANSFORMS)
+            _TRANSFORMS[self.key] = self
+        # plain attributes (not properties): torch.compile reads them as constants
+        self.index_inputs = [n for n, ix, _ in self.inputs if ix]
+        self.scalar_inputs = [n for n, ix, _ in self.inputs if not ix]
 
-    @property
-    def index_inputs(self):
-        return [n for n, ix, _ in self.inputs if ix]
-
-    @property
-    def scalar_inputs(self):
-        return [n for n, ix, _ in self.inputs if not ix]
 
     def dump(self):
         """The forward and adjoint programs as text."""
@@ -263,6 +270,36 @@ def builtin(name, **params):
     with _builtin_lock:
         _builtin_cache[key] = t
     return t
+
+
+def _const(fn):
+    """torch.compile runs fn when it traces a call and keeps the result as a constant
+    (no graph break at the builtin cache's lock or the ctypes calls); plain fn on torch
+    without torch.compiler."""
+    comp = getattr(torch, "compiler", None)
+    deco = getattr(comp, "assume_constant_result", None) if comp is not None else None
+    return deco(fn) if deco is not None else fn
+
+
+@_const
+def _builtin_const(name, items):
+    return builtin(name, **dict(items))
+
+
+def _grpo_weights_impl(mask, lt, B, T, max_len, n_items):
+    """mel_grpo_weights: the per-token weights of a grpo loss type (float64, mask's device)."""
+    m = mask.to("cpu", torch.float64).contiguous()
+    w64 = torch.empty((B * T,), dtype=torch.float64)
+    ctx = _cpu_ctx()
+    _check(ctx, L.lib.mel_grpo_weights(ctx.ptr, lt, B, T, m.data_ptr(), max_len, n_items, 1,
+                                       w64.data_ptr()), "loss_type")
+    return w64.to(mask.device)
+
+
+def _grpo_weights(mask, lt, B, T, max_len, n_items):
+    if _OPS is not None and _compiling():
+        return _OPS.grpo_weights(mask, lt, B, T, max_len, n_items)
+    return _grpo_weights_impl(mask, lt, B, T, max_len, n_items)
 
 
 # ------------------------------------------------------------------ tensors
@@ -412,7 +449,7 @@ class VocabParallel:
     (mpi4py.MPI.Comm), or the integer address of an MPI_Comm.  CPU tensors only; needs a
     libmel built with MPI (configure --with-mpi)."""
 
-    __slots__ = ("comm", "addr", "v_offset", "v_total", "partial_dx")
+    __slots__ = ("comm", "addr", "v_offset", "v_total", "partial_dx", "key")
 
     def __init__(self, comm, v_offset, v_total, partial_dx=False):
         if hasattr(comm, "Get_rank") and hasattr(comm, "Get_size"):
@@ -434,6 +471,9 @@ class VocabParallel:
         self.v_offset = v_offset
         self.v_total = v_total
         self.partial_dx = bool(partial_dx)
+        with _builtin_lock:
+            self.key = "VP%d" % len(_VPS)
+            _VPS[self.key] = self
 
     def _key(self):
         return (self.addr, self.v_offset, self.v_total, self.partial_dx)
@@ -707,6 +747,325 @@ class _LinearLoss(torch.autograd.Function):
         return (None, None, *out)
 
 
+# ------------------------------------------------------------------ custom operators
+
+def _compiling():
+    """True while torch.compile traces: there the call goes through the custom
+    operators below (torch >= 2.4), not through _LinearLoss."""
+    comp = getattr(torch, "compiler", None)
+    f = getattr(comp, "is_compiling", None) if comp is not None else None
+    return bool(f is not None and f())
+
+
+class _OpConfig:
+    """What a custom-operator call fixes besides its tensors, registered under a
+    string key (the operator's schema takes the key; equal configurations share it,
+    so a compiled graph does not recompile for a new call)."""
+
+    def __init__(self, tr, red, chunk_rows, workspace_bytes, aux, check_finite, vp, mode):
+        self.tr, self.red, self.chunk_rows = tr, red, chunk_rows
+        self.workspace_bytes, self.aux, self.check_finite = workspace_bytes, list(aux), check_finite
+        self.vp, self.mode = vp, mode
+
+
+_OP_CONFIGS = {}
+
+
+def _tparam(tr, name, default):
+    """tr.params.get(name, default), in a form torch.compile traces without a guard."""
+    for k, v in tr.param_items:
+        if k == name:
+            return v
+    return default
+
+
+def _op_key(tr, red, chunk_rows, workspace_bytes, aux, check_finite, vp, mode):
+    """The configuration as the operators' string argument (built from constants where
+    torch.compile traces it: equal calls give equal strings, and no recompilation)."""
+    return "|".join([tr.key, str(red), str(chunk_rows or 0), str(workspace_bytes or 0),
+                     ",".join(aux), "1" if check_finite else "0",
+                     vp.key if vp is not None else "", mode])
+
+
+def _op_config(key):
+    cfg = _OP_CONFIGS.get(key)
+    if cfg is None:
+        tk, red, cr, wb, aux, cf, vpk, mode = key.split("|")
+        cfg = _OpConfig(_TRANSFORMS[tk], int(red), int(cr) or None, int(wb) or None,
+                        [a for a in aux.split(",") if a], cf == "1",
+                        _VPS[vpk] if vpk else None, mode)
+        with _builtin_lock:
+            _OP_CONFIGS[key] = cfg
+    return cfg
+
+
+def _op_prepare(key, hidden, weight, teacher_h, teacher_w, labels, inputs, weights):
+    cfg = _op_config(key)
+    tr = cfg.tr
+    spec = _Spec()
+    spec.transform, spec.reduction, spec.weights = tr, cfg.red, weights
+    spec.chunk_rows, spec.workspace_bytes = cfg.chunk_rows, cfg.workspace_bytes
+    spec.mode, spec.aux, spec.check_finite, spec.vp = cfg.mode, cfg.aux, cfg.check_finite, cfg.vp
+    spec.lead = tuple(hidden.shape[:-1])
+    N = 1
+    for v in spec.lead:
+        N *= v
+    spec.N, spec.D, spec.V = N, hidden.shape[-1], weight.shape[0]
+    spec.Dt = teacher_h.shape[-1] if teacher_h is not None else 0
+    spec.dtype, spec.device = _DT[hidden.dtype], hidden.device
+    spec.input_names = tr.scalar_inputs
+    spec.index_name = tr.index_inputs[0] if tr.index_inputs else None
+    th2, tld, tw = None, 0, None
+    if teacher_h is not None:
+        th2, tld = _rows(teacher_h, spec.Dt, "teacher hidden")
+        tw = _weight_rows(teacher_w, spec.V, spec.Dt)
+    lab = _per_row(labels, N, spec.lead, "labels", spec.device, index=True) \
+        if labels is not None else None
+    conv = [_per_row(t, N, spec.lead, "inputs[%r]" % s, spec.device)
+            for s, t in zip(spec.input_names, inputs)]
+    return spec, _Extra(th2, tld, tw, lab, conv)
+
+
+def _op_grads(spec, hidden_shape, grads):
+    dx, dw, db, dins = grads
+    out = []
+    if dx is not None:
+        out.append(dx.view(hidden_shape))
+    out += [t for t in (dw, db) if t is not None]
+    out += [t.view(spec.lead) for t in dins if t is not None]
+    return out
+
+
+def _fake_grads(key, hidden, weight, need):
+    gdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    lead = hidden.shape[:-1]
+    out = []
+    if need[0]:
+        out.append(hidden.new_empty(hidden.shape))
+    if need[1]:
+        out.append(weight.new_empty(weight.shape, dtype=gdt))
+    if len(need) > 2 and need[2]:
+        out.append(weight.new_empty((weight.shape[0],), dtype=gdt))
+    out += [hidden.new_empty(lead, dtype=gdt) for r in need[3:] if r]
+    return out
+
+
+def _refuse_double(ctx, *grads):
+    raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+def _no_setup(ctx, inputs, output):
+    pass
+
+
+def _make_ops():
+    """libmel::linear_loss (forward; fused: with the gradients for dL/dy = 1),
+    libmel::linear_loss_backward (recompute), libmel::scale_grads (fused backward) and
+    libmel::grpo_weights, with fake implementations and autograd registration, so that
+    torch.compile(fullgraph=True) traces a training step without a graph break.  The
+    backward operators refuse to be differentiated (double backward)."""
+    lib = getattr(torch, "library", None)
+    if lib is None or not hasattr(lib, "custom_op") or not hasattr(lib, "register_autograd"):
+        return None
+    from typing import List, Optional
+    Tensor = torch.Tensor
+    ns = {}
+
+    @lib.custom_op("libmel::linear_loss", mutates_args=())
+    def fwd(key: str, hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
+            teacher_h: Optional[Tensor], teacher_w: Optional[Tensor], labels: Optional[Tensor],
+            inputs: List[Tensor], weights: Optional[Tensor], need: List[bool],
+            fused: bool) -> List[Tensor]:
+        spec, ex = _op_prepare(key, hidden, weight, teacher_h, teacher_w, labels, inputs,
+                               weights)
+        y, aux, grads = _run_forward(spec, hidden, weight, bias, ex, tuple(need[:3]),
+                                     list(need[3:]), fused)
+        out = [y.view(spec.lead) if spec.reduction == L.REDUCE_NONE else y]
+        out += [t.view(spec.lead) for t in aux]
+        if fused:
+            out += _op_grads(spec, hidden.shape, grads)
+        return out
+
+    @fwd.register_fake
+    def _(key, hidden, weight, bias, teacher_h, teacher_w, labels, inputs, weights, need,
+          fused):
+        cfg = _op_config(key)
+        ydt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        lead = hidden.shape[:-1]
+        out = [hidden.new_empty(lead if cfg.red == L.REDUCE_NONE else (), dtype=ydt)]
+        out += [hidden.new_empty(lead, dtype=ydt) for _ in cfg.aux]
+        if fused:
+            out += _fake_grads(key, hidden, weight, need)
+        return out
+
+    @lib.custom_op("libmel::linear_loss_backward", mutates_args=())
+    def bwd(key: str, gy: Tensor, hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
+            teacher_h: Optional[Tensor], teacher_w: Optional[Tensor], labels: Optional[Tensor],
+            inputs: List[Tensor], weights: Optional[Tensor], need: List[bool]) -> List[Tensor]:
+        spec, ex = _op_prepare(key, hidden, weight, teacher_h, teacher_w, labels, inputs,
+                               weights)
+        grads = _run_backward(spec, hidden, weight, bias, ex, gy, tuple(need[:3]),
+                              list(need[3:]))
+        return _op_grads(spec, hidden.shape, grads)
+
+    @bwd.register_fake
+    def _(key, gy, hidden, weight, bias, teacher_h, teacher_w, labels, inputs, weights, need):
+        return _fake_grads(key, hidden, weight, need)
+
+    @lib.custom_op("libmel::scale_grads", mutates_args=())
+    def scale(grads: List[Tensor], gy: Tensor) -> List[Tensor]:
+        g = gy.reshape(())
+        return [t * g.to(t.dtype) for t in grads]
+
+    @scale.register_fake
+    def _(grads, gy):
+        return [torch.empty_like(t) for t in grads]
+
+    @lib.custom_op("libmel::grpo_weights", mutates_args=())
+    def grpo_weights(mask: Tensor, loss_type: int, B: int, T: int, max_len: int,
+                     n_items: float) -> Tensor:
+        return _grpo_weights_impl(mask, loss_type, B, T, max_len, n_items)
+
+    @grpo_weights.register_fake
+    def _(mask, loss_type, B, T, max_len, n_items):
+        return mask.new_empty((B * T,), dtype=torch.float64)
+
+    def setup(ctx, inputs, output):
+        key, hidden, weight, bias, th, tw, labels, ins, weights, need, fused = inputs
+        cfg = _op_config(key)
+        ctx.key, ctx.need, ctx.fused = key, list(need), fused
+        ctx.n_in = len(ins)
+        ctx.wdtype = weight.dtype
+        ctx.in_dtypes = [t.dtype for t in ins]
+        kept = list(output[1 + len(cfg.aux):]) if fused else []
+        ctx.save_for_backward(hidden, weight, bias, th, tw, labels, weights, *ins, *kept)
+
+    def backward(ctx, grads):
+        gy = grads[0]  # a List[Tensor] output: one list of gradients
+        saved = ctx.saved_tensors
+        hidden, weight, bias, th, tw, labels, weights = saved[:7]
+        ins = list(saved[7:7 + ctx.n_in])
+        kept = list(saved[7 + ctx.n_in:])
+        need = ctx.need
+        if ctx.fused:
+            res = scale(kept, gy)
+        elif any(need):
+            res = bwd(ctx.key, gy, hidden, weight, bias, th, tw, labels, ins, weights, need)
+        else:
+            res = []
+        it = iter(res)
+        dx = next(it) if need[0] else None
+        dw = next(it).to(ctx.wdtype) if need[1] else None
+        db = next(it).to(ctx.wdtype) if need[2] else None
+        dins = [next(it).to(ctx.in_dtypes[i]) if need[3 + i] else None
+                for i in range(ctx.n_in)]
+        return None, dx, dw, db, None, None, None, dins, None, None, None
+
+    lib.register_autograd("libmel::linear_loss", backward, setup_context=setup)
+    lib.register_autograd("libmel::linear_loss_backward", _refuse_double,
+                          setup_context=_no_setup)
+    lib.register_autograd("libmel::scale_grads", _refuse_double, setup_context=_no_setup)
+    ns.update(linear_loss=fwd, linear_loss_backward=bwd, scale_grads=scale,
+              grpo_weights=grpo_weights)
+    return type("_Ops", (), {k: staticmethod(v) for k, v in ns.items()})
+
+
+_OPS = _make_ops()
+
+
+def _functorch_active():
+    fa = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(fa is not None and fa())
+
+
+class _LinearLossFn(torch.autograd.Function):
+    """linear_loss under torch.func transforms (torch.func.grad, ...), which need an
+    autograd.Function with setup_context (torch >= 2.0).  apply(key, need, hidden,
+    weight, bias, teacher_h, teacher_w, labels, weights, *inputs), as the custom
+    operator (every tensor an input, so that the transforms unwrap it).  Always
+    recompute (the transforms hand backward a gradient for every output, so gradients
+    kept as outputs could not tell a first from a second derivative); differentiating
+    the gradient (grad of grad) finds backward's tensors wrapped by the outer
+    transform, and is refused."""
+
+    @staticmethod
+    def forward(key, need, hidden, weight, bias, th, tw, labels, weights, *ins):
+        spec, ex = _op_prepare(key, hidden, weight, th, tw, labels, ins, weights)
+        y, aux, _ = _run_forward(spec, hidden, weight, bias, ex, tuple(need[:3]),
+                                 list(need[3:]), False)
+        out = [y.view(spec.lead) if spec.reduction == L.REDUCE_NONE else y]
+        out += [t.view(spec.lead) for t in aux]
+        return tuple(out)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        key, need = inputs[:2]
+        ctx.key, ctx.need = key, list(need)
+        ins = inputs[9:]
+        ctx.n_in = len(ins)
+        ctx.wdtype = inputs[3].dtype
+        ctx.in_dtypes = [t.dtype for t in ins]
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(*inputs[2:])
+
+    @staticmethod
+    def backward(ctx, gy, *rest):
+        saved = ctx.saved_tensors
+        hidden, weight, bias, th, tw, labels, weights = saved[:7]
+        ins = list(saved[7:7 + ctx.n_in])
+        need = ctx.need
+        ft = getattr(torch._C, "_functorch", None)
+        if ft is not None and hasattr(ft, "is_gradtrackingtensor"):
+            # one level of the transform's wrapping is this derivative's own; a tensor
+            # still wrapped below it means the gradient is being differentiated
+            def unwrap(t):
+                if t is not None and ft.is_gradtrackingtensor(t):
+                    t = ft.get_unwrapped(t)
+                    if ft.is_gradtrackingtensor(t):
+                        raise RuntimeError(_DOUBLE_BACKWARD)
+                return t
+            hidden, weight, bias, th, tw, labels, weights, gy = (
+                unwrap(t) for t in (hidden, weight, bias, th, tw, labels, weights, gy))
+            ins = [unwrap(t) for t in ins]
+        off = getattr(torch._C, "_DisableFuncTorch", None)
+        with (off() if off is not None else contextlib.nullcontext()):
+            # the C call's tensors stay plain (no transform wraps their temporaries)
+            spec, ex = _op_prepare(ctx.key, hidden, weight, th, tw, labels, ins, weights)
+            res = _op_grads(spec, hidden.shape, _run_backward(
+                spec, hidden, weight, bias, ex, gy, tuple(need[:3]), list(need[3:])))
+        it = iter(res)
+        dx = next(it) if need[0] else None
+        dw = next(it).to(ctx.wdtype) if need[1] else None
+        db = next(it).to(ctx.wdtype) if need[2] else None
+        dins = [next(it).to(ctx.in_dtypes[i]) if need[3 + i] else None
+                for i in range(ctx.n_in)]
+        return (None, None, dx, dw, db, None, None, None, None, *dins)
+
+
+def _need(mode, hidden, weight, bias, fn_inputs):
+    """Which gradients are computed: hidden, weight, bias, then each per-row input."""
+    on = mode != "forward"
+    need = [on and hidden.requires_grad, on and weight.requires_grad,
+            on and bias is not None and bias.requires_grad]
+    return need + [on and f is not None and f.requires_grad for f in fn_inputs]
+
+
+def _op_call(tr, red, wts, chunk_rows, workspace_bytes, aux, check_finite, vp, mode, hidden,
+             weight, bias, teacher_raw, labels, in_raw, fn_inputs):
+    """linear_loss through libmel::linear_loss (under torch.compile or torch.func)."""
+    key = _op_key(tr, red, chunk_rows, workspace_bytes, tuple(aux), bool(check_finite), vp,
+                  mode)
+    need = _need(mode, hidden, weight, bias, fn_inputs)
+    fused = mode == "fused" and any(need)
+    th, tw = (teacher_raw[0].detach(), teacher_raw[1].detach()) if teacher_raw else (None, None)
+    out = _OPS.linear_loss(key, hidden, weight, bias, th, tw, labels, list(in_raw), wts, need,
+                           fused)
+    y = out[0]
+    if aux:
+        return y, dict(zip(aux, [t.detach() for t in out[1:1 + len(aux)]]))
+    return y
+
+
 def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, inputs=None,
                 teacher=None, params=None, reduction=None, weights=None, chunk_rows=None,
                 workspace_bytes=None, mode=None, return_aux=None, check_finite=False,
@@ -823,7 +1182,7 @@ def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, input
     if reduction is None:
         reduction = "mean"
     if tr is None:
-        tr = builtin(transform, **params)
+        tr = _builtin_const(transform, tuple(sorted(params.items())))
     red = _reduction_code(reduction)
     if grpo_weights:
         red = L.REDUCE_WEIGHTED
@@ -911,20 +1270,16 @@ def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, input
                              "and params['seq_len'] for an explicit empty result"
                              % (tuple(hidden.shape),))
         B, T = lead
-        lt = int(tr.params.get("loss_type", 3))
+        lt = int(_tparam(tr, "loss_type", 3))
         # the effective mask, as the transform uses it for counts and sequence means:
         # a token whose label is ignore_index counts nowhere
         mask = in_conv[scalar_names.index("mask")][0].to(torch.float64)
         if lab is not None:
-            ign = int(tr.params.get("ignore_index", -100))
+            ign = int(_tparam(tr, "ignore_index", -100))
             mask = torch.where(lab[0] != ign, mask, torch.zeros_like(mask))
-        mask = mask.cpu().contiguous()
-        w64 = torch.empty((N,), dtype=torch.float64)
-        ctx = _cpu_ctx()
-        _check(ctx, L.lib.mel_grpo_weights(
-            ctx.ptr, lt, B, T, mask.data_ptr(), int(tr.params.get("max_completion_length", 512)),
-            float(tr.params.get("num_items_in_batch", 0)), 1, w64.data_ptr()), "loss_type")
-        wts = w64.to(device)
+        wts = _grpo_weights(mask.detach(), lt, B, T,
+                            int(_tparam(tr, "max_completion_length", 512)),
+                            float(_tparam(tr, "num_items_in_batch", 0)))
     elif red == L.REDUCE_WEIGHTED:
         wts, _ = _per_row(weights, N, lead, "weights", device)
         wts = wts.to(torch.float64).contiguous()
@@ -958,18 +1313,21 @@ def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, input
     if N == 0:
         return _empty_result(red, lead, dt, device, aux, grads_wanted,
                              (hidden, weight, bias, *fn_inputs))
+    if not grads_wanted:
+        mode = "forward"
+    elif mode is None:
+        mode = "recompute" if red == L.REDUCE_NONE else "fused"
+    if _OPS is not None and _compiling():
+        return _op_call(tr, red, wts, chunk_rows, workspace_bytes, aux, check_finite,
+                        vocab_parallel, mode, hidden, weight, bias, teacher_raw, labels, in_raw,
+                        fn_inputs)
     spec = _Spec()
     spec.transform = tr
     spec.reduction = red
     spec.weights = wts
     spec.chunk_rows = chunk_rows
     spec.workspace_bytes = workspace_bytes
-    if not grads_wanted:
-        spec.mode = "forward"
-    elif mode is not None:
-        spec.mode = mode
-    else:
-        spec.mode = "recompute" if red == L.REDUCE_NONE else "fused"
+    spec.mode = mode
     spec.aux = aux
     spec.lead = lead
     spec.N, spec.D, spec.V, spec.Dt = N, D, V, Dt
@@ -983,7 +1341,18 @@ def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, input
     ex = _Extra(th2, tld, tw, lab, in_conv,
                 watch=(*teacher_raw, labels, weights,
                        *[t for t, f in zip(in_raw, fn_inputs) if f is None]))
-    out = _LinearLoss.apply(spec, ex, hidden, weight, bias, *fn_inputs)
+    if _functorch_active() and hasattr(torch.autograd.Function, "setup_context"):
+        if mode == "fused":
+            mode = "recompute"
+        key = _op_key(tr, red, chunk_rows, workspace_bytes, tuple(aux), bool(check_finite),
+                      vocab_parallel, mode)
+        need = _need(mode, hidden, weight, bias, fn_inputs)
+        th, tw = (teacher_raw[0].detach(), teacher_raw[1].detach()) if teacher_raw \
+            else (None, None)
+        out = _LinearLossFn.apply(key, need, hidden, weight, bias, th, tw, labels, wts,
+                                  *in_raw)[:1 + len(aux)]
+    else:
+        out = _LinearLoss.apply(spec, ex, hidden, weight, bias, *fn_inputs)
     if aux:
         return out[0], dict(zip(aux, out[1:]))
     return out[0]
