@@ -91,6 +91,8 @@ def main(t):
         return libmel.linear_loss(torch.tanh(body(x)), head.weight, yy)
 
     cstep = torch.compile(step, fullgraph=True)
+    counters = torch._dynamo.utils.counters
+    counters.clear()
     got = grads(lambda: cstep(x, yy), params)
     want = grads(lambda: F.cross_entropy(head(torch.tanh(body(x))).reshape(-1, V),
                                          yy.reshape(-1)), params)
@@ -101,6 +103,8 @@ def main(t):
     want = grads(lambda: F.cross_entropy(head(torch.tanh(body(x2))).reshape(-1, V),
                                          yy.reshape(-1)), params)
     close_all(t, got, want, 1e-12, "compiled training step, new data")
+    t.ok(counters["stats"]["unique_graphs"] == 1, "the second step reuses the compiled graph "
+         "(no recompilation)", "graphs compiled: %s" % counters["stats"]["unique_graphs"])
 
     # grpo: bool mask, per-sequence normalisation from the custom grpo_weights operator, aux
     torch._dynamo.reset()
