@@ -286,6 +286,12 @@ def _builtin_const(name, items):
     return builtin(name, **dict(items))
 
 
+@_const
+def _compiled_const(factory):
+    """A define_transform factory's transform with its default parameters."""
+    return factory.compiled()
+
+
 def _grpo_weights_impl(mask, lt, B, T, max_len, n_items):
     """mel_grpo_weights: the per-token weights of a grpo loss type (float64, mask's device)."""
     m = mask.to("cpu", torch.float64).contiguous()
@@ -1087,8 +1093,9 @@ def linear_loss(hidden, weight, labels=None, *, transform="ce", bias=None, input
                                  "are fixed when a transform is built" % (nm, v, transform.name))
             continue
         params[nm] = v
-    if callable(getattr(transform, "compiled", None)):  # a define_transform factory
-        transform = transform.compiled()
+    if not isinstance(transform, (Transform, str)) and \
+            callable(getattr(transform, "compiled", None)):  # a define_transform factory
+        transform = _compiled_const(transform)
     if isinstance(transform, Transform):
         if params:
             raise ValueError("libmel: params=%r given with a compiled transform %r: parameters "

@@ -147,6 +147,35 @@ def main(t):
     close_all(t, grads(lambda: ck(h, w), (h, w)), grads(lambda: kl_ref(h, w), (h, w)), 1e-12,
               "compiled kl: dh, dw")
 
+    # a transform written in Python (define_transform): its defaults and a parameter set
+    @libmel.define_transform
+    def focal(g, gamma=2.0):
+        z = g.logits()
+        lab = g.index("labels")
+        logp = z.gather(lab) - z.logsumexp()
+        g.count(g.valid(lab))
+        return g.where(g.valid(lab), -((1 - logp.exp()) ** gamma) * logp, 0.0)
+
+    def focal_ref(h, w, gamma):
+        logp = torch.log_softmax(F.linear(h, w), -1)
+        valid = y != -100
+        lp = logp.gather(1, torch.where(valid, y, 0)[:, None])[:, 0]
+        return (-((1 - lp.exp()) ** gamma) * lp)[valid].mean()
+
+    for tr, gamma in ((focal, 2.0), (None, 3.0)):
+        torch._dynamo.reset()
+
+        def fl(h, w):
+            return libmel.linear_loss(h, w, y, transform=tr if tr is not None
+                                      else focal(gamma=gamma))
+
+        cf = torch.compile(fl, fullgraph=True)
+        t.close(cf(h, w), focal_ref(h, w, gamma), 1e-12, "compiled define_transform (gamma "
+                "%g%s): loss" % (gamma, ", the factory's defaults" if tr else ""))
+        close_all(t, grads(lambda: cf(h, w), (h, w)),
+                  grads(lambda: focal_ref(h, w, gamma), (h, w)), 1e-12,
+                  "compiled define_transform (gamma %g): dh, dw" % gamma)
+
     # autocast inside the compiled function
     torch._dynamo.reset()
     hf, wf = leaf(N, D, dtype=torch.float32), leaf(V, D, dtype=torch.float32)
