@@ -1,6 +1,7 @@
 """Contexts, transforms and the autograd Function behind libmel.linear_loss."""
 import contextlib
 import ctypes
+import itertools
 import re
 import threading
 import weakref
@@ -151,6 +152,7 @@ def last_stats():
 # ------------------------------------------------------------------ transforms
 
 _TRANSFORMS = weakref.WeakValueDictionary()
+_KEY_COUNTER = itertools.count()
 _VPS = {}
 
 
@@ -176,7 +178,7 @@ class Transform:
         self.param_items = tuple(sorted(self.params.items()))
         # the name the custom operators know it by (doc/python.md, torch.compile)
         with _builtin_lock:
-            self.key = "T%d" % len(_TRANSFORMS)
+            self.key = "T%d" % next(_KEY_COUNTER)  # never reused, unlike len()
             _TRANSFORMS[self.key] = self
         # plain attributes (not properties): torch.compile reads them as constants
         self.index_inputs = [n for n, ix, _ in self.inputs if ix]
@@ -478,7 +480,7 @@ class VocabParallel:
         self.v_total = v_total
         self.partial_dx = bool(partial_dx)
         with _builtin_lock:
-            self.key = "VP%d" % len(_VPS)
+            self.key = "VP%d" % next(_KEY_COUNTER)
             _VPS[self.key] = self
 
     def _key(self):
