@@ -46,7 +46,7 @@ _HEAD_WORDS = {("x", 0): "hidden", ("w", 0): "weight", ("bias", 0): "bias", ("b"
                ("dx", 0): "hidden's gradient", ("dw", 0): "weight's gradient",
                ("db", 0): "bias's gradient"}
 _HEAD_RE = re.compile(r"\b(dx|dw|db|x|w|bias|b) of head (\d+)(: \[(\d+), (\d+)\])?")
-_LABELS_RE = re.compile(r"\blabels\[(\d+)\]")
+_ROW_RE = re.compile(r"\b(\w+)\[(\d+)\] = ")  # labels[i] = ..., advantages[i] = ...
 
 
 def _unravel(i, lead):
@@ -73,9 +73,56 @@ def _caller_words(msg, lead=None):
             return "%s[%s, %d]" % (word, _unravel(r, lead), c)
         return "%s[%d, %d]" % (word, r, c)
 
+    def row(m):
+        if m.group(1) in ("bias", "weight"):
+            return m.group(0)
+        return "%s[%s] = " % (m.group(1), _unravel(int(m.group(2)), lead))
+
     msg = _HEAD_RE.sub(head, msg)
     if lead is not None and len(lead) != 1:
-        msg = _LABELS_RE.sub(lambda m: "labels[%s]" % _unravel(int(m.group(1)), lead), msg)
+        msg = _ROW_RE.sub(row, msg)
+    return msg
+
+
+_LIB_ARG = {"x": "x", "w": "w", "bias": "bias", "grad_x": "dx", "grad_w": "dw",
+            "grad_bias": "db"}
+
+
+def _detail_words(ctx, msg, lead):
+    """The message with the failed argument in the caller's words, the argument and
+    element taken from mel_last_error_detail (errors as data), where the library has
+    it; None where it does not (then _caller_words reads the message)."""
+    detail = getattr(L, "error_detail", None)
+    if detail is None or ctx is None:
+        return None
+    try:
+        _s, kind, head, name, row, col = detail(ctx.ptr)
+    except Exception:  # noqa: BLE001 -- an older library: read the message instead
+        return None
+    multi = lead is not None and len(lead) != 1
+    rows = (lambda r: _unravel(r, lead)) if multi else (lambda r: str(r))
+    if kind in _LIB_ARG and head >= 0:
+        word = _HEAD_WORDS.get((_LIB_ARG[kind], head))
+        if word is None:
+            return msg
+        lib = "%s of head %d" % (_LIB_ARG[kind], head)
+        if row < 0:
+            return msg.replace(lib, word, 1)
+        if col < 0:  # a vector (bias): its element
+            phrase, words = "%s: [%d]" % (lib, row), "%s[%d]" % (word, row)
+        elif kind in ("x", "grad_x"):
+            phrase, words = "%s: [%d, %d]" % (lib, row, col), "%s[%s, %d]" % (word, rows(row), col)
+        else:
+            phrase, words = "%s: [%d, %d]" % (lib, row, col), "%s[%d, %d]" % (word, row, col)
+        if phrase in msg:
+            return msg.replace(phrase, words, 1)
+        return msg.replace(lib, words, 1) if lib in msg else words + ": " + msg
+    if kind in ("index", "input") and name and row >= 0:
+        phrase = "%s[%d]" % (name, row)
+        words = "%s[%s]" % (name, rows(row))  # labels[b, t], mask[b, t]
+        if phrase in msg:
+            return msg.replace(phrase, words, 1)
+        return words + ": " + msg
     return msg
 
 
@@ -84,7 +131,9 @@ def _check(ctx, status, what=""):
         msg = (L.lib.mel_last_error(ctx.ptr) or b"").decode() if ctx is not None else ""
         if not msg:
             msg = (L.lib.mel_status_str(status) or b"").decode()
-        msg = _caller_words(msg, getattr(ctx, "lead", None))
+        lead = getattr(ctx, "lead", None)
+        worded = _detail_words(ctx, msg, lead)
+        msg = worded if worded is not None else _caller_words(msg, lead)
         # the C message may already start with what this call says (no repeated prefix)
         if what and not (msg.startswith(what + ":") or msg.startswith(what + " ")):
             msg = what + ": " + msg

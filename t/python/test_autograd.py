@@ -332,7 +332,13 @@ def main(t):
             ((X, W, lab), dict(check_finite=True, bias=torch.tensor([0, 0, float("nan"), 0, 0])),
              ("bias[2] = nan",), "NaN in bias"),
             ((X, W, torch.tensor([[0, 1, 2], [3, 9, 0]])), {}, ("labels[1, 1] = 9",),
-             "label out of range")):
+             "label out of range"),
+            ((X, W, lab), dict(transform="grpo", check_finite=True, inputs={
+                "mask": torch.ones(2, 3), "advantages": torch.tensor([[0, 1, 2],
+                                                                     [3, float("nan"), 0]])}),
+             ("advantages[1, 1] = nan",), "NaN in a per-row input"),
+            ((X, W, lab), dict(transform="kl", check_finite=True, teacher=(Xn, W)),
+             ("teacher hidden[1, 2, 3] = nan",), "NaN in the teacher's hidden")):
         try:
             libmel.linear_loss(*args, **kw)
             t.ok(False, "message: %s" % desc, "no exception")
