@@ -29,7 +29,7 @@ endif
 # Tests (TAP through t/python/run.sh; they skip without a Python that imports torch,
 # and in sanitizer builds).
 PY_TESTS = t/python/builtins.t t/python/dsl.t t/python/challenge.t t/python/errors.t \
-	t/python/hf.t t/python/trl.t t/python/autograd.t t/python/compile.t
+	t/python/hf.t t/python/trl.t t/python/autograd.t t/python/compile.t t/python/tiles.t
 TESTS += $(PY_TESTS)
 dist_check_SCRIPTS += $(PY_TESTS) t/python/run.sh
 EXTRA_DIST += t/python/tap.py t/python/test_builtins.py t/python/test_dsl.py \

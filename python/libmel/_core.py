@@ -194,7 +194,9 @@ def _cpu_ctx():
 
 def last_stats():
     """Statistics of this thread's last libmel call (a dict: chunk_rows, chunks,
-    peak_workspace_bytes, gemm_flops, seconds, gemm_seconds), or None."""
+    peak_workspace_bytes, gemm_flops, seconds, gemm_seconds; executor "rows" or
+    "tiles" and tile_cols, the vocabulary columns per tile, 0 for whole rows),
+    or None."""
     return getattr(_tls, "stats", None)
 
 
@@ -578,6 +580,9 @@ def _record_stats(ctx):
     s = L.Stats()
     L.lib.mel_get_stats(ctx.ptr, ctypes.byref(s))
     _tls.stats = {f: getattr(s, f) for f, _ in L.Stats._fields_}
+    tiles = L.lib.mel_get_tile_cols(ctx.ptr)
+    _tls.stats["executor"] = "tiles" if tiles > 0 else "rows"
+    _tls.stats["tile_cols"] = tiles
     if getattr(ctx, "vp_key", None) is not None:
         b, sec = ctypes.c_int64(), ctypes.c_double()
         L.lib.mel_get_comm_stats(ctx.ptr, ctypes.byref(b), ctypes.byref(sec))
