@@ -21,9 +21,11 @@
  * workspace of R·Vt logits instead of R·V: square tiles keep the GEMMs
  * compute-bound at a few MiB where whole rows of a large V cannot.
  *
- * Not yet: 16-bit storage (dX would need an f32 accumulator across tiles),
- * vocabulary parallelism (tiles inside a shard), the CUDA backend (it runs
- * the whole-row plans only); eng_tiles_unsupported says which. */
+ * 16-bit storage: dX is summed over the tiles in f32 (the chunk buffer
+ * dxtmp, one [R, D] block per head with dX) and rounded once per chunk, as
+ * the row executor rounds it.  Not yet: vocabulary parallelism (tiles
+ * inside a shard), the CUDA backend (it runs the whole-row plans only);
+ * eng_tiles_unsupported says which. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,11 +35,12 @@
 
 const char *eng_tiles_unsupported(const eng_job *j)
 {
-    if (j->c->st == MEL_BF16 || j->c->st == MEL_F16) return "16-bit storage (bf16/f16)";
     if (j->ctx->vp) return "vocabulary parallelism";
     if (!j->ctx->ops->host_memory) return "a device backend";
     return NULL;
 }
+
+static int is16(mel_dtype t) { return t == MEL_BF16 || t == MEL_F16; }
 
 /* The plan the tiles run: the vocabulary-split plan of the same kind. */
 static const mel_plan *tile_plan(const eng_job *j) { return j->fb ? &j->t->vfb : &j->t->vfwd; }
@@ -55,6 +58,12 @@ static void size_tiles(const eng_job *j, int64_t Vt, call *tc, sizing *sz)
     if (j->A->on && j->A->gather) eng_size_gather(j->t, tc, j->fb, j->a, sz);
     sz->merge_per_row = (int64_t)n_red(p) * MEL_MERGE_STATE * (int64_t)sizeof(double);
     sz->per_row += sz->merge_per_row;
+    /* 16-bit storage: the f32 dX sums of the heads with dX (dxtmp) */
+    tc->dx_tmp_cols = 0;
+    if (j->fb && is16(tc->st))
+        for (int h = 0; h < MEL_MAX_HEADS; h++)
+            if (tc->want_dz[h] && j->a->head[h].dx.data) tc->dx_tmp_cols += tc->D[h];
+    sz->per_row += tc->dx_tmp_cols * (int64_t)tc->es;
 }
 
 /* Rows per chunk for tiles of Vt columns (eng_layout: the budget, a fixed
@@ -269,11 +278,22 @@ static mel_status tiles_run(const eng_job *j, eng_shape *out)
                 }
                 if (!fb) continue;
                 g0 = eng_gemm_begin(ctx);
+                int64_t acc_off = 0; /* 16-bit: this head's f32 dX sum in dxtmp */
                 for (int h = 0; h < MEL_MAX_HEADS && s == MEL_OK; h++) {
                     if (!c->want_dz[h]) continue;
                     const mel_head_args *ha = &a->head[h];
                     const mel_matrix wt = rows_of(&ha->w, v0, vt);
-                    if (ha->dx.data) {
+                    /* FAST16: dZ rounded to the storage dtype (a no-op otherwise) */
+                    if ((s = mel_gemm_round_dz(ctx, w.Z[h], R, c->st, c->D[h], vt, w.conv))) break;
+                    if (ha->dx.data && is16(c->st)) {
+                        float *acc = (float *)w.dxtmp + acc_off * R;
+                        acc_off += c->D[h];
+                        s = mel_gemm_grad_x_acc(ctx, w.Z[h], R, &wt, acc, v0 > 0, w.conv);
+                        /* after the last tile: rounded once into the 16-bit dX */
+                        if (s == MEL_OK && v0 + vt == V)
+                            s = ctx->ops->store16(ctx, dxs[h], gr0, R, acc, (ha->flags & MEL_ACCUMULATE_DX) != 0);
+                        out->flops += 2 * R * vt * c->D[h];
+                    } else if (ha->dx.data) {
                         /* dX over the tiles in column order: the caller's
                          * accumulate flag on the first, then += */
                         const int acc = v0 > 0 || (ha->flags & MEL_ACCUMULATE_DX);

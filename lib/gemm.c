@@ -158,6 +158,22 @@ mel_status mel_gemm_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_ma
     return store_dx16(ctx, dx, r0, R, dxf, accumulate, vp_sum16);
 }
 
+mel_status mel_gemm_grad_x_acc(mel_ctx *ctx, const float *dZ, int64_t R, const mel_matrix *w, float *acc,
+                               int accumulate, void *conv)
+{
+    const mel_backend_ops *o = ctx->ops;
+    const int64_t V = w->rows, D = w->cols, vb = mel_gemm_wblock(o, V, D);
+    float *wf = (float *)conv + 2 * R * D;
+    mel_status s = MEL_OK;
+    for (int64_t v0 = 0; v0 < V && s == MEL_OK; v0 += vb) {
+        const int64_t n = V - v0 < vb ? V - v0 : vb;
+        if ((s = o->widen(ctx, w, v0, n, wf))) break;
+        /* acc (+)= dZ[:, v0:v0+n] · Wf */
+        s = o->gemm(ctx, MEL_F32, 0, 0, R, D, n, 1.0, dZ + v0, V, wf, D, v0 || accumulate ? 1.0 : 0.0, acc, D, 0);
+    }
+    return s;
+}
+
 /* dW[V, D] += dZ[R, V]ᵀ · X[R, D] (compute dtype ct), in blocks of dW rows
  * when the backend asks (dw_block_bytes: the packed dZᵀ of one block). */
 static mel_status grad_w_gemm(mel_ctx *ctx, mel_dtype ct, int64_t R, const void *dZ, int64_t V,

@@ -338,6 +338,11 @@ mel_status mel_gemm_round_dz(mel_ctx *ctx, void *dZ, int64_t R, mel_dtype st, in
  * processes (vocabulary parallelism) before its one rounding */
 mel_status mel_gemm_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *w,
                            const mel_matrix *dx, int64_t r0, int accumulate, void *conv, int vp_sum16);
+/* 16-bit W [V, D]: acc[R, D] (+)= dZ[R, V]·f32(W), accumulated in f32 (W
+ * widened block by block into conv as above); the tiled executor sums dX
+ * over its tiles this way before the one rounding. */
+mel_status mel_gemm_grad_x_acc(mel_ctx *ctx, const float *dZ, int64_t R, const mel_matrix *w, float *acc,
+                               int accumulate, void *conv);
 /* dW[V, D] += dZᵀ·X[r0:r0+R]   (dW in the compute type) */
 mel_status mel_gemm_grad_w(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *x, int64_t r0,
                            const mel_matrix *dw, void *conv);

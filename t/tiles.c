@@ -321,27 +321,71 @@ int main(void)
         mel_transform_free(t);
     }
 
-    /* refusals */
+    /* 16-bit storage: dX summed over the tiles in f32, rounded once; EXACT
+     * and FAST16, against the row executor on the same 16-bit inputs */
     {
-        mel_transform *t = NULL;
-        mel_transform_builtin(ctx, "ce", NULL, &t);
-        uint16_t x16[N * D] = {0}, w16[V * D] = {0};
-        float y;
-        mel_args *a = mel_args_new();
-        mel_args_head(a, 0, mel_mat(x16, MEL_BF16, N, D, 0), mel_mat(w16, MEL_BF16, V, D, 0), NULL);
-        mel_args_index(a, "labels", LAB, MEL_I64, N);
-        mel_args_output(a, &y, MEL_F32);
-        mel_set_tile_cols(ctx, 16);
-        mel_status s = mel_forward(ctx, t, a);
-        ok(s == MEL_ERR_UNSUPPORTED && strstr(mel_last_error(ctx), "tile_cols = 16") &&
-               strstr(mel_last_error(ctx), "16-bit"),
-           "bf16 with tile_cols refused: %s", mel_last_error(ctx));
-        ok(mel_set_tile_cols(ctx, -1) == MEL_ERR_INVALID_ARGUMENT && strstr(mel_last_error(ctx), "-1"),
-           "tile_cols -1 refused: %s", mel_last_error(ctx));
+        enum { n = 29, d = 40, v = 1001 };
+        static uint16_t xb[n * d], wb[v * d], xtb[n * d], wtb[v * d]; /* bf16 draws */
+        static uint16_t x16[n * d], w16[v * d], xt16[n * d], wt16[v * d], dx16[2][n * d];
+        static float dw[2][v * d], y[2][n];
+        int64_t lab[n];
+        for (int i = 0; i < n * d; i++) xb[i] = ref_to16(rng_normal(&rng), MEL_BF16), xtb[i] = ref_to16(rng_normal(&rng), MEL_BF16);
+        for (int i = 0; i < v * d; i++) wb[i] = ref_to16(0.3 * rng_normal(&rng), MEL_BF16), wtb[i] = ref_to16(0.3 * rng_normal(&rng), MEL_BF16);
+        for (int i = 0; i < n; i++) lab[i] = i % 6 == 1 ? IGN : rng_int(&rng, v);
+        for (int dti = 0; dti < 2; dti++)
+            for (int fast = 0; fast < 2; fast++)
+                for (int k = 0; k < 2; k++) {
+                    const mel_dtype dt = dti ? MEL_F16 : MEL_BF16;
+                    const char *name = k ? "kl" : "ce";
+                    /* the bf16 draws in the storage dtype (exact in f16: 8 significant bits, small range) */
+                    for (int i = 0; i < n * d; i++)
+                        x16[i] = ref_to16(ref_from16(xb[i], MEL_BF16), dt), xt16[i] = ref_to16(ref_from16(xtb[i], MEL_BF16), dt);
+                    for (int i = 0; i < v * d; i++)
+                        w16[i] = ref_to16(ref_from16(wb[i], MEL_BF16), dt), wt16[i] = ref_to16(ref_from16(wtb[i], MEL_BF16), dt);
+                    mel_transform *t = NULL;
+                    mel_transform_builtin(ctx, name, NULL, &t);
+                    mel_set_precision(ctx, fast ? MEL_PRECISION_FAST16 : MEL_PRECISION_EXACT);
+                    mel_status s[2];
+                    int64_t cols[2];
+                    for (int run = 0; run < 2; run++) {
+                        mel_args *a = mel_args_new();
+                        mel_args_head(a, 0, mel_mat(x16, dt, n, d, 0), mel_mat(w16, dt, v, d, 0), NULL);
+                        if (k) mel_args_head(a, 1, mel_mat(xt16, dt, n, d, 0), mel_mat(wt16, dt, v, d, 0), NULL);
+                        mel_args_index(a, "labels", lab, MEL_I64, n);
+                        mel_args_reduction(a, MEL_REDUCE_NONE, NULL);
+                        mel_args_output(a, y[run], MEL_F32);
+                        mel_args_grad_head(a, 0, mel_mat(dx16[run], dt, n, d, 0), mel_mat(dw[run], MEL_F32, v, d, 0),
+                                           NULL, MEL_OVERWRITE_DW);
+                        mel_set_tile_cols(ctx, run ? 77 : 0);
+                        mel_set_chunk_rows(ctx, run ? 8 : 0);
+                        s[run] = mel_forward_backward(ctx, t, a);
+                        if (s[run]) diag("%s", mel_last_error(ctx));
+                        cols[run] = mel_get_tile_cols(ctx);
+                        mel_args_free(a);
+                    }
+                    double gx[2][n * d], ey = 0, ew = 0, mw = 0, my = 0;
+                    for (int r = 0; r < 2; r++)
+                        for (int i = 0; i < n * d; i++) gx[r][i] = ref_from16(dx16[r][i], dt);
+                    for (int i = 0; i < n; i++) ey = fmax(ey, fabs(y[1][i] - y[0][i])), my = fmax(my, fabs(y[0][i]));
+                    for (int i = 0; i < v * d; i++) ew = fmax(ew, fabs(dw[1][i] - dw[0][i])), mw = fmax(mw, fabs(dw[0][i]));
+                    const double ex = ref_relerr(gx[1], gx[0], n * d, 1e-300);
+                    const double tx = dt == MEL_BF16 ? 0x1p-8 : 0x1p-11;
+                    /* FAST16 rounds dZ to the storage dtype: dZ equal within f32
+                     * rounding may round to neighbouring 16-bit values, so dW
+                     * agrees to one such rounding (t/precision.t's bound) */
+                    const double tw = fast ? tx : 2e-5;
+                    ok(s[0] == MEL_OK && s[1] == MEL_OK && cols[0] == 0 && cols[1] == 77 && ey / my < 2e-5 &&
+                           ew / mw < tw && ex <= tx,
+                       "%s %s %s: tiles of 77 columns vs whole rows: y %.1e dW %.1e (tol %.1e) dX %.1e (tol %.1e: one "
+                       "rounding)", name, mel_dtype_name(dt), fast ? "FAST16" : "EXACT", ey / my, ew / mw, tw, ex, tx);
+                    mel_transform_free(t);
+                }
+        mel_set_precision(ctx, MEL_PRECISION_EXACT);
         mel_set_tile_cols(ctx, 0);
-        mel_args_free(a);
-        mel_transform_free(t);
+        mel_set_chunk_rows(ctx, 0);
     }
+    ok(mel_set_tile_cols(ctx, -1) == MEL_ERR_INVALID_ARGUMENT && strstr(mel_last_error(ctx), "-1"),
+       "tile_cols -1 refused: %s", mel_last_error(ctx));
     mel_ctx_destroy(ctx);
     return done_testing();
 }
