@@ -190,9 +190,10 @@ MEL_API mel_status mel_set_chunk_rows(mel_ctx *ctx, int64_t chunk_rows);
  *   64 KiB then runs V up to 2^20), with the tile width whose chunks have
  *   the highest GEMM arithmetic intensity; otherwise whole rows.
  * With bf16/f16 storage dX is summed over the tiles in f32 and rounded
- * once, as with whole rows.  Not yet tiled (MEL_ERR_UNSUPPORTED when
- * cols > 0; whole rows when automatic): vocabulary parallelism, the CUDA
- * backend.
+ * once, as with whole rows.  Under vocabulary parallelism the tiles cover
+ * each process's shard (every process must set the same tile_cols).  Not
+ * yet tiled (MEL_ERR_UNSUPPORTED when cols > 0; whole rows when
+ * automatic): the CUDA backend.
  * mel_get_tile_cols: the tile width of the last call or mel_plan_call
  * (0: whole rows, the row executor). */
 MEL_API mel_status mel_set_tile_cols(mel_ctx *ctx, int64_t cols);

@@ -54,9 +54,11 @@ static mel_status pick_executor(const eng_job *j, const mel_executor **ex)
         return MEL_OK;
     }
     mel_clear_error(ctx);
+    /* by global widths under vocabulary parallelism: every process decides alike */
     const int g_rows = j->fb ? 3 : 1;
-    if (s == MEL_OK && eng_gemm_cost(rows.chunk_rows, j->c->V, j->c->es, g_rows) <=
-                           eng_gemm_cost(tiles.chunk_rows, tiles.tile_cols, j->c->es, eng_tile_gemms(j)))
+    const int64_t V = ctx->vp ? mel_vp_total(ctx) : j->c->V;
+    if (s == MEL_OK && eng_gemm_cost(rows.chunk_rows, V, j->c->es, g_rows) <=
+                           eng_gemm_cost(tiles.chunk_rows, tiles.cost_cols, j->c->es, eng_tile_gemms(j)))
         return MEL_OK;
     *ex = &mel_exec_tiles;
     return MEL_OK;
@@ -96,7 +98,7 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
                 c.st != MEL_BF16 && c.st != MEL_F16 && c.D[h] > c.dx_tmp_cols)
                 c.dx_tmp_cols = c.D[h];
         }
-        int64_t shape[2 + 3 * MEL_MAX_HEADS + 8];
+        int64_t shape[2 + 3 * MEL_MAX_HEADS + 10];
         int ns = 0;
         shape[ns++] = c.N;
         shape[ns++] = c.st;
@@ -113,6 +115,9 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
         shape[ns++] = ctx->row_skipping;
         shape[ns++] = t ? t->n : 0;
         shape[ns++] = t ? t->n_fwd : 0;
+        /* the executor choice makes collectives: the same settings everywhere */
+        shape[ns++] = ctx->tile_cols;
+        shape[ns++] = ctx->workspace_limit > 0;
         s = mel_vp_agree(ctx, s, c.V, shape, ns);
     }
     if (s) return s;

@@ -129,6 +129,9 @@ typedef struct eng_job {
 typedef struct eng_shape {
     int64_t chunk_rows;    /* rows per chunk                               */
     int64_t tile_cols;     /* vocabulary columns per tile (0: whole rows)  */
+    int64_t cost_cols;     /* the width the choice was made by: tile_cols,
+                            * or under vocabulary parallelism the width in
+                            * the global vocabulary (the same everywhere)  */
     int64_t chunks;
     int64_t bytes;         /* workspace held at once                       */
     /* after run only: */

@@ -23,9 +23,16 @@
  *
  * 16-bit storage: dX is summed over the tiles in f32 (the chunk buffer
  * dxtmp, one [R, D] block per head with dX) and rounded once per chunk, as
- * the row executor rounds it.  Not yet: vocabulary parallelism (tiles
- * inside a shard), the CUDA backend (it runs the whole-row plans only);
- * eng_tiles_unsupported says which. */
+ * the row executor rounds it.
+ *
+ * Vocabulary parallelism: the tiles cover this process's shard; at each
+ * barrier the tiles' merged states are this process's part, combined
+ * across processes as the row executor's (mel_vp_combine), and dX is summed
+ * over the processes once per chunk, after its last tile (before the one
+ * rounding of a 16-bit dX).  The tile width candidates follow the global
+ * vocabulary, so every process makes the same collective calls.
+ *
+ * Not yet: the CUDA backend (it runs the whole-row plans only). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,12 +42,20 @@
 
 const char *eng_tiles_unsupported(const eng_job *j)
 {
-    if (j->ctx->vp) return "vocabulary parallelism";
     if (!j->ctx->ops->host_memory) return "a device backend";
     return NULL;
 }
 
 static int is16(mel_dtype t) { return t == MEL_BF16 || t == MEL_F16; }
+
+/* dX summed over the processes (vocabulary parallelism, not partial) */
+static int vp_sum(const mel_ctx *ctx) { return ctx->vp && !mel_vp_partial_dx(ctx); }
+
+/* head h's dX summed over the tiles in dxtmp rather than in place */
+static int dx_in_tmp(const eng_job *j, int h)
+{
+    return is16(j->c->st) || (vp_sum(j->ctx) && (j->a->head[h].flags & MEL_ACCUMULATE_DX));
+}
 
 /* The plan the tiles run: the vocabulary-split plan of the same kind. */
 static const mel_plan *tile_plan(const eng_job *j) { return j->fb ? &j->t->vfb : &j->t->vfwd; }
@@ -58,11 +73,12 @@ static void size_tiles(const eng_job *j, int64_t Vt, call *tc, sizing *sz)
     if (j->A->on && j->A->gather) eng_size_gather(j->t, tc, j->fb, j->a, sz);
     sz->merge_per_row = (int64_t)n_red(p) * MEL_MERGE_STATE * (int64_t)sizeof(double);
     sz->per_row += sz->merge_per_row;
-    /* 16-bit storage: the f32 dX sums of the heads with dX (dxtmp) */
+    /* the dX sums over the tiles in dxtmp: 16-bit storage (f32 sums,
+     * rounded once), and a dX accumulated into under vocabulary
+     * parallelism (this call's part summed over the processes alone) */
     tc->dx_tmp_cols = 0;
-    if (j->fb && is16(tc->st))
-        for (int h = 0; h < MEL_MAX_HEADS; h++)
-            if (tc->want_dz[h] && j->a->head[h].dx.data) tc->dx_tmp_cols += tc->D[h];
+    for (int h = 0; h < MEL_MAX_HEADS; h++)
+        if (j->fb && tc->want_dz[h] && j->a->head[h].dx.data && dx_in_tmp(j, h)) tc->dx_tmp_cols += tc->D[h];
     sz->per_row += tc->dx_tmp_cols * (int64_t)tc->es;
 }
 
@@ -81,32 +97,37 @@ static mel_status layout_tiles(const eng_job *j, int64_t Vt, run *w)
  * holds) have the highest arithmetic intensity R·Vt / (R + Vt): a call
  * moves W and dW once per chunk and X and dX once per tile, (N/R + N/Vt)
  * times V·D values in all, least for square tiles (the wider on a tie). */
-static mel_status choose_cols(const eng_job *j, int64_t *Vt_out, run *w_out)
+static mel_status choose_cols(const eng_job *j, int64_t *Vt_out, run *w_out, int64_t *Vc_out)
 {
     const int64_t V = j->c->V;
     mel_ctx *ctx = j->ctx;
     if (ctx->tile_cols > 0) {
         *Vt_out = ctx->tile_cols < V ? ctx->tile_cols : V;
+        *Vc_out = ctx->tile_cols;
         return layout_tiles(j, *Vt_out, w_out);
     }
+    /* candidates from the global vocabulary: the same on every process */
+    const int64_t Vg = ctx->vp ? mel_vp_total(ctx) : V;
     double best = -1;
     mel_status last = MEL_OK;
     char msg[512] = "";
-    int64_t Vt = V;
-    while (Vt >= 1) {
+    int64_t Vc = Vg;
+    while (Vc >= 1) {
+        const int64_t Vt = Vc < V ? Vc : V > 0 ? V : 1;
         run w;
         mel_status s = layout_tiles(j, Vt, &w);
         if (s) {
             last = s;
             snprintf(msg, sizeof msg, "%s", mel_last_error(ctx));
         } else {
-            const double q = (double)w.R * (double)Vt / (double)(w.R + Vt);
-            if (q > best) best = q, *Vt_out = Vt, *w_out = w;
+            /* by the candidate (global) width: every process decides alike */
+            const double q = (double)w.R * (double)Vc / (double)(w.R + Vc);
+            if (q > best) best = q, *Vt_out = Vt, *w_out = w, *Vc_out = Vc;
         }
-        /* next: the largest power of two below Vt */
+        /* next: the largest power of two below Vc */
         int64_t next = 1;
-        while (next * 2 < Vt) next *= 2;
-        Vt = Vt == 1 ? 0 : next;
+        while (next * 2 < Vc) next *= 2;
+        Vc = Vc == 1 ? 0 : next;
     }
     if (best < 0) return mel_fail(ctx, last ? last : MEL_ERR_BUDGET, "%s", msg);
     mel_clear_error(ctx);
@@ -125,7 +146,7 @@ static mel_status tiles_plan(const eng_job *j, eng_shape *out)
     if (j->c->n_eff <= 0) return MEL_OK;
     run w;
     int64_t Vt = 0;
-    mel_status s = choose_cols(j, &Vt, &w);
+    mel_status s = choose_cols(j, &Vt, &w, &out->cost_cols);
     if (s) return s;
     for (int64_t k0 = 0; k0 < j->c->n_eff; out->chunks++) {
         int64_t r0, R;
@@ -166,17 +187,21 @@ static void merge_tile(const mel_transform *t, const mel_plan *p, int q, mel_chu
     }
 }
 
-/* The merged reductions into the registers, before phase q runs. */
-static void merged_into_regs(const mel_transform *t, const mel_plan *p, int q, mel_chunk *ch, const double *st)
+/* The merged reductions into the registers, before phase q runs: final
+ * values, or under vocabulary parallelism this process's parts (combined
+ * across processes next, mel_vp_combine). */
+static void merged_into_regs(const mel_transform *t, const mel_plan *p, int q, mel_chunk *ch, const double *st,
+                             int part)
 {
     const int n = t->n, m = n_red(p);
     for (int k = p->red_start[q]; k < p->red_start[q + 1]; k++) {
         const int i = p->red[k], op = t->nodes[i].op;
         for (int64_t r = 0; r < ch->R; r++) {
             int64_t col = 0;
-            const double v = mel_merge_final(op, st + (r * m + k) * MEL_MERGE_STATE, &col);
+            const double *s = st + (r * m + k) * MEL_MERGE_STATE;
+            const double v = part ? mel_merge_part(op, s, &col) : mel_merge_final(op, s, &col);
+            set_reg(ch, r * n + i, v); /* argmaxmask: the maximum, which a process merge compares */
             if (op == OP_ARGMAXMASK) ch->iregs[r * n + i] = col;
-            else set_reg(ch, r * n + i, v);
         }
     }
 }
@@ -202,7 +227,7 @@ static mel_status tiles_run(const eng_job *j, eng_shape *out)
     if (c->n_eff <= 0) return MEL_OK;
     run w;
     int64_t Vt = 0;
-    mel_status s = choose_cols(j, &Vt, &w);
+    mel_status s = choose_cols(j, &Vt, &w, &out->cost_cols);
     if (s) return s;
     call tc;
     sizing sz;
@@ -233,7 +258,8 @@ static mel_status tiles_run(const eng_job *j, eng_shape *out)
             }
             ch.r0 = gr0 = 0;
         }
-        ch.v_total = V;
+        const int64_t v_base = ch.v_off; /* this process's first column */
+        ch.v_total = ctx->vp ? mel_vp_total(ctx) : V;
         ch.y = dev.y;
         for (int k = 0; k < t->n_aux; k++)
             if (c->aux[k]) ch.aux[k] = dev.aux[k];
@@ -246,7 +272,8 @@ static mel_status tiles_run(const eng_job *j, eng_shape *out)
         for (int q = 0; q < p->n_phases && s == MEL_OK; q++) {
             const int last = q == p->n_phases - 1;
             if (q > 0) {
-                merged_into_regs(t, p, q, &ch, w.merge);
+                merged_into_regs(t, p, q, &ch, w.merge, ctx->vp != NULL);
+                if (ctx->vp && (s = mel_vp_combine(ctx, t, p, q, &ch, w.comm))) break;
                 int seg = 0;
                 for (int pos = p->phase_start[q]; pos < p->phase_start[q + 1]; pos++)
                     seg |= t->nodes[p->order[pos]].op == OP_SEGSUM;
@@ -270,7 +297,7 @@ static mel_status tiles_run(const eng_job *j, eng_shape *out)
                 out->gemm_seconds += eng_gemm_end(ctx, g0);
                 if (s) break;
                 ch.V = vt;
-                ch.v_off = v0;
+                ch.v_off = v_base + v0;
                 if ((s = ctx->ops->run_phase(ctx, t, p, q, &ch))) break;
                 if (!last) {
                     merge_tile(t, p, q, &ch, w.merge, v0 == 0);
@@ -285,20 +312,37 @@ static mel_status tiles_run(const eng_job *j, eng_shape *out)
                     const mel_matrix wt = rows_of(&ha->w, v0, vt);
                     /* FAST16: dZ rounded to the storage dtype (a no-op otherwise) */
                     if ((s = mel_gemm_round_dz(ctx, w.Z[h], R, c->st, c->D[h], vt, w.conv))) break;
-                    if (ha->dx.data && is16(c->st)) {
-                        float *acc = (float *)w.dxtmp + acc_off * R;
-                        acc_off += c->D[h];
-                        s = mel_gemm_grad_x_acc(ctx, w.Z[h], R, &wt, acc, v0 > 0, w.conv);
-                        /* after the last tile: rounded once into the 16-bit dX */
-                        if (s == MEL_OK && v0 + vt == V)
-                            s = ctx->ops->store16(ctx, dxs[h], gr0, R, acc, (ha->flags & MEL_ACCUMULATE_DX) != 0);
-                        out->flops += 2 * R * vt * c->D[h];
+                    const int last_tile = v0 + vt == V, D = (int)c->D[h];
+                    const int caller_acc = (ha->flags & MEL_ACCUMULATE_DX) != 0;
+                    if (ha->dx.data && dx_in_tmp(j, h)) {
+                        /* summed over the tiles in dxtmp [R, D] */
+                        char *acc = (char *)w.dxtmp + (size_t)(acc_off * R) * c->es;
+                        acc_off += D;
+                        const mel_matrix am = mel_mat(acc, c->ct, R, D, D);
+                        if (is16(c->st)) s = mel_gemm_grad_x_acc(ctx, w.Z[h], R, &wt, (float *)acc, v0 > 0, w.conv);
+                        else s = mel_gemm_grad_x(ctx, w.Z[h], R, &wt, &am, 0, v0 > 0, w.conv, 0);
+                        out->flops += 2 * R * vt * D;
+                        if (s == MEL_OK && last_tile && vp_sum(ctx)) s = mel_vp_sum(ctx, acc, c->ct, R, D, D);
+                        /* after the last tile: into the caller's dX (16-bit: rounded once) */
+                        if (s == MEL_OK && last_tile && is16(c->st))
+                            s = ctx->ops->store16(ctx, dxs[h], gr0, R, (const float *)acc, caller_acc);
+                        else if (s == MEL_OK && last_tile)
+                            for (int64_t r = 0; r < R; r++) {
+                                char *row = (char *)dxs[h]->data + (size_t)((gr0 + r) * dxs[h]->ld) * c->es;
+                                for (int64_t k = 0; k < D; k++) {
+                                    if (c->ct == MEL_F32) ((float *)row)[k] += ((const float *)acc)[r * D + k];
+                                    else ((double *)row)[k] += ((const double *)acc)[r * D + k];
+                                }
+                            }
                     } else if (ha->dx.data) {
-                        /* dX over the tiles in column order: the caller's
-                         * accumulate flag on the first, then += */
-                        const int acc = v0 > 0 || (ha->flags & MEL_ACCUMULATE_DX);
+                        /* dX over the tiles in column order in place: the
+                         * caller's accumulate flag on the first, then += */
+                        const int acc = v0 > 0 || caller_acc;
                         s = mel_gemm_grad_x(ctx, w.Z[h], R, &wt, dxs[h], gr0, acc, w.conv, 0);
-                        out->flops += 2 * R * vt * c->D[h];
+                        out->flops += 2 * R * vt * D;
+                        if (s == MEL_OK && last_tile && vp_sum(ctx))
+                            s = mel_vp_sum(ctx, (char *)dxs[h]->data + (size_t)(gr0 * dxs[h]->ld) * c->es, c->ct, R, D,
+                                           dxs[h]->ld);
                     }
                     if (s == MEL_OK && ha->dw.data) {
                         const mel_matrix dwt = rows_of(&ha->dw, v0, vt);

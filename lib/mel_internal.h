@@ -313,6 +313,9 @@ void mel_vp_destroy(mel_ctx *ctx);
 void mel_merge_init(int op, double *st);
 void mel_merge_step(int op, double *st, double x, int64_t col);
 double mel_merge_final(int op, const double *st, int64_t *col);
+/* The merged state as one part of a further merge (argmaxmask: the column
+ * encoded as a part's, -1 none, -2 NaN at column 0). */
+double mel_merge_part(int op, const double *st, int64_t *col);
 double mel_merge_partials(int op, const double *v, int64_t stride, int K, int64_t *col);
 
 /* lib/program.c: a row program over a chunk.  The backend runs each phase

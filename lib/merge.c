@@ -63,6 +63,15 @@ double mel_merge_final(int op, const double *st, int64_t *col)
     }
 }
 
+double mel_merge_part(int op, const double *st, int64_t *col)
+{
+    if (op == OP_ARGMAXMASK) {
+        if (col) *col = st[2] ? -2 : st[1] < 0 ? -1 : (int64_t)st[1];
+        return st[0];
+    }
+    return mel_merge_final(op, st, col);
+}
+
 double mel_merge_partials(int op, const double *v, int64_t stride, int K, int64_t *col)
 {
     double st[MEL_MERGE_STATE];

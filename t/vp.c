@@ -421,6 +421,72 @@ int main(int argc, char **argv)
         mel_transform_free(t);
     }
 
+    /* vocabulary tiles inside each shard (mel_set_tile_cols): every case,
+     * f64 and f32, fused and recompute, tiles of 2 and 5 columns (the 1-column
+     * shard of 3 processes: one narrower tile), against the one process
+     * with whole rows; then dX accumulated with tiles */
+    {
+        static const int64_t tcols[] = {2, 5};
+        for (int ci = 0; ci < N_CASES; ci++) {
+            const kase *k = &cases[ci];
+            mel_transform *t = NULL;
+            if (build(one, k, &t) != MEL_OK) continue;
+            for (int di = 0; di < 2; di++)
+                for (int mode = 0; mode < 2; mode++)
+                    for (int tci = 0; tci < 2; tci++) {
+                        const mel_dtype dt = dts[di];
+                        const double tol = dt == MEL_F64 ? 1e-12 : 1e-5;
+                        make_problem(2000 + ci, ci & 1);
+                        mel_set_chunk_rows(one, 0);
+                        mel_set_chunk_rows(vp, tci ? 0 : 5);
+                        mel_set_tile_cols(vp, tcols[tci]);
+                        mel_status s1 = run(one, t, k, dt, mode, 0, V, 0, ref);
+                        mel_status s2 = run(vp, t, k, dt, mode, v_off, v_rows, 0, got);
+                        const int64_t used = mel_get_tile_cols(vp);
+                        char lab[200];
+                        snprintf(lab, sizeof lab, "%s %s %s tiles %s (%lld columns here) K=%d", k->name,
+                                 mel_dtype_name(dt), mode ? "recompute" : "fused",
+                                 tci ? "of 5 columns, automatic rows" : "of 2 columns, chunks of 5 rows", (long long)used,
+                                 size);
+                        if (s1 || s2) {
+                            if (s2) diag("rank %d: %s", rank, mel_last_error(vp));
+                            check_status(0, lab);
+                            continue;
+                        }
+                        check_status(used > 0, lab);
+                        const int ny = k->red == MEL_REDUCE_NONE ? N : 1;
+                        double e = relerr(got->y, ref->y, ny);
+                        for (int j = 0; j < 4 && k->aux[j]; j++) {
+                            double ea = relerr(got->aux[j], ref->aux[j], N);
+                            if (!(ea <= e)) e = ea;
+                        }
+                        for (int h = 0; h < k->heads; h++) {
+                            double a1 = relerr(got->dx[h], ref->dx[h], N * D);
+                            double a2 = relerr(got->dw[h] + v_off * D, ref->dw[h] + v_off * D, v_rows * D);
+                            double a3 = k->bias ? relerr(got->db[h] + v_off, ref->db[h] + v_off, v_rows) : 0;
+                            if (!(a1 <= e)) e = a1;
+                            if (!(a2 <= e)) e = a2;
+                            if (!(a3 <= e)) e = a3;
+                        }
+                        check_all(e, tol, lab, "y, aux, dX, dW and db");
+                    }
+            mel_transform_free(t);
+        }
+        const kase *k = &cases[1];
+        mel_transform *t = setup(one, k, 78, 1);
+        mel_set_tile_cols(vp, 3);
+        mel_set_chunk_rows(vp, 5);
+        mel_set_workspace_limit(vp, 0);
+        run(one, t, k, MEL_F64, 0, 0, V, MEL_ACCUMULATE_DX, ref);
+        s = run(vp, t, k, MEL_F64, 0, v_off, v_rows, MEL_ACCUMULATE_DX, got);
+        check_status(s == MEL_OK, "tiles: MEL_ACCUMULATE_DX runs");
+        check_all(relerr(got->dx[0], ref->dx[0], N * D), 1e-12, "ce f64 tiles of 3, MEL_ACCUMULATE_DX",
+                  "dX (X + Σ_processes)");
+        mel_set_tile_cols(vp, 0);
+        mel_set_chunk_rows(vp, 0);
+        mel_transform_free(t);
+    }
+
     /* dX accumulated, and dX left partial (summed here) */
     {
         const kase *k = &cases[1];
