@@ -7,3 +7,8 @@ t_cuda_t_SOURCES = t/cuda.c
 t_cuda_t_CPPFLAGS = $(AM_CPPFLAGS) $(CUDA_CFLAGS)
 t_cuda_t_LDADD = $(TEST_LIBS) $(CUDA_LIBS)
 TESTS += t/cuda.t
+# The GPU bundle's library check and run.sh, without a GPU (stand-in
+# programs; tools/gpu/libcheck.sh, tools/gpu/run.sh).
+dist_check_SCRIPTS += t/gpu_bundle.t
+TESTS += t/gpu_bundle.t
+EXTRA_DIST += tools/gpu/libcheck.sh
