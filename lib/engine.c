@@ -983,6 +983,31 @@ static void next_chunk(const activity *A, const call *c, int64_t Rmax, int64_t k
     else *rows = a;
 }
 
+/* A backend that cannot gather rows (device memory: A->gather = 0) runs
+ * every run of consecutive active rows as chunks of its own, and every
+ * chunk streams all of W (and dW): a chunk of m rows costs about as much
+ * as one of max(m, R*) rows (R*: gemm_bound_rows, where the GEMMs stop
+ * being bound by reading W).  Skipping stays on only when the runs so
+ * counted cost less than all N rows, Σ_runs max(m, R*) < N; otherwise
+ * (scattered ignored rows: padding, prompts) it is turned off for the
+ * call -- every row is computed, the inactive rows' results are 0 by
+ * their mask as without skipping -- rather than run thousands of chunks
+ * of a few rows (issue 25: 1,640 chunks of 9 rows for every 10th label
+ * ignored at N = 16384). */
+static void skip_if_runs_pay(const mel_transform *t, const mel_plan *p, const call *c, activity *A)
+{
+    if (!A->on || A->gather) return;
+    const int64_t rstar = gemm_bound_rows(t, p, c);
+    int64_t cost = 0;
+    for (int64_t k = 0; k < A->n_act && cost < c->N;) {
+        int64_t m = 1;
+        while (k + m < A->n_act && A->rows[k + m] == A->rows[k] + m) m++;
+        cost += m > rstar ? m : rstar;
+        k += m;
+    }
+    if (cost >= c->N) free_activity(A); /* A->on = 0: the plain path */
+}
+
 /* Zero the results of the inactive rows: y (NONE), aux outputs, input
  * gradients, dX (unless accumulated), run by run. */
 static mel_status zero_inactive(mel_ctx *ctx, const mel_transform *t, const mel_args *a, const call *c,
@@ -1110,6 +1135,25 @@ static mel_status seed_rows(mel_ctx *ctx, const mel_args *a, const upstream *u, 
     return ctx->ops->copy(ctx, dev->seed, host->seed, (size_t)R * sizeof(double), 1);
 }
 
+/* The per-row results of a chunk of R rows from a device's row buffer to
+ * its host mirror: only the arrays the call returns (y, bound aux
+ * outputs, input gradients), R entries each -- not the whole buffer,
+ * which holds w->R rows of every array. */
+static mel_status fetch_rows(mel_ctx *ctx, const mel_transform *t, const mel_args *a, const call *c,
+                             const run *w, const row_bufs *host, int want_y, int fb, int64_t R)
+{
+    if (w->hrow == w->rowbuf) return MEL_OK;
+    const row_bufs dev = row_layout(t, w->rowbuf, w->R);
+    const size_t n = (size_t)R * sizeof(double);
+    mel_status s = MEL_OK;
+    if (want_y && a->y) s = ctx->ops->copy(ctx, host->y, dev.y, n, 0);
+    for (int k = 0; k < t->n_aux && s == MEL_OK; k++)
+        if (want_y && c->aux[k]) s = ctx->ops->copy(ctx, host->aux[k], dev.aux[k], n, 0);
+    for (int k = 0; k < t->n_inputs && s == MEL_OK; k++)
+        if (fb && c->ginp[k]) s = ctx->ops->copy(ctx, host->ginp[k], dev.ginp[k], n, 0);
+    return s;
+}
+
 /* Per-row results of a chunk to the caller: y (reduction NONE) or its
  * running total, aux outputs, input gradients.  Gathered rows (rows !=
  * NULL) are only ever host memory. */
@@ -1118,7 +1162,7 @@ static mel_status collect_rows(mel_ctx *ctx, const mel_transform *t, const mel_a
                                const int64_t *rows, int64_t r0, int64_t R, double *total)
 {
     mel_status s;
-    if (w->hrow != w->rowbuf && (s = ctx->ops->copy(ctx, w->hrow, w->rowbuf, w->bytes_rows, 0))) return s;
+    if ((s = fetch_rows(ctx, t, a, c, w, host, want_y, fb, R))) return s;
     if (rows) {
         for (int64_t r = 0; r < R; r++) {
             const int64_t i = rows[r];
@@ -1294,6 +1338,7 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     if (s) goto out;
     /* row activity before any GEMM: the chunks then hold active rows */
     if ((s = eval_activity(ctx, t, &c, want_y, &A))) goto out;
+    skip_if_runs_pay(t, xplan, &c, &A);
     if (A.on) c.n_eff = A.n_act;
 
     sizing sz;
@@ -1400,6 +1445,26 @@ out:
     return s;
 }
 
+/* The end of every call, a failed one included: wait for the work the
+ * backend still has queued (a device's kernels must not touch the
+ * caller's buffers after the call returns).  The first error and its
+ * message stay; an error found while waiting after it is appended. */
+static mel_status sync_on_exit(mel_ctx *ctx, mel_status s)
+{
+    if (!ctx->ops->sync) return s;
+    if (s == MEL_OK) return ctx->ops->sync(ctx);
+    char first[sizeof ctx->err];
+    snprintf(first, sizeof first, "%s", ctx->err);
+    if (ctx->ops->sync(ctx) != MEL_OK) {
+        char both[2 * sizeof ctx->err + 64];
+        snprintf(both, sizeof both, "%s; then, waiting for the work queued before it: %s", first, ctx->err);
+        snprintf(ctx->err, sizeof ctx->err, "%.*s", (int)sizeof ctx->err - 1, both);
+    } else {
+        snprintf(ctx->err, sizeof ctx->err, "%s", first);
+    }
+    return s;
+}
+
 /* execute between the backend's enter and leave (CUDA: the context's device) */
 static mel_status call_execute(mel_ctx *ctx, const mel_transform *t, const mel_args *a, int want_y,
                                int want_grads, mel_call_plan *out)
@@ -1408,7 +1473,7 @@ static mel_status call_execute(mel_ctx *ctx, const mel_transform *t, const mel_a
     mel_clear_error(ctx);
     mel_status s = ctx->ops->enter ? ctx->ops->enter(ctx) : MEL_OK;
     if (s) return s;
-    s = execute(ctx, t, a, want_y, want_grads, out);
+    s = sync_on_exit(ctx, execute(ctx, t, a, want_y, want_grads, out));
     if (ctx->ops->leave) ctx->ops->leave(ctx);
     return s;
 }
