@@ -63,7 +63,10 @@
  * `pending` tracks work queued since the last completed synchronisation:
  * free() and fini() touch the stream only then, since a caller's stream
  * may be destroyed after the call that used it returned.
- * mel_set_cuda_stream refuses a stream of another device.
+ * mel_set_cuda_stream refuses a stream of another device.  For the tests,
+ * MEL_CUDA_FAULT=alloc:K (the K-th allocation of a context fails) or
+ * free:K (the K-th free leaves a deferred error), read when the context
+ * is created, reach the out-of-memory and deferred-error paths.
  *
  * Timing: gemm_mark records a CUDA event before and after each group of
  * chunk GEMMs; mel_stats.gemm_seconds is the sum of the device time
@@ -138,6 +141,10 @@ typedef struct cu_state {
     int pending;          /* work queued since the last completed stream synchronisation */
     cudaError_t sticky;   /* a sticky error seen by libmel: the device context is unusable */
     char sticky_where[200]; /* where libmel saw it                        */
+    /* fault injection for the tests (MEL_CUDA_FAULT, read at creation):
+     * the fault_alloc-th alloc() fails as out of memory, the fault_free-th
+     * free() leaves a deferred error (0: none) */
+    int fault_alloc, fault_free, n_alloc, n_free;
 } cu_state;
 
 static cu_state *st_of(mel_ctx *ctx) { return (cu_state *)ctx->be; }
@@ -302,6 +309,12 @@ static mel_status cu_init(mel_ctx *ctx)
     {
         const char *d = getenv("MEL_CUDA_DEBUG_SYNC");
         st->debug_sync = d && *d && strcmp(d, "0") != 0;
+        /* MEL_CUDA_FAULT=alloc:K or free:K (t/cuda.c: the out-of-memory
+         * and deferred-error paths, which a healthy device never takes) */
+        const char *f = getenv("MEL_CUDA_FAULT");
+        int k = 0;
+        if (f && sscanf(f, "alloc:%d", &k) == 1) st->fault_alloc = k;
+        else if (f && sscanf(f, "free:%d", &k) == 1) st->fault_free = k;
     }
     st->stream = st->own;
     cublasStatus_t b = cublasCreate(&st->blas);
@@ -429,6 +442,8 @@ static double cu_gemm_seconds(mel_ctx *ctx)
 
 static void *cu_alloc(mel_ctx *ctx, size_t bytes)
 {
+    cu_state *st = st_of(ctx);
+    if (st && ++st->n_alloc == st->fault_alloc) return NULL; /* MEL_CUDA_FAULT=alloc:K */
     void *p = NULL;
     if (cudaMalloc(&p, bytes) != cudaSuccess) {
         cudaGetLastError(); /* clear the (non-sticky) allocation error */
@@ -457,6 +472,8 @@ static void cu_free(mel_ctx *ctx, void *p)
     }
     const cudaError_t f = cudaFree(p);
     if (f != cudaSuccess || e != cudaSuccess) cudaGetLastError(); /* ours (see cu_err) */
+    if (++st->n_free == st->fault_free && st->deferred == cudaSuccess)
+        st->deferred = cudaErrorUnknown; /* MEL_CUDA_FAULT=free:K */
 }
 
 /* End of a call: wait for the queued kernels and GEMMs and report their errors. */
