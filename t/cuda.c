@@ -35,12 +35,35 @@
  * N·V > 2^31 in a single chunk (skipped with a message when the device has
  * too little free memory).
  *
- * Also: mel_set_cuda_stream (a caller's stream gives bit-identical results)
+ * Also: mel_set_cuda_stream (a caller's stream gives bit-identical results;
+ * a non-blocking one too, also with X still being uploaded on it when the
+ * call is made; a stream destroyed after its call is not touched by
+ * mel_ctx_trim / mel_ctx_destroy; a stream of another device is refused)
  * and the mel_alloc / mel_to_device / mel_to_host round trip.
+ * group:coverage: FAST16 and TF32 on five transforms and two shapes,
+ * V = 40000, mel_set_check_finite on device data, the SUM reduction, f32
+ * y / aux / input gradients / grad_output, dW and db accumulated, dX-only
+ * and dW-only bindings, heads 2 and 3, mel_plan_call against the call,
+ * mel_ctx_trim, segment sums over 300 segments in one chunk (k_segsum over
+ * more than one block).  group:errors: a pending error of the caller's,
+ * MEL_CUDA_DEBUG_SYNC, and by fault injection (MEL_CUDA_FAULT) a failed
+ * device allocation and a deferred error.  group:big: N·V > 2^31 in one
+ * chunk (row skipping off: every 5th label is ignored) with and without a
+ * bias, and automatic chunks with skipping on (no chunk per short run).
+ *
+ * After a failed call on an unusable device (a sticky CUDA error) the test
+ * stops ("Bail out!") instead of failing every later case for the same
+ * reason.  After each group a "# counts:" line gives its GPU calls,
+ * chunks, bytes moved by the test and seconds (tools/gpu/run.sh copies
+ * them to its summary).
  *
  * MEL_CUDA_TEST_ONLY=text runs only the cases, and the groups
- * group:threads, group:stream, group:lowp and group:big, whose name
- * contains text.
+ * group:threads, group:stream, group:lowp, group:ld, group:wide16,
+ * group:tf32, group:coverage, group:devices, group:errors and group:big,
+ * whose name contains text.  MEL_CUDA_TEST_STANDIN=cpu runs it without a
+ * GPU, a second CPU context in the GPU's place (host buffers; the stream,
+ * devices, errors and big groups left out): the CPU against itself, for
+ * the comparison code and the counts.
  */
 #include <math.h>
 #include <stdio.h>
