@@ -18,6 +18,9 @@
  *    chunk's rows, not the whole row buffer per chunk.
  *  - Every 10th row ignored with a fixed chunk of 7 rows and a mean: the
  *    same values as the reference (chunk edges on gaps).
+ *  - examples/bench_cuda's step planned (shapes only): skipping off, the
+ *    chunks of all N rows (1,639 chunks of 9 rows before); on the CPU
+ *    (gather) skipping stays on.
  *
  * Linked statically to reach the backend table (backends/backend.h).
  */
@@ -204,6 +207,36 @@ int main(void)
            "then y, one copy per chunk)", (long long)st.chunks, (long long)d2h_bytes, (long long)d2h_calls, 2 * N * 8);
         if (s) diag("%s", mel_last_error(dev));
         mel_set_row_skipping(dev, 1);
+        mel_args_free(a);
+    }
+
+    /* 4. examples/bench_cuda's step, planned (shapes only): N = 16384, D =
+     * 4096, V = 128000, bf16, every 10th label ignored, 4096 MiB */
+    {
+        enum { BN = 16384 };
+        static int64_t blab[BN];
+        for (int i = 0; i < BN; i++) blab[i] = i % 10 == 9 ? IGN : i % 1000;
+        mel_args *a = mel_args_new();
+        mel_args_head(a, 0, mel_mat(NULL, MEL_BF16, BN, 4096, 0), mel_mat(NULL, MEL_BF16, 128000, 4096, 0), NULL);
+        mel_args_grad_head(a, 0, mel_mat(NULL, MEL_BF16, BN, 4096, 0), mel_mat(NULL, MEL_F32, 128000, 4096, 0), NULL,
+                           MEL_OVERWRITE_DW);
+        mel_args_index(a, "labels", blab, MEL_I64, BN);
+        mel_args_reduction(a, MEL_REDUCE_MEAN, NULL);
+        mel_call_plan pd, pc;
+        mel_set_chunk_rows(dev, 0), mel_set_chunk_rows(cpu, 0);
+        mel_set_workspace_limit(dev, (int64_t)4096 << 20), mel_set_workspace_limit(cpu, (int64_t)4096 << 20);
+        mel_status s1 = mel_plan_call(dev, t, a, MEL_MODE_FORWARD_BACKWARD, &pd);
+        if (s1) diag("device-like: %s", mel_last_error(dev));
+        mel_status s2 = mel_plan_call(cpu, t, a, MEL_MODE_FORWARD_BACKWARD, &pc);
+        if (s2) diag("cpu: %s", mel_last_error(cpu));
+        ok(!s1 && !s2 && pd.row_skipping == 0 && pd.active_rows == BN &&
+               pd.chunks == (BN + pd.chunk_rows - 1) / pd.chunk_rows && pc.row_skipping == 1 &&
+               pc.active_rows == BN - BN / 10,
+           "bench_cuda's step planned without the gather: %lld chunks of %lld rows, skipping off (runs of 9 rows "
+           "would be %d chunks); the CPU, which gathers, skips: %lld active rows in %lld chunks",
+           (long long)pd.chunks, (long long)pd.chunk_rows, (BN - BN / 10 + 8) / 9, (long long)pc.active_rows,
+           (long long)pc.chunks);
+        mel_set_workspace_limit(dev, 0), mel_set_workspace_limit(cpu, 0);
         mel_args_free(a);
     }
 
