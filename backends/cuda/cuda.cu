@@ -345,6 +345,17 @@ static mel_status cu_enter(mel_ctx *ctx)
 {
     cu_state *st = st_of(ctx);
     if (st->depth++ > 0) return MEL_OK;
+    if (st->sticky != cudaSuccess) {
+        /* libmel saw the device fail for good in an earlier call (and said
+         * so there): refuse at once, saying what happened (before any
+         * runtime call, which would only return that error again) */
+        st->depth--;
+        return mel_fail(ctx, MEL_ERR_BACKEND,
+                        "cuda: this context's device is unusable since an earlier call failed with %s (%s) in the "
+                        "%s; that error is sticky (every CUDA call in this process now fails), so no call on "
+                        "the context can run: end the process (set MEL_CUDA_DEBUG_SYNC=1 to find the failing "
+                        "kernel)", cudaGetErrorName(st->sticky), cudaGetErrorString(st->sticky), st->sticky_where);
+    }
     int cur = -1;
     cudaError_t e = cudaGetDevice(&cur);
     if (e == cudaSuccess && cur != st->device) e = cudaSetDevice(st->device);
@@ -352,17 +363,6 @@ static mel_status cu_enter(mel_ctx *ctx)
     if (e != cudaSuccess) {
         st->depth--;
         return cu_err(ctx, e, "making the context's device current (cudaSetDevice)");
-    }
-    if (st->sticky != cudaSuccess) {
-        /* libmel saw the device fail for good in an earlier call (and said
-         * so there): refuse at once, saying what happened */
-        if (cur >= 0 && cur != st->device) cudaSetDevice(cur);
-        st->depth--;
-        return mel_fail(ctx, MEL_ERR_BACKEND,
-                        "cuda: this context's device is unusable since an earlier call failed with %s (%s) in the "
-                        "%s; that error is sticky (every CUDA call in this process now fails), so no call on "
-                        "the context can run: end the process (set MEL_CUDA_DEBUG_SYNC=1 to find the failing "
-                        "kernel)", cudaGetErrorName(st->sticky), cudaGetErrorString(st->sticky), st->sticky_where);
     }
     e = cudaPeekAtLastError();
     if (e != cudaSuccess) {
