@@ -263,19 +263,19 @@ static void cu_fini(mel_ctx *ctx)
     /* the caller's stream only when libmel still has work queued on it:
      * after a call (which ends synchronised) the caller may have
      * destroyed it already */
-    if (st->stream && (st->pending || st->stream == st->own)) cudaStreamSynchronize(st->stream);
-    if (st->own) cudaStreamSynchronize(st->own);
-    cudaGetLastError(); /* ours: the context goes away */
+    int failed = 0; /* a runtime error of ours to take off the last-error slot (see cu_err) */
+    if (st->stream && st->stream != st->own && st->pending) failed |= cudaStreamSynchronize(st->stream) != cudaSuccess;
+    if (st->own) failed |= cudaStreamSynchronize(st->own) != cudaSuccess;
     for (int k = 0; k < st->n_ev || k < st->cap_ev; k++)
-        if (st->ev && st->ev[k]) cudaEventDestroy(st->ev[k]);
+        if (st->ev && st->ev[k]) failed |= cudaEventDestroy(st->ev[k]) != cudaSuccess;
     free(st->ev);
     for (int k = 0; k < MEL_CU_CACHE; k++) cache_drop(&st->cache[k]);
     if (st->blas) {
         cublasSetStream(st->blas, st->own); /* off the caller's stream before the handle goes */
         cublasDestroy(st->blas);
     }
-    if (st->own) cudaStreamDestroy(st->own);
-    cudaGetLastError();
+    if (st->own) failed |= cudaStreamDestroy(st->own) != cudaSuccess;
+    if (failed) cudaGetLastError();
     if (prev >= 0 && prev != st->device) cudaSetDevice(prev);
     free(st);
     ctx->be = NULL;
