@@ -402,7 +402,8 @@ static void run(mel_ctx *ctx, int dev, const spec *sp, const prob *p, mel_dtype 
                 result *res)
 {
     memset(res, 0, sizeof *res);
-    if (g_standin) dev = 0; /* the CPU plays the GPU: host buffers */
+    const int gpu_side = dev; /* the call counted in g_count */
+    if (g_standin) dev = 0;   /* the CPU plays the GPU: host buffers */
     const int64_t N = p->N, D = p->D, V = p->V;
     const mel_dtype gt = dt == MEL_F64 ? MEL_F64 : MEL_F32; /* dW, db dtype */
     const size_t es = mel_dtype_size(dt), gs = mel_dtype_size(gt);
@@ -500,15 +501,15 @@ static void run(mel_ctx *ctx, int dev, const spec *sp, const prob *p, mel_dtype 
 
     mel_set_chunk_rows(ctx, chunk);
     mel_set_precision(ctx, g_prec);
+    /* the buffers were prepared on the legacy default stream (cudaMemset,
+     * cudaMemcpy): finished before libmel queues work on a stream that may
+     * not be ordered with it (a caller's non-blocking stream) */
+    if (dev) cudaDeviceSynchronize();
     if (g_plan)
         res->plan_s = mel_plan_call(ctx, sp->t, a,
                                     m == M_FWD ? MEL_MODE_FORWARD : m == M_BWD ? MEL_MODE_BACKWARD
                                                                                : MEL_MODE_FORWARD_BACKWARD,
                                     &res->plan);
-    /* the buffers were prepared on the legacy default stream (cudaMemset,
-     * cudaMemcpy): finished before libmel queues work on a stream that may
-     * not be ordered with it (a caller's non-blocking stream) */
-    if (dev) cudaDeviceSynchronize();
     void *pinned = NULL, *s1 = NULL, *s2 = NULL;
     if (dev && g_race && sp->heads > 0) {
         /* X of head 0 to pinned host memory, NaN on the device, then on the
@@ -534,7 +535,7 @@ static void run(mel_ctx *ctx, int dev, const spec *sp, const prob *p, mel_dtype 
     else res->s = mel_forward_backward(ctx, sp->t, a);
     snprintf(res->err, sizeof res->err, "%s", res->s ? mel_last_error(ctx) : "");
     mel_get_stats(ctx, &res->st);
-    if (dev) {
+    if (gpu_side) {
         g_count.calls++;
         if (!res->s) g_count.chunks += res->st.chunks;
     }
