@@ -9,10 +9,10 @@
 # LOGDIR/summary.txt:
 #   gpus       nvidia-smi -L, and the driver version              10 s
 #   smoke      cuda.t, MEL_CUDA_TEST_SMOKE=1 (ce, two small shapes,
-#              the caller-stream cases)                           40 s
-#   cuda-test  cuda.t, every case                                200 s
+#              the caller-stream cases)                           30 s
+#   cuda-test  cuda.t, every case                                240 s
 #   bench      bench_cuda 16384 4096 128000 bf16: naive,
-#              recompute, fused (exact and fast16 precision)     110 s
+#              recompute, fused (exact and fast16 precision)      80 s
 #   memcheck   compute-sanitizer --tool memcheck, MEL_CUDA_TEST_SMOKE=tiny  45 s
 #   synccheck  compute-sanitizer --tool synccheck, the same      40 s
 # (the limits: doc/gpu-check.md, "Step limits").
@@ -143,7 +143,7 @@ else
   say "gpus: nvidia-smi not found"
 fi
 
-MEL_CUDA_TEST_SMOKE=1 step smoke 40 "$here/cuda.t"
+MEL_CUDA_TEST_SMOKE=1 step smoke 30 "$here/cuda.t"
 if grep -q '^1\.\.0 # SKIP' "$out/smoke.log"; then
   why=$(sed -n 's/^1\.\.0 # SKIP //p' "$out/smoke.log")
   if [ "$ngpu" -gt 0 ]; then
@@ -156,13 +156,13 @@ if grep -q '^1\.\.0 # SKIP' "$out/smoke.log"; then
 fi
 say "smoke: $(tap_counts "$out/smoke.log")"
 
-step cuda-test 200 "$here/cuda.t"
+step cuda-test 240 "$here/cuda.t"
 say "cuda-test: $(tap_counts "$out/cuda-test.log")"
 grep '^# counts' "$out/cuda-test.log" | tee -a "$sum"
 grep '^not ok' "$out/cuda-test.log" | head -20 | tee -a "$sum"
 
 # shellcheck disable=SC2086
-step bench 110 "$here/bench_cuda" $bench_args exact,fast16
+step bench 80 "$here/bench_cuda" $bench_args exact,fast16
 grep -v '^#' "$out/bench.log" | tee -a "$sum"
 
 san=${SANITIZER:-}
