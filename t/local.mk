@@ -85,3 +85,9 @@ examples_vocab_parallel_LDADD = lib/libmel.la $(MPI_LIBS) -lm
 else
 EXTRA_DIST += examples/vocab_parallel.c
 endif
+# wide logits: no subnormal dZ is stored (issue 20), every built-in and a
+# user transform against fp64 closed forms
+check_PROGRAMS += t/subnormal.t
+t_subnormal_t_SOURCES = t/subnormal.c
+t_subnormal_t_LDADD = $(TEST_LIBS)
+TESTS += t/subnormal.t
