@@ -19,6 +19,49 @@
 
 #include "engine.h"
 
+/* The executor of a call (include/mel.h, mel_set_tile_cols): the tiled
+ * one when tile columns are set; automatic: the row executor, unless an
+ * explicit budget leaves its chunks below R* rows (or without one row) and
+ * the tiled executor's chunks cost less per flop (eng_gemm_cost, its extra
+ * logits GEMMs counted). */
+static mel_status pick_executor(const eng_job *j, const mel_executor **ex)
+{
+    mel_ctx *ctx = j->ctx;
+    const char *why = eng_tiles_unsupported(j);
+    *ex = &mel_exec_rows;
+    if (ctx->tile_cols > 0) {
+        if (why)
+            return mel_fail(ctx, MEL_ERR_UNSUPPORTED,
+                            "tile_cols = %lld: the tiled executor does not run %s yet (tile_cols = 0 runs whole rows)",
+                            (long long)ctx->tile_cols, why);
+        *ex = &mel_exec_tiles;
+        return MEL_OK;
+    }
+    if (why || ctx->workspace_limit <= 0 || ctx->chunk_rows > 0 || j->c->n_eff <= 0) return MEL_OK;
+    eng_shape rows, tiles;
+    mel_status s = mel_exec_rows.plan(j, &rows);
+    if (s == MEL_OK && (rows.chunk_rows >= eng_gemm_bound_rows(j->xplan, j->c) || rows.chunk_rows >= j->c->n_eff))
+        return MEL_OK;
+    if (s != MEL_OK && s != MEL_ERR_BUDGET) return s;
+    char rows_msg[512];
+    snprintf(rows_msg, sizeof rows_msg, "%s", s ? mel_last_error(ctx) : "");
+    mel_status st = mel_exec_tiles.plan(j, &tiles);
+    if (st) { /* neither fits: the row executor's message, with the tiles' */
+        char tiles_msg[512];
+        snprintf(tiles_msg, sizeof tiles_msg, "%s", mel_last_error(ctx));
+        if (s) return mel_fail(ctx, MEL_ERR_BUDGET, "%s; in tiles: %s", rows_msg, tiles_msg);
+        mel_clear_error(ctx);
+        return MEL_OK;
+    }
+    mel_clear_error(ctx);
+    const int g_rows = j->fb ? 3 : 1;
+    if (s == MEL_OK && eng_gemm_cost(rows.chunk_rows, j->c->V, j->c->es, g_rows) <=
+                           eng_gemm_cost(tiles.chunk_rows, tiles.tile_cols, j->c->es, eng_tile_gemms(j)))
+        return MEL_OK;
+    *ex = &mel_exec_tiles;
+    return MEL_OK;
+}
+
 /* A call, or with plan != NULL its plan only (mel_plan_call): the same
  * validation, activity and sizing, no GEMM and no workspace. */
 static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *a, int want_y,
@@ -89,8 +132,9 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     eng_skip_if_runs_pay(xplan, &c, &A);
     if (A.on) c.n_eff = A.n_act;
 
-    const mel_executor *ex = &mel_exec_rows;
     const eng_job job = {ctx, t, a, &c, xplan, want_y, fb, plan ? NULL : &u, &A};
+    const mel_executor *ex = NULL;
+    if ((s = pick_executor(&job, &ex))) goto out;
     eng_shape sh;
     if (plan) {
         if ((s = ex->plan(&job, &sh))) goto out;
@@ -101,6 +145,7 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
         plan->chunk_rows = sh.chunk_rows;
         plan->chunks = sh.chunks;
         plan->peak_workspace_bytes = sh.bytes > count_bytes ? sh.bytes : count_bytes;
+        ctx->tile_cols_used = sh.tile_cols;
         goto out;
     }
     if (A.on && (s = eng_zero_inactive(ctx, t, a, &c, &A, want_y, fb))) goto out;
@@ -120,6 +165,7 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
         if ((s = eng_put_reals(ctx, a->y, a->y_dtype, 0, &yv, 1))) goto out;
     }
     ctx->stats.chunk_rows = sh.chunk_rows;
+    ctx->tile_cols_used = sh.tile_cols;
     ctx->stats.chunks = sh.chunks;
     ctx->stats.peak_workspace_bytes = ctx->ws_peak;
     ctx->stats.gemm_flops = sh.flops;

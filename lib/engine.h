@@ -53,6 +53,7 @@ typedef struct sizing {
     int64_t per_row, fixed, scratch_per_thread;
     int64_t conv_fixed, conv_per_row; /* dtype-conversion scratch (bf16/f16) */
     int64_t gather_per_row; /* skipping: gathered X (and dX) rows, per-row inputs */
+    int64_t merge_per_row;  /* tiles: merge states of the plan's reductions */
     int threads, heads;
 } sizing;
 
@@ -70,8 +71,9 @@ typedef struct run {
     void *gather;   /* skipping: gathered rows (eng_size_gather), or NULL */
     double *comm;   /* vocabulary parallelism: the combines' buffer, or NULL */
     void *dxtmp;    /* vocabulary parallelism: a chunk's dX contribution, or NULL */
+    double *merge;  /* tiles: [R, reductions, MEL_MERGE_STATE] merge states, or NULL */
     size_t bytes_Z, bytes_scratch, bytes_rows, bytes_regs, bytes_iregs, bytes_conv, bytes_gather;
-    size_t bytes_comm, bytes_dxtmp;
+    size_t bytes_comm, bytes_dxtmp, bytes_merge;
     int n_Z;        /* heads with a Z buffer                    */
 } run;
 
@@ -127,6 +129,7 @@ typedef struct eng_job {
 /* The shape an executor chose (plan) or ran (run). */
 typedef struct eng_shape {
     int64_t chunk_rows;    /* rows per chunk                               */
+    int64_t tile_cols;     /* vocabulary columns per tile (0: whole rows)  */
     int64_t chunks;
     int64_t bytes;         /* workspace held at once                       */
     /* after run only: */
@@ -143,7 +146,14 @@ typedef struct mel_executor {
     mel_status (*run)(const eng_job *j, eng_shape *out);
 } mel_executor;
 
-extern const mel_executor mel_exec_rows; /* lib/exec_rows.c */
+extern const mel_executor mel_exec_rows;  /* lib/exec_rows.c */
+extern const mel_executor mel_exec_tiles; /* lib/exec_tiles.c */
+/* Why the tiled executor cannot run this call (a phrase for a message), or
+ * NULL when it can. */
+const char *eng_tiles_unsupported(const eng_job *j);
+/* GEMMs per chunk of the tiled executor: one logits GEMM per phase, and
+ * dX and dW in the last when fb. */
+int eng_tile_gemms(const eng_job *j);
 
 /* ------------------------------------------------------------ validate.c */
 mel_status eng_validate(mel_ctx *ctx, const mel_transform *t, const mel_args *a, int grads, int dry, call *c);
@@ -179,6 +189,13 @@ void eng_size_gather(const mel_transform *t, const call *c, int fb, const mel_ar
 mel_status eng_layout(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c,
                       const sizing *sz, int need_Z, run *w);
 int64_t eng_run_bytes(const run *w);
+/* The relative time per logit of a chunk of R rows × cols columns whose
+ * `gemms` GEMMs (of compute type es) each cost 2·R·cols·D flops:
+ * gemms / min(the machine balance, their arithmetic intensity)
+ * (MEL_GEMM_BALANCE, lib/workspace.c). */
+double eng_gemm_cost(int64_t R, int64_t cols, size_t es, int gemms);
+/* R*: the rows below which a chunk's GEMMs are bound by streaming W, dW. */
+int64_t eng_gemm_bound_rows(const mel_plan *p, const call *c);
 mel_status eng_acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c,
                        const sizing *sz, int need_Z, run *w);
 void eng_release(mel_ctx *ctx, run *w);

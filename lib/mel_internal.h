@@ -161,6 +161,8 @@ struct mel_ctx {
     int check_finite;
     int64_t chunk_rows;
     int64_t workspace_limit;
+    int64_t tile_cols;      /* mel_set_tile_cols (0: automatic)            */
+    int64_t tile_cols_used; /* of the last call or plan (0: whole rows)    */
     unsigned precision; /* mel_precision flags (mel_set_precision)      */
     int row_skipping; /* mel_set_row_skipping; default 1 */
     mel_vp *vp;         /* vocabulary parallelism (lib/vocab.c), or NULL */
@@ -304,12 +306,13 @@ int mel_vp_partial_dx(const mel_ctx *ctx);
 void mel_vp_destroy(mel_ctx *ctx);
 
 /* lib/merge.c: the merge rules of partial reductions (the same rows over
- * parts of the vocabulary: processes today), one place for every kind.
- * v[j·stride], j < K: the parts' values in merge order; for OP_ARGMAXMASK
- * v[j·stride + 1] is the part's global column (-1: none, -2: column 0 is
- * there and NaN), and *col receives the merged column.  Sums (sum, mean,
- * gather) add, rmax takes the maximum (NaN wins), logsumexp combines
- * max-shifted, argmax takes the first maximum. */
+ * parts of the vocabulary: tiles, processes), one place for every kind;
+ * see the file's comment for the state.  mel_merge_partials merges K parts
+ * v[j·stride] (argmaxmask: the column at v[j·stride + 1]) in order. */
+#define MEL_MERGE_STATE 4
+void mel_merge_init(int op, double *st);
+void mel_merge_step(int op, double *st, double x, int64_t col);
+double mel_merge_final(int op, const double *st, int64_t *col);
 double mel_merge_partials(int op, const double *v, int64_t stride, int K, int64_t *col);
 
 /* lib/program.c: a row program over a chunk.  The backend runs each phase

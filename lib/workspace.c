@@ -54,6 +54,7 @@ void eng_size_call(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, cons
     sz->fixed += sz->conv_fixed;
     sz->per_row += sz->conv_per_row;
     sz->gather_per_row = 0;
+    sz->merge_per_row = 0;
 }
 
 /* Skipping inactive rows on a host backend: each chunk's active rows are
@@ -82,6 +83,7 @@ void eng_release(mel_ctx *ctx, run *w)
     mel_ws_free(ctx, w->iregs, w->bytes_iregs);
     mel_ws_free(ctx, w->conv, w->bytes_conv);
     mel_ws_free(ctx, w->gather, w->bytes_gather);
+    mel_ws_free(ctx, w->merge, w->bytes_merge);
     mel_ws_free(ctx, w->comm, w->bytes_comm);
     mel_ws_free(ctx, w->dxtmp, w->bytes_dxtmp);
     if (w->hrow != w->rowbuf) free(w->hrow);
@@ -152,8 +154,20 @@ int64_t eng_gemm_bound_rows(const mel_plan *p, const call *c)
     return (int64_t)ceil(MEL_GEMM_BALANCE * (4 / ct) * s / (2 * g));
 }
 
+double eng_gemm_cost(int64_t R, int64_t cols, size_t es, int gemms)
+{
+    /* g GEMMs of 2·R·cols·D flops each move about (g + 1)·(R + cols)·D
+     * values of es bytes: each reads its W side (cols·D: W, or dW read and
+     * written) and its X side (R·D: X, or dX written).  For whole rows of a
+     * large V that is the s·V·D of the R* comment above (s = 16 in f32). */
+    const double g = gemms;
+    const double q = 2 * g * (double)R * (double)cols / ((g + 1) * (double)(R + cols) * (double)es);
+    const double balance = MEL_GEMM_BALANCE * 4 / (double)es;
+    return g / (q < balance ? q : balance);
+}
+
 /* The fewest rows of an automatic chunk with logits: no chunk below R*
- * rows (gemm_bound_rows), i.e. at most n_eff / R* chunks of equal size,
+ * rows (eng_gemm_bound_rows), i.e. at most n_eff / R* chunks of equal size,
  * and one chunk when fewer than 2·R* rows; within the budget's upper
  * bound (MEL_DEFAULT_WORKSPACE, CUDA: half the free device memory). */
 static int64_t gemm_floor_rows(mel_ctx *ctx, const mel_plan *p, const call *c,
@@ -234,6 +248,7 @@ mel_status eng_layout(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, c
     w->bytes_iregs = (size_t)(R * t->n) * 8;
     w->bytes_conv = need_Z ? (size_t)(sz->conv_fixed + R * sz->conv_per_row) : 0;
     w->bytes_gather = need_Z ? (size_t)(R * sz->gather_per_row) : 0;
+    w->bytes_merge = (size_t)(R * sz->merge_per_row);
     w->bytes_comm = (size_t)mel_vp_buffer_bytes(ctx, p, R);
     w->bytes_dxtmp = need_Z ? (size_t)(R * c->dx_tmp_cols) * c->es : 0;
     for (int h = 0; h < MEL_MAX_HEADS && need_Z; h++) w->n_Z += c->used[h];
@@ -245,7 +260,8 @@ mel_status eng_layout(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, c
 int64_t eng_run_bytes(const run *w)
 {
     return (int64_t)(w->n_Z * w->bytes_Z + w->bytes_scratch + w->bytes_rows + w->bytes_regs +
-                     w->bytes_iregs + w->bytes_conv + w->bytes_gather + w->bytes_comm + w->bytes_dxtmp);
+                     w->bytes_iregs + w->bytes_conv + w->bytes_gather + w->bytes_comm + w->bytes_dxtmp +
+                     w->bytes_merge);
 }
 
 /* Size and carve the workspace of one chunk (logits only when need_Z). */
@@ -259,6 +275,7 @@ mel_status eng_acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, 
                    mel_ws_round(w->bytes_regs) + mel_ws_round(w->bytes_iregs) +
                    (w->bytes_conv ? mel_ws_round(w->bytes_conv) : 0) +
                    (w->bytes_gather ? mel_ws_round(w->bytes_gather) : 0) +
+                   (w->bytes_merge ? mel_ws_round(w->bytes_merge) : 0) +
                    (w->bytes_comm ? mel_ws_round(w->bytes_comm) : 0) +
                    (w->bytes_dxtmp ? mel_ws_round(w->bytes_dxtmp) : 0);
     for (int h = 0; h < MEL_MAX_HEADS && need_Z; h++)
@@ -271,6 +288,7 @@ mel_status eng_acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, 
     if (s == MEL_OK && !(w->regs = mel_ws_alloc(ctx, w->bytes_regs))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && !(w->iregs = mel_ws_alloc(ctx, w->bytes_iregs))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && w->bytes_conv && !(w->conv = mel_ws_alloc(ctx, w->bytes_conv))) s = MEL_ERR_OUT_OF_MEMORY;
+    if (s == MEL_OK && w->bytes_merge && !(w->merge = mel_ws_alloc(ctx, w->bytes_merge))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && w->bytes_gather && !(w->gather = mel_ws_alloc(ctx, w->bytes_gather)))
         s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && w->bytes_comm && !(w->comm = mel_ws_alloc(ctx, w->bytes_comm))) s = MEL_ERR_OUT_OF_MEMORY;

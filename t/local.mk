@@ -91,3 +91,9 @@ check_PROGRAMS += t/subnormal.t
 t_subnormal_t_SOURCES = t/subnormal.c
 t_subnormal_t_LDADD = $(TEST_LIBS)
 TESTS += t/subnormal.t
+# the tiled executor (mel_set_tile_cols) against the row executor, fp64
+# references and finite differences; the planner; the automatic choice
+check_PROGRAMS += t/tiles.t
+t_tiles_t_SOURCES = t/tiles.c
+t_tiles_t_LDADD = $(TEST_LIBS)
+TESTS += t/tiles.t
