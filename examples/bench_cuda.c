@@ -203,8 +203,8 @@ int main(int argc, char **argv)
            (long long)N, (long long)D, (long long)V, mel_dtype_name(dt),
            ((double)(2 * N * D) * es + (double)(V * D) * (es + gs)) / 1048576.0,
            (double)N * (double)V * 4 / 1048576.0, (long long)ws_mib, mel_get_threads(ctx));
-    printf("%-10s %-7s %10s %7s %10s %10s %9s %8s %12s %16s %12s %10s\n", "mode", "prec", "chunk_rows", "chunks",
-           "median_ms", "min_ms", "gemm_ms", "TFLOP/s", "peak_ws_MiB", "peak_device_MiB", "loss", "dloss");
+    printf("%-10s %-7s %10s %7s %8s %10s %10s %9s %8s %12s %16s %12s %10s\n", "mode", "prec", "chunk_rows", "chunks",
+           "active", "median_ms", "min_ms", "gemm_ms", "TFLOP/s", "peak_ws_MiB", "peak_device_MiB", "loss", "dloss");
     double loss0 = NAN;
 
     cudaEvent_t e0, e1;
@@ -226,7 +226,7 @@ int main(int argc, char **argv)
             mk(ctx, mel_set_workspace_limit(ctx, ws_mib << 20), "workspace");
         }
         double *ms = calloc((size_t)repeat, sizeof *ms);
-        int64_t peak_ws = 0, chunk_rows = 0, chunks = 0;
+        int64_t peak_ws = 0, chunk_rows = 0, chunks = 0, active = 0;
         double gemm_ms = 0;
         size_t lowest = base_free;
         double loss = NAN;
@@ -253,7 +253,7 @@ int main(int argc, char **argv)
             if (have_th) pthread_join(th, NULL);
             mel_get_stats(ctx, &st);
             if (st.peak_workspace_bytes > peak_ws) peak_ws = st.peak_workspace_bytes;
-            chunk_rows = st.chunk_rows, chunks = st.chunks;
+            chunk_rows = st.chunk_rows, chunks = st.chunks, active = mel_get_active_rows(ctx);
             gemm_ms = st.gemm_seconds * 1e3 + (m == 1 ? fwd_gemm_s * 1e3 : 0);
             if (min_free < lowest) lowest = min_free;
             float t = 0;
@@ -265,13 +265,15 @@ int main(int argc, char **argv)
         double med = repeat % 2 ? ms[repeat / 2] : (ms[repeat / 2 - 1] + ms[repeat / 2]) / 2;
         double flop = 3.0 * 2.0 * (double)N * (double)D * (double)V * (m == 1 ? 4.0 / 3.0 : 1.0);
         if (pm == 0) loss0 = loss;
-        printf("%-10s %-7s %10lld %7lld %10.2f %10.2f %9.2f %8.1f %12.1f %16.1f %12.6f %10.2e\n", names[m], pname[pi],
-               (long long)chunk_rows, (long long)chunks, med, ms[0], gemm_ms, flop / (med * 1e-3) * 1e-12,
+        printf("%-10s %-7s %10lld %7lld %8lld %10.2f %10.2f %9.2f %8.1f %12.1f %16.1f %12.6f %10.2e\n", names[m],
+               pname[pi], (long long)chunk_rows, (long long)chunks, (long long)active, med, ms[0], gemm_ms, flop / (med * 1e-3) * 1e-12,
                (double)peak_ws / 1048576.0, (double)(base_free - lowest) / 1048576.0, loss, loss - loss0);
         fflush(stdout);
         free(ms);
     }
     printf("# loss: mean CE over non-ignored rows (about log V = %.4f for these random inputs)\n", log((double)V));
+    printf("# active: the rows the GEMMs ran on (mel_get_active_rows); every 10th label is ignored, runs of 9 "
+           "active rows, too short for row skipping on a device (N when it is off)\n");
     printf("# TFLOP/s: the GEMM flops (3 per chunk, 4 for recompute, whose backward recomputes the logits) over the "
            "median time; gemm_ms: device time of the GEMMs (mel_stats.gemm_seconds, CUDA events), last run\n");
     printf("# peak_device_MiB: above the free memory after mel_ctx_trim before each mode (the caller's buffers "

@@ -134,6 +134,7 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     if (s) goto out;
     /* row activity before any GEMM: the chunks then hold active rows */
     if ((s = eng_eval_activity(ctx, t, &c, want_y, &A))) goto out;
+    eng_skip_if_runs_pay(xplan, &c, &A);
     if (A.on) c.n_eff = A.n_act;
 
     const eng_job job = {ctx, t, a, &c, xplan, want_y, fb, plan ? NULL : &u, &A};
@@ -182,6 +183,26 @@ out:
     return s;
 }
 
+/* The end of every call, a failed one included: wait for the work the
+ * backend still has queued (a device's kernels must not touch the
+ * caller's buffers after the call returns).  The first error and its
+ * message stay; an error found while waiting after it is appended. */
+static mel_status sync_on_exit(mel_ctx *ctx, mel_status s)
+{
+    if (!ctx->ops->sync) return s;
+    if (s == MEL_OK) return ctx->ops->sync(ctx);
+    char first[sizeof ctx->err];
+    snprintf(first, sizeof first, "%s", ctx->err);
+    if (ctx->ops->sync(ctx) != MEL_OK) {
+        char both[2 * sizeof ctx->err + 64];
+        snprintf(both, sizeof both, "%s; then, waiting for the work queued before it: %s", first, ctx->err);
+        snprintf(ctx->err, sizeof ctx->err, "%.*s", (int)sizeof ctx->err - 1, both);
+    } else {
+        snprintf(ctx->err, sizeof ctx->err, "%s", first);
+    }
+    return s;
+}
+
 /* execute between the backend's enter and leave (CUDA: the context's device) */
 static mel_status call_execute(mel_ctx *ctx, const mel_transform *t, const mel_args *a, int want_y,
                                int want_grads, mel_call_plan *out)
@@ -190,7 +211,7 @@ static mel_status call_execute(mel_ctx *ctx, const mel_transform *t, const mel_a
     mel_clear_error(ctx);
     mel_status s = ctx->ops->enter ? ctx->ops->enter(ctx) : MEL_OK;
     if (s) return s;
-    s = execute(ctx, t, a, want_y, want_grads, out);
+    s = sync_on_exit(ctx, execute(ctx, t, a, want_y, want_grads, out));
     if (ctx->ops->leave) ctx->ops->leave(ctx);
     return s;
 }

@@ -93,7 +93,8 @@ typedef struct upstream {
  * predicate is evaluated on the host by the CPU row executor before any
  * GEMM; the chunks then hold R active rows each.  On a host backend a
  * chunk's active rows are gathered (X, dX, per-row inputs); a device
- * backend walks runs of consecutive active rows instead. */
+ * backend walks runs of consecutive active rows instead, when they pay
+ * (eng_skip_if_runs_pay). */
 typedef struct activity {
     int on;           /* inactive rows are skipped in this call            */
     int gather;       /* gather scattered active rows (host memory)        */
@@ -178,9 +179,14 @@ mel_status eng_zero_inactive(mel_ctx *ctx, const mel_transform *t, const mel_arg
 void eng_gather_rows(const mel_transform *t, const mel_args *a, const call *c, const run *w, int fb,
                      const int64_t *rows, int64_t R, gathered *g);
 void eng_scatter_dx(const mel_args *a, const call *c, const gathered *g, const int64_t *rows, int64_t R);
+/* No gather (device backends): skipping off for the call unless the runs
+ * of active rows pay for their chunks (lib/activity.c). */
+void eng_skip_if_runs_pay(const mel_plan *p, const call *c, activity *A);
 
 /* ------------------------------------------------------------ workspace.c */
 row_bufs eng_row_layout(const mel_transform *t, double *base, int64_t R);
+/* R*: the rows below which a chunk's GEMMs are bound by reading W */
+int64_t eng_gemm_bound_rows(const mel_plan *p, const call *c);
 void eng_size_call(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c, sizing *sz);
 void eng_size_gather(const mel_transform *t, const call *c, int fb, const mel_args *a, sizing *sz);
 mel_status eng_layout(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c,

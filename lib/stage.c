@@ -123,6 +123,25 @@ mel_status eng_seed_rows(mel_ctx *ctx, const mel_args *a, const upstream *u, con
     return ctx->ops->copy(ctx, dev->seed, host->seed, (size_t)R * sizeof(double), 1);
 }
 
+/* The per-row results of a chunk of R rows from a device's row buffer to
+ * its host mirror: only the arrays the call returns (y, bound aux
+ * outputs, input gradients), R entries each -- not the whole buffer,
+ * which holds w->R rows of every array. */
+static mel_status fetch_rows(mel_ctx *ctx, const mel_transform *t, const mel_args *a, const call *c,
+                             const run *w, const row_bufs *host, int want_y, int fb, int64_t R)
+{
+    if (w->hrow == w->rowbuf) return MEL_OK;
+    const row_bufs dev = eng_row_layout(t, w->rowbuf, w->R);
+    const size_t n = (size_t)R * sizeof(double);
+    mel_status s = MEL_OK;
+    if (want_y && a->y) s = ctx->ops->copy(ctx, host->y, dev.y, n, 0);
+    for (int k = 0; k < t->n_aux && s == MEL_OK; k++)
+        if (want_y && c->aux[k]) s = ctx->ops->copy(ctx, host->aux[k], dev.aux[k], n, 0);
+    for (int k = 0; k < t->n_inputs && s == MEL_OK; k++)
+        if (fb && c->ginp[k]) s = ctx->ops->copy(ctx, host->ginp[k], dev.ginp[k], n, 0);
+    return s;
+}
+
 /* Per-row results of a chunk to the caller: y (reduction NONE) or its
  * running total, aux outputs, input gradients.  Gathered rows (rows !=
  * NULL) are only ever host memory. */
@@ -131,7 +150,7 @@ mel_status eng_collect_rows(mel_ctx *ctx, const mel_transform *t, const mel_args
                                const int64_t *rows, int64_t r0, int64_t R, double *total)
 {
     mel_status s;
-    if (w->hrow != w->rowbuf && (s = ctx->ops->copy(ctx, w->hrow, w->rowbuf, w->bytes_rows, 0))) return s;
+    if ((s = fetch_rows(ctx, t, a, c, w, host, want_y, fb, R))) return s;
     if (rows) {
         for (int64_t r = 0; r < R; r++) {
             const int64_t i = rows[r];

@@ -35,17 +35,41 @@
  * N·V > 2^31 in a single chunk (skipped with a message when the device has
  * too little free memory).
  *
- * Also: mel_set_cuda_stream (a caller's stream gives bit-identical results)
+ * Also: mel_set_cuda_stream (a caller's stream gives bit-identical results;
+ * a non-blocking one too, also with X still being uploaded on it when the
+ * call is made; a stream destroyed after its call is not touched by
+ * mel_ctx_trim / mel_ctx_destroy; a stream of another device is refused)
  * and the mel_alloc / mel_to_device / mel_to_host round trip.
+ * group:coverage: FAST16 and TF32 on five transforms and two shapes,
+ * V = 40000, mel_set_check_finite on device data, the SUM reduction, f32
+ * y / aux / input gradients / grad_output, dW and db accumulated, dX-only
+ * and dW-only bindings, heads 2 and 3, mel_plan_call against the call,
+ * mel_ctx_trim, segment sums over 300 segments in one chunk (k_segsum over
+ * more than one block).  group:errors: a pending error of the caller's,
+ * MEL_CUDA_DEBUG_SYNC, and by fault injection (MEL_CUDA_FAULT) a failed
+ * device allocation and a deferred error.  group:big: N·V > 2^31 in one
+ * chunk (row skipping off: every 5th label is ignored) with and without a
+ * bias, and automatic chunks with skipping on (no chunk per short run).
+ *
+ * After a failed call on an unusable device (a sticky CUDA error) the test
+ * stops ("Bail out!") instead of failing every later case for the same
+ * reason.  After each group a "# counts:" line gives its GPU calls,
+ * chunks, bytes moved by the test and seconds (tools/gpu/run.sh copies
+ * them to its summary).
  *
  * MEL_CUDA_TEST_ONLY=text runs only the cases, and the groups
- * group:threads, group:stream, group:lowp and group:big, whose name
- * contains text.
+ * group:threads, group:stream, group:lowp, group:ld, group:wide16,
+ * group:tf32, group:coverage, group:devices, group:errors and group:big,
+ * whose name contains text.  MEL_CUDA_TEST_STANDIN=cpu runs it without a
+ * GPU, a second CPU context in the GPU's place (host buffers; the stream,
+ * devices, errors and big groups left out): the CPU against itself, for
+ * the comparison code and the counts.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "mel.h"
 #include "ref.h"
@@ -66,6 +90,15 @@ typedef struct buf {
     unsigned char *base;
     size_t bytes;
 } buf;
+
+/* What the GPU part of a group costs (printed as "# counts: ..." after
+ * each group; tools/gpu/run.sh puts them in its summary, to size its
+ * step limits): libmel calls on the GPU, their chunks, and the bytes the
+ * test itself moves between host and device. */
+static struct {
+    long long calls, chunks;
+    double bytes;
+} g_count;
 
 static void *bdata(const buf *b) { return b->base ? b->base + GUARD : NULL; }
 
@@ -93,12 +126,14 @@ static void *bnew(buf *b, int dev, size_t bytes)
 
 static void bput(buf *b, const void *src, size_t bytes)
 {
+    if (b->dev) g_count.bytes += (double)bytes;
     if (b->dev) cudaMemcpy(b->base + GUARD, src, bytes, cudaMemcpyHostToDevice);
     else memcpy(b->base + GUARD, src, bytes);
 }
 
 static void bget(const buf *b, void *dst, size_t bytes)
 {
+    if (b->dev) g_count.bytes += (double)bytes;
     if (b->dev) cudaMemcpy(dst, b->base + GUARD, bytes, cudaMemcpyDeviceToHost);
     else memcpy(dst, b->base + GUARD, bytes);
 }
@@ -225,6 +260,7 @@ typedef struct spec {
     int64_t seg;            /* N must be a multiple (0: none)           */
     int64_t lab_max;        /* labels drawn below it (0: V)             */
     int prim;               /* add_prim's k, or -1 for a built-in       */
+    int head0;              /* index of its first head (heads head0, head0 + 1) */
 } spec;
 
 typedef struct prob {
@@ -236,9 +272,10 @@ typedef struct prob {
     double *wts;       /* [N] weights (reduction WEIGHTED)              */
 } prob;
 
-typedef enum { M_FWD, M_FB_NONE, M_FB_MEAN, M_FB_W, M_BWD, M__N } mode;
+/* M_FB_SUM comes after M__N: compare_all does not loop over it */
+typedef enum { M_FWD, M_FB_NONE, M_FB_MEAN, M_FB_W, M_BWD, M__N, M_FB_SUM = M__N } mode;
 static const char *mode_name[] = {"forward", "fwd-bwd NONE", "fwd-bwd MEAN", "fwd-bwd WEIGHTED",
-                                  "backward NONE (accumulate dX, overwrite dW)"};
+                                  "backward NONE (accumulate dX, overwrite dW)", "fwd-bwd SUM"};
 
 /* Outputs of one call, widened to double. */
 typedef struct result {
@@ -247,6 +284,9 @@ typedef struct result {
     int guards_ok;
     int64_t ny;
     double *y, *aux[MAXA], *dX[MAXH], *dW[MAXH], *db[MAXH], *gin[MAXI];
+    mel_status plan_s;  /* g_plan: mel_plan_call before the call         */
+    mel_call_plan plan;
+    mel_stats st;       /* mel_get_stats after the call                  */
 } result;
 
 static void result_free(result *r)
@@ -277,6 +317,26 @@ static unsigned g_prec;
  * context and the buffers are on the device current before); g_dev_back is
  * then 1 when libmel left that device current after the call. */
 static int g_other_dev = -1, g_dev_back;
+/* y, aux outputs, input gradients and grad_output in f32 (else f64). */
+static int g_f32_io;
+/* dW and db pre-filled with W and b and accumulated into (no
+ * MEL_OVERWRITE_DW). */
+static int g_dw_acc;
+/* 0: dX, dW (and db) bound; 1: dX only; 2: dW and db only. */
+static int g_bind;
+/* mel_plan_call with the call's arguments before the call (res->plan). */
+static int g_plan;
+/* A caller's stream with work queued on it before the call: X of head 0
+ * is replaced on the device by NaN, then uploaded again on this stream
+ * behind a long device copy, with no host wait; the context works on
+ * this stream (the caller sets it), so the call must see the upload. */
+static cudaStream_t g_race;
+/* MEL_CUDA_TEST_STANDIN=cpu: a second CPU context plays the GPU and every
+ * buffer is host memory; the groups that need CUDA itself (stream,
+ * devices, errors, big) are left out.  Without a GPU this runs the
+ * comparison code (the CPU against itself: it must pass) and prints the
+ * counts of calls and chunks a GPU run makes. */
+static int g_standin;
 
 #define PAD_OUT 1234.5
 
@@ -317,17 +377,41 @@ static int get_mat(const buf *b, int64_t rows, int64_t cols, int64_t ld, mel_dty
     return pads;
 }
 
+/* After a failed GPU call: when the device context is unusable (a sticky
+ * error: a second synchronisation fails too), every later case would fail
+ * for the same reason -- stop here with one clear line instead (TAP "Bail
+ * out!").  A call refused for an error of the caller's left pending (the
+ * errors group) is not looked into: the test takes that error itself. */
+static void bail_if_device_lost(const char *name, const char *err)
+{
+    if (strstr(err, "already pending")) return;
+    cudaError_t e = cudaDeviceSynchronize();
+    if (e == cudaSuccess) return;
+    cudaGetLastError();
+    cudaError_t e2 = cudaDeviceSynchronize();
+    if (e2 == cudaSuccess) return;
+    printf("Bail out! the CUDA device is unusable after case '%s' (%s: %s; libmel said: %s); no later case "
+           "can run\n", name, cudaGetErrorName(e2), cudaGetErrorString(e2), err);
+    fflush(stdout);
+    exit(1);
+}
+
 /* Run spec sp on problem p with storage dtype dt on ctx (device memory
  * when dev). chunk: chunk_rows (0 = automatic). */
 static void run(mel_ctx *ctx, int dev, const spec *sp, const prob *p, mel_dtype dt, mode m, int64_t chunk,
                 result *res)
 {
     memset(res, 0, sizeof *res);
+    const int gpu_side = dev; /* the call counted in g_count */
+    if (g_standin) dev = 0;   /* the CPU plays the GPU: host buffers */
     const int64_t N = p->N, D = p->D, V = p->V;
     const mel_dtype gt = dt == MEL_F64 ? MEL_F64 : MEL_F32; /* dW, db dtype */
     const size_t es = mel_dtype_size(dt), gs = mel_dtype_size(gt);
     const int grads = m != M_FWD;
-    const mel_reduction red = m == M_FB_MEAN ? MEL_REDUCE_MEAN : m == M_FB_W ? MEL_REDUCE_WEIGHTED : MEL_REDUCE_NONE;
+    const mel_reduction red = m == M_FB_MEAN ? MEL_REDUCE_MEAN
+                              : m == M_FB_W  ? MEL_REDUCE_WEIGHTED
+                              : m == M_FB_SUM ? MEL_REDUCE_SUM
+                                              : MEL_REDUCE_NONE;
     buf bx[MAXH], bw[MAXH], bb[MAXH], bdx[MAXH], bdw[MAXH], bdb[MAXH], blab, binp[MAXI], bgin[MAXI], baux[MAXA],
         by, bdy, bwts;
     memset(bx, 0, sizeof bx), memset(bw, 0, sizeof bw), memset(bb, 0, sizeof bb), memset(bdx, 0, sizeof bdx);
@@ -342,6 +426,7 @@ static void run(mel_ctx *ctx, int dev, const spec *sp, const prob *p, mel_dtype 
     double *fill = xmalloc((size_t)(N > V ? N : V) * (size_t)(D > 1 ? D : 1) * 8);
     for (int64_t i = 0; i < (N > V ? N : V) * D; i++) fill[i] = 777.0;
     for (int h = 0; h < sp->heads; h++) {
+        const int hh = h + sp->head0; /* the head index the transform reads */
         put_mat(&bx[h], dev, p->X[h], N, D, ldx, dt, NAN, tmp);
         put_mat(&bw[h], dev, p->W[h], V, D, ldw, dt, NAN, tmp);
         if (sp->bias) {
@@ -349,18 +434,21 @@ static void run(mel_ctx *ctx, int dev, const spec *sp, const prob *p, mel_dtype 
             bnew(&bb[h], dev, (size_t)V * es);
             bput(&bb[h], tmp, (size_t)V * es);
         }
-        mel_args_head(a, h, mel_mat(bdata(&bx[h]), dt, N, D, ldx), mel_mat(bdata(&bw[h]), dt, V, D, ldw),
+        mel_args_head(a, hh, mel_mat(bdata(&bx[h]), dt, N, D, ldx), mel_mat(bdata(&bw[h]), dt, V, D, ldw),
                       sp->bias ? bdata(&bb[h]) : NULL);
         if (grads && sp->diff[h]) {
-            put_mat(&bdx[h], dev, g_acc ? p->X[h] : fill, N, D, lddx, dt, PAD_OUT, tmp);
-            put_mat(&bdw[h], dev, g_acc ? p->W[h] : fill, V, D, lddw, gt, PAD_OUT, tmp);
-            if (sp->bias) {
-                encode(g_acc ? p->B[h] : fill, V, gt, tmp);
+            const int bx_ = g_bind != 2, bw_ = g_bind != 1; /* dX bound, dW (and db) bound */
+            if (bx_) put_mat(&bdx[h], dev, g_acc ? p->X[h] : fill, N, D, lddx, dt, PAD_OUT, tmp);
+            if (bw_) put_mat(&bdw[h], dev, g_acc || g_dw_acc ? p->W[h] : fill, V, D, lddw, gt, PAD_OUT, tmp);
+            if (sp->bias && bw_) {
+                encode(g_acc || g_dw_acc ? p->B[h] : fill, V, gt, tmp);
                 bnew(&bdb[h], dev, (size_t)V * gs);
                 bput(&bdb[h], tmp, (size_t)V * gs);
             }
-            mel_args_grad_head(a, h, mel_mat(bdata(&bdx[h]), dt, N, D, lddx), mel_mat(bdata(&bdw[h]), gt, V, D, lddw),
-                               sp->bias ? bdata(&bdb[h]) : NULL, MEL_OVERWRITE_DW | (g_acc ? MEL_ACCUMULATE_DX : 0));
+            mel_args_grad_head(a, hh, bx_ ? mel_mat(bdata(&bdx[h]), dt, N, D, lddx) : mel_mat(NULL, dt, 0, 0, 0),
+                               bw_ ? mel_mat(bdata(&bdw[h]), gt, V, D, lddw) : mel_mat(NULL, gt, 0, 0, 0),
+                               sp->bias && bw_ ? bdata(&bdb[h]) : NULL,
+                               (g_dw_acc ? 0 : MEL_OVERWRITE_DW) | (g_acc ? MEL_ACCUMULATE_DX : 0));
         }
     }
     /* labels as i64 for f64 runs, i32 for the others: both index paths */
@@ -384,17 +472,20 @@ static void run(mel_ctx *ctx, int dev, const spec *sp, const prob *p, mel_dtype 
         bput(&binp[k], tmp, (size_t)N * mel_dtype_size(it));
         mel_args_input(a, sp->inp[k], bdata(&binp[k]), it, N);
     }
+    /* y, aux outputs, input gradients and grad_output: f64, or f32 (g_f32_io) */
+    const mel_dtype ot = g_f32_io ? MEL_F32 : MEL_F64;
+    const size_t os = mel_dtype_size(ot);
     for (int k = 0; k < sp->n_gin && grads; k++) {
-        bnew(&bgin[k], dev, (size_t)N * 8);
-        mel_args_grad_input(a, sp->gin[k], bdata(&bgin[k]), MEL_F64);
+        bnew(&bgin[k], dev, (size_t)N * os);
+        mel_args_grad_input(a, sp->gin[k], bdata(&bgin[k]), ot);
     }
     for (int k = 0; k < sp->n_aux; k++) {
-        bnew(&baux[k], dev, (size_t)N * 8);
-        mel_args_aux(a, sp->aux[k], bdata(&baux[k]), MEL_F64);
+        bnew(&baux[k], dev, (size_t)N * os);
+        mel_args_aux(a, sp->aux[k], bdata(&baux[k]), ot);
     }
     res->ny = red == MEL_REDUCE_NONE ? N : 1;
-    bnew(&by, dev, (size_t)res->ny * 8);
-    mel_args_output(a, bdata(&by), MEL_F64);
+    bnew(&by, dev, (size_t)res->ny * os);
+    mel_args_output(a, bdata(&by), ot);
     if (red == MEL_REDUCE_WEIGHTED) {
         bnew(&bwts, dev, (size_t)N * 8);
         bput(&bwts, p->wts, (size_t)N * 8);
@@ -402,19 +493,56 @@ static void run(mel_ctx *ctx, int dev, const spec *sp, const prob *p, mel_dtype 
     mel_args_reduction(a, red, red == MEL_REDUCE_WEIGHTED ? bdata(&bwts) : NULL);
     if (grads) {
         double dy1 = 1.7;
-        bnew(&bdy, dev, (size_t)res->ny * 8);
-        bput(&bdy, red == MEL_REDUCE_NONE ? p->dy : &dy1, (size_t)res->ny * 8);
-        mel_args_grad_output(a, bdata(&bdy), MEL_F64);
+        encode(red == MEL_REDUCE_NONE ? p->dy : &dy1, res->ny, ot, tmp);
+        bnew(&bdy, dev, (size_t)res->ny * os);
+        bput(&bdy, tmp, (size_t)res->ny * os);
+        mel_args_grad_output(a, bdata(&bdy), ot);
     }
 
     mel_set_chunk_rows(ctx, chunk);
     mel_set_precision(ctx, g_prec);
+    /* the buffers were prepared on the legacy default stream (cudaMemset,
+     * cudaMemcpy): finished before libmel queues work on a stream that may
+     * not be ordered with it (a caller's non-blocking stream) */
+    if (dev) cudaDeviceSynchronize();
+    if (g_plan)
+        res->plan_s = mel_plan_call(ctx, sp->t, a,
+                                    m == M_FWD ? MEL_MODE_FORWARD : m == M_BWD ? MEL_MODE_BACKWARD
+                                                                               : MEL_MODE_FORWARD_BACKWARD,
+                                    &res->plan);
+    void *pinned = NULL, *s1 = NULL, *s2 = NULL;
+    if (dev && g_race && sp->heads > 0) {
+        /* X of head 0 to pinned host memory, NaN on the device, then on the
+         * caller's stream a long device copy and the upload, no host wait
+         * (s1, s2 are freed after the call: cudaFree would wait) */
+        const size_t xb = bx[0].bytes, big = (size_t)256 << 20;
+        if (cudaMallocHost(&pinned, xb) == cudaSuccess && cudaMalloc(&s1, big) == cudaSuccess &&
+            cudaMalloc(&s2, big) == cudaSuccess) {
+            cudaMemcpy(pinned, bdata(&bx[0]), xb, cudaMemcpyDeviceToHost);
+            cudaMemset(bdata(&bx[0]), 0xFF, xb); /* NaN in every dtype */
+            cudaDeviceSynchronize();
+            cudaMemcpyAsync(s2, s1, big, cudaMemcpyDeviceToDevice, g_race);
+            cudaMemcpyAsync(bdata(&bx[0]), pinned, xb, cudaMemcpyHostToDevice, g_race);
+        } else {
+            cudaGetLastError();
+            diag("the ordering case could not allocate its buffers: the call runs without the queued upload");
+        }
+    }
     int home = -1;
     if (dev && g_other_dev >= 0) cudaGetDevice(&home), cudaSetDevice(g_other_dev);
     if (m == M_FWD) res->s = mel_forward(ctx, sp->t, a);
     else if (m == M_BWD) res->s = mel_backward(ctx, sp->t, a);
     else res->s = mel_forward_backward(ctx, sp->t, a);
     snprintf(res->err, sizeof res->err, "%s", res->s ? mel_last_error(ctx) : "");
+    mel_get_stats(ctx, &res->st);
+    if (gpu_side) {
+        g_count.calls++;
+        if (!res->s) g_count.chunks += res->st.chunks;
+    }
+    if (s1) cudaFree(s1);
+    if (s2) cudaFree(s2);
+    if (pinned) cudaFreeHost(pinned);
+    if (dev && res->s) bail_if_device_lost(sp->name, res->err);
     if (dev && g_other_dev >= 0) {
         int cur = -1;
         cudaGetDevice(&cur);
@@ -431,19 +559,23 @@ static void run(mel_ctx *ctx, int dev, const spec *sp, const prob *p, mel_dtype 
                   &bdy, &bwts};
     for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) res->guards_ok &= bguard_ok(all[k]);
     res->y = xmalloc((size_t)res->ny * 8);
-    if (m != M_BWD) bget(&by, res->y, (size_t)res->ny * 8);
+    if (m != M_BWD) bget(&by, tmp, (size_t)res->ny * os), decode(tmp, res->ny, ot, res->y);
     for (int k = 0; k < sp->n_aux; k++) {
         res->aux[k] = xmalloc((size_t)N * 8);
-        if (m != M_BWD) bget(&baux[k], res->aux[k], (size_t)N * 8);
+        if (m != M_BWD) bget(&baux[k], tmp, (size_t)N * os), decode(tmp, N, ot, res->aux[k]);
     }
     for (int k = 0; k < sp->n_gin && grads; k++) {
         res->gin[k] = xmalloc((size_t)N * 8);
-        bget(&bgin[k], res->gin[k], (size_t)N * 8);
+        bget(&bgin[k], tmp, (size_t)N * os);
+        decode(tmp, N, ot, res->gin[k]);
     }
     for (int h = 0; h < sp->heads && grads; h++) {
         if (!sp->diff[h]) continue;
-        res->dX[h] = xmalloc((size_t)(N * D) * 8);
-        res->guards_ok &= get_mat(&bdx[h], N, D, lddx, dt, res->dX[h], tmp);
+        if (g_bind != 2) {
+            res->dX[h] = xmalloc((size_t)(N * D) * 8);
+            res->guards_ok &= get_mat(&bdx[h], N, D, lddx, dt, res->dX[h], tmp);
+        }
+        if (g_bind == 1) continue;
         res->dW[h] = xmalloc((size_t)(V * D) * 8);
         res->guards_ok &= get_mat(&bdw[h], V, D, lddw, gt, res->dW[h], tmp);
         if (sp->bias) {
@@ -1055,10 +1187,48 @@ static void streams_and_memory(mel_ctx *gpu, mel_ctx *cpu, tap_rng *rng)
            !memcmp(g0.dX[0], g3.dX[0], nx) && !memcmp(g0.dW[0], g3.dW[0], nw),
        "%s on a caller's non-blocking stream: y, dX, dW bit-identical to the context's own stream", sp->name);
     if (g3.s) diag("%s", g3.err);
+    /* ordered after work already queued on the caller's stream: X is
+     * uploaded on it behind a 256 MiB device copy, with no host wait */
+    result g4;
+    memset(&g4, 0, sizeof g4);
+    g4.s = MEL_ERR_BACKEND;
+    if (nb && mel_set_cuda_stream(gpu, (void *)nb) == MEL_OK) {
+        g_race = nb;
+        run(gpu, 1, sp, &p, MEL_F32, M_FB_NONE, 7, &g4);
+        g_race = NULL;
+        mel_set_cuda_stream(gpu, NULL);
+    }
+    ok(!g0.s && !g4.s && g4.guards_ok && !memcmp(g0.y, g4.y, ny) && !memcmp(g0.dX[0], g4.dX[0], nx) &&
+           !memcmp(g0.dW[0], g4.dW[0], nw),
+       "%s on a caller's non-blocking stream with X still being uploaded on it: y, dX, dW bit-identical", sp->name);
+    if (g4.s) diag("%s", g4.err);
+    result_free(&g4);
     if (nb) cudaStreamDestroy(nb);
     result_free(&g3);
     result_free(&g0), result_free(&g1), result_free(&g2);
     prob_free(&p);
+
+    /* a caller's stream destroyed after the call that used it (still set):
+     * mel_ctx_trim and mel_ctx_destroy must not touch it */
+    {
+        mel_ctx *c2 = NULL;
+        cudaStream_t gone = NULL;
+        result g5;
+        memset(&g5, 0, sizeof g5);
+        g5.s = MEL_ERR_BACKEND;
+        if (!mel_ctx_create(MEL_BACKEND_CUDA, &c2) && cudaStreamCreate(&gone) == cudaSuccess &&
+            !mel_set_cuda_stream(c2, (void *)gone)) {
+            run(c2, 1, sp, &p, MEL_F32, M_FB_NONE, 7, &g5);
+            cudaStreamDestroy(gone);
+            mel_ctx_trim(c2);
+        }
+        mel_ctx_destroy(c2);
+        const cudaError_t le = cudaGetLastError();
+        ok(!g5.s && le == cudaSuccess,
+           "a caller's stream destroyed after its call: mel_ctx_trim and mel_ctx_destroy leave no CUDA error (%s)",
+           g5.s ? g5.err : cudaGetErrorName(le));
+        result_free(&g5);
+    }
 
     unsigned char src[1000], back[1000];
     for (int i = 0; i < 1000; i++) src[i] = (unsigned char)(i * 13 + 1);
@@ -1137,22 +1307,36 @@ static void big(mel_ctx *gpu, mel_ctx *cpu, tap_rng *rng)
     result ref, g1, g0;
     run(cpu, 0, sp, &p, MEL_F32, M_FB_NONE, 0, &ref);
     mel_set_workspace_limit(gpu, (int64_t)1 << 30);
-    run(gpu, 1, sp, &p, MEL_F32, M_FB_NONE, N, &g1); /* one chunk: R·V > 2^31 */
+    /* one chunk of all N rows: R·V > 2^31.  label_of ignores every 5th
+     * row, so with row skipping on the chunks would be the runs of 4
+     * active rows between them (or the rows the skipping policy keeps):
+     * skipping off, so the one chunk really holds N rows */
+    mel_set_row_skipping(gpu, 0);
+    run(gpu, 1, sp, &p, MEL_F32, M_FB_NONE, N, &g1);
     mel_stats st;
     mel_get_stats(gpu, &st);
+    mel_set_row_skipping(gpu, 1);
+    /* automatic chunks, skipping on (the default): whatever the engine
+     * decides for runs of 4 active rows, no chunk may be a lone short run
+     * (the device chunking cliff: more chunks than the rows need) */
     run(gpu, 1, sp, &p, MEL_F32, M_FB_NONE, 0, &g0);
+    mel_stats st0;
+    mel_get_stats(gpu, &st0);
     mel_set_workspace_limit(gpu, 0);
     cmp c1, c0;
     cmp_init(&c1), cmp_init(&c0);
     if (!ref.s && !g1.s) cmp_results(&c1, sp, &p, M_FB_NONE, &g1, &ref);
     if (!ref.s && !g0.s) cmp_results(&c0, sp, &p, M_FB_NONE, &g0, &ref);
-    ok(!ref.s && !g1.s && g1.guards_ok && !c1.bad && c1.worst <= 1e-10,
-       "ce f32 N=%lld V=%lld (N·V > 2^31) in %lld chunk(s) of %lld rows: worst nse %.1e (%s)", (long long)N,
-       (long long)V, (long long)st.chunks, (long long)st.chunk_rows, c1.worst, c1.what);
+    ok(!ref.s && !g1.s && g1.guards_ok && !c1.bad && c1.worst <= 1e-10 && st.chunks == 1 && st.chunk_rows == N,
+       "ce f32 N=%lld V=%lld (N·V > 2^31), skipping off, in %lld chunk(s) of %lld rows (1 of %lld wanted): "
+       "worst nse %.1e (%s)", (long long)N, (long long)V, (long long)st.chunks, (long long)st.chunk_rows,
+       (long long)N, c1.worst, c1.what);
     if (g1.s) diag("%s", g1.err);
-    ok(!ref.s && !g0.s && g0.guards_ok && !c0.bad && c0.worst <= 1e-10,
-       "ce f32 N=%lld V=%lld automatic chunks (1 GiB budget): worst nse %.1e (%s)", (long long)N, (long long)V,
-       c0.worst, c0.what);
+    const int64_t plain = st0.chunk_rows > 0 ? (N + st0.chunk_rows - 1) / st0.chunk_rows : -1;
+    ok(!ref.s && !g0.s && g0.guards_ok && !c0.bad && c0.worst <= 1e-10 && st0.chunks <= plain,
+       "ce f32 N=%lld V=%lld automatic chunks (1 GiB budget), skipping on: %lld chunks of %lld rows (at most "
+       "%lld, the chunks of all N rows): worst nse %.1e (%s)", (long long)N, (long long)V, (long long)st0.chunks,
+       (long long)st0.chunk_rows, (long long)plain, c0.worst, c0.what);
     if (g0.s) diag("%s", g0.err);
     result_free(&ref), result_free(&g1), result_free(&g0);
     prob_free(&p);
@@ -1169,8 +1353,10 @@ static void big(mel_ctx *gpu, mel_ctx *cpu, tap_rng *rng)
     prob_make(&p, sb, N, D, V, rng, cpu);
     run(cpu, 0, sb, &p, MEL_F32, M_FB_NONE, 0, &ref);
     mel_set_workspace_limit(gpu, (int64_t)1 << 30);
+    mel_set_row_skipping(gpu, 0); /* one chunk of N rows (see above) */
     run(gpu, 1, sb, &p, MEL_F32, M_FB_NONE, N, &g1);
     mel_get_stats(gpu, &st);
+    mel_set_row_skipping(gpu, 1);
     mel_set_workspace_limit(gpu, 0);
     cmp_init(&c1);
     if (!ref.s && !g1.s) cmp_results(&c1, sb, &p, M_FB_NONE, &g1, &ref);
@@ -1354,6 +1540,225 @@ static void tf32(mel_ctx *gpu, mel_ctx *cpu, tap_rng *rng)
     prob_free(&p);
 }
 
+/* One GPU call against the CPU's with the same settings: nse <= tol over
+ * every output; *out gets the GPU result when out is not NULL. */
+static int same_as_cpu(mel_ctx *gpu, mel_ctx *cpu, const spec *sp, const prob *p, mel_dtype dt, mode m,
+                       int64_t chunk, double tol, const char *label, result *out)
+{
+    result ref, g;
+    run(cpu, 0, sp, p, dt, m, 0, &ref);
+    run(gpu, 1, sp, p, dt, m, chunk, &g);
+    cmp c;
+    cmp_init(&c);
+    if (!ref.s && !g.s) cmp_results(&c, sp, p, m, &g, &ref);
+    const int good = !ref.s && !g.s && g.guards_ok && !c.bad && c.worst <= tol;
+    ok(good, "%s: %s %s %s N=%lld D=%lld V=%lld chunk %lld: worst nse %.1e (%s, tolerance %.0e)", label, sp->name,
+       mel_dtype_name(dt), mode_name[m], (long long)p->N, (long long)p->D, (long long)p->V, (long long)chunk,
+       c.worst, c.what[0] ? c.what : "-", tol);
+    if (ref.s) diag("cpu: %s", ref.err);
+    if (g.s) diag("gpu: %s", g.err);
+    if (c.bad) diag("NaN or infinity mismatch: %s", c.bad_what);
+    result_free(&ref);
+    if (out) *out = g;
+    else result_free(&g);
+    return good;
+}
+
+/* The cases the issue-25 review found missing: FAST16 and TF32 on more
+ * transforms and shapes, V > 32771, mel_set_check_finite on device data,
+ * the SUM reduction, f32 outputs / aux / grad_output, dW and db
+ * accumulated (no MEL_OVERWRITE_DW), dX-only and dW-only bindings, heads
+ * 2 and 3, mel_plan_call against the call, mel_ctx_trim, segment sums
+ * over more than one block of k_segsum (128 segments). */
+static void coverage(mel_ctx *gpu, mel_ctx *cpu, tap_rng *rng)
+{
+    static const int64_t sh[][3] = {{37, 24, 301}, {64, 96, 5003}};
+    const char *which[] = {"ce bias+smoothing+z_loss", "logprob", "kl", "grpo token, old_logp, ref_logp", "z_loss"};
+    /* FAST16 (bf16, f16) and TF32 (f32) against the CPU in the same precision */
+    for (int w = 0; w < 5; w++) {
+        const spec *sp = spec_named(which[w]);
+        if (!sp) continue;
+        for (int k = 0; k < 2; k++) {
+            prob p;
+            prob_make(&p, sp, sh[k][0], sh[k][1], sh[k][2], rng, cpu);
+            for (int di = 0; di < 2; di++) {
+                const mel_dtype dt = di ? MEL_F16 : MEL_BF16;
+                prob q = p;
+                /* the 16-bit inputs both backends see */
+                for (int h = 0; h < MAXH; h++) {
+                    q.X[h] = xmalloc((size_t)(p.N * p.D) * 8), q.W[h] = xmalloc((size_t)(p.V * p.D) * 8);
+                    q.B[h] = xmalloc((size_t)p.V * 8);
+                    memcpy(q.X[h], p.X[h], (size_t)(p.N * p.D) * 8), memcpy(q.W[h], p.W[h], (size_t)(p.V * p.D) * 8);
+                    memcpy(q.B[h], p.B[h], (size_t)p.V * 8);
+                }
+                round_prob(&q, dt);
+                result ref, g;
+                g_prec = MEL_PRECISION_FAST16;
+                run(cpu, 0, sp, &q, dt, M_FB_MEAN, 0, &ref);
+                run(gpu, 1, sp, &q, dt, M_FB_MEAN, 0, &g);
+                g_prec = 0;
+                double ey = 1, ex = 1, ew = 1;
+                if (!ref.s && !g.s) {
+                    ey = fabs(g.y[0] - ref.y[0]) / fmax(fabs(ref.y[0]), 1.0);
+                    ex = ref_relerr(g.dX[0], ref.dX[0], q.N * q.D, 1e-300);
+                    ew = nse_of(g.dW[0], ref.dW[0], q.V * q.D); /* one-ulp 16-bit dZ flips: nse (see wide_16bit) */
+                }
+                const double tx = (dt == MEL_BF16 ? 0x1p-8 : 0x1p-11) + 3e-5;
+                ok(!ref.s && !g.s && g.guards_ok && ey < 3e-5 && ex < tx && ew < 1e-9,
+                   "%s %s FAST16 N=%lld V=%lld vs the CPU's FAST16: y %.1e dX %.1e (< %.1e) nse dW %.1e", sp->name,
+                   mel_dtype_name(dt), (long long)q.N, (long long)q.V, ey, ex, tx, ew);
+                if (g.s) diag("gpu: %s", g.err);
+                if (ref.s) diag("cpu: %s", ref.err);
+                result_free(&ref), result_free(&g);
+                for (int h = 0; h < MAXH; h++) free(q.X[h]), free(q.W[h]), free(q.B[h]);
+            }
+            result ref, g;
+            run(cpu, 0, sp, &p, MEL_F32, M_FB_NONE, 0, &ref);
+            g_prec = MEL_PRECISION_TF32;
+            run(gpu, 1, sp, &p, MEL_F32, M_FB_NONE, 0, &g);
+            g_prec = 0;
+            cmp cy;
+            cmp_init(&cy);
+            double ex = 1, ew = 1;
+            if (!ref.s && !g.s) {
+                cmp_add(&cy, "y", g.y, ref.y, g.ny);
+                ex = ref_relerr(g.dX[0], ref.dX[0], p.N * p.D, 1e-300);
+                ew = ref_relerr(g.dW[0], ref.dW[0], p.V * p.D, 1e-300);
+            }
+            ok(!g.s && g.guards_ok && !cy.bad && cy.worst <= 1e-10 && ex < 4e-3 && ew < 4e-3,
+               "%s f32 TF32 N=%lld V=%lld: y nse %.1e (logits full fp32), dX %.1e dW %.1e (< 4e-3)", sp->name,
+               (long long)p.N, (long long)p.V, cy.worst, ex, ew);
+            if (g.s) diag("gpu: %s", g.err);
+            result_free(&ref), result_free(&g);
+            prob_free(&p);
+        }
+    }
+
+    const spec *ce = spec_named("ce"), *ceb = spec_named("ce bias+smoothing+z_loss");
+    const spec *aux = NULL, *seg = NULL;
+    for (int k = 0; k < n_specs; k++) {
+        if (specs[k].prim == P_AUX) aux = &specs[k];
+        if (specs[k].prim == P_SEG) seg = &specs[k];
+    }
+    /* V > 32771 (beyond the vocabularies above), f32 and f64 */
+    if (ceb) {
+        prob p;
+        prob_make(&p, ceb, 24, 16, 40000, rng, cpu);
+        same_as_cpu(gpu, cpu, ceb, &p, MEL_F32, M_FB_MEAN, 0, 1e-10, "V = 40000", NULL);
+        same_as_cpu(gpu, cpu, ceb, &p, MEL_F64, M_FB_NONE, 7, 1e-20, "V = 40000", NULL);
+        prob_free(&p);
+    }
+    if (ceb) {
+        prob p;
+        prob_make(&p, ceb, 36, 24, 301, rng, cpu);
+        /* SUM reduction */
+        same_as_cpu(gpu, cpu, ceb, &p, MEL_F32, M_FB_SUM, 7, 1e-10, "SUM", NULL);
+        same_as_cpu(gpu, cpu, ceb, &p, MEL_F64, M_FB_SUM, 0, 1e-20, "SUM", NULL);
+        /* dW and db accumulated into (no MEL_OVERWRITE_DW) */
+        g_dw_acc = 1;
+        same_as_cpu(gpu, cpu, ceb, &p, MEL_F32, M_FB_MEAN, 7, 1e-10, "dW, db accumulated (no MEL_OVERWRITE_DW)", NULL);
+        g_dw_acc = 0;
+        /* dX only, dW (and db) only */
+        g_bind = 1;
+        same_as_cpu(gpu, cpu, ceb, &p, MEL_F32, M_FB_MEAN, 7, 1e-10, "dX only bound", NULL);
+        g_bind = 2;
+        same_as_cpu(gpu, cpu, ceb, &p, MEL_F32, M_FB_NONE, 0, 1e-10, "dW and db only bound", NULL);
+        g_bind = 0;
+        /* mel_plan_call against the call it plans, then mel_ctx_trim */
+        g_plan = 1;
+        result g;
+        same_as_cpu(gpu, cpu, ceb, &p, MEL_F32, M_FB_MEAN, 0, 1e-10, "planned", &g);
+        g_plan = 0;
+        ok(!g.s && !g.plan_s && g.plan.chunks == g.st.chunks && g.plan.chunk_rows == g.st.chunk_rows &&
+               g.plan.peak_workspace_bytes == g.st.peak_workspace_bytes,
+           "mel_plan_call on the GPU: %lld chunks of %lld rows, peak %lld B; the call: %lld of %lld, %lld B",
+           (long long)g.plan.chunks, (long long)g.plan.chunk_rows, (long long)g.plan.peak_workspace_bytes,
+           (long long)g.st.chunks, (long long)g.st.chunk_rows, (long long)g.st.peak_workspace_bytes);
+        const int64_t held = mel_ctx_held_bytes(gpu);
+        mel_ctx_trim(gpu);
+        const int64_t after = mel_ctx_held_bytes(gpu);
+        result g2;
+        run(gpu, 1, ceb, &p, MEL_F32, M_FB_MEAN, 0, &g2);
+        const int same = !g.s && !g2.s && !memcmp(g.dX[0], g2.dX[0], (size_t)(p.N * p.D) * 8) &&
+                         !memcmp(g.dW[0], g2.dW[0], (size_t)(p.V * p.D) * 8) && g.y[0] == g2.y[0];
+        ok(held > 0 && after == 0 && same && mel_ctx_held_bytes(gpu) > 0,
+           "mel_ctx_trim: %lld B held, %lld after; the next call allocates again (%lld B) with the same results",
+           (long long)held, (long long)after, (long long)mel_ctx_held_bytes(gpu));
+        if (g2.s) diag("gpu after trim: %s", g2.err);
+        result_free(&g), result_free(&g2);
+        /* mel_set_check_finite on device data: a NaN in X, an infinity in W */
+        mel_set_check_finite(gpu, 1);
+        result gf;
+        run(gpu, 1, ceb, &p, MEL_F32, M_FB_MEAN, 0, &gf);
+        ok(!gf.s, "check_finite on, finite device data: the call runs (%s)", gf.s ? gf.err : "ok");
+        result_free(&gf);
+        const double x32 = p.X[0][3 * p.D + 2], w41 = p.W[0][4 * p.D + 1];
+        p.X[0][3 * p.D + 2] = NAN;
+        run(gpu, 1, ceb, &p, MEL_F32, M_FB_MEAN, 0, &gf);
+        ok(gf.s == MEL_ERR_NONFINITE && strstr(gf.err, "x of head 0: [3, 2] = nan"),
+           "check_finite on device data: NaN in X refused: %s", gf.err);
+        result_free(&gf);
+        p.X[0][3 * p.D + 2] = x32, p.W[0][4 * p.D + 1] = -INFINITY;
+        run(gpu, 1, ceb, &p, MEL_F64, M_FWD, 0, &gf);
+        ok(gf.s == MEL_ERR_NONFINITE && strstr(gf.err, "w of head 0: [4, 1] = -inf"),
+           "check_finite on device data: -inf in W (f64) refused: %s", gf.err);
+        result_free(&gf);
+        p.W[0][4 * p.D + 1] = w41;
+        mel_set_check_finite(gpu, 0);
+        prob_free(&p);
+    }
+    /* f32 y, aux outputs, input gradients and grad_output */
+    if (aux) {
+        prob p;
+        prob_make(&p, aux, 36, 24, 301, rng, cpu);
+        g_f32_io = 1;
+        same_as_cpu(gpu, cpu, aux, &p, MEL_F32, M_FB_NONE, 7, 1e-10, "f32 y, aux, input gradients, grad_output", NULL);
+        same_as_cpu(gpu, cpu, aux, &p, MEL_F64, M_FWD, 0, 1e-10, "f32 y and aux (f64 storage)", NULL);
+        g_f32_io = 0;
+        prob_free(&p);
+    }
+    /* heads 2 and 3 (both differentiable, with a bias) */
+    {
+        spec *sp = &specs[n_specs];
+        memset(sp, 0, sizeof *sp);
+        snprintf(sp->name, sizeof sp->name, "heads 2 and 3");
+        mel_graph *g = mel_graph_new();
+        mel_val z = mel_g_logits(g, 2, 1), u = mel_g_logits(g, 3, 1);
+        mel_val l = mel_g_index(g, "labels", -1);
+        mel_g_set_output(g, mel_g_add(g, mel_g_sum(g, mel_g_mul(g, mel_g_softmax(g, z), mel_g_log_softmax(g, u))),
+                                      mel_g_gather(g, u, l)));
+        mel_status s = mel_graph_compile(cpu, g, sp->name, &sp->t);
+        mel_graph_free(g);
+        if (ok(s == MEL_OK, "heads 2 and 3 compile: %s", s ? mel_last_error(cpu) : "ok")) {
+            sp->heads = 2, sp->head0 = 2, sp->diff[0] = sp->diff[1] = 1, sp->bias = 1, sp->labels = 1;
+            sp->ignore = -1, sp->prim = -1;
+            n_specs++;
+            prob p;
+            prob_make(&p, sp, 36, 24, 301, rng, cpu);
+            same_as_cpu(gpu, cpu, sp, &p, MEL_F32, M_FB_MEAN, 7, 1e-10, "heads 2-3", NULL);
+            same_as_cpu(gpu, cpu, sp, &p, MEL_F64, M_FB_NONE, 0, 1e-20, "heads 2-3", NULL);
+            prob_free(&p);
+        }
+    }
+    /* segment sums over more than one block of k_segsum (128 threads: 300
+     * segments of 4 rows in one chunk) */
+    if (seg) {
+        prob p;
+        prob_make(&p, seg, 1200, 8, 13, rng, cpu);
+        same_as_cpu(gpu, cpu, seg, &p, MEL_F32, M_FB_NONE, 1200, 1e-10, "300 segments in one chunk", NULL);
+        same_as_cpu(gpu, cpu, seg, &p, MEL_F64, M_FB_MEAN, 0, 1e-20, "300 segments", NULL);
+        prob_free(&p);
+    }
+    const spec *gs = spec_named("grpo sequence");
+    if (gs) {
+        prob p;
+        prob_make(&p, gs, 1200, 8, 13, rng, cpu);
+        same_as_cpu(gpu, cpu, gs, &p, MEL_F32, M_FB_MEAN, 1200, 1e-10, "300 sequences in one chunk", NULL);
+        prob_free(&p);
+    }
+    (void)ce;
+}
+
 /* A context created on one device, called while another is current
  * (libmel makes its device current and restores the caller's). */
 static void devices(mel_ctx *cpu, tap_rng *rng)
@@ -1389,6 +1794,15 @@ static void devices(mel_ctx *cpu, tap_rng *rng)
        "context on device %d, called while device %d is current: worst nse %.1e (%s), the caller's device %s after",
        other, home, c.worst, c.what, g_dev_back ? "current" : "NOT current");
     if (g.s) diag("%s", s ? mel_ctx_create_error() : g.err);
+    /* a stream of another device is refused */
+    cudaStream_t hs = NULL;
+    cudaSetDevice(home);
+    const cudaError_t hce = cudaStreamCreate(&hs);
+    const mel_status ss = !s && hce == cudaSuccess ? mel_set_cuda_stream(g2, (void *)hs) : MEL_ERR_BACKEND;
+    ok(ss == MEL_ERR_INVALID_ARGUMENT && strstr(mel_last_error(g2), "belongs to device"),
+       "mel_set_cuda_stream(a stream of device %d) on a context of device %d: refused: %s", home, other,
+       s ? "no context" : mel_last_error(g2));
+    if (hs) cudaStreamDestroy(hs);
     mel_ctx_destroy(g2);
     cudaSetDevice(home);
     result_free(&ref), result_free(&g);
@@ -1432,15 +1846,82 @@ static void errors_and_timing(mel_ctx *gpu, mel_ctx *cpu, tap_rng *rng)
        "MEL_CUDA_DEBUG_SYNC=1: the call succeeds with the same results: worst nse %.1e (%s)", c.worst, c.what);
     if (g2.s) diag("%s", s ? mel_ctx_create_error() : g2.err);
     mel_ctx_destroy(dbg);
+
+    /* out of memory (MEL_CUDA_FAULT=alloc:1: the first workspace
+     * allocation fails), then the next call runs */
+    setenv("MEL_CUDA_FAULT", "alloc:1", 1);
+    mel_ctx *oom = NULL;
+    s = mel_ctx_create(MEL_BACKEND_CUDA, &oom);
+    unsetenv("MEL_CUDA_FAULT");
+    result o1, o2;
+    memset(&o1, 0, sizeof o1), memset(&o2, 0, sizeof o2);
+    if (!s) run(oom, 1, sp, &p, MEL_F32, M_FB_MEAN, 0, &o1), run(oom, 1, sp, &p, MEL_F32, M_FB_MEAN, 0, &o2);
+    cmp_init(&c);
+    if (!g1.s && !s && !o2.s) cmp_results(&c, sp, &p, M_FB_MEAN, &o2, &g1);
+    ok(!s && o1.s == MEL_ERR_OUT_OF_MEMORY && strstr(o1.err, "out of memory") && o1.guards_ok && !o2.s &&
+           !c.bad && c.worst <= 1e-10,
+       "a device allocation that fails (fault injected): %s (%s); the next call runs: worst nse %.1e",
+       mel_status_str(o1.s), o1.err, c.worst);
+    if (o2.s) diag("%s", o2.err);
+    mel_ctx_destroy(oom);
+    /* a deferred error (MEL_CUDA_FAULT=free:1: the first free, the arena
+     * regrown by a larger call, leaves one): reported by that call, once;
+     * the call after it runs */
+    setenv("MEL_CUDA_FAULT", "free:1", 1);
+    mel_ctx *dfr = NULL;
+    s = mel_ctx_create(MEL_BACKEND_CUDA, &dfr);
+    unsetenv("MEL_CUDA_FAULT");
+    result d1, d2, d3;
+    memset(&d1, 0, sizeof d1), memset(&d2, 0, sizeof d2), memset(&d3, 0, sizeof d3);
+    if (!s) {
+        run(dfr, 1, sp, &p, MEL_F32, M_FB_MEAN, 1, &d1);        /* a workspace of 1 row */
+        run(dfr, 1, sp, &p, MEL_F32, M_FB_MEAN, p.N, &d2);      /* regrown: the old one freed */
+        run(dfr, 1, sp, &p, MEL_F32, M_FB_MEAN, p.N, &d3);
+    }
+    cmp_init(&c);
+    if (!g1.s && !s && !d3.s) cmp_results(&c, sp, &p, M_FB_MEAN, &d3, &g1);
+    ok(!s && !d1.s && d2.s == MEL_ERR_BACKEND && strstr(d2.err, "earlier asynchronous operation failed") &&
+           d2.guards_ok && !d3.s && !c.bad && c.worst <= 1e-10,
+       "a deferred error (fault injected at a free): the call that frees reports it (%s), the next runs: worst nse "
+       "%.1e", d2.err, c.worst);
+    if (d1.s) diag("first call: %s", d1.err);
+    if (d3.s) diag("third call: %s", d3.err);
+    mel_ctx_destroy(dfr);
+    result_free(&o1), result_free(&o2), result_free(&d1), result_free(&d2), result_free(&d3);
     result_free(&g0), result_free(&g1), result_free(&g2);
     prob_free(&p);
+}
+/* "# counts: ..." for a group, since t0; the counters start again */
+static double g_t0;
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+static void counts(const char *group)
+{
+    const double t = now_s();
+    diag("counts: %s: %lld GPU calls, %lld chunks, %.1f MiB moved by the test, %.1f s", group, g_count.calls,
+         g_count.chunks, g_count.bytes / 1048576.0, t - g_t0);
+    memset(&g_count, 0, sizeof g_count);
+    g_t0 = t;
 }
 #endif /* HAVE_CUDA */
 
 int main(void)
 {
     mel_ctx *gpu = NULL;
+#ifdef HAVE_CUDA
+    {
+        const char *si = getenv("MEL_CUDA_TEST_STANDIN");
+        g_standin = si && !strcmp(si, "cpu");
+    }
+    if (g_standin ? mel_ctx_create(MEL_BACKEND_CPU, &gpu) != MEL_OK
+                  : mel_ctx_create(MEL_BACKEND_CUDA, &gpu) != MEL_OK) {
+#else
     if (mel_ctx_create(MEL_BACKEND_CUDA, &gpu) != MEL_OK) {
+#endif
         char why[600];
         snprintf(why, sizeof why, "no CUDA device (%s)", mel_ctx_create_error());
         skip_all(why);
@@ -1455,34 +1936,42 @@ int main(void)
     rng_seed(&rng, test_seed(77));
     mel_ctx *cpu = NULL;
     if (mel_ctx_create(MEL_BACKEND_CPU, &cpu)) return ok(0, "cpu context"), done_testing();
-    {
+    if (g_standin) {
+        diag("stand-in: a CPU context plays the GPU (host buffers; the stream, devices, errors and big groups "
+             "are left out)");
+    } else {
         int dev = -1;
         struct cudaDeviceProp prop;
         cudaGetDevice(&dev);
         if (cudaGetDeviceProperties(&prop, dev) == cudaSuccess)
             diag("device %d: %s, sm_%d%d, %d SMs, %.1f GiB", dev, prop.name, prop.major, prop.minor,
                  prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);
-        diag("rows at once (mel_get_threads): %d", mel_get_threads(gpu));
     }
+    diag("rows at once (mel_get_threads): %d", mel_get_threads(gpu));
     {
         const char *sm = getenv("MEL_CUDA_TEST_SMOKE");
         g_smoke = !sm || !*sm || !strcmp(sm, "0") ? 0 : !strcmp(sm, "tiny") ? 2 : 1;
         if (g_smoke) diag("smoke subset (MEL_CUDA_TEST_SMOKE=%s)", sm);
     }
+    const double t_all = now_s();
+    g_t0 = t_all;
     make_specs(cpu);
     compare_all(gpu, cpu, &rng);
-    if (g_smoke == 1 && group_on("group:stream")) streams_and_memory(gpu, cpu, &rng);
+    counts("cases");
+    if (g_smoke == 1 && group_on("group:stream") && !g_standin) streams_and_memory(gpu, cpu, &rng), counts("group:stream");
     if (!g_smoke) {
-        if (group_on("group:threads")) threads_and_determinism(gpu, cpu, &rng);
-        if (group_on("group:stream")) streams_and_memory(gpu, cpu, &rng);
-        if (group_on("group:lowp")) lowp(gpu, cpu, &rng);
-        if (group_on("group:ld")) leading_dims(gpu, cpu, &rng);
-        if (group_on("group:wide16")) wide_16bit(gpu, cpu, &rng);
-        if (group_on("group:tf32")) tf32(gpu, cpu, &rng);
-        if (group_on("group:devices")) devices(cpu, &rng);
-        if (group_on("group:errors")) errors_and_timing(gpu, cpu, &rng);
-        if (group_on("group:big")) big(gpu, cpu, &rng);
+        if (group_on("group:threads")) threads_and_determinism(gpu, cpu, &rng), counts("group:threads");
+        if (group_on("group:stream") && !g_standin) streams_and_memory(gpu, cpu, &rng), counts("group:stream");
+        if (group_on("group:lowp")) lowp(gpu, cpu, &rng), counts("group:lowp");
+        if (group_on("group:ld")) leading_dims(gpu, cpu, &rng), counts("group:ld");
+        if (group_on("group:wide16")) wide_16bit(gpu, cpu, &rng), counts("group:wide16");
+        if (group_on("group:tf32")) tf32(gpu, cpu, &rng), counts("group:tf32");
+        if (group_on("group:coverage")) coverage(gpu, cpu, &rng), counts("group:coverage");
+        if (group_on("group:devices") && !g_standin) devices(cpu, &rng), counts("group:devices");
+        if (group_on("group:errors") && !g_standin) errors_and_timing(gpu, cpu, &rng), counts("group:errors");
+        if (group_on("group:big") && !g_standin) big(gpu, cpu, &rng), counts("group:big");
     }
+    diag("counts: the whole run: %.1f s", now_s() - t_all);
     for (int k = 0; k < n_specs; k++) mel_transform_free(specs[k].t);
     mel_ctx_destroy(cpu);
     mel_ctx_destroy(gpu);

@@ -53,7 +53,20 @@
  * found at the next synchronisation; its message names the last kernel or
  * GEMM queued, and with the environment variable MEL_CUDA_DEBUG_SYNC=1
  * every kernel and GEMM is followed by a stream synchronisation so the
- * message names the one that failed (slow: for debugging).
+ * message names the one that failed (slow: for debugging).  sync() (which
+ * the engine calls at the end of every call, failed or not) waits for the
+ * stream before it reports anything, so no queued work touches the
+ * caller's buffers after a call returns.  A sticky error (a kernel that
+ * faulted: the device context is unusable, every later runtime call
+ * fails) is said to be so where libmel sees it, and later calls are
+ * refused naming it, rather than blaming an error "already pending".
+ * `pending` tracks work queued since the last completed synchronisation:
+ * free() and fini() touch the stream only then, since a caller's stream
+ * may be destroyed after the call that used it returned.
+ * mel_set_cuda_stream refuses a stream of another device.  For the tests,
+ * MEL_CUDA_FAULT=alloc:K (the K-th allocation of a context fails) or
+ * free:K (the K-th free leaves a deferred error), read when the context
+ * is created, reach the out-of-memory and deferred-error paths.
  *
  * Timing: gemm_mark records a CUDA event before and after each group of
  * chunk GEMMs; mel_stats.gemm_seconds is the sum of the device time
@@ -91,6 +104,10 @@ extern "C" {
 #ifndef MEL_CU_BS
 #define MEL_CU_BS 256       /* threads per block of the row executor (a power of 2) */
 #endif
+/* the block reductions halve the width down to one thread, and a block
+ * holds at most 1024 threads */
+static_assert(MEL_CU_BS >= 1 && MEL_CU_BS <= 1024 && (MEL_CU_BS & (MEL_CU_BS - 1)) == 0,
+              "MEL_CU_BS (threads per block of the row executor) must be a power of two, at most 1024");
 #define MEL_CU_CACHE 8      /* transforms kept on the device               */
 #ifndef MEL_CU_MAX_BLOCKS_PER_SM
 #define MEL_CU_MAX_BLOCKS_PER_SM 4 /* row-executor blocks per SM at most (each holds a row's scratch) */
@@ -122,17 +139,53 @@ typedef struct cu_state {
     cu_cached cache[MEL_CU_CACHE];
     int next_evict;
     cudaError_t deferred; /* an asynchronous error seen where none could be returned */
+    int pending;          /* work queued since the last completed stream synchronisation */
+    cudaError_t sticky;   /* a sticky error seen by libmel: the device context is unusable */
+    char sticky_where[200]; /* where libmel saw it                        */
+    /* fault injection for the tests (MEL_CUDA_FAULT, read at creation):
+     * the fault_alloc-th alloc() fails as out of memory, the fault_free-th
+     * free() leaves a deferred error (0: none) */
+    int fault_alloc, fault_free, n_alloc, n_free;
 } cu_state;
 
 static cu_state *st_of(mel_ctx *ctx) { return (cu_state *)ctx->be; }
+
+/* Whether the device context is unusable after error e: a sticky error
+ * (a kernel that faulted, ...) is returned by every later runtime call,
+ * while a non-sticky one (an allocation that failed) is cleared once
+ * taken.  Takes e off the thread's last-error slot. */
+static int sticky_now(cu_state *st, cudaError_t e)
+{
+    if (e == cudaSuccess) return 0;
+    cudaGetLastError();
+    cudaError_t q = cudaStreamQuery(st ? st->own : 0);
+    if (q == cudaSuccess || q == cudaErrorNotReady) return 0;
+    cudaGetLastError();
+    return 1;
+}
+
+/* e seen by libmel where `what` failed: when it is sticky, remember it, so
+ * that later calls say what happened instead of blaming the caller. */
+static int note_sticky(cu_state *st, cudaError_t e, const char *what)
+{
+    if (!st || !sticky_now(st, e)) return 0;
+    if (st->sticky == cudaSuccess) {
+        st->sticky = e;
+        snprintf(st->sticky_where, sizeof st->sticky_where, "%s", what ? what : "(unknown)");
+    }
+    return 1;
+}
+
+#define STICKY_NOTE " -- a sticky error: this device context is now unusable, every later call on it fails; " \
+                    "the process must end (cudaDeviceReset does not recover it)"
 
 static mel_status cu_err(mel_ctx *ctx, cudaError_t e, const char *what)
 {
     /* e came from libmel's own runtime call: take it off the thread's
      * last-error slot, so the next call does not see it as the caller's */
-    cudaGetLastError();
-    return mel_fail(ctx, MEL_ERR_BACKEND, "cuda: %s: %s (%s)", what, cudaGetErrorName(e),
-                    cudaGetErrorString(e));
+    const int sticky = note_sticky(st_of(ctx), e, what);
+    return mel_fail(ctx, MEL_ERR_BACKEND, "cuda: %s: %s (%s)%s", what, cudaGetErrorName(e),
+                    cudaGetErrorString(e), sticky ? STICKY_NOTE : "");
 }
 
 static mel_status blas_err(mel_ctx *ctx, cublasStatus_t e, const char *what)
@@ -158,11 +211,17 @@ static mel_status queued(mel_ctx *ctx, const char *what)
 {
     cu_state *st = st_of(ctx);
     st->last_queued = what;
+    st->pending = 1;
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return cu_err(ctx, e, what);
-    if (st->debug_sync && (e = cudaStreamSynchronize(st->stream)) != cudaSuccess)
-        return mel_fail(ctx, MEL_ERR_BACKEND, "cuda: %s failed while running (MEL_CUDA_DEBUG_SYNC): %s (%s)", what,
-                        cudaGetErrorName(e), cudaGetErrorString(e));
+    if (st->debug_sync) {
+        if ((e = cudaStreamSynchronize(st->stream)) != cudaSuccess) {
+            const int sticky = note_sticky(st, e, what);
+            return mel_fail(ctx, MEL_ERR_BACKEND, "cuda: %s failed while running (MEL_CUDA_DEBUG_SYNC): %s (%s)%s",
+                            what, cudaGetErrorName(e), cudaGetErrorString(e), sticky ? STICKY_NOTE : "");
+        }
+        st->pending = 0;
+    }
     return MEL_OK;
 }
 
@@ -202,13 +261,22 @@ static void cu_fini(mel_ctx *ctx)
     int prev = -1;
     if (cudaGetDevice(&prev) != cudaSuccess) prev = -1;
     if (prev != st->device) cudaSetDevice(st->device);
-    if (st->stream) cudaStreamSynchronize(st->stream);
+    /* the caller's stream only when libmel still has work queued on it:
+     * after a call (which ends synchronised) the caller may have
+     * destroyed it already */
+    int failed = 0; /* a runtime error of ours to take off the last-error slot (see cu_err) */
+    if (st->stream && st->stream != st->own && st->pending) failed |= cudaStreamSynchronize(st->stream) != cudaSuccess;
+    if (st->own) failed |= cudaStreamSynchronize(st->own) != cudaSuccess;
     for (int k = 0; k < st->n_ev || k < st->cap_ev; k++)
-        if (st->ev && st->ev[k]) cudaEventDestroy(st->ev[k]);
+        if (st->ev && st->ev[k]) failed |= cudaEventDestroy(st->ev[k]) != cudaSuccess;
     free(st->ev);
     for (int k = 0; k < MEL_CU_CACHE; k++) cache_drop(&st->cache[k]);
-    if (st->blas) cublasDestroy(st->blas);
-    if (st->own) cudaStreamDestroy(st->own);
+    if (st->blas) {
+        cublasSetStream(st->blas, st->own); /* off the caller's stream before the handle goes */
+        cublasDestroy(st->blas);
+    }
+    if (st->own) failed |= cudaStreamDestroy(st->own) != cudaSuccess;
+    if (failed) cudaGetLastError();
     if (prev >= 0 && prev != st->device) cudaSetDevice(prev);
     free(st);
     ctx->be = NULL;
@@ -242,6 +310,12 @@ static mel_status cu_init(mel_ctx *ctx)
     {
         const char *d = getenv("MEL_CUDA_DEBUG_SYNC");
         st->debug_sync = d && *d && strcmp(d, "0") != 0;
+        /* MEL_CUDA_FAULT=alloc:K or free:K (t/cuda.c: the out-of-memory
+         * and deferred-error paths, which a healthy device never takes) */
+        const char *f = getenv("MEL_CUDA_FAULT");
+        int k = 0;
+        if (f && sscanf(f, "alloc:%d", &k) == 1) st->fault_alloc = k;
+        else if (f && sscanf(f, "free:%d", &k) == 1) st->fault_free = k;
     }
     st->stream = st->own;
     cublasStatus_t b = cublasCreate(&st->blas);
@@ -272,6 +346,17 @@ static mel_status cu_enter(mel_ctx *ctx)
 {
     cu_state *st = st_of(ctx);
     if (st->depth++ > 0) return MEL_OK;
+    if (st->sticky != cudaSuccess) {
+        /* libmel saw the device fail for good in an earlier call (and said
+         * so there): refuse at once, saying what happened (before any
+         * runtime call, which would only return that error again) */
+        st->depth--;
+        return mel_fail(ctx, MEL_ERR_BACKEND,
+                        "cuda: this context's device is unusable since an earlier call failed with %s (%s) in the "
+                        "%s; that error is sticky (every CUDA call in this process now fails), so no call on "
+                        "the context can run: end the process (set MEL_CUDA_DEBUG_SYNC=1 to find the failing "
+                        "kernel)", cudaGetErrorName(st->sticky), cudaGetErrorString(st->sticky), st->sticky_where);
+    }
     int cur = -1;
     cudaError_t e = cudaGetDevice(&cur);
     if (e == cudaSuccess && cur != st->device) e = cudaSetDevice(st->device);
@@ -284,6 +369,15 @@ static mel_status cu_enter(mel_ctx *ctx)
     if (e != cudaSuccess) {
         if (cur >= 0 && cur != st->device) cudaSetDevice(cur);
         st->depth--;
+        /* sticky: no longer the caller's to handle (cudaStreamQuery on the
+         * context's own stream fails too), and cudaGetLastError cannot
+         * clear it */
+        cudaError_t q = cudaStreamQuery(st->own);
+        if (q != cudaSuccess && q != cudaErrorNotReady)
+            return mel_fail(ctx, MEL_ERR_BACKEND,
+                            "cuda: the device context is unusable: a sticky CUDA error %s (%s) happened before this "
+                            "call (outside libmel: libmel reports its own where they happen); every CUDA call "
+                            "in this process now fails", cudaGetErrorName(e), cudaGetErrorString(e));
         return mel_fail(ctx, MEL_ERR_BACKEND,
                         "cuda: a CUDA error was already pending when libmel was called: %s (%s); it is not "
                         "libmel's (libmel clears its own errors) and is left for the caller to handle "
@@ -322,6 +416,7 @@ static void cu_gemm_mark(mel_ctx *ctx, int end)
         st->cap_ev = cap;
     }
     cudaEvent_t *e = &st->ev[st->n_ev];
+    st->pending = 1;
     if ((!*e && cudaEventCreate(e) != cudaSuccess) || cudaEventRecord(*e, st->stream) != cudaSuccess) {
         cudaGetLastError(); /* ours: the call goes on untimed */
         st->ev_failed = 1;
@@ -348,6 +443,8 @@ static double cu_gemm_seconds(mel_ctx *ctx)
 
 static void *cu_alloc(mel_ctx *ctx, size_t bytes)
 {
+    cu_state *st = st_of(ctx);
+    if (st && ++st->n_alloc == st->fault_alloc) return NULL; /* MEL_CUDA_FAULT=alloc:K */
     void *p = NULL;
     if (cudaMalloc(&p, bytes) != cudaSuccess) {
         cudaGetLastError(); /* clear the (non-sticky) allocation error */
@@ -361,26 +458,46 @@ static void cu_free(mel_ctx *ctx, void *p)
     cu_state *st = st_of(ctx);
     /* wait for the work queued on this memory (the workspace arena is freed
      * when it is regrown, trimmed or the context destroyed), and keep an
-     * error for the next operation that can report it */
-    cudaError_t e = cudaStreamSynchronize(st->stream);
-    if (e != cudaSuccess && st->deferred == cudaSuccess) st->deferred = e;
-    if (cudaFree(p) != cudaSuccess || e != cudaSuccess) cudaGetLastError(); /* ours (see cu_err) */
+     * error for the next operation that can report it.  Nothing queued
+     * since the last synchronisation (a call ends synchronised): the
+     * stream is not touched, so a caller's stream destroyed since is not
+     * used.  cudaFree itself waits for the device. */
+    cudaError_t e = cudaSuccess;
+    if (st->pending) {
+        e = cudaStreamSynchronize(st->stream);
+        if (e == cudaSuccess) st->pending = 0;
+        else {
+            note_sticky(st, e, st->last_queued ? st->last_queued : "work queued before a free");
+            if (st->deferred == cudaSuccess) st->deferred = e;
+        }
+    }
+    const cudaError_t f = cudaFree(p);
+    if (f != cudaSuccess || e != cudaSuccess) cudaGetLastError(); /* ours (see cu_err) */
+    if (++st->n_free == st->fault_free && st->deferred == cudaSuccess)
+        st->deferred = cudaErrorUnknown; /* MEL_CUDA_FAULT=free:K */
 }
 
 /* End of a call: wait for the queued kernels and GEMMs and report their errors. */
+/* End of a call (also of one that failed: the engine calls it on every
+ * exit so that no queued kernel touches the caller's buffers after the
+ * return): wait for the queued kernels and GEMMs first, then report an
+ * error left by an earlier asynchronous operation (the first one seen),
+ * else one of this call's work. */
 static mel_status cu_sync(mel_ctx *ctx)
 {
     cu_state *st = st_of(ctx);
+    cudaError_t e = cudaStreamSynchronize(st->stream);
+    int sticky = 0;
+    if (e != cudaSuccess) sticky = note_sticky(st, e, st->last_queued ? st->last_queued : "(none)");
+    else st->pending = 0;
     mel_status s = take_deferred(ctx);
     if (s) return s;
-    cudaError_t e = cudaStreamSynchronize(st->stream);
-    if (e != cudaSuccess) cudaGetLastError(); /* ours (see cu_err) */
     if (e != cudaSuccess)
         return mel_fail(ctx, MEL_ERR_BACKEND,
                         "cuda: a kernel or GEMM of this call failed while running: %s (%s); the last one queued "
                         "was the %s (set MEL_CUDA_DEBUG_SYNC=1 to synchronise after each and name the one that "
-                        "failed)", cudaGetErrorName(e), cudaGetErrorString(e),
-                        st->last_queued ? st->last_queued : "(none)");
+                        "failed)%s", cudaGetErrorName(e), cudaGetErrorString(e),
+                        st->last_queued ? st->last_queued : "(none)", sticky ? STICKY_NOTE : "");
     return MEL_OK;
 }
 
@@ -394,12 +511,29 @@ static mel_status cu_set_stream(mel_ctx *ctx, void *stream)
     cudaStream_t ns = stream ? (cudaStream_t)stream : st->own;
     mel_status s = take_deferred(ctx);
     if (s || ns == st->stream) return s;
-    cudaEvent_t ev;
-    cudaError_t e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
-    if (e == cudaSuccess) {
-        e = cudaEventRecord(ev, st->stream);
-        if (e == cudaSuccess) e = cudaStreamWaitEvent(ns, ev, 0);
-        cudaEventDestroy(ev); /* released once it has completed */
+#if CUDART_VERSION >= 12080
+    if (stream) {
+        /* a stream of another device cannot order this context's work */
+        int sd = -1;
+        cudaError_t de = cudaStreamGetDevice(ns, &sd);
+        if (de != cudaSuccess) return cu_err(ctx, de, "mel_set_cuda_stream: the stream's device (cudaStreamGetDevice)");
+        if (sd != st->device)
+            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                            "mel_set_cuda_stream: stream %p belongs to device %d, the context works on device %d",
+                            stream, sd, st->device);
+    }
+#endif
+    /* nothing queued since the last synchronisation: nothing to order (and
+     * the old stream, a caller's, may be gone) */
+    cudaError_t e = cudaSuccess;
+    if (st->pending) {
+        cudaEvent_t ev;
+        e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+        if (e == cudaSuccess) {
+            e = cudaEventRecord(ev, st->stream);
+            if (e == cudaSuccess) e = cudaStreamWaitEvent(ns, ev, 0);
+            cudaEventDestroy(ev); /* released once it has completed */
+        }
     }
     if (e != cudaSuccess) return cu_err(ctx, e, "mel_set_cuda_stream: ordering the new stream after the old one");
     cublasStatus_t b = cublasSetStream(st->blas, ns);
@@ -425,8 +559,10 @@ static mel_status cu_copy(mel_ctx *ctx, void *dst, const void *src, size_t bytes
     cu_state *st = st_of(ctx);
     mel_status s = take_deferred(ctx);
     if (s || bytes == 0) return s;
+    st->pending = 1;
     cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, st->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(st->stream);
+    if (e == cudaSuccess) st->pending = 0;
     return e == cudaSuccess ? MEL_OK : cu_err(ctx, e, to_device ? "copy to the device" : "copy to the host");
 }
 
@@ -435,6 +571,7 @@ static mel_status cu_zero2d(mel_ctx *ctx, void *p, int64_t rows, size_t row_byte
     cu_state *st = st_of(ctx);
     mel_status s = take_deferred(ctx);
     if (s || rows <= 0 || row_bytes == 0) return s;
+    st->pending = 1;
     cudaError_t e = cudaMemset2DAsync(p, ld_bytes, 0, row_bytes, (size_t)rows, st->stream);
     return e == cudaSuccess ? MEL_OK : cu_err(ctx, e, "cudaMemset2DAsync");
 }
@@ -1074,6 +1211,7 @@ static mel_status cache_get(mel_ctx *ctx, const mel_transform *t, cu_cached **ou
     }
     /* queued on the stream before the kernels that read it; no host wait
      * (e->host lives as long as the entry) */
+    st->pending = 1;
     ce = cudaMemcpyAsync(e->dev, e->host, e->bytes, cudaMemcpyHostToDevice, st->stream);
     if (ce != cudaSuccess) {
         cache_drop(e);

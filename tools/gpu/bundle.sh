@@ -9,12 +9,19 @@
 #   cuda.t       the CUDA test (t/cuda.c)
 #   bench_cuda   the benchmark (examples/bench_cuda.c)
 #   lib/         the shared libraries they need that a bare CUDA machine
-#                lacks (OpenBLAS, gfortran, gomp, quadmath: found with ldd)
+#                lacks (OpenBLAS, gfortran, gomp, quadmath: found with ldd;
+#                tools/gpu/libcheck.sh gather)
 #   run.sh       the check itself (tools/gpu/run.sh; see doc/gpu-check.md)
+#   libcheck.sh  the library check (run.sh runs it on the GPU machine)
 #   BUILD.txt    what was built, from which commit, with which toolchain
 # The bundle needs on the GPU machine: the NVIDIA driver and cuBLAS of the
 # CUDA major version it was built with (libcublas.so.N, libcublasLt.so.N;
 # too large to bundle), and a glibc at least as new as this machine's.
+# libmel is configured --without-mpi (vocabulary parallelism is not part
+# of the check, and Open MPI is not on a bare CUDA machine), and the build
+# fails unless every library the two programs need resolves inside lib/
+# except glibc, libgcc_s, libstdc++, the CUDA driver, cuBLAS and cudart
+# (tools/gpu/libcheck.sh check).
 #
 # Environment: CUDA_PREFIX (default /usr/local/cuda), CUDA_ARCH (default
 # 90), JOBS (default 2).
@@ -44,10 +51,10 @@ dirty=$(git -C "$src" status --porcelain --untracked-files=no | grep -q . && ech
 
 # 2. configure and build the two programs (static libmel, static cudart)
 cd "$bld/src"
-say "autoreconf, configure --with-cuda=$prefix --with-cuda-arch=$arch --disable-shared (log: $bld/build.log)"
+say "autoreconf, configure --with-cuda=$prefix --with-cuda-arch=$arch --disable-shared --without-mpi (log: $bld/build.log)"
 {
   autoreconf -fi &&
-  ./configure --with-cuda="$prefix" --with-cuda-arch="$arch" --disable-shared --enable-static &&
+  ./configure --with-cuda="$prefix" --with-cuda-arch="$arch" --disable-shared --enable-static --without-mpi &&
   make -j"$jobs" CUDA_LIBS="-L$prefix/lib64 -Wl,-rpath,$prefix/lib64 -lcublas -lcudart_static -ldl -lrt -lpthread" \
     examples/bench_cuda t/cuda.t
 } >"$bld/build.log" 2>&1 || { tail -30 "$bld/build.log" >&2; say "build failed: $bld/build.log" >&2; exit 1; }
@@ -58,31 +65,23 @@ mkdir -p "$out/lib"
 cp t/cuda.t "$out/cuda.t"
 cp examples/bench_cuda "$out/bench_cuda"
 cp "$src/tools/gpu/run.sh" "$out/run.sh"
+cp "$src/tools/gpu/libcheck.sh" "$out/libcheck.sh"
 chmod +x "$out/run.sh" "$out/cuda.t" "$out/bench_cuda"
-for exe in "$out/cuda.t" "$out/bench_cuda"; do
-  ldd "$exe" | awk '/=> \// { print $1, $3 }'
-done | sort -u | while read -r name path; do
-  case $name in
-    libopenblas*|libgfortran*|libgomp*|libquadmath*|libblas*|liblapack*)
-      cp -L "$path" "$out/lib/$name" ;;
-  esac
-done
-# a bare CUDA machine lacks these: each must now resolve to the bundle
-missing=
-for exe in "$out/cuda.t" "$out/bench_cuda"; do
-  for l in $(LD_LIBRARY_PATH="$out/lib" ldd "$exe" | awk '/=> \// { print $1 "=" $3 }'); do
-    case ${l%%=*} in
-      libopenblas*|libgfortran*|libgomp*|libquadmath*)
-        case ${l#*=} in "$out"/lib/*) ;; *) missing="$missing ${l%%=*}" ;; esac ;;
-    esac
-  done
-done
-[ -z "$missing" ] || { say "not bundled:$missing" >&2; exit 1; }
+sh "$src/tools/gpu/libcheck.sh" gather "$out/lib" "$out/cuda.t" "$out/bench_cuda" ||
+  { say "copying the shared libraries into $out/lib failed" >&2; exit 1; }
+# every library the programs need must now resolve to the bundle, but for
+# what the GPU machine provides (glibc, libgcc_s, libstdc++, the driver,
+# cuBLAS, cudart)
+if ! sh "$src/tools/gpu/libcheck.sh" check "$out/lib" "$out/cuda.t" "$out/bench_cuda" >"$bld/libcheck.log" 2>&1; then
+  say "the bundle's programs need libraries it does not ship (and a bare CUDA machine lacks):" >&2
+  sed 's/^/  /' "$bld/libcheck.log" >&2
+  exit 1
+fi
 {
   echo "libmel GPU bundle, built $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -n)"
   echo "commit: $rev$dirty"
   echo "nvcc: $("$prefix/bin/nvcc" --version | tail -1)"
-  echo "configure: --with-cuda=$prefix --with-cuda-arch=$arch --disable-shared (static libmel, static cudart)"
+  echo "configure: --with-cuda=$prefix --with-cuda-arch=$arch --disable-shared --without-mpi (static libmel, static cudart)"
   echo "gencode: $(sed -n 's/^NVCC_GENCODE = //p' Makefile)"
   echo "bundled libraries: $(cd "$out/lib" && ls | tr '\n' ' ')"
   echo "needs on the GPU machine: the NVIDIA driver and, from the CUDA toolkit:"
