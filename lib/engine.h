@@ -158,6 +158,16 @@ const char *eng_tiles_unsupported(const eng_job *j);
  * dX and dW in the last when fb. */
 int eng_tile_gemms(const eng_job *j);
 
+/* One chunk of an executor's pass (eng_open_chunk, lib/stage.c). */
+typedef struct eng_open {
+    int64_t r0, R;         /* the caller's first row (gathered: its first active row), rows */
+    int64_t gr0;           /* the first row in xs / dxs: r0, or 0 for gathered rows */
+    const int64_t *rows;   /* the gathered rows, or NULL for consecutive rows */
+    const mel_matrix *xs[MEL_MAX_HEADS], *dxs[MEL_MAX_HEADS]; /* X and dX to read and write */
+    gathered g;
+    mel_chunk ch;          /* rows, inputs, registers, scratch, row outputs, seeds (fb) */
+} eng_open;
+
 /* ------------------------------------------------------------ validate.c */
 mel_status eng_validate(mel_ctx *ctx, const mel_transform *t, const mel_args *a, int grads, int dry, call *c);
 
@@ -215,6 +225,11 @@ void eng_bind_chunk(const mel_ctx *ctx, const mel_transform *t, const call *c, c
                     const sizing *sz, int64_t r0, int64_t R, mel_chunk *ch);
 mel_status eng_seed_rows(mel_ctx *ctx, const mel_args *a, const upstream *u, const run *w,
                          const row_bufs *dev, const row_bufs *host, const int64_t *rows, int64_t r0, int64_t R);
+/* The next chunk of the walk from active row *k0 (advanced past it): its
+ * rows, gathered when skipping scatters them, the chunk bound with cb's
+ * sizes (the call's, or a tile's), its row outputs and for fb its seeds. */
+mel_status eng_open_chunk(const eng_job *j, const call *cb, const run *w, const sizing *sz, int64_t *k0,
+                          eng_open *o);
 mel_status eng_collect_rows(mel_ctx *ctx, const mel_transform *t, const mel_args *a, const call *c,
                             const upstream *u, const run *w, const row_bufs *host, int want_y, int fb,
                             const int64_t *rows, int64_t r0, int64_t R, double *total);

@@ -137,42 +137,19 @@ static mel_status rows_run(const eng_job *j, eng_shape *out)
     if (s) return s;
     out->chunk_rows = w.R;
     out->bytes = eng_run_bytes(&w);
-    const row_bufs dev = eng_row_layout(t, w.rowbuf, w.R), host = eng_row_layout(t, w.hrow, w.R);
+    const row_bufs host = eng_row_layout(t, w.hrow, w.R);
     for (int64_t k0 = 0; k0 < c->n_eff && s == MEL_OK; out->chunks++) {
-        int64_t r0, R;
-        const int64_t *rows;
-        eng_next_chunk(j->A, c, w.R, k0, &r0, &R, &rows);
-        k0 += R;
-        mel_chunk ch;
-        eng_bind_chunk(ctx, t, c, &w, &sz, r0, R, &ch);
-        const mel_matrix *xs[MEL_MAX_HEADS], *dxs[MEL_MAX_HEADS];
-        gathered g;
-        for (int h = 0; h < MEL_MAX_HEADS; h++) xs[h] = &a->head[h].x, dxs[h] = &a->head[h].dx;
-        int64_t gr0 = r0;
-        if (rows) {
-            eng_gather_rows(t, a, c, &w, fb, rows, R, &g);
-            for (int h = 0; h < MEL_MAX_HEADS; h++) xs[h] = &g.x[h], dxs[h] = &g.dx[h];
-            for (int k = 0; k < t->n_inputs; k++) {
-                if (c->idx[k]) ch.idx[k] = g.in[k];
-                if (c->inp[k]) ch.inp[k] = g.in[k];
-            }
-            ch.r0 = gr0 = 0;
-        }
+        eng_open o;
+        if ((s = eng_open_chunk(j, c, &w, &sz, &k0, &o))) break;
+        mel_chunk ch = o.ch;
+        const int64_t r0 = o.r0, R = o.R, gr0 = o.gr0, *rows = o.rows;
+        const mel_matrix *const *xs = o.xs, *const *dxs = o.dxs;
         double g0 = eng_gemm_begin(ctx);
         s = chunk_logits(ctx, a, c, &w, xs, gr0, R, &out->flops);
         out->gemm_seconds += eng_gemm_end(ctx, g0);
         if (s) break;
 
         for (int h = 0; h < MEL_MAX_HEADS; h++) ch.Z[h] = c->used[h] ? w.Z[h] : NULL;
-        ch.y = dev.y;
-        for (int k = 0; k < t->n_aux; k++)
-            if (c->aux[k]) ch.aux[k] = dev.aux[k];
-        if (fb) {
-            for (int k = 0; k < t->n_inputs; k++)
-                if (c->ginp[k]) ch.ginp[k] = dev.ginp[k];
-            if ((s = eng_seed_rows(ctx, a, j->u, &w, &dev, &host, rows, r0, R))) break;
-            ch.seed = dev.seed;
-        }
         if ((s = mel_run_program(ctx, ctx->ops, t, j->xplan, &ch, w.comm))) break;
         if ((s = eng_collect_rows(ctx, t, a, c, j->u, &w, &host, j->want_y, fb, rows, r0, R, &out->total)))
             break;
@@ -181,7 +158,7 @@ static mel_status rows_run(const eng_job *j, eng_shape *out)
         g0 = eng_gemm_begin(ctx);
         s = chunk_backprop(ctx, a, c, &w, xs, dxs, gr0, R, &out->flops);
         out->gemm_seconds += eng_gemm_end(ctx, g0);
-        if (s == MEL_OK && rows) eng_scatter_dx(a, c, &g, rows, R);
+        if (s == MEL_OK && rows) eng_scatter_dx(a, c, &o.g, rows, R);
     }
     eng_release(ctx, &w);
     return s;

@@ -237,38 +237,15 @@ static mel_status tiles_run(const eng_job *j, eng_shape *out)
     out->tile_cols = Vt;
     out->bytes = eng_run_bytes(&w);
     const int64_t V = c->V;
-    const row_bufs dev = eng_row_layout(t, w.rowbuf, w.R), host = eng_row_layout(t, w.hrow, w.R);
+    const row_bufs host = eng_row_layout(t, w.hrow, w.R);
     for (int64_t k0 = 0; k0 < c->n_eff && s == MEL_OK; out->chunks++) {
-        int64_t r0, R;
-        const int64_t *rows;
-        eng_next_chunk(j->A, c, w.R, k0, &r0, &R, &rows);
-        k0 += R;
-        mel_chunk ch;
-        eng_bind_chunk(ctx, t, &tc, &w, &sz, r0, R, &ch);
-        const mel_matrix *xs[MEL_MAX_HEADS], *dxs[MEL_MAX_HEADS];
-        gathered g;
-        for (int h = 0; h < MEL_MAX_HEADS; h++) xs[h] = &a->head[h].x, dxs[h] = &a->head[h].dx;
-        int64_t gr0 = r0;
-        if (rows) {
-            eng_gather_rows(t, a, c, &w, fb, rows, R, &g);
-            for (int h = 0; h < MEL_MAX_HEADS; h++) xs[h] = &g.x[h], dxs[h] = &g.dx[h];
-            for (int k = 0; k < t->n_inputs; k++) {
-                if (c->idx[k]) ch.idx[k] = g.in[k];
-                if (c->inp[k]) ch.inp[k] = g.in[k];
-            }
-            ch.r0 = gr0 = 0;
-        }
+        eng_open o;
+        if ((s = eng_open_chunk(j, &tc, &w, &sz, &k0, &o))) break;
+        mel_chunk ch = o.ch;
+        const int64_t r0 = o.r0, R = o.R, gr0 = o.gr0, *rows = o.rows;
+        const mel_matrix *const *xs = o.xs, *const *dxs = o.dxs;
         const int64_t v_base = ch.v_off; /* this process's first column */
         ch.v_total = ctx->vp ? mel_vp_total(ctx) : V;
-        ch.y = dev.y;
-        for (int k = 0; k < t->n_aux; k++)
-            if (c->aux[k]) ch.aux[k] = dev.aux[k];
-        if (fb) {
-            for (int k = 0; k < t->n_inputs; k++)
-                if (c->ginp[k]) ch.ginp[k] = dev.ginp[k];
-            if ((s = eng_seed_rows(ctx, a, j->u, &w, &dev, &host, rows, r0, R))) break;
-            ch.seed = dev.seed;
-        }
         for (int q = 0; q < p->n_phases && s == MEL_OK; q++) {
             const int last = q == p->n_phases - 1;
             if (q > 0) {
@@ -358,7 +335,7 @@ static mel_status tiles_run(const eng_job *j, eng_shape *out)
         if (s) break;
         if ((s = eng_collect_rows(ctx, t, a, c, j->u, &w, &host, j->want_y, fb, rows, r0, R, &out->total)))
             break;
-        if (fb && rows) eng_scatter_dx(a, c, &g, rows, R);
+        if (fb && rows) eng_scatter_dx(a, c, &o.g, rows, R);
     }
     eng_release(ctx, &w);
     return s;

@@ -123,6 +123,39 @@ mel_status eng_seed_rows(mel_ctx *ctx, const mel_args *a, const upstream *u, con
     return ctx->ops->copy(ctx, dev->seed, host->seed, (size_t)R * sizeof(double), 1);
 }
 
+mel_status eng_open_chunk(const eng_job *j, const call *cb, const run *w, const sizing *sz, int64_t *k0,
+                          eng_open *o)
+{
+    const mel_transform *t = j->t;
+    const mel_args *a = j->a;
+    const call *c = j->c;
+    memset(o, 0, sizeof *o);
+    eng_next_chunk(j->A, c, w->R, *k0, &o->r0, &o->R, &o->rows);
+    *k0 += o->R;
+    mel_chunk *ch = &o->ch;
+    eng_bind_chunk(j->ctx, t, cb, w, sz, o->r0, o->R, ch);
+    for (int h = 0; h < MEL_MAX_HEADS; h++) o->xs[h] = &a->head[h].x, o->dxs[h] = &a->head[h].dx;
+    o->gr0 = o->r0;
+    if (o->rows) {
+        eng_gather_rows(t, a, c, w, j->fb, o->rows, o->R, &o->g);
+        for (int h = 0; h < MEL_MAX_HEADS; h++) o->xs[h] = &o->g.x[h], o->dxs[h] = &o->g.dx[h];
+        for (int k = 0; k < t->n_inputs; k++) {
+            if (c->idx[k]) ch->idx[k] = o->g.in[k];
+            if (c->inp[k]) ch->inp[k] = o->g.in[k];
+        }
+        ch->r0 = o->gr0 = 0;
+    }
+    const row_bufs dev = eng_row_layout(t, w->rowbuf, w->R), host = eng_row_layout(t, w->hrow, w->R);
+    ch->y = dev.y;
+    for (int k = 0; k < t->n_aux; k++)
+        if (c->aux[k]) ch->aux[k] = dev.aux[k];
+    if (!j->fb) return MEL_OK;
+    for (int k = 0; k < t->n_inputs; k++)
+        if (c->ginp[k]) ch->ginp[k] = dev.ginp[k];
+    ch->seed = dev.seed;
+    return eng_seed_rows(j->ctx, a, j->u, w, &dev, &host, o->rows, o->r0, o->R);
+}
+
 /* The per-row results of a chunk of R rows from a device's row buffer to
  * its host mirror: only the arrays the call returns (y, bound aux
  * outputs, input gradients), R entries each -- not the whole buffer,

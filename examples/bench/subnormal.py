@@ -61,7 +61,7 @@ def mel_args(d, name, scale, dtype):
         a += ["--teacher-hidden", f"{d}/xt.npy", "--teacher-weight", f"{d}/wt_{scale}.npy"]
     if name == "grpo":
         a += ["--input", f"mask={d}/mask.npy", "--input", f"advantages={d}/adv.npy"]
-    if name in ("logprob", "entropy", "z_loss"):
+    if name in ("logprob", "entropy", "z_loss", "grpo"):
         a += ["--reduction", "sum"]
     return a
 

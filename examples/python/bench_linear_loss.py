@@ -7,7 +7,8 @@ produces (peak RSS growth during the step minus the size of X.grad and W.grad).
 
     PYTHONPATH=python MEL_LIBRARY=lib/.libs/libmel.so python3 examples/python/bench_linear_loss.py
     options: --rows --dim --vocab --repeat (default 3) --csv FILE
-             --ws-mib M   also libmel with a workspace budget of M MiB ("libmel_ws")
+             --ws-mib M [M ...]   also libmel with workspace budgets of M MiB
+                                  ("libmel_wsM"; the frontier table of doc/benchmarks.md)
 """
 import argparse
 import json
@@ -23,7 +24,7 @@ def rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def child(method, N, D, V, threads, ws_mib=0):
+def child(method, N, D, V, threads):
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(threads)  # libmel follows torch's thread count
@@ -38,9 +39,9 @@ def child(method, N, D, V, threads, ws_mib=0):
     grads_mib = (X.numel() + W.numel()) * 4 / 2**20
     extra = {}
     opts = None
-    if method in ("libmel", "libmel_ws"):
+    if method.startswith("libmel"):
         import libmel
-        budget = int(ws_mib * 2**20) if method == "libmel_ws" else None
+        budget = int(float(method[len("libmel_ws"):]) * 2**20) if method.startswith("libmel_ws") else None
 
         def step():
             return libmel.linear_loss(X, W, lab, workspace_bytes=budget)
@@ -59,11 +60,12 @@ def child(method, N, D, V, threads, ws_mib=0):
     Xs = torch.randn(64, D, requires_grad=True)
     Ws = W.detach()[:512].clone().requires_grad_(True)
     ls = lab[:64] % 512
-    step_small = {"libmel": lambda: libmel.linear_loss(Xs, Ws, ls),
-                  "libmel_ws": lambda: libmel.linear_loss(Xs, Ws, ls),
-                  "torch_eager": lambda: F.cross_entropy(Xs @ Ws.T, ls),
-                  "torch_chunked": lambda: F.linear_cross_entropy(Xs, Ws, ls, options=opts)}
-    step_small[method]().backward()
+    if method.startswith("libmel"):
+        libmel.linear_loss(Xs, Ws, ls).backward()
+    else:
+        step_small = {"torch_eager": lambda: F.cross_entropy(Xs @ Ws.T, ls),
+                      "torch_chunked": lambda: F.linear_cross_entropy(Xs, Ws, ls, options=opts)}
+        step_small[method]().backward()
     del Xs, Ws
     base = rss_mib()
     t0 = time.perf_counter()
@@ -71,10 +73,10 @@ def child(method, N, D, V, threads, ws_mib=0):
     loss.backward()
     wall = time.perf_counter() - t0
     peak = rss_mib()
-    if method in ("libmel", "libmel_ws"):
+    if method.startswith("libmel"):
         st = libmel.last_stats()
         extra = {"lib_seconds": st["seconds"], "peak_workspace_mib": st["peak_workspace_bytes"] / 2**20,
-                 "chunk_rows": st["chunk_rows"]}
+                 "chunk_rows": st["chunk_rows"], "tile_cols": st.get("tile_cols", 0)}
     print(json.dumps(dict(method=method, wall_s=wall, extra_rss_mib=peak - base - grads_mib,
                           loss=float(loss.detach()), **extra)))
 
@@ -88,13 +90,13 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--csv")
     ap.add_argument("--child")
-    ap.add_argument("--ws-mib", type=float, default=0)
+    ap.add_argument("--ws-mib", type=float, nargs="*", default=[])
     a = ap.parse_args()
     if a.child:
-        child(a.child, a.rows, a.dim, a.vocab, a.threads, a.ws_mib)
+        child(a.child, a.rows, a.dim, a.vocab, a.threads)
         return
     import torch
-    methods = ["libmel"] + (["libmel_ws"] if a.ws_mib > 0 else []) + ["torch_eager"]
+    methods = ["libmel"] + ["libmel_ws%g" % m for m in a.ws_mib] + ["torch_eager"]
     if hasattr(torch.nn, "LinearCrossEntropyOptions"):
         methods.append("torch_chunked")
     res = {m: [] for m in methods}
@@ -102,20 +104,21 @@ def main():
         for m in methods:  # interleaved, so machine noise hits every method alike
             out = subprocess.run([sys.executable, __file__, "--child", m, "--rows", str(a.rows),
                                   "--dim", str(a.dim), "--vocab", str(a.vocab),
-                                  "--threads", str(a.threads), "--ws-mib", str(a.ws_mib)],
+                                  "--threads", str(a.threads)],
                                  capture_output=True, text=True, check=True)
             res[m].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print("# N=%d D=%d V=%d f32, torch %s, threads %d, OPENBLAS_CORETYPE=%s, %d repeats "
           "(medians)%s" % (a.rows, a.dim, a.vocab, torch.__version__, a.threads,
                            os.environ.get("OPENBLAS_CORETYPE", ""), a.repeat,
-                           "; libmel_ws: workspace_bytes = %g MiB" % a.ws_mib if a.ws_mib else ""))
+                           "; libmel_wsM: workspace_bytes = M MiB" if a.ws_mib else ""))
     print("# load average before: %s" % open("/proc/loadavg").read().split()[:3])
-    print("%-14s %10s %14s %10s" % ("method", "time_s", "extra_rss_MiB", "loss"))
+    print("%-14s %10s %14s %10s %10s %10s" % ("method", "time_s", "extra_rss_MiB", "loss", "rows", "tile_cols"))
     rows = []
     for m in methods:
         med = lambda k: statistics.median(x[k] for x in res[m])  # noqa: E731
         rows.append((m, med("wall_s"), med("extra_rss_mib"), res[m][0]["loss"]))
-        print("%-14s %10.3f %14.1f %10.5f" % rows[-1])
+        print("%-14s %10.3f %14.1f %10.5f %10s %10s" % (rows[-1] + (res[m][0].get("chunk_rows", "-"),
+                                                         res[m][0].get("tile_cols", "-"))))
     lm = res["libmel"]
     ratio = statistics.median(x["wall_s"] / x["lib_seconds"] for x in lm)
     ws = lm[0]["peak_workspace_mib"]
