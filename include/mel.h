@@ -185,7 +185,7 @@ MEL_API mel_status mel_set_chunk_rows(mel_ctx *ctx, int64_t chunk_rows);
  *   is one tile of the whole row, still through the tiled executor), rows
  *   per chunk from mel_set_chunk_rows or the budget as usual.
  *   cols == 0 (default): automatic.  With an explicit workspace limit whose
- *   whole-row chunks would have fewer than R* rows (or not one row), the
+ *   whole-row chunks would have fewer than 2·R* rows (or not one row), the
  *   tiled executor runs when its chunks cost less per flop (a budget of
  *   64 KiB then runs V up to 2^20), with the tile width whose chunks have
  *   the highest GEMM arithmetic intensity; otherwise whole rows.

@@ -40,7 +40,9 @@ static mel_status pick_executor(const eng_job *j, const mel_executor **ex)
     if (why || ctx->workspace_limit <= 0 || ctx->chunk_rows > 0 || j->c->n_eff <= 0) return MEL_OK;
     eng_shape rows, tiles;
     mel_status s = mel_exec_rows.plan(j, &rows);
-    if (s == MEL_OK && (rows.chunk_rows >= eng_gemm_bound_rows(j->xplan, j->c) || rows.chunk_rows >= j->c->n_eff))
+    /* 2·R*: where whole rows beat tiles by the executor balance (eng_gemm_cost) */
+    if (s == MEL_OK &&
+        (rows.chunk_rows >= 2 * eng_gemm_bound_rows(j->xplan, j->c) || rows.chunk_rows >= j->c->n_eff))
         return MEL_OK;
     if (s != MEL_OK && s != MEL_ERR_BUDGET) return s;
     char rows_msg[512];

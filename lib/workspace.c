@@ -154,6 +154,16 @@ int64_t eng_gemm_bound_rows(const mel_plan *p, const call *c)
     return (int64_t)ceil(MEL_GEMM_BALANCE * (4 / ct) * s / (2 * g));
 }
 
+/* The balance the executor choice prices chunks with: twice the R*
+ * balance.  Measured (CE f32, N = 4096, D = 1024, V = 32768, 2 threads, the
+ * AMD EPYC of doc/benchmarks.md, quiet, 3 runs each): whole rows of 59
+ * rows (8 MiB) took 6.88 s against 6.48 s for tiles of 1888 × 1024, and
+ * 96 rows (16 MiB) 5.42 s against 5.99 s for tiles of 1952 × 2048, so
+ * the crossover lies between 59 and 96 rows, i.e. a balance of 30–48
+ * flops per byte in this model (rows cost 3/min(B, 0.375·R) against 4/B),
+ * where 16 would put it at 43. */
+#define MEL_EXECUTOR_BALANCE (2 * MEL_GEMM_BALANCE)
+
 double eng_gemm_cost(int64_t R, int64_t cols, size_t es, int gemms)
 {
     /* g GEMMs of 2·R·cols·D flops each move about (g + 1)·(R + cols)·D
@@ -162,7 +172,7 @@ double eng_gemm_cost(int64_t R, int64_t cols, size_t es, int gemms)
      * large V that is the s·V·D of the R* comment above (s = 16 in f32). */
     const double g = gemms;
     const double q = 2 * g * (double)R * (double)cols / ((g + 1) * (double)(R + cols) * (double)es);
-    const double balance = MEL_GEMM_BALANCE * 4 / (double)es;
+    const double balance = MEL_EXECUTOR_BALANCE * 4 / (double)es;
     return g / (q < balance ? q : balance);
 }
 
