@@ -102,11 +102,14 @@ mel_status mel_ctx_create(mel_backend backend, mel_ctx **out)
     if (!be)
         return mel_fail(NULL, MEL_ERR_INVALID_ARGUMENT,
                         "mel_ctx_create: backend = %d is not a mel_backend", (int)backend);
-    const mel_backend_ops *ops = be->ops ? be->ops() : NULL;
-    if (!ops)
+    if (!be->ops)
         return mel_fail(NULL, MEL_ERR_UNSUPPORTED,
                         "mel_ctx_create: backend = %s, but this libmel was built without %s (%s)",
                         be->enum_name, be->label, be->build_hint);
+    char why[1024] = "";
+    const mel_backend_ops *ops = be->ops(why, sizeof why);
+    if (!ops)
+        return mel_fail(NULL, MEL_ERR_UNSUPPORTED, "mel_ctx_create: backend = %s: %s", be->enum_name, why);
     mel_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return mel_fail(NULL, MEL_ERR_OUT_OF_MEMORY, "mel_ctx_create: out of memory");
     ctx->ops = ops;

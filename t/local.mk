@@ -85,3 +85,9 @@ examples_vocab_parallel_LDADD = lib/libmel.la $(MPI_LIBS) -lm
 else
 EXTRA_DIST += examples/vocab_parallel.c
 endif
+# The CUDA backend as a module (backends/registry.c): a CPU-only process
+# maps no CUDA library; what a failed CUDA context names.
+check_PROGRAMS += t/backend_module.t
+t_backend_module_t_SOURCES = t/backend_module.c
+t_backend_module_t_LDADD = $(TEST_LIBS)
+TESTS += t/backend_module.t
