@@ -2,9 +2,12 @@
 
 Only what the package uses is declared.  The shared library is found, in
 order, from the environment variable MEL_LIBRARY (a path to libmel.so), the
-build tree this package sits in (<top>/python/libmel -> <top>/lib/.libs),
-the library directory written into _config.py at install time, and the
-system's search path.
+package's own directory (a wheel made by `make wheel` carries libmel.so
+there, and the CUDA module libmel-cuda.so beside it when built), the build
+tree this package sits in (<top>/python/libmel -> <top>/lib/.libs), the
+library directory written into _config.py by `make install`, pkg-config's
+libdir of mel (an installed libmel under `pip install ./python`:
+PKG_CONFIG_PATH as for a C program), and the system's search path.
 """
 import ctypes
 import ctypes.util
@@ -52,40 +55,61 @@ class GradcheckReport(ctypes.Structure):
 
 
 def _candidates():
-    env = os.environ.get("MEL_LIBRARY")
-    if env:
-        # an explicit choice is the only one tried: a wrong path is an error
-        return [env], True
+    """The places to look, in order, each computed only when reached."""
     here = os.path.dirname(os.path.abspath(__file__))
-    out = [os.path.join(here, "..", "..", "lib", ".libs", "libmel.so")]
+    yield os.path.join(here, "libmel.so")
+    yield os.path.join(here, "..", "..", "lib", ".libs", "libmel.so")
     try:
         from . import _config  # written by make install
-        out.append(os.path.join(_config.LIBDIR, "libmel.so"))
+        yield os.path.join(_config.LIBDIR, "libmel.so")
     except ImportError:
         pass
+    libdir = _pkg_config_libdir()
+    if libdir:
+        yield os.path.join(libdir, "libmel.so")
     found = ctypes.util.find_library("mel")
     if found:
-        out.append(found)
-    return out, False
+        yield found
+
+
+def _pkg_config_libdir():
+    """`pkg-config --variable=libdir mel`, or None (no pkg-config, no mel.pc)."""
+    import shutil
+    import subprocess
+    exe = shutil.which(os.environ.get("PKG_CONFIG") or "pkg-config")
+    if not exe:
+        return None
+    try:
+        r = subprocess.run([exe, "--variable=libdir", "mel"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    d = r.stdout.decode().strip() if r.returncode == 0 else ""
+    return d or None
 
 
 def _load():
-    paths, explicit = _candidates()
-    errors = []
-    for p in paths:
-        if not explicit and os.path.sep in p and not os.path.exists(p):
+    env = os.environ.get("MEL_LIBRARY")
+    if env:
+        # an explicit choice is the only one tried: a wrong path is an error
+        try:
+            return ctypes.CDLL(env), env
+        except OSError as e:
+            raise ImportError("libmel: MEL_LIBRARY=%s could not be loaded: %s" % (env, e))
+    tried, errors = [], []
+    for p in _candidates():
+        tried.append(p)
+        if os.path.sep in p and not os.path.exists(p):
             continue
         try:
             return ctypes.CDLL(p), p
         except OSError as e:
             errors.append("%s: %s" % (p, e))
-    if explicit:
-        raise ImportError("libmel: MEL_LIBRARY=%s could not be loaded: %s"
-                          % (paths[0], "; ".join(errors)))
     raise ImportError("libmel: libmel.so not found (tried %s%s); build the C library "
-                      "(./configure && make), install it (make install), or set "
-                      "MEL_LIBRARY to its path"
-                      % (", ".join(paths) or "nothing", "; " + "; ".join(errors) if errors else ""))
+                      "(./configure && make), install it (make install, then PKG_CONFIG_PATH "
+                      "as for a C program when not in a standard place), or set MEL_LIBRARY "
+                      "to its path"
+                      % (", ".join(tried), "; " + "; ".join(errors) if errors else ""))
 
 
 lib, path = _load()
