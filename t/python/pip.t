@@ -81,7 +81,7 @@ whl=$(ls "$tmp"/wheel/libmel-*.whl 2>/dev/null | head -1)
 [ -n "$whl" ]
 ok $? "make wheel: ${whl##*/}" || diag "$tmp/wheel.log"
 want="libmel/libmel.so"
-[ -f "$top_build/lib/.libs/libmel-cuda.so" ] && want="$want libmel/libmel-cuda.so"
+[ -f "$top_build/lib/.libs/libmel-cuda.so" ] && want="libmel/libmel-cuda.so $want"
 got=$("$py" -c 'import sys, zipfile; print(" ".join(sorted(n for n in zipfile.ZipFile(sys.argv[1]).namelist() if n.endswith(".so"))))' "$whl" 2>&1)
 [ "$got" = "$want" ]
 ok $? "the wheel carries $want: $got"
