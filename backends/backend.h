@@ -163,6 +163,9 @@ const mel_backend_entry *mel_backend_entry_at(int i);
 
 /* The CPU backend's instance (backends/cpu/cpu.c). */
 const mel_backend_ops *mel_cpu_backend(void);
+/* The BLAS it calls (backends/cpu/blas_info.c): mel_info's "blas*" keys
+ * (include/mel.h) into out[n]; 0 when key is not one of them. */
+int mel_cpu_blas_info(const char *key, char *out, size_t n);
 
 /* ------------------------------------------------- backend modules */
 

@@ -52,6 +52,27 @@ extern "C" {
 MEL_API int mel_version(void);
 /* "0.5.0" */
 MEL_API const char *mel_version_string(void);
+/* Facts about this build and the process it runs in, as strings (since
+ * 0.5): the value of `key`, or NULL for a key that is not one of these.
+ * mel_info_key(i) is the i-th key, NULL past the last (for listing them).
+ *   "version"        mel_version_string()
+ *   "blas"           the BLAS the CPU backend calls: "OpenBLAS 0.3.21", or
+ *                    "CBLAS" when it is not OpenBLAS
+ *   "blas_file"      the shared library that holds cblas_sgemm ("" unknown)
+ *   "blas_config"    OpenBLAS's build configuration (openblas_get_config)
+ *   "blas_kernel"    the kernel OpenBLAS chose for this CPU
+ *                    (openblas_get_corename, e.g. "Haswell", "SkylakeX";
+ *                    the environment variable OPENBLAS_CORETYPE overrides
+ *                    its choice in a DYNAMIC_ARCH build); "" unknown
+ *   "blas_threads"   the BLAS's thread count now (a CPU context sets it to
+ *                    its own before each GEMM); "" unknown
+ *   "blas_parallel"  "openmp", "pthreads", "sequential" or ""
+ *   "cuda"           "module" in a --with-cuda build (the module
+ *                    libmel-cuda.so, loaded on the first CUDA context), else
+ *                    "no"
+ * The strings stay valid until the next call on the same thread. */
+MEL_API const char *mel_info(const char *key);
+MEL_API const char *mel_info_key(int i);
 
 /* ------------------------------------------------------------------ status */
 

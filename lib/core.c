@@ -9,6 +9,25 @@
 int mel_version(void) { return MEL_VERSION_NUMBER; }
 const char *mel_version_string(void) { return PACKAGE_VERSION; }
 
+static const char *const info_keys[] = {"version", "blas", "blas_file", "blas_config", "blas_kernel",
+                                        "blas_threads", "blas_parallel", "cuda"};
+#define N_INFO_KEYS ((int)(sizeof info_keys / sizeof info_keys[0]))
+
+const char *mel_info_key(int i) { return i >= 0 && i < N_INFO_KEYS ? info_keys[i] : NULL; }
+
+const char *mel_info(const char *key)
+{
+    static _Thread_local char buf[1024];
+    if (!key) return NULL;
+    if (!strcmp(key, "version")) return PACKAGE_VERSION;
+#ifdef HAVE_CUDA
+    if (!strcmp(key, "cuda")) return "module";
+#else
+    if (!strcmp(key, "cuda")) return "no";
+#endif
+    return mel_cpu_blas_info(key, buf, sizeof buf) ? buf : NULL;
+}
+
 const char *mel_status_str(mel_status s)
 {
     switch (s) {

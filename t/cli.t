@@ -275,6 +275,29 @@ ok $? "peak RSS $((${rss:-0} >> 20)) MiB <= inputs + outputs $((io >> 20)) MiB +
     diag "$tmp/zst.json"
 rm -f "$tmp"/z*.npy
 
+# the BLAS in view (issue 22): its name, file, kernel and threads in --stats and in
+# mel bench's header; OPENBLAS_CORETYPE changes the kernel a DYNAMIC_ARCH OpenBLAS
+# reports (the kernel shown is OpenBLAS's live choice, not a build-time string)
+json_str() { sed -n "s/.*\"$2\": \"\([^\"]*\)\".*/\1/p" "$1" | head -1; }
+$MEL $RUN --threads 2 --stats "$tmp/st.json" >/dev/null 2>"$tmp/err"
+kernel=$(json_str "$tmp/st.json" blas_kernel)
+[ -n "$(json_str "$tmp/st.json" blas)" ] && [ -f "$(json_str "$tmp/st.json" blas_file)" ] &&
+    [ "$(json_str "$tmp/st.json" blas_threads)" = 2 ]
+ok $? "--stats names the BLAS, its file and its threads during the call (2): $(json_str "$tmp/st.json" blas), kernel '$kernel'" ||
+    diag "$tmp/st.json" "$tmp/err"
+"$MEL" bench --rows 8 --dim 4 --vocab 16 --repeat 1 --warmup 0 --modes fused >"$tmp/out" 2>"$tmp/err"
+head -1 "$tmp/out" | grep -q "; blas $(json_str "$tmp/st.json" blas), kernel ${kernel:-unknown}, "
+ok $? "mel bench's header names the BLAS and its kernel: $(head -1 "$tmp/out" | sed 's/.*; blas \([^;]*\);.*/\1/')" ||
+    diag "$tmp/out" "$tmp/err"
+case $(json_str "$tmp/st.json" blas_config) in
+*DYNAMIC_ARCH*)
+    OPENBLAS_CORETYPE=Prescott $MEL $RUN --stats "$tmp/st2.json" >/dev/null 2>"$tmp/err"
+    [ "$(json_str "$tmp/st2.json" blas_kernel)" = Prescott ]
+    ok $? "OPENBLAS_CORETYPE=Prescott: --stats reports the kernel Prescott ($(json_str "$tmp/st2.json" blas_kernel))" ||
+        diag "$tmp/st2.json" "$tmp/err" ;;
+*) echo "ok $((n += 1)) # SKIP the OpenBLAS is not a DYNAMIC_ARCH build: OPENBLAS_CORETYPE does not apply" ;;
+esac
+
 # ---- bad usage / bad input: exit 2, one line "mel: ..." naming the culprit
 expect_fail() { # expect_fail DESCRIPTION NEEDLE ARGS...
     desc=$1

@@ -124,6 +124,8 @@ def _sig(name, restype, *argtypes):
 P = c_void_p
 _sig("mel_version", c_int)
 _sig("mel_version_string", c_char_p)
+_sig("mel_info", c_char_p, c_char_p)
+_sig("mel_info_key", c_char_p, c_int)
 _sig("mel_status_str", c_char_p, c_int)
 _sig("mel_ctx_create", c_int, c_int, ctypes.POINTER(P))
 _sig("mel_ctx_create_error", c_char_p)
@@ -201,3 +203,23 @@ _sig("mel_gradcheck", c_int, P, P, P, ctypes.POINTER(GradcheckOpts),
 libc = ctypes.CDLL(None)
 libc.free.argtypes = [P]
 libc.free.restype = None
+
+
+def config():
+    """The C library's facts (mel_info in include/mel.h) as a dict of strings:
+    its version, the BLAS it calls ("blas", "blas_file", "blas_config"), the
+    kernel OpenBLAS chose for this CPU ("blas_kernel"; OPENBLAS_CORETYPE
+    overrides it), the BLAS's threads and threading ("blas_threads",
+    "blas_parallel"), whether the build has the CUDA module ("cuda"), and
+    "library", the path of the libmel.so loaded."""
+    out = {}
+    i = 0
+    while True:
+        k = lib.mel_info_key(i)
+        if k is None:
+            break
+        v = lib.mel_info(k)
+        out[k.decode()] = v.decode() if v is not None else ""
+        i += 1
+    out["library"] = path
+    return out

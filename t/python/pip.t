@@ -91,6 +91,16 @@ site=$("$tmp/vb/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["p
 out=$(where "$tmp/vb" PKG_CONFIG_PATH="$tmp/none")
 [ "$out" = "$site/libmel/__init__.py $site/libmel/libmel.so $version" ]
 ok $? "the wheel's package loads the libmel.so it carries: $out"
+cuda=no
+[ -f "$top_build/lib/.libs/libmel-cuda.so" ] && cuda=module
+out=$(cd "$tmp" && env -u MEL_LIBRARY -u PYTHONPATH OPENBLAS_CORETYPE=Prescott "$tmp/vb/bin/python" -c '
+import sys, libmel
+c = libmel.config()
+want = "Prescott" if "DYNAMIC_ARCH" in c["blas_config"] else c["blas_kernel"]
+print(c["library"] == libmel.library_path and c["blas_kernel"] == want and c["cuda"] == sys.argv[1]
+      and c["blas"].startswith("OpenBLAS"), c["blas"], c["blas_kernel"], c["cuda"])' "$cuda" 2>&1)
+case $out in "True "*) r=0 ;; *) r=1 ;; esac
+ok $r "libmel.config(): the library loaded, the BLAS and the kernel OPENBLAS_CORETYPE chose, CUDA $cuda: $out"
 builtins "$tmp/vb" PKG_CONFIG_PATH="$tmp/none"
 ok $? "t/python/test_builtins.py with the wheel: $(tail -1 "$tmp/builtins.log")" ||
     { grep '^not ok' "$tmp/builtins.log"; tail -5 "$tmp/builtins.log"; } | sed 's/^/# /' | head -20

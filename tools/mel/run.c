@@ -587,6 +587,8 @@ int cmd_run(int argc, char **argv)
         fprintf(f, ",\n \"input_bytes_held\": %" PRId64 ", \"input_bytes_peak\": %" PRId64
                 ", \"input_bytes_converted\": %" PRId64 ", \"max_rss_bytes\": %" PRId64,
                 held_at_call, g_input_mem.peak, g_input_mem.converted, rss);
+        fprintf(f, ",\n ");
+        json_info(f);
         fprintf(f, ",\n \"calls\": [");
         for (int i = 0; i < cs.ncalls && i < 2; i++) {
             fprintf(f, "%s{\"call\": \"%s\", ", i ? ", " : "", cs.names[i]);
