@@ -1,4 +1,4 @@
-/* The backend interface: what the engine (lib/engine.c, lib/gemm.c) asks of
+/* The backend interface: what the engine (lib/engine.h, lib/gemm.c) asks of
  * a backend, and the registry of the backends this build knows.
  *
  * A backend provides primitives only: memory, dense GEMMs in the compute

@@ -91,3 +91,10 @@ check_PROGRAMS += t/backend_module.t
 t_backend_module_t_SOURCES = t/backend_module.c
 t_backend_module_t_LDADD = $(TEST_LIBS)
 TESTS += t/backend_module.t
+
+# wide logits: no subnormal dZ is stored (issue 20), every built-in and a
+# user transform against fp64 closed forms
+check_PROGRAMS += t/subnormal.t
+t_subnormal_t_SOURCES = t/subnormal.c
+t_subnormal_t_LDADD = $(TEST_LIBS)
+TESTS += t/subnormal.t

@@ -1,6 +1,7 @@
 /* The CPU backend: OpenBLAS GEMMs and an OpenMP row-program executor. */
 #include "config.h"
 
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <omp.h>

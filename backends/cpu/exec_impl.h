@@ -213,6 +213,22 @@ MEL_CLONES static void FN(run_row)(const mel_transform *t, const mel_plan *p, in
     }
 }
 
+/* dZ is read by the dX and dW GEMMs: entries whose magnitude is below the
+ * smallest normal number of T are stored as zero.  x86 cores take a
+ * microcode assist on every subnormal operand of a multiply, so a dZ full
+ * of them (the softmax tail of wide logits times a small upstream
+ * gradient) made those GEMMs 13x slower.  Flushing the values, not the
+ * processor's FTZ/DAZ flags, leaves the caller's floating-point
+ * environment and OpenBLAS's threads alone.  NaN and ±inf pass through. */
+MEL_CLONES static void FN(store_dz)(T *dz, const T *g, int64_t V)
+{
+    const T tiny = sizeof(T) == 4 ? (T)FLT_MIN : (T)DBL_MIN;
+    _Pragma("omp simd") for (int64_t j = 0; j < V; j++) {
+        const T x = g[j];
+        dz[j] = (x < tiny && x > -tiny) ? (T)0 : x;
+    }
+}
+
 static mel_status FN(run_rows)(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, mel_chunk *ch, int fb)
 {
     const int64_t V = ch->V;
@@ -264,7 +280,7 @@ static mel_status FN(run_rows)(mel_ctx *ctx, const mel_transform *t, const mel_p
                 for (int h = 0; h < t->n_heads; h++) {
                     if (!t->head_diff[h] || !ch->Z[h]) continue;
                     T *dz = (T *)ch->Z[h] + r * V; /* dZ overwrites this row's logits */
-                    if (t->adj_head[h] >= 0) memcpy(dz, vp[t->adj_head[h]], (size_t)V * sizeof(T));
+                    if (t->adj_head[h] >= 0) FN(store_dz)(dz, vp[t->adj_head[h]], V);
                     else memset(dz, 0, (size_t)V * sizeof(T));
                 }
             }

@@ -70,6 +70,7 @@
  * compute, cublasGemmEx: the engine uses it for 16-bit logits), widen and
  * store16 (16-bit <-> f32 kernels for dX and dW), add_bias, colsum.
  */
+#include <float.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -958,7 +959,14 @@ __global__ void __launch_bounds__(MEL_CU_BS) k_phase(cu_prog t, cu_chunk c, int 
                     if (!t.head_diff[h] || !c.Z[h]) continue;
                     T *dz = (T *)c.Z[h] + r * V; /* dZ overwrites this row's logits */
                     const T *g = t.adj_head[h] >= 0 ? vp[t.adj_head[h]] : NULL;
-                    for (int64_t j = tid; j < V; j += MEL_CU_BS) dz[j] = g ? g[j] : (T)0;
+                    /* entries below the smallest normal number stored as 0,
+                     * as the CPU backend does (backends/cpu/exec_impl.h,
+                     * store_dz): one dZ on every device */
+                    const T tiny = sizeof(T) == 4 ? (T)FLT_MIN : (T)DBL_MIN;
+                    for (int64_t j = tid; j < V; j += MEL_CU_BS) {
+                        const T x = g ? g[j] : (T)0;
+                        dz[j] = (x < tiny && x > -tiny) ? (T)0 : x;
+                    }
                     __syncthreads();
                 }
         }
