@@ -82,6 +82,17 @@ static _Thread_local char create_err[512];
 
 const char *mel_ctx_create_error(void) { return create_err; }
 
+static void set_detail(mel_ctx *ctx, mel_status s, mel_arg_kind kind, int head, const char *name, int64_t row,
+                       int64_t col)
+{
+    ctx->err_status = s;
+    ctx->err_kind = kind;
+    ctx->err_head = head;
+    snprintf(ctx->err_name, sizeof ctx->err_name, "%s", name ? name : "");
+    ctx->err_row = row;
+    ctx->err_col = col;
+}
+
 mel_status mel_fail(mel_ctx *ctx, mel_status s, const char *fmt, ...)
 {
     char *buf = ctx ? ctx->err : create_err;
@@ -90,17 +101,45 @@ mel_status mel_fail(mel_ctx *ctx, mel_status s, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(buf, len, fmt, ap);
     va_end(ap);
+    if (ctx) set_detail(ctx, s, MEL_ARG_NONE, -1, NULL, -1, -1);
+    return s;
+}
+
+mel_status mel_fail_arg(mel_ctx *ctx, mel_status s, mel_arg_kind kind, int head, const char *name, int64_t row,
+                        int64_t col, const char *fmt, ...)
+{
+    char *buf = ctx ? ctx->err : create_err;
+    size_t len = ctx ? sizeof ctx->err : sizeof create_err;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+    if (ctx) set_detail(ctx, s, kind, head, name, row, col);
     return s;
 }
 
 void mel_clear_error(mel_ctx *ctx)
 {
-    if (ctx) ctx->err[0] = 0;
+    if (ctx) {
+        ctx->err[0] = 0;
+        set_detail(ctx, MEL_OK, MEL_ARG_NONE, -1, NULL, -1, -1);
+    }
 }
 
 const char *mel_last_error(const mel_ctx *ctx)
 {
     return ctx ? ctx->err : "ctx is NULL";
+}
+
+mel_status mel_last_error_detail(const mel_ctx *ctx, mel_arg_kind *kind, int *head, const char **name,
+                                 int64_t *row, int64_t *col)
+{
+    if (kind) *kind = ctx ? ctx->err_kind : MEL_ARG_NONE;
+    if (head) *head = ctx ? ctx->err_head : -1;
+    if (name) *name = ctx && ctx->err_name[0] ? ctx->err_name : NULL;
+    if (row) *row = ctx ? ctx->err_row : -1;
+    if (col) *col = ctx ? ctx->err_col : -1;
+    return ctx ? ctx->err_status : MEL_ERR_INVALID_ARGUMENT;
 }
 
 /* ------------------------------------------------------------ context */
@@ -132,6 +171,7 @@ mel_status mel_ctx_create(mel_backend backend, mel_ctx **out)
     mel_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return mel_fail(NULL, MEL_ERR_OUT_OF_MEMORY, "mel_ctx_create: out of memory");
     ctx->ops = ops;
+    mel_clear_error(ctx);
     ctx->workspace_limit = 0; /* automatic (see mel_set_workspace_limit) */
     ctx->row_skipping = 1;
     mel_status s = ops->init ? ops->init(ctx) : MEL_OK;
