@@ -24,6 +24,9 @@ F64, F32, BF16, F16, I32, I64 = 0, 1, 2, 3, 4, 5
 BACKEND_CPU, BACKEND_CUDA = 0, 1
 REDUCE_NONE, REDUCE_SUM, REDUCE_MEAN, REDUCE_WEIGHTED = 0, 1, 2, 3
 ACCUMULATE_DX, OVERWRITE_DW = 1, 2
+# mel_arg_kind (mel_last_error_detail), pinned in include/mel.h
+ARG_KINDS = ("none", "x", "w", "bias", "head", "index", "input", "reduction", "output", "aux",
+             "grad_output", "grad_x", "grad_w", "grad_bias", "grad_input", "param")
 OK = 0
 STATUS_NAMES = {
     0: "MEL_OK", 1: "MEL_ERR_INVALID_ARGUMENT", 2: "MEL_ERR_SHAPE",
@@ -133,6 +136,10 @@ _sig("mel_ctx_destroy", None, P)
 _sig("mel_ctx_held_bytes", c_int64, P)
 _sig("mel_ctx_trim", None, P)
 _sig("mel_last_error", c_char_p, P)
+_sig("mel_last_error_detail", c_int, P, ctypes.POINTER(c_int), ctypes.POINTER(c_int),
+     ctypes.POINTER(c_char_p), ctypes.POINTER(c_int64), ctypes.POINTER(c_int64))
+_sig("mel_param_word", c_char_p, c_char_p, c_int, ctypes.POINTER(c_double))
+_sig("mel_grpo_loss_weights", c_int, P, P, c_int64, P, P, c_int, c_int64, P)
 _sig("mel_set_threads", c_int, P, c_int)
 _sig("mel_set_chunk_rows", c_int, P, c_int64)
 _sig("mel_set_workspace_limit", c_int, P, c_int64)
@@ -223,3 +230,25 @@ def config():
         i += 1
     out["library"] = path
     return out
+
+
+def error_detail(ctx):
+    """mel_last_error_detail of context pointer ctx: (status, kind, head, name,
+    row, col), kind one of ARG_KINDS, name None when the argument has none."""
+    k, h, r, c = c_int(), c_int(), c_int64(), c_int64()
+    n = c_char_p()
+    s = lib.mel_last_error_detail(ctx, ctypes.byref(k), ctypes.byref(h), ctypes.byref(n),
+                                  ctypes.byref(r), ctypes.byref(c))
+    kind = ARG_KINDS[k.value] if 0 <= k.value < len(ARG_KINDS) else str(k.value)
+    return s, kind, h.value, n.value.decode() if n.value else None, r.value, c.value
+
+
+def param_words(name):
+    """The library's words of parameter `name` (mel_param_word): {word: value}."""
+    out, i, v = {}, 0, c_double()
+    while True:
+        w = lib.mel_param_word(name.encode(), i, ctypes.byref(v))
+        if w is None:
+            return out
+        out[w.decode()] = v.value
+        i += 1

@@ -101,6 +101,17 @@ print(c["library"] == libmel.library_path and c["blas_kernel"] == want and c["cu
       and c["blas"].startswith("OpenBLAS"), c["blas"], c["blas_kernel"], c["cuda"])' "$cuda" 2>&1)
 case $out in "True "*) r=0 ;; *) r=1 ;; esac
 ok $r "libmel.config(): the library loaded, the BLAS and the kernel OPENBLAS_CORETYPE chose, CUDA $cuda: $out"
+out=$(cd "$tmp" && env -u MEL_LIBRARY -u PYTHONPATH "$tmp/vb/bin/python" -c '
+import ctypes
+from libmel import _lib as L
+c, t, p = ctypes.c_void_p(), ctypes.c_void_p(), L.lib.mel_params_new()
+L.lib.mel_ctx_create(L.BACKEND_CPU, ctypes.byref(c))
+L.lib.mel_params_set(p, b"label_smothing", 0.1)
+s = L.lib.mel_transform_builtin(c, b"ce", p, ctypes.byref(t))
+print(L.error_detail(c)[:4] == (s, "param", -1, "label_smothing") and s != 0,
+      L.param_words("loss_type") == {"grpo": 0, "bnpo": 1, "dr_grpo": 2, "dapo": 3})' 2>&1)
+[ "$out" = "True True" ]
+ok $? "libmel._lib: error_detail names the parameter refused, param_words has the loss types: $out"
 builtins "$tmp/vb" PKG_CONFIG_PATH="$tmp/none"
 ok $? "t/python/test_builtins.py with the wheel: $(tail -1 "$tmp/builtins.log")" ||
     { grep '^not ok' "$tmp/builtins.log"; tail -5 "$tmp/builtins.log"; } | sed 's/^/# /' | head -20
