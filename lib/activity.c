@@ -67,7 +67,10 @@ mel_status eng_eval_activity(mel_ctx *ctx, const mel_transform *t, const call *c
         s = eng_host_view(ctx, b->data, (size_t)N * mel_dtype_size(b->dtype), c->idx[k] ? &hidx[k] : &hinp[k],
                       &tmp[k]);
     }
-    const size_t spt = ((size_t)n * sizeof(void *) + 63) / 64 * 64;
+    int slots = 0; /* predicates read per-row inputs only: no vectors, so far */
+    for (int q = 0; q < t->n_pred; q++)
+        if (t->pplan[q].n_slots > slots) slots = t->pplan[q].n_slots;
+    const size_t spt = (size_t)mel_scratch_bytes(slots, (int)n, c->V, c->es);
     void *regs = malloc((size_t)(B * n) * c->es + 1), *scratch = NULL;
     int64_t *iregs = malloc((size_t)(B * n) * 8 + 1);
     double *cnt = malloc((size_t)B * sizeof(double));
@@ -101,7 +104,7 @@ mel_status eng_eval_activity(mel_ctx *ctx, const mel_transform *t, const call *c
             ch.scratch = scratch;
             ch.scratch_per_thread = (int64_t)spt;
             ch.threads = 1;
-            s = cpu->run_rows(ctx, &sh, &t->pplan[q], &ch);
+            s = mel_run_program(ctx, cpu, &sh, &t->pplan[q], &ch, NULL);
             /* NaN counts as active, as where() and products treat it */
             for (int64_t r = 0; r < ch.R && s == MEL_OK; r++) A->active[r0 + r] |= !(cnt[r] == 0);
         }

@@ -68,7 +68,7 @@ typedef struct run {
     int64_t *iregs; /* [R, n] index registers                   */
     void *conv;     /* dtype conversion scratch, or NULL        */
     void *gather;   /* skipping: gathered rows (eng_size_gather), or NULL */
-    void *comm;     /* vocabulary parallelism: collective buffers, or NULL */
+    double *comm;   /* vocabulary parallelism: the combines' buffer, or NULL */
     void *dxtmp;    /* vocabulary parallelism: a chunk's dX contribution, or NULL */
     size_t bytes_Z, bytes_scratch, bytes_rows, bytes_regs, bytes_iregs, bytes_conv, bytes_gather;
     size_t bytes_comm, bytes_dxtmp;

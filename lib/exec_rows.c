@@ -5,7 +5,7 @@
  *   per chunk of rows [r0, r0 + R) (the active rows when skipping):
  *     chunk_logits    Z = X·Wᵀ (+ b) for each head read (lib/gemm.c)
  *     eng_seed_rows   dL/dy of each row
- *     run_rows        the row program, phase by phase (backend), dZ over Z
+ *     mel_run_program the row program, phase by phase (lib/program.c), dZ over Z
  *     eng_collect_rows  y, aux and input gradients to the caller
  *     chunk_backprop  dX, dW, db from dZ (lib/gemm.c): 3 GEMMs in all
  *
@@ -43,20 +43,16 @@ static mel_status chunk_grad_x(mel_ctx *ctx, const call *c, const run *w, int h,
 {
     const int sum = ctx->vp && !mel_vp_partial_dx(ctx);
     mel_status s;
-    if (!sum) return mel_gemm_grad_x(ctx, w->Z[h], R, wm, dx, r0, accumulate, w->conv);
-    if (c->st == MEL_BF16 || c->st == MEL_F16) {
-        ctx->vp_dx16 = 1;
-        s = mel_gemm_grad_x(ctx, w->Z[h], R, wm, dx, r0, accumulate, w->conv);
-        ctx->vp_dx16 = 0;
-        return s;
-    }
+    if (!sum) return mel_gemm_grad_x(ctx, w->Z[h], R, wm, dx, r0, accumulate, w->conv, 0);
+    if (c->st == MEL_BF16 || c->st == MEL_F16) /* summed in f32 before the rounding */
+        return mel_gemm_grad_x(ctx, w->Z[h], R, wm, dx, r0, accumulate, w->conv, 1);
     const int64_t D = c->D[h];
     if (!accumulate) {
-        if ((s = mel_gemm_grad_x(ctx, w->Z[h], R, wm, dx, r0, 0, w->conv))) return s;
+        if ((s = mel_gemm_grad_x(ctx, w->Z[h], R, wm, dx, r0, 0, w->conv, 0))) return s;
         return mel_vp_sum(ctx, (char *)dx->data + (size_t)(r0 * dx->ld) * c->es, c->ct, R, D, dx->ld);
     }
     mel_matrix tmp = mel_mat(w->dxtmp, c->ct, R, D, D);
-    if ((s = mel_gemm_grad_x(ctx, w->Z[h], R, wm, &tmp, 0, 0, w->conv)) ||
+    if ((s = mel_gemm_grad_x(ctx, w->Z[h], R, wm, &tmp, 0, 0, w->conv, 0)) ||
         (s = mel_vp_sum(ctx, w->dxtmp, c->ct, R, D, D)))
         return s;
     for (int64_t r = 0; r < R; r++) {
@@ -177,7 +173,7 @@ static mel_status rows_run(const eng_job *j, eng_shape *out)
             if ((s = eng_seed_rows(ctx, a, j->u, &w, &dev, &host, rows, r0, R))) break;
             ch.seed = dev.seed;
         }
-        if ((s = ctx->ops->run_rows(ctx, t, j->xplan, &ch))) break;
+        if ((s = mel_run_program(ctx, ctx->ops, t, j->xplan, &ch, w.comm))) break;
         if ((s = eng_collect_rows(ctx, t, a, c, j->u, &w, &host, j->want_y, fb, rows, r0, R, &out->total)))
             break;
 

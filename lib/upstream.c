@@ -25,7 +25,7 @@ static mel_status total_count(mel_ctx *ctx, const mel_transform *t, const call *
         mel_chunk ch;
         eng_bind_chunk(ctx, t, c, &w, &sz, r0, c->N - r0 < w.R ? c->N - r0 : w.R, &ch);
         ch.count = dev.count;
-        s = ctx->ops->run_rows(ctx, t, cp, &ch);
+        s = mel_run_program(ctx, ctx->ops, t, cp, &ch, w.comm);
         if (s == MEL_OK && w.hrow != w.rowbuf)
             s = ctx->ops->copy(ctx, host.count, dev.count, (size_t)ch.R * sizeof(double), 0);
         for (int64_t r = 0; r < ch.R && s == MEL_OK; r++) acc += host.count[r];

@@ -37,9 +37,8 @@ void eng_size_call(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, cons
     sz->threads = ctx->ops->threads(ctx);
     sz->heads = 0;
     for (int h = 0; h < MEL_MAX_HEADS; h++) sz->heads += c->used[h];
-    int64_t ptrs = (int64_t)t->n * (int64_t)sizeof(void *);
-    /* slots (rounded to 64 bytes), then the vector pointers (see exec_impl.h) */
-    sz->scratch_per_thread = ((int64_t)p->n_slots * c->V * (int64_t)c->es + 63) / 64 * 64 + (ptrs + 63) / 64 * 64;
+    /* slots, then the vector pointers (backends/backend.h) */
+    sz->scratch_per_thread = mel_scratch_bytes(p->n_slots, t->n, c->V, c->es);
     sz->fixed = sz->scratch_per_thread * sz->threads;
     /* per row: Z of each head, scalar and index registers, and doubles for
      * y, count, seed, aux, input grads */
@@ -85,7 +84,6 @@ void eng_release(mel_ctx *ctx, run *w)
     mel_ws_free(ctx, w->gather, w->bytes_gather);
     mel_ws_free(ctx, w->comm, w->bytes_comm);
     mel_ws_free(ctx, w->dxtmp, w->bytes_dxtmp);
-    if (ctx->vp_buf == w->comm) ctx->vp_buf = NULL;
     if (w->hrow != w->rowbuf) free(w->hrow);
     memset(w, 0, sizeof *w);
 }
@@ -145,11 +143,12 @@ static int64_t budget(mel_ctx *ctx, const mel_transform *t, const call *c, const
  * a forward pass 32 (f32) or 80 (16-bit). */
 #define MEL_GEMM_BALANCE 16.0
 
-static int64_t gemm_bound_rows(const mel_transform *t, const mel_plan *p, const call *c)
+static int64_t gemm_bound_rows(const mel_plan *p, const call *c)
 {
     const double st = (double)mel_dtype_size(c->st), ct = (double)c->es;
     const double wide = st == 2 ? 2 * ct : 0; /* 16-bit: the widened copy of W, per W GEMM */
-    const double s = p == &t->fb ? 2 * (st + wide) + 2 * ct : st + wide, g = p == &t->fb ? 3 : 1;
+    const int fb = p->kind == MEL_PLAN_FB;
+    const double s = fb ? 2 * (st + wide) + 2 * ct : st + wide, g = fb ? 3 : 1;
     return (int64_t)ceil(MEL_GEMM_BALANCE * (4 / ct) * s / (2 * g));
 }
 
@@ -157,10 +156,10 @@ static int64_t gemm_bound_rows(const mel_transform *t, const mel_plan *p, const 
  * rows (gemm_bound_rows), i.e. at most n_eff / R* chunks of equal size,
  * and one chunk when fewer than 2·R* rows; within the budget's upper
  * bound (MEL_DEFAULT_WORKSPACE, CUDA: half the free device memory). */
-static int64_t gemm_floor_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c,
+static int64_t gemm_floor_rows(mel_ctx *ctx, const mel_plan *p, const call *c,
                                const sizing *sz, int64_t per_row)
 {
-    const int64_t n = c->n_eff, rmin = gemm_bound_rows(t, p, c);
+    const int64_t n = c->n_eff, rmin = gemm_bound_rows(p, c);
     int64_t rows = n;
     if (n >= rmin) {
         const int64_t k = n / rmin;
@@ -196,7 +195,7 @@ static mel_status pick_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan
          * 224 or 256 (CE, D = 1024, V = 32768, OpenBLAS) */
         if (R >= 64 && t->seg_len <= 0 && R < c->n_eff) R = R / 32 * 32;
         if (need_Z && ctx->workspace_limit <= 0) {
-            const int64_t f = gemm_floor_rows(ctx, t, p, c, sz, per_row);
+            const int64_t f = gemm_floor_rows(ctx, p, c, sz, per_row);
             if (R < f) R = f;
         }
     }
@@ -276,7 +275,6 @@ mel_status eng_acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, 
         s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && w->bytes_comm && !(w->comm = mel_ws_alloc(ctx, w->bytes_comm))) s = MEL_ERR_OUT_OF_MEMORY;
     if (s == MEL_OK && w->bytes_dxtmp && !(w->dxtmp = mel_ws_alloc(ctx, w->bytes_dxtmp))) s = MEL_ERR_OUT_OF_MEMORY;
-    if (s == MEL_OK && w->comm) ctx->vp_buf = w->comm;
     if (s == MEL_OK) {
         w->hrow = ctx->ops->host_memory ? w->rowbuf : malloc(w->bytes_rows);
         if (!w->hrow) s = MEL_ERR_OUT_OF_MEMORY;
