@@ -7,7 +7,8 @@
  * three GEMMs of a chunk on any storage dtype (with the 16-bit
  * widen / GEMM / round loop), staging per-row results -- is written once
  * in lib/.  backends/cpu and backends/cuda each implement one
- * mel_backend_ops; backends/registry.c lists them.
+ * mel_backend_ops; backends/registry.c lists them (and loads the CUDA
+ * one, a module of its own, when first asked for).
  */
 #ifndef MEL_BACKEND_H
 #define MEL_BACKEND_H
@@ -171,13 +172,16 @@ struct mel_backend_ops {
 /* ------------------------------------------------------------ registry */
 
 /* One backend libmel knows (backends/registry.c).  ops is NULL when this
- * build does not include it; build_hint then says how to build it. */
+ * build does not include it; build_hint then says how to build it.
+ * ops(why, n) returns the backend's instance, or NULL with the reason in
+ * why[n] when it cannot be had in this process (a module that does not
+ * load: what is missing). */
 typedef struct mel_backend_entry {
     mel_backend kind;
     const char *label;      /* for messages, e.g. "CUDA"                 */
     const char *enum_name;  /* e.g. "MEL_BACKEND_CUDA"                   */
     const char *build_hint; /* e.g. "configure --with-cuda"              */
-    const mel_backend_ops *(*ops)(void);
+    const mel_backend_ops *(*ops)(char *why, size_t n);
 } mel_backend_entry;
 
 /* The entry of `kind`, NULL when kind is not a mel_backend. */
@@ -186,8 +190,32 @@ const mel_backend_entry *mel_backend_find(mel_backend kind);
 int mel_backend_entries(void);
 const mel_backend_entry *mel_backend_entry_at(int i);
 
-/* Each backend's instance (backends/cpu/cpu.c, backends/cuda/cuda.cu). */
+/* The CPU backend's instance (backends/cpu/cpu.c). */
 const mel_backend_ops *mel_cpu_backend(void);
-const mel_backend_ops *mel_cuda_backend(void);
+/* The BLAS it calls (backends/cpu/blas_info.c): mel_info's "blas*" keys
+ * (include/mel.h) into out[n]; 0 when key is not one of them. */
+int mel_cpu_blas_info(const char *key, char *out, size_t n);
+
+/* ------------------------------------------------- backend modules */
+
+/* A backend built as a shared module of its own (the CUDA backend,
+ * MEL_CUDA_MODULE_FILE, is loaded by backends/registry.c on the first
+ * context that asks for it).  The module links nothing of libmel: the
+ * library hands it the functions it calls, and the sizes of the structures
+ * both sides read, so a module built for another libmel is refused. */
+typedef struct mel_backend_host {
+    const char *version; /* PACKAGE_VERSION of the library */
+    size_t size_ctx, size_ops, size_chunk, size_transform;
+    mel_status (*fail)(mel_ctx *ctx, mel_status s, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+    const char *(*op_name)(int op);
+    const char *(*dtype_name)(mel_dtype t);
+} mel_backend_host;
+
+/* The module's one exported symbol, MEL_BACKEND_MODULE_ENTRY: its backend,
+ * or NULL with the reason in why[n] (built for another libmel). */
+typedef const mel_backend_ops *(*mel_backend_module_fn)(const mel_backend_host *host, char *why, size_t n);
+#define MEL_BACKEND_MODULE_ENTRY "mel_backend_module"
+#define MEL_CUDA_MODULE_FILE "libmel-cuda.so"
 
 #endif

@@ -52,6 +52,27 @@ extern "C" {
 MEL_API int mel_version(void);
 /* "0.6.0" */
 MEL_API const char *mel_version_string(void);
+/* Facts about this build and the process it runs in, as strings (since
+ * 0.5): the value of `key`, or NULL for a key that is not one of these.
+ * mel_info_key(i) is the i-th key, NULL past the last (for listing them).
+ *   "version"        mel_version_string()
+ *   "blas"           the BLAS the CPU backend calls: "OpenBLAS 0.3.21", or
+ *                    "CBLAS" when it is not OpenBLAS
+ *   "blas_file"      the shared library that holds cblas_sgemm ("" unknown)
+ *   "blas_config"    OpenBLAS's build configuration (openblas_get_config)
+ *   "blas_kernel"    the kernel OpenBLAS chose for this CPU
+ *                    (openblas_get_corename, e.g. "Haswell", "SkylakeX";
+ *                    the environment variable OPENBLAS_CORETYPE overrides
+ *                    its choice in a DYNAMIC_ARCH build); "" unknown
+ *   "blas_threads"   the BLAS's thread count now (a CPU context sets it to
+ *                    its own before each GEMM); "" unknown
+ *   "blas_parallel"  "openmp", "pthreads", "sequential" or ""
+ *   "cuda"           "module" in a --with-cuda build (the module
+ *                    libmel-cuda.so, loaded on the first CUDA context), else
+ *                    "no"
+ * The strings stay valid until the next call on the same thread. */
+MEL_API const char *mel_info(const char *key);
+MEL_API const char *mel_info_key(int i);
 
 /* ------------------------------------------------------------------ status */
 
@@ -131,6 +152,38 @@ MEL_API void mel_ctx_trim(mel_ctx *ctx);
 /* The message of this context's last failed call ("" after a call that
  * succeeded). */
 MEL_API const char *mel_last_error(const mel_ctx *ctx);
+
+/* Which argument the last failed call refused (since 0.5), for a caller
+ * that names arguments its own way (a flag, a Python parameter) without
+ * reading the message.  Pinned values. */
+typedef enum mel_arg_kind {
+    MEL_ARG_NONE = 0,        /* not about one argument (or no error)       */
+    MEL_ARG_X = 1,           /* x of `head` (mel_args_head)                */
+    MEL_ARG_W = 2,           /* w of `head`                                */
+    MEL_ARG_BIAS = 3,        /* bias of `head`                             */
+    MEL_ARG_HEAD = 4,        /* head `head` as a whole (bound or not, x and w together) */
+    MEL_ARG_INDEX = 5,       /* index input `name` (e.g. "labels")         */
+    MEL_ARG_INPUT = 6,       /* per-row scalar input `name`                */
+    MEL_ARG_REDUCTION = 7,   /* the reduction, or its weights              */
+    MEL_ARG_OUTPUT = 8,      /* y                                          */
+    MEL_ARG_AUX = 9,         /* aux output `name`                          */
+    MEL_ARG_GRAD_OUTPUT = 10, /* dL/dy                                     */
+    MEL_ARG_GRAD_X = 11,     /* dx of `head`                               */
+    MEL_ARG_GRAD_W = 12,     /* dw of `head`                               */
+    MEL_ARG_GRAD_BIAS = 13,  /* db of `head`                               */
+    MEL_ARG_GRAD_INPUT = 14, /* the gradient of input `name`               */
+    MEL_ARG_PARAM = 15       /* parameter `name` (mel_params)              */
+} mel_arg_kind;
+/* The status of the context's last failed call (MEL_OK after a success)
+ * and, through the pointers that are not NULL: the argument's kind, its
+ * head (-1 when it has none), its name (NULL when it has none; valid until
+ * the next call on ctx) and the element refused (*row, *col: -1 when the
+ * error is not about one element; col -1 for a vector).  E.g. after
+ * "labels[17] = 130000 is outside [0, 128256)": MEL_ARG_INDEX, -1,
+ * "labels", 17, -1; after "x of head 1: [3, 7] = nan": MEL_ARG_X, 1, NULL,
+ * 3, 7. */
+MEL_API mel_status mel_last_error_detail(const mel_ctx *ctx, mel_arg_kind *kind, int *head, const char **name,
+                                         int64_t *row, int64_t *col);
 
 /* Threads used by the backend (CPU: OpenMP and BLAS threads; CUDA: rows
  * run at once, default the number of multiprocessors).  0 restores the
@@ -519,6 +572,12 @@ MEL_API const char *mel_builtin_help(int i);
  * that built-in (some apply only to part of it, e.g. grpo's loss_type to
  * mel_grpo_weights; see doc/transforms.md). */
 MEL_API const char *mel_builtin_param(int i, int j, double *dflt);
+/* The words a parameter's values have (since 0.5): the i-th word of
+ * parameter `param` with its value in *value (when value != NULL), NULL
+ * past the last or for a parameter without words.  The one table that
+ * tools and bindings read: loss_type grpo 0, bnpo 1, dr_grpo 2, dapo 3;
+ * importance_sampling_level token 0, sequence 1. */
+MEL_API const char *mel_param_word(const char *param, int i, double *value);
 
 /* ------------------------------------------------------------------ GRPO
  *
@@ -547,6 +606,22 @@ MEL_API mel_status mel_grpo_weights(mel_ctx *ctx, mel_grpo_loss_type type, int64
  * std (scale != 0; needs group >= 2), or r − mean_group (scale == 0). */
 MEL_API mel_status mel_group_advantages(mel_ctx *ctx, const double *rewards, int64_t n,
                                         int64_t group, int scale, double *adv);
+/* The loss-type policy in one place (since 0.5): the weights w [N] of the
+ * reduction MEL_REDUCE_WEIGHTED for the "grpo" built-in's parameters p --
+ * loss_type, seq_len (T: the N rows are B = N / T sequences of T tokens),
+ * max_completion_length, num_items_in_batch, ignore_index, each the
+ * built-in's default when not set -- from the completion mask [N] (host,
+ * f64) and the labels [N] (host, i32 or i64; NULL: none): a token whose
+ * label is ignore_index counts nowhere (the effective mask, as the
+ * transform counts tokens), then mel_grpo_weights with grad_accum.
+ * Refused (MEL_ERR_INVALID_ARGUMENT, mel_last_error_detail naming the
+ * parameter or the input): seq_len not set or N not a multiple of it, no
+ * mask, labels of another dtype, and parameters the loss type does not
+ * read: max_completion_length unless loss_type is dr_grpo,
+ * num_items_in_batch unless it is dapo (the message names both). */
+MEL_API mel_status mel_grpo_loss_weights(mel_ctx *ctx, const mel_params *p, int64_t N, const double *mask,
+                                         const void *labels, mel_dtype labels_dtype, int64_t grad_accum,
+                                         double *w);
 
 /* ------------------------------------------------------------- call args
  *

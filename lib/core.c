@@ -9,6 +9,25 @@
 int mel_version(void) { return MEL_VERSION_NUMBER; }
 const char *mel_version_string(void) { return PACKAGE_VERSION; }
 
+static const char *const info_keys[] = {"version", "blas", "blas_file", "blas_config", "blas_kernel",
+                                        "blas_threads", "blas_parallel", "cuda"};
+#define N_INFO_KEYS ((int)(sizeof info_keys / sizeof info_keys[0]))
+
+const char *mel_info_key(int i) { return i >= 0 && i < N_INFO_KEYS ? info_keys[i] : NULL; }
+
+const char *mel_info(const char *key)
+{
+    static _Thread_local char buf[1024];
+    if (!key) return NULL;
+    if (!strcmp(key, "version")) return PACKAGE_VERSION;
+#ifdef HAVE_CUDA
+    if (!strcmp(key, "cuda")) return "module";
+#else
+    if (!strcmp(key, "cuda")) return "no";
+#endif
+    return mel_cpu_blas_info(key, buf, sizeof buf) ? buf : NULL;
+}
+
 const char *mel_status_str(mel_status s)
 {
     switch (s) {
@@ -63,6 +82,17 @@ static _Thread_local char create_err[512];
 
 const char *mel_ctx_create_error(void) { return create_err; }
 
+static void set_detail(mel_ctx *ctx, mel_status s, mel_arg_kind kind, int head, const char *name, int64_t row,
+                       int64_t col)
+{
+    ctx->err_status = s;
+    ctx->err_kind = kind;
+    ctx->err_head = head;
+    snprintf(ctx->err_name, sizeof ctx->err_name, "%s", name ? name : "");
+    ctx->err_row = row;
+    ctx->err_col = col;
+}
+
 mel_status mel_fail(mel_ctx *ctx, mel_status s, const char *fmt, ...)
 {
     char *buf = ctx ? ctx->err : create_err;
@@ -71,17 +101,45 @@ mel_status mel_fail(mel_ctx *ctx, mel_status s, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(buf, len, fmt, ap);
     va_end(ap);
+    if (ctx) set_detail(ctx, s, MEL_ARG_NONE, -1, NULL, -1, -1);
+    return s;
+}
+
+mel_status mel_fail_arg(mel_ctx *ctx, mel_status s, mel_arg_kind kind, int head, const char *name, int64_t row,
+                        int64_t col, const char *fmt, ...)
+{
+    char *buf = ctx ? ctx->err : create_err;
+    size_t len = ctx ? sizeof ctx->err : sizeof create_err;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+    if (ctx) set_detail(ctx, s, kind, head, name, row, col);
     return s;
 }
 
 void mel_clear_error(mel_ctx *ctx)
 {
-    if (ctx) ctx->err[0] = 0;
+    if (ctx) {
+        ctx->err[0] = 0;
+        set_detail(ctx, MEL_OK, MEL_ARG_NONE, -1, NULL, -1, -1);
+    }
 }
 
 const char *mel_last_error(const mel_ctx *ctx)
 {
     return ctx ? ctx->err : "ctx is NULL";
+}
+
+mel_status mel_last_error_detail(const mel_ctx *ctx, mel_arg_kind *kind, int *head, const char **name,
+                                 int64_t *row, int64_t *col)
+{
+    if (kind) *kind = ctx ? ctx->err_kind : MEL_ARG_NONE;
+    if (head) *head = ctx ? ctx->err_head : -1;
+    if (name) *name = ctx && ctx->err_name[0] ? ctx->err_name : NULL;
+    if (row) *row = ctx ? ctx->err_row : -1;
+    if (col) *col = ctx ? ctx->err_col : -1;
+    return ctx ? ctx->err_status : MEL_ERR_INVALID_ARGUMENT;
 }
 
 /* ------------------------------------------------------------ context */
@@ -102,14 +160,18 @@ mel_status mel_ctx_create(mel_backend backend, mel_ctx **out)
     if (!be)
         return mel_fail(NULL, MEL_ERR_INVALID_ARGUMENT,
                         "mel_ctx_create: backend = %d is not a mel_backend", (int)backend);
-    const mel_backend_ops *ops = be->ops ? be->ops() : NULL;
-    if (!ops)
+    if (!be->ops)
         return mel_fail(NULL, MEL_ERR_UNSUPPORTED,
                         "mel_ctx_create: backend = %s, but this libmel was built without %s (%s)",
                         be->enum_name, be->label, be->build_hint);
+    char why[1024] = "";
+    const mel_backend_ops *ops = be->ops(why, sizeof why);
+    if (!ops)
+        return mel_fail(NULL, MEL_ERR_UNSUPPORTED, "mel_ctx_create: backend = %s: %s", be->enum_name, why);
     mel_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return mel_fail(NULL, MEL_ERR_OUT_OF_MEMORY, "mel_ctx_create: out of memory");
     ctx->ops = ops;
+    mel_clear_error(ctx);
     ctx->workspace_limit = 0; /* automatic (see mel_set_workspace_limit) */
     ctx->row_skipping = 1;
     mel_status s = ops->init ? ops->init(ctx) : MEL_OK;

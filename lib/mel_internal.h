@@ -177,6 +177,12 @@ struct mel_ctx {
     mel_stats stats;
     int64_t active_rows; /* of the last successful call (mel_get_active_rows) */
     char err[512];
+    /* mel_last_error_detail: the last failure's status and argument */
+    mel_status err_status;
+    mel_arg_kind err_kind;
+    int err_head;
+    char err_name[64];
+    int64_t err_row, err_col;
 };
 
 /* ----------------------------------------------------------- the args */
@@ -228,6 +234,10 @@ struct mel_args {
  * thread-local creation error is set). */
 mel_status mel_fail(mel_ctx *ctx, mel_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* mel_fail naming the argument refused (mel_last_error_detail): its kind,
+ * head (-1 none), name (NULL none) and element (row, col; -1 none). */
+mel_status mel_fail_arg(mel_ctx *ctx, mel_status s, mel_arg_kind kind, int head, const char *name, int64_t row,
+                        int64_t col, const char *fmt, ...) __attribute__((format(printf, 8, 9)));
 void mel_clear_error(mel_ctx *ctx);
 /* Workspace through the context allocator (peak recorded).  mel_ws_reserve
  * makes the arena at least `bytes` (the sum of mel_ws_round of the buffers

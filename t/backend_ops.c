@@ -153,11 +153,26 @@ int main(void)
         mel_args_free(a);
     }
 
+#ifdef HAVE_CUDA
+    {
+        /* linked statically: the CUDA module is not beside the program but
+         * in the build tree's lib/.libs (MEL_CUDA_MODULE, backends/registry.c) */
+        const char *top = getenv("MEL_TOP_BUILDDIR");
+        char path[4096];
+        snprintf(path, sizeof path, "%s/lib/.libs/libmel-cuda.so", top ? top : ".");
+        if (!getenv("MEL_CUDA_MODULE")) setenv("MEL_CUDA_MODULE", path, 1);
+    }
+#endif
     for (int i = 0; i < mel_backend_entries(); i++) {
         const mel_backend_entry *e = mel_backend_entry_at(i);
-        const mel_backend_ops *o = e->ops ? e->ops() : NULL;
-        if (!o) {
+        char why[1024] = "";
+        const mel_backend_ops *o = e->ops ? e->ops(why, sizeof why) : NULL;
+        if (!e->ops) {
             skip("%s backend not in this build (%s)", e->label, e->build_hint);
+            continue;
+        }
+        if (!o) {
+            skip("%s backend not available in this process (%s)", e->label, why);
             continue;
         }
         ok(o->name && o->threads && o->alloc && o->free && o->copy && o->zero2d && o->gemm && o->widen &&

@@ -21,6 +21,21 @@ static int has(const char *msg, const char *needle) { return msg && strstr(msg, 
         if (s_ != (status) || !has(mel_last_error(ctx), needle))                               \
             diag("got %d: %s", (int)s_, mel_last_error(ctx));                                 \
     } while (0)
+/* mel_last_error_detail after the last failure: which argument, as data */
+#define DETAIL(kind_, head_, name_, row_, col_)                                                       \
+    do {                                                                                          \
+        mel_arg_kind k_;                                                                          \
+        int h_;                                                                                   \
+        const char *n_;                                                                           \
+        int64_t r_, c_;                                                                           \
+        mel_status st_ = mel_last_error_detail(ctx, &k_, &h_, &n_, &r_, &c_);                     \
+        const char *want_ = (name_);                                                              \
+        ok(st_ != MEL_OK && k_ == (kind_) && h_ == (head_) &&                                     \
+               (want_ ? n_ && !strcmp(n_, want_) : !n_) && r_ == (row_) && c_ == (col_),          \
+           "detail: %s, head %d, name %s, element [%lld, %lld] (got %d, %d, %s, [%lld, %lld])", #kind_, \
+           (head_), want_ ? want_ : "none", (long long)(row_), (long long)(col_), (int)k_, h_,        \
+           n_ ? n_ : "none", (long long)r_, (long long)c_);                                        \
+    } while (0)
 
 enum { N = 13, D = 5, V = 11 };
 static double X[N * D], W[V * D], Y[N + 1], DX[N * D], DW[V * D], DB[V];
@@ -53,16 +68,19 @@ static void test_errors(mel_ctx *ctx, mel_transform *ce)
     /* labels out of range: names the element, the value and the range */
     LAB[7] = 130000;
     EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "labels[7] = 130000 is outside [0, 11)");
+    DETAIL(MEL_ARG_INDEX, -1, "labels", 7, -1);
     LAB[7] = -5;
     EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "labels[7] = -5 is outside [0, 11)");
     LAB[7] = 3;
     /* shapes */
     mel_args_head(a, 0, mel_mat(X, MEL_F64, N, D, 0), mel_mat(W, MEL_F64, V, D - 1, 0), NULL);
     EXPECT(mel_forward(ctx, ce, a), MEL_ERR_SHAPE, "D differs");
+    DETAIL(MEL_ARG_W, 0, NULL, -1, -1);
     mel_args_head(a, 0, mel_mat(X, MEL_F64, N, D, D - 1), mel_mat(W, MEL_F64, V, D, 0), NULL);
     EXPECT(mel_forward(ctx, ce, a), MEL_ERR_SHAPE, "ld = 4 is smaller than cols = 5");
     mel_args_head(a, 0, mel_mat(NULL, MEL_F64, N, D, 0), mel_mat(W, MEL_F64, V, D, 0), NULL);
     EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "x of head 0: data is NULL");
+    DETAIL(MEL_ARG_X, 0, NULL, -1, -1);
     mel_args_head(a, 0, mel_mat(X, MEL_F64, N, D, 0), mel_mat(W, MEL_F32, V, D, 0), NULL);
     EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "x is f64 but w is f32");
     mel_args_head(a, 0, mel_mat(X, MEL_BF16, N, D, 0), mel_mat(W, MEL_F16, V, D, 0), NULL);
@@ -72,6 +90,7 @@ static void test_errors(mel_ctx *ctx, mel_transform *ce)
     mel_args_head(a, 0, mel_mat(X, MEL_F64, N, D, 0), mel_mat(W, MEL_F64, V, D, 0), NULL);
     mel_args_head(a, 1, mel_mat(X, MEL_F64, N, D, 0), mel_mat(W, MEL_F64, V, D, 0), NULL);
     EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "head 1 is bound but transform 'ce' reads no head 1");
+    DETAIL(MEL_ARG_HEAD, 1, NULL, -1, -1);
     mel_args_free(a);
     a = base_args();
     /* inputs */
@@ -82,19 +101,23 @@ static void test_errors(mel_ctx *ctx, mel_transform *ce)
     mel_args_index(a, "labels", LAB, MEL_I64, N);
     mel_args_index(a, "label", LAB, MEL_I64, N);
     EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "index 'label' is bound but is not an index input");
+    DETAIL(MEL_ARG_INDEX, -1, "label", -1, -1);
     mel_args_free(a);
     a = mel_args_new();
     mel_args_head(a, 0, mel_mat(X, MEL_F64, N, D, 0), mel_mat(W, MEL_F64, V, D, 0), NULL);
     EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "input 'labels' of transform 'ce' is not bound");
+    DETAIL(MEL_ARG_INDEX, -1, "labels", -1, -1);
     mel_args_free(a);
     a = base_args();
     mel_args_input(a, "advantages", LAB, MEL_F64, N);
     EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "input 'advantages' is bound but is not a scalar input");
+    DETAIL(MEL_ARG_INPUT, -1, "advantages", -1, -1);
     mel_args_free(a);
     a = base_args();
     /* reductions, outputs */
     mel_args_reduction(a, MEL_REDUCE_WEIGHTED, NULL);
     EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "needs weights");
+    DETAIL(MEL_ARG_REDUCTION, -1, NULL, -1, -1);
     mel_args_reduction(a, (mel_reduction)9, NULL);
     EXPECT(mel_forward(ctx, ce, a), MEL_ERR_INVALID_ARGUMENT, "reduction = 9 is not a mel_reduction");
     mel_args_reduction(a, MEL_REDUCE_MEAN, NULL);
@@ -137,6 +160,7 @@ static void test_errors(mel_ctx *ctx, mel_transform *ce)
     mel_params_set(p, "label_smothing", 0.1);
     EXPECT(mel_transform_builtin(ctx, "ce", p, &t), MEL_ERR_INVALID_ARGUMENT,
            "transform 'ce' has no parameter 'label_smothing'");
+    DETAIL(MEL_ARG_PARAM, -1, "label_smothing", -1, -1);
     mel_params_free(p);
     p = mel_params_new();
     mel_params_set(p, "label_smoothing", 1.5);
@@ -407,6 +431,7 @@ static void test_nonfinite(mel_ctx *ctx, mel_transform *ce, tap_rng *rng)
        "NaN in x row 3 propagates to y[3] and dX row 3 only (and into dW), as the naive path");
     mel_set_check_finite(ctx, 1);
     EXPECT(mel_forward_backward(ctx, ce, a), MEL_ERR_NONFINITE, "x of head 0: [3, 2] = nan");
+    DETAIL(MEL_ARG_X, 0, NULL, 3, 2);
     X[3 * D + 2] = 0.5;
     W[4 * D + 1] = -INFINITY;
     EXPECT(mel_forward(ctx, ce, a), MEL_ERR_NONFINITE, "w of head 0: [4, 1] = -inf");

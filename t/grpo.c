@@ -289,6 +289,61 @@ int main(void)
            fabs(w[0] - 1.0 / (3 * MAXLEN)) < 1e-15, "dr_grpo weights: m / (B max_completion_length)");
     ok(mel_grpo_weights(ctx, (mel_grpo_loss_type)7, B, T, MASK, MAXLEN, 0, 1, w) == MEL_ERR_INVALID_ARGUMENT,
        "unknown loss type rejected: %s", mel_last_error(ctx));
+    {
+        /* mel_grpo_loss_weights: the policy from the parameters; B = 2
+         * sequences of T2 = 3 tokens, mask 1 1 0 / 1 1 1, labels of token 1
+         * of sequence 1 = ignore_index (-100 by default): it counts nowhere,
+         * so sequence 1 has 2 tokens.  grpo: m / n_b / B; dapo (default
+         * loss_type, num_items_in_batch 0): m / total (4 tokens). */
+        enum { T2 = 3, N2 = 6 };
+        const double m2[N2] = {1, 1, 0, 1, 1, 1};
+        const int64_t l2[N2] = {0, 1, 2, 3, -100, 4};
+        double w2[N2];
+        mel_params *q = mel_params_new();
+        mel_params_set(q, "seq_len", T2);
+        mel_params_set(q, "loss_type", MEL_GRPO_GRPO);
+        mel_status s2 = mel_grpo_loss_weights(ctx, q, N2, m2, l2, MEL_I64, 1, w2);
+        ok(s2 == MEL_OK && w2[0] == 0.25 && w2[1] == 0.25 && w2[2] == 0 && w2[3] == 0.25 && w2[4] == 0 &&
+               w2[5] == 0.25,
+           "mel_grpo_loss_weights grpo: the ignored token counts nowhere (%g %g %g %g %g %g) %s", w2[0], w2[1],
+           w2[2], w2[3], w2[4], w2[5], mel_last_error(ctx));
+        mel_params_free(q);
+        q = mel_params_new();
+        mel_params_set(q, "seq_len", T2);
+        s2 = mel_grpo_loss_weights(ctx, q, N2, m2, l2, MEL_I64, 1, w2);
+        ok(s2 == MEL_OK && w2[0] == 0.25 && w2[4] == 0 && w2[5] == 0.25,
+           "mel_grpo_loss_weights: the default loss_type is dapo, 1 / 4 tokens (%g) %s", w2[0], mel_last_error(ctx));
+        mel_params_set(q, "max_completion_length", 10);
+        mel_arg_kind k;
+        const char *pn;
+        s2 = mel_grpo_loss_weights(ctx, q, N2, m2, l2, MEL_I64, 1, w2);
+        mel_last_error_detail(ctx, &k, NULL, &pn, NULL, NULL);
+        ok(s2 == MEL_ERR_INVALID_ARGUMENT && k == MEL_ARG_PARAM && pn && !strcmp(pn, "max_completion_length") &&
+               strstr(mel_last_error(ctx), "loss_type = dapo"),
+           "max_completion_length with loss_type dapo refused, naming both: %s", mel_last_error(ctx));
+        mel_params_free(q);
+        q = mel_params_new();
+        s2 = mel_grpo_loss_weights(ctx, q, N2, m2, l2, MEL_I64, 1, w2);
+        mel_last_error_detail(ctx, &k, NULL, &pn, NULL, NULL);
+        ok(s2 == MEL_ERR_INVALID_ARGUMENT && k == MEL_ARG_PARAM && pn && !strcmp(pn, "seq_len"),
+           "no seq_len: refused naming it: %s", mel_last_error(ctx));
+        mel_params_set(q, "seq_len", 4);
+        s2 = mel_grpo_loss_weights(ctx, q, N2, m2, l2, MEL_I64, 1, w2);
+        ok(s2 == MEL_ERR_INVALID_ARGUMENT && strstr(mel_last_error(ctx), "N = 6 rows is not a positive multiple"),
+           "N not a multiple of seq_len: %s", mel_last_error(ctx));
+        mel_params_set(q, "seq_len", T2);
+        s2 = mel_grpo_loss_weights(ctx, q, N2, NULL, l2, MEL_I64, 1, w2);
+        mel_last_error_detail(ctx, &k, NULL, &pn, NULL, NULL);
+        ok(s2 == MEL_ERR_INVALID_ARGUMENT && k == MEL_ARG_INPUT && pn && !strcmp(pn, "mask"),
+           "no mask: refused naming the input: %s", mel_last_error(ctx));
+        mel_params_free(q);
+        double v;
+        const char *w0 = mel_param_word("loss_type", 2, &v), *w9 = mel_param_word("loss_type", 4, NULL);
+        ok(w0 && !strcmp(w0, "dr_grpo") && v == MEL_GRPO_DR_GRPO && !w9 &&
+               !strcmp(mel_param_word("importance_sampling_level", 1, &v), "sequence") && v == 1 &&
+               !mel_param_word("beta", 0, NULL),
+           "mel_param_word: the library's words (loss_type 2 = %s)", w0 ? w0 : "NULL");
+    }
     ok(mel_group_advantages(ctx, r, 12, 4, 1, adv) == MEL_OK, "group advantages");
     /* group 0: r = 1 0 0 1: mean 0.5, Bessel sd = sqrt(1/3) */
     is_close(adv[0], 0.5 / (sqrt(1.0 / 3) + 1e-4), 1e-14, 0, "advantage 0 = (r - mean) / (std + 1e-4)");

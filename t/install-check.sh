@@ -28,6 +28,15 @@ libdir=$(pkg-config --variable=libdir mel)
 [ -f "$incdir/mel.h" ] && [ -f "$libdir/libmel.so" ] && [ -f "$pcdir/mel.pc" ] &&
     [ "$libdir/pkgconfig" = "$pcdir" ]
 ok $? "mel.pc names the installed directories (includedir $incdir, libdir $libdir)"
+# one build for CPU and GPU machines: libmel.so links no CUDA library; the
+# CUDA module of a --with-cuda build is installed beside it
+cuda=$(objdump -p "$libdir/libmel.so" 2>&1 | awk '/NEEDED/ { print $2 }' | grep -E '^libcud|^libcublas' | tr '\n' ' ')
+[ -z "$cuda" ]
+ok $? "the installed libmel.so links no CUDA library${cuda:+: $cuda}"
+if grep -q '^#define HAVE_CUDA 1' "${MEL_TOP_BUILDDIR:-.}/config.h" 2>/dev/null; then
+    objdump -p "$libdir/libmel-cuda.so" 2>/dev/null | grep -q 'NEEDED.*libcublas'
+    ok $? "the CUDA module is installed beside it ($libdir/libmel-cuda.so, linking cuBLAS)"
+fi
 
 # the README's block is doc/example.c, byte for byte
 awk '/^```c$/ { on = 1; next } on && /^```$/ { exit } on { print }' "$top_src/README.md" >"$tmp/readme.c"

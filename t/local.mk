@@ -85,6 +85,13 @@ examples_vocab_parallel_LDADD = lib/libmel.la $(MPI_LIBS) -lm
 else
 EXTRA_DIST += examples/vocab_parallel.c
 endif
+# The CUDA backend as a module (backends/registry.c): a CPU-only process
+# maps no CUDA library; what a failed CUDA context names.
+check_PROGRAMS += t/backend_module.t
+t_backend_module_t_SOURCES = t/backend_module.c
+t_backend_module_t_LDADD = $(TEST_LIBS)
+TESTS += t/backend_module.t
+
 # wide logits: no subnormal dZ is stored (issue 20), every built-in and a
 # user transform against fp64 closed forms
 check_PROGRAMS += t/subnormal.t

@@ -101,6 +101,13 @@ extern "C" {
 #include "backend.h"
 }
 
+/* This file is the module libmel-cuda.so (backends/registry.c loads it):
+ * the library functions it calls come from the library that loaded it. */
+static const mel_backend_host *mel_host;
+#define mel_fail (mel_host->fail)
+#define mel_op_name (mel_host->op_name)
+#define mel_dtype_name (mel_host->dtype_name)
+
 #ifndef MEL_CU_BS
 #define MEL_CU_BS 256       /* threads per block of the row executor (a power of 2) */
 #endif
@@ -290,6 +297,16 @@ static mel_status cu_init(mel_ctx *ctx)
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess || n == 0) {
         cudaGetLastError();
+        int drv = 0, rt = 0;
+        cudaDriverGetVersion(&drv);
+        cudaRuntimeGetVersion(&rt);
+        if (drv == 0)
+            return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "no NVIDIA driver: the CUDA driver library (libcuda.so.1) "
+                            "could not be loaded (%s)", cudaGetErrorName(e));
+        if (drv < rt)
+            return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "the NVIDIA driver supports CUDA %d.%d, older than the "
+                            "CUDA runtime %d.%d this module uses (%s)", drv / 1000, drv % 1000 / 10, rt / 1000,
+                            rt % 1000 / 10, cudaGetErrorName(e));
         if (e != cudaSuccess)
             return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "no CUDA device (%s: %s)", cudaGetErrorName(e),
                             cudaGetErrorString(e));
@@ -1370,4 +1387,18 @@ static mel_backend_ops make_ops(void)
 
 static const mel_backend_ops cuda_ops = make_ops();
 
-extern "C" const mel_backend_ops *mel_cuda_backend(void) { return &cuda_ops; }
+/* The module's entry point (MEL_BACKEND_MODULE_ENTRY): refuses a library
+ * whose shared structures differ from the ones this module was built with. */
+extern "C" __attribute__((visibility("default"))) const mel_backend_ops *
+mel_backend_module(const mel_backend_host *host, char *why, size_t n)
+{
+    if (strcmp(host->version, PACKAGE_VERSION) != 0 || host->size_ctx != sizeof(mel_ctx) ||
+        host->size_ops != sizeof(mel_backend_ops) || host->size_chunk != sizeof(mel_chunk) ||
+        host->size_transform != sizeof(mel_transform)) {
+        snprintf(why, n, "built for libmel %s, loaded by libmel %s (a module must come from the same build)",
+                 PACKAGE_VERSION, host->version);
+        return NULL;
+    }
+    mel_host = host;
+    return &cuda_ops;
+}

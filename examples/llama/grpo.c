@@ -317,13 +317,14 @@ int grpo_mel_init(grpo_mel *h, const grpo_cfg *cfg, int threads,
         {"seq_len", cfg->C},
         {"temperature", cfg->temperature},
         {"loss_type", cfg->loss_type},
-        {"max_completion_length", cfg->C},
     };
     s = MEL_OK;
     for (size_t i = 0; i < sizeof set / sizeof set[0] && s == MEL_OK; i++)
         s = mel_params_set(prm, set[i].name, set[i].v);
+    /* only dr_grpo divides by it (mel_grpo_loss_weights refuses it otherwise) */
+    if (s == MEL_OK && cfg->loss_type == MEL_GRPO_DR_GRPO) s = mel_params_set(prm, "max_completion_length", cfg->C);
     if (s == MEL_OK) s = mel_transform_builtin(h->ctx, "grpo", prm, &h->t);
-    mel_params_free(prm);
+    h->params = prm;
     if (s != MEL_OK) return mel_fail(h, "mel_transform_builtin(\"grpo\")", s);
     h->N = (int64_t)cfg->B * cfg->C;
     h->args = mel_args_new();
@@ -342,6 +343,7 @@ void grpo_mel_free(grpo_mel *h)
 {
     mel_args_free(h->args);
     mel_transform_free(h->t);
+    mel_params_free(h->params);
     mel_ctx_destroy(h->ctx);
     free(h->w);
     free(h->kl);
@@ -359,11 +361,10 @@ int grpo_mel_run(grpo_mel *h, const grpo_cfg *cfg, const float *X,
     const int64_t N = h->N;
     mel_args *a = h->args;
     mel_status s;
-    /* the loss type's weights over the whole batch (GA = 1; dapo with
-     * num_items_in_batch = 0, i.e. Σ mask) */
-    if ((s = mel_grpo_weights(h->ctx, (mel_grpo_loss_type)cfg->loss_type, cfg->B,
-                              cfg->C, mask, cfg->C, 0, 1, h->w)) != MEL_OK)
-        return mel_fail(h, "mel_grpo_weights", s);
+    /* the loss type's weights over the whole batch, from the transform's
+     * parameters (GA = 1; dapo with num_items_in_batch = 0, i.e. Σ mask) */
+    if ((s = mel_grpo_loss_weights(h->ctx, h->params, N, mask, labels, MEL_I32, 1, h->w)) != MEL_OK)
+        return mel_fail(h, "mel_grpo_loss_weights", s);
     mel_args_clear(a);
     memset(st, 0, sizeof *st);
     s = mel_args_head(a, 0, mel_mat((void *)X, MEL_F32, N, D, 0),

@@ -113,6 +113,7 @@ void grpo_naive_run(grpo_naive *h, const grpo_cfg *cfg, const float *X,
 typedef struct grpo_mel {
     mel_ctx *ctx;
     mel_transform *t;
+    mel_params *params;               /* the transform's, for the loss-type weights */
     mel_args *args;
     double *w, *kl, *clipped, *ratio; /* [N] each                         */
     int64_t N;

@@ -145,7 +145,7 @@ static mel_status build_kd(mel_graph *g, const double *p, kd_kind kind)
 static mel_status check_kd(mel_ctx *ctx, const mel_builtin *b, const double *p, const char *given, kd_kind kind)
 {
     if (p[kd_labels_index(kind)] == 0 && given[MEL_P_IGNORE])
-        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+        return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, "ignore_index", -1, -1,
                         "transform '%s' with use_labels = 0 reads no labels: parameter ignore_index does "
                         "not apply", b->name);
     return MEL_OK;
@@ -270,16 +270,16 @@ mel_status mel_transform_builtin(mel_ctx *ctx, const char *name, const mel_param
                 strncat(list, b->params[j].name, sizeof list - strlen(list) - 1);
                 if (j + 1 < np) strncat(list, ", ", sizeof list - strlen(list) - 1);
             }
-            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
-                            "transform '%s' has no parameter '%s' (it has: %s)", name, pn, list);
+            return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, pn, -1, -1,
+                                "transform '%s' has no parameter '%s' (it has: %s)", name, pn, list);
         }
         if (k == MEL_P_IGNORE && (b->flags & MEL_BUILTIN_NO_LABELS))
-            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+            return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, pn, -1, -1,
                             "transform '%s' reads no labels: parameter ignore_index does not apply "
                             "(mask rows with a weighted reduction)", name);
         const mel_pdef *d = &b->params[k];
         if (!isfinite(v) || v < d->lo || v > d->hi || (d->integer && v != floor(v)))
-            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+            return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, pn, -1, -1,
                             "transform '%s': parameter %s = %g is outside [%g, %g]%s", name, pn, v,
                             d->lo, d->hi, d->integer ? " or not an integer" : "");
         p[k] = v;

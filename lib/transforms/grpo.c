@@ -3,7 +3,9 @@
  * (mel_grpo_weights) and group-normalised advantages
  * (mel_group_advantages).  Formulas in doc/transforms.md. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "mel_internal.h"
 
@@ -70,11 +72,11 @@ static mel_status build_grpo(mel_graph *g, const double *p)
 static mel_status check_grpo(mel_ctx *ctx, const mel_builtin *b, const double *p, const char *given)
 {
     if (p[G_EPS_HIGH] < 0 && p[G_EPS_HIGH] != -1)
-        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+        return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, "epsilon_high", -1, -1,
                         "transform 'grpo': epsilon_high = %g must be >= 0 (or -1: same as epsilon_low)",
                         p[G_EPS_HIGH]);
     if (p[G_LEVEL] == 1 && p[G_SEQ] < 1)
-        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+        return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, "seq_len", -1, -1,
                         "transform 'grpo': importance_sampling_level = 1 (sequence) needs seq_len >= 1 "
                         "(the completion length T; rows are B·T tokens in row-major order)");
     return MEL_OK;
@@ -132,8 +134,8 @@ mel_status mel_grpo_weights(mel_ctx *ctx, mel_grpo_loss_type type, int64_t B, in
     double total = 0;
     for (int64_t i = 0; i < B * T; i++) {
         if (!isfinite(mask[i]))
-            return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_grpo_weights: mask[%lld] = %g is not finite",
-                            (long long)i, mask[i]);
+            return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_INPUT, -1, "mask", i, -1,
+                                "mel_grpo_weights: mask[%lld] = %g is not finite", (long long)i, mask[i]);
         total += mask[i];
     }
     for (int64_t b = 0; b < B; b++) {
@@ -180,4 +182,98 @@ mel_status mel_group_advantages(mel_ctx *ctx, const double *rewards, int64_t n, 
             adv[i] = scale ? (rewards[i] - mean) / (sd + 1e-4) : rewards[i] - mean;
     }
     return MEL_OK;
+}
+
+/* ------------------------------------------------- words, the loss-type policy */
+
+/* The one table of parameter words (mel_param_word). */
+static const struct {
+    const char *param, *word;
+    double value;
+} param_words[] = {
+    {"loss_type", "grpo", MEL_GRPO_GRPO},
+    {"loss_type", "bnpo", MEL_GRPO_BNPO},
+    {"loss_type", "dr_grpo", MEL_GRPO_DR_GRPO},
+    {"loss_type", "dapo", MEL_GRPO_DAPO},
+    {"importance_sampling_level", "token", 0},
+    {"importance_sampling_level", "sequence", 1},
+};
+
+const char *mel_param_word(const char *param, int i, double *value)
+{
+    if (!param || i < 0) return NULL;
+    for (size_t k = 0; k < sizeof param_words / sizeof param_words[0]; k++)
+        if (!strcmp(param_words[k].param, param) && i-- == 0) {
+            if (value) *value = param_words[k].value;
+            return param_words[k].word;
+        }
+    return NULL;
+}
+
+/* "dapo" for loss_type 3 (the number when it has no word) */
+static const char *loss_word(double v, char *buf, size_t n)
+{
+    double x;
+    for (int i = 0; mel_param_word("loss_type", i, &x); i++)
+        if (x == v) return mel_param_word("loss_type", i, NULL);
+    snprintf(buf, n, "%g", v);
+    return buf;
+}
+
+/* parameter `name` of p, else the grpo built-in's default */
+static double grpo_param(const mel_params *p, const char *name)
+{
+    double v;
+    if (p && mel_params_get(p, name, &v)) return v;
+    for (int k = 0; k < MEL_BUILTIN_MAXP && mel_builtin_grpo.params[k].name; k++)
+        if (!strcmp(mel_builtin_grpo.params[k].name, name)) return mel_builtin_grpo.params[k].dflt;
+    return 0;
+}
+
+mel_status mel_grpo_loss_weights(mel_ctx *ctx, const mel_params *p, int64_t N, const double *mask,
+                                 const void *labels, mel_dtype labels_dtype, int64_t grad_accum, double *w)
+{
+    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
+    mel_clear_error(ctx);
+    char lw[32];
+    const double lt = grpo_param(p, "loss_type"), T = grpo_param(p, "seq_len");
+    if (!(lt >= 0 && lt <= MEL_GRPO_DAPO && lt == floor(lt)))
+        return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, "loss_type", -1, -1,
+                            "loss_type = %g is not a loss type (grpo 0, bnpo 1, dr_grpo 2, dapo 3)", lt);
+    const char *ltw = loss_word(lt, lw, sizeof lw);
+    if (p && mel_params_get(p, "max_completion_length", NULL) && lt != MEL_GRPO_DR_GRPO)
+        return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, "max_completion_length", -1, -1,
+                            "max_completion_length and loss_type = %s: only loss_type dr_grpo divides by "
+                            "max_completion_length", ltw);
+    if (p && mel_params_get(p, "num_items_in_batch", NULL) && lt != MEL_GRPO_DAPO)
+        return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, "num_items_in_batch", -1, -1,
+                            "num_items_in_batch and loss_type = %s: only loss_type dapo divides by "
+                            "num_items_in_batch", ltw);
+    if (!(T >= 1) || T != floor(T))
+        return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, "seq_len", -1, -1,
+                            "seq_len = %g: the loss type's weights need the completion length T >= 1 (the "
+                            "rows are B·T tokens, B sequences of T)", T);
+    if (N < 1 || N % (int64_t)T)
+        return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, "seq_len", -1, -1,
+                            "seq_len = %g: N = %lld rows is not a positive multiple of it", T, (long long)N);
+    if (!mask)
+        return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_INPUT, -1, "mask", -1, -1,
+                            "mask is NULL: the loss type's weights need the completion mask");
+    if (labels && labels_dtype != MEL_I32 && labels_dtype != MEL_I64)
+        return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_INDEX, -1, "labels", -1, -1,
+                            "labels: dtype %s is not i32 or i64", mel_dtype_name(labels_dtype));
+    if (!w) return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_grpo_loss_weights: w is NULL");
+    double *eff = malloc((size_t)N * sizeof *eff);
+    if (!eff) return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "mel_grpo_loss_weights: out of memory");
+    const double ign = grpo_param(p, "ignore_index");
+    for (int64_t i = 0; i < N; i++) {
+        const int64_t l = !labels ? 0 : labels_dtype == MEL_I32 ? ((const int32_t *)labels)[i]
+                                                                : ((const int64_t *)labels)[i];
+        eff[i] = labels && (double)l == ign ? 0.0 : mask[i];
+    }
+    mel_status s = mel_grpo_weights(ctx, (mel_grpo_loss_type)lt, N / (int64_t)T, (int64_t)T, eff,
+                                    (int64_t)grpo_param(p, "max_completion_length"),
+                                    grpo_param(p, "num_items_in_batch"), grad_accum, w);
+    free(eff);
+    return s;
 }

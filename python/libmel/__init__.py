@@ -7,7 +7,7 @@
 See doc/python.md.  The C library is loaded through ctypes (libmel._lib says
 from where); importing this package imports torch and nothing heavier.
 """
-from ._lib import path as library_path
+from ._lib import path as library_path, config
 from ._lib import lib as _clib
 from ._core import (MelError, MelValueError, MelMemoryError, Transform, builtin, builtins,
                     linear_loss, linear_cross_entropy, last_stats, gradcheck, LOSS_TYPES, VocabParallel)
@@ -18,4 +18,4 @@ __version__ = _clib.mel_version_string().decode()
 
 __all__ = ["linear_loss", "linear_cross_entropy", "MemoryEfficientLinear", "define_transform",
            "builtin", "builtins", "Transform", "Graph", "Sym", "gradcheck", "last_stats", "MelError",
-           "MelValueError", "MelMemoryError", "library_path", "LOSS_TYPES", "VocabParallel"]
+           "MelValueError", "MelMemoryError", "library_path", "config", "LOSS_TYPES", "VocabParallel"]

@@ -4,13 +4,17 @@
 # Builds libmel from the sources of SRCDIR (tracked and untracked files
 # that git does not ignore, copied into OUTDIR.build/src so the source
 # tree's own build is untouched) with --with-cuda --with-cuda-arch=90,
-# static libmel and the CUDA runtime linked statically, then gathers into
+# static libmel in the programs and the CUDA backend as the module
+# libmel-cuda.so that libmel loads at run time (issue 22), then gathers into
 # OUTDIR:
 #   cuda.t       the CUDA test (t/cuda.c)
 #   bench_cuda   the benchmark (examples/bench_cuda.c)
-#   lib/         the shared libraries they need that a bare CUDA machine
-#                lacks (OpenBLAS, gfortran, gomp, quadmath: found with ldd;
-#                tools/gpu/libcheck.sh gather)
+#   lib/         the CUDA module libmel-cuda.so and the shared libraries the
+#                programs and it need that a bare CUDA machine lacks
+#                (OpenBLAS, gfortran, gomp, quadmath: tools/gpu/libcheck.sh
+#                gather; and the CUDA runtime libcudart, so that the programs
+#                and the module share one).  run.sh puts lib/ on
+#                LD_LIBRARY_PATH, where libmel finds the module.
 #   run.sh       the check itself (tools/gpu/run.sh; see doc/gpu-check.md)
 #   libcheck.sh  the library check (run.sh runs it on the GPU machine)
 #   BUILD.txt    what was built, from which commit, with which toolchain
@@ -39,8 +43,6 @@ say() { echo "gpu-bundle: $*"; }
 command -v git >/dev/null 2>&1 && git -C "$src" rev-parse --git-dir >/dev/null 2>&1 ||
   { say "SRCDIR $src is not a git checkout (the file list comes from git ls-files)" >&2; exit 1; }
 [ -x "$prefix/bin/nvcc" ] || { say "no nvcc at $prefix/bin/nvcc (set CUDA_PREFIX)" >&2; exit 1; }
-[ -f "$prefix/lib64/libcudart_static.a" ] ||
-  { say "no $prefix/lib64/libcudart_static.a (the static CUDA runtime)" >&2; exit 1; }
 
 # 1. a private copy of the sources (the source tree may be configured in place)
 rm -rf "$bld"
@@ -49,14 +51,14 @@ mkdir -p "$bld/src"
 rev=$(git -C "$src" rev-parse --short HEAD)
 dirty=$(git -C "$src" status --porcelain --untracked-files=no | grep -q . && echo " + uncommitted changes" || true)
 
-# 2. configure and build the two programs (static libmel, static cudart)
+# 2. configure and build the two programs (static libmel: -static-libtool-libs)
+#    and the CUDA module
 cd "$bld/src"
-say "autoreconf, configure --with-cuda=$prefix --with-cuda-arch=$arch --disable-shared --without-mpi (log: $bld/build.log)"
+say "autoreconf, configure --with-cuda=$prefix --with-cuda-arch=$arch --without-mpi (log: $bld/build.log)"
 {
   autoreconf -fi &&
-  ./configure --with-cuda="$prefix" --with-cuda-arch="$arch" --disable-shared --enable-static --without-mpi &&
-  make -j"$jobs" CUDA_LIBS="-L$prefix/lib64 -Wl,-rpath,$prefix/lib64 -lcublas -lcudart_static -ldl -lrt -lpthread" \
-    examples/bench_cuda t/cuda.t
+  ./configure --with-cuda="$prefix" --with-cuda-arch="$arch" --enable-shared --enable-static --without-mpi &&
+  make -j"$jobs" LDFLAGS=-static-libtool-libs examples/bench_cuda t/cuda.t lib/libmel-cuda.la
 } >"$bld/build.log" 2>&1 || { tail -30 "$bld/build.log" >&2; say "build failed: $bld/build.log" >&2; exit 1; }
 
 # 3. gather
@@ -66,13 +68,21 @@ cp t/cuda.t "$out/cuda.t"
 cp examples/bench_cuda "$out/bench_cuda"
 cp "$src/tools/gpu/run.sh" "$out/run.sh"
 cp "$src/tools/gpu/libcheck.sh" "$out/libcheck.sh"
+cp lib/.libs/libmel-cuda.so "$out/lib/libmel-cuda.so"
 chmod +x "$out/run.sh" "$out/cuda.t" "$out/bench_cuda"
-sh "$src/tools/gpu/libcheck.sh" gather "$out/lib" "$out/cuda.t" "$out/bench_cuda" ||
+sh "$src/tools/gpu/libcheck.sh" gather "$out/lib" "$out/cuda.t" "$out/bench_cuda" "$out/lib/libmel-cuda.so" ||
   { say "copying the shared libraries into $out/lib failed" >&2; exit 1; }
-# every library the programs need must now resolve to the bundle, but for
-# what the GPU machine provides (glibc, libgcc_s, libstdc++, the driver,
-# cuBLAS, cudart)
-if ! sh "$src/tools/gpu/libcheck.sh" check "$out/lib" "$out/cuda.t" "$out/bench_cuda" >"$bld/libcheck.log" 2>&1; then
+# the one CUDA runtime of the programs and the module
+for exe in "$out/cuda.t" "$out/bench_cuda" "$out/lib/libmel-cuda.so"; do
+  ldd "$exe" | awk '/=> \// { print $1, $3 }'
+done | sort -u | while read -r name path; do
+  case $name in libcudart*) cp -L "$path" "$out/lib/$name" ;; esac
+done
+# every library the programs and the module need must now resolve to the
+# bundle, but for what the GPU machine provides (glibc, libgcc_s,
+# libstdc++, the driver, cuBLAS, cudart)
+if ! sh "$src/tools/gpu/libcheck.sh" check "$out/lib" "$out/cuda.t" "$out/bench_cuda" "$out/lib/libmel-cuda.so" \
+    >"$bld/libcheck.log" 2>&1; then
   say "the bundle's programs need libraries it does not ship (and a bare CUDA machine lacks):" >&2
   sed 's/^/  /' "$bld/libcheck.log" >&2
   exit 1
@@ -81,13 +91,13 @@ fi
   echo "libmel GPU bundle, built $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -n)"
   echo "commit: $rev$dirty"
   echo "nvcc: $("$prefix/bin/nvcc" --version | tail -1)"
-  echo "configure: --with-cuda=$prefix --with-cuda-arch=$arch --disable-shared --without-mpi (static libmel, static cudart)"
+  echo "configure: --with-cuda=$prefix --with-cuda-arch=$arch --without-mpi (static libmel in the programs, the CUDA module lib/libmel-cuda.so)"
   echo "gencode: $(sed -n 's/^NVCC_GENCODE = //p' Makefile)"
   echo "bundled libraries: $(cd "$out/lib" && ls | tr '\n' ' ')"
   echo "needs on the GPU machine: the NVIDIA driver and, from the CUDA toolkit:"
-  for exe in "$out/cuda.t" "$out/bench_cuda"; do
+  for exe in "$out/cuda.t" "$out/bench_cuda" "$out/lib/libmel-cuda.so"; do
     LD_LIBRARY_PATH="$out/lib" ldd "$exe" | awk '/=>/ { print $1 }'
-  done | sort -u | grep -E '^libcu' | sed 's/^/  /'
+  done | sort -u | grep -E '^libcu' | grep -v '^libcudart' | sed 's/^/  /'
   echo "glibc of this build: $(ldd --version | head -1)"
 } >"$out/BUILD.txt"
 size=$(du -sk "$out" | cut -f1)

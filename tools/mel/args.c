@@ -107,20 +107,6 @@ const char *next_opt(optscan *o, const char **val)
 
 /* ============================================================ --param */
 
-/* Symbolic parameter values: the one table of word -> numeric code. */
-static const struct {
-    const char *param, *word;
-    double value;
-} param_words[] = {
-    {"loss_type", "grpo", 0},
-    {"loss_type", "bnpo", 1},
-    {"loss_type", "dr_grpo", 2},
-    {"loss_type", "dapo", 3},
-    {"importance_sampling_level", "token", 0},
-    {"importance_sampling_level", "sequence", 1},
-};
-#define N_PARAM_WORDS (sizeof param_words / sizeof param_words[0])
-
 void param_add(mel_params **pp, const char *spec)
 {
     const char *eq = strchr(spec, '=');
@@ -136,27 +122,20 @@ void param_add(mel_params **pp, const char *spec)
     char *end;
     errno = 0;
     v = strtod(val, &end);
-    if (end == val || *end) {
-        int known_param = 0, found = 0;
-        for (size_t i = 0; i < N_PARAM_WORDS; i++) {
-            if (strcmp(param_words[i].param, name) != 0) continue;
-            known_param = 1;
-            if (strcmp(param_words[i].word, val) == 0) {
-                v = param_words[i].value;
+    if (end == val || *end) { /* a word: the library's table (mel_param_word) */
+        const char *wd;
+        int i, found = 0;
+        char list[256] = "";
+        for (i = 0; (wd = mel_param_word(name, i, &v)) != NULL; i++) {
+            if (!strcmp(wd, val)) {
                 found = 1;
+                break;
             }
+            if (*list) strncat(list, ", ", sizeof list - strlen(list) - 1);
+            strncat(list, wd, sizeof list - strlen(list) - 1);
         }
-        if (!known_param) die(EXIT_USAGE, "--param %s: '%s' is not a number", name, val);
-        if (!found) {
-            char list[256] = "";
-            for (size_t i = 0; i < N_PARAM_WORDS; i++)
-                if (strcmp(param_words[i].param, name) == 0) {
-                    if (*list) strncat(list, ", ", sizeof list - strlen(list) - 1);
-                    strncat(list, param_words[i].word, sizeof list - strlen(list) - 1);
-                }
-            die(EXIT_USAGE, "--param %s: unknown value '%s' (want %s or a number)", name, val,
-                list);
-        }
+        if (!found && i == 0) die(EXIT_USAGE, "--param %s: '%s' is not a number", name, val);
+        if (!found) die(EXIT_USAGE, "--param %s: unknown value '%s' (want %s or a number)", name, val, list);
     }
     if (mel_params_get(*pp, name, NULL)) die(EXIT_USAGE, "--param %s: given twice", name);
     if (!*pp) {
@@ -231,9 +210,10 @@ mel_transform *build_transform(mel_ctx *ctx, const char *cmd, const char *name,
     if (s != MEL_OK) {
         const char *m = mel_last_error(ctx);
         if (!m || !*m) m = mel_status_str(s);
-        /* The name is a known built-in, so an invalid argument here is a
-         * parameter: name the flag. */
-        if (s == MEL_ERR_INVALID_ARGUMENT && p) die(EXIT_USAGE, "--param: %s", m);
+        mel_arg_kind k;
+        const char *pn;
+        mel_last_error_detail(ctx, &k, NULL, &pn, NULL, NULL);
+        if (k == MEL_ARG_PARAM && pn) die(exit_of(s), "--param %s: %s", pn, m);
         die(exit_of(s), "%s %s: %s", cmd, name, m);
     }
     return own(t, free_transform);

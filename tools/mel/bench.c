@@ -40,6 +40,75 @@ static void usage_bench(FILE *f)
 "  backward; fused = forward_backward.  max_rss is the process-wide maximum so far.\n");
 }
 
+/* ---- the GEMM rate against what the CPU's instructions allow
+ *
+ * On one of the project's machines OpenBLAS's own choice of kernel ran the
+ * same call 4x slower (14.5 s against 3.6 s with OPENBLAS_CORETYPE=SkylakeX)
+ * and nothing said so.  The floor below is what ONE FMA unit of the widest
+ * vector instructions the CPU has gives per cycle per thread (fp32: AVX-512
+ * 32 flops, AVX2 + FMA 16, AVX 8, SSE2 4; fp64 half); a good kernel reaches
+ * one to two times that, the slow kernel of that machine about a quarter of
+ * it.  mel bench warns below GEMM_RATE_WARN of the floor. */
+#define GEMM_RATE_WARN 0.25
+#define GEMM_RATE_MIN_SECONDS 0.05 /* measure only GEMM time long enough to mean something */
+
+static double isa_flops_per_cycle(const char **isa, const char **coretype)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return *isa = "AVX-512", *coretype = "SkylakeX", 32;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return *isa = "AVX2+FMA", *coretype = "Haswell", 16;
+    if (__builtin_cpu_supports("avx")) return *isa = "AVX", *coretype = "Sandybridge", 8;
+    return *isa = "SSE2", *coretype = "", 4;
+#else
+    *isa = "unknown", *coretype = "";
+    return 0;
+#endif
+}
+
+/* The clock in GHz: the highest "cpu MHz" of /proc/cpuinfo (0 unknown). */
+static double cpu_ghz(void)
+{
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return 0;
+    char line[256];
+    double mhz = 0, v;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "cpu MHz : %lf", &v) == 1 && v > mhz) mhz = v;
+    fclose(f);
+    return mhz / 1000;
+}
+
+/* Warn (once) when the GEMMs ran far below the floor: name the rate, the
+ * kernel and the remedy. */
+static void check_gemm_rate(double gflops, double gemm_s, int threads, mel_dtype ct)
+{
+    static int warned;
+    const char *isa, *coretype;
+    double fpc = isa_flops_per_cycle(&isa, &coretype), ghz = cpu_ghz();
+    if (warned || fpc <= 0 || ghz <= 0 || threads < 1 || gemm_s < GEMM_RATE_MIN_SECONDS) return;
+    if (ct == MEL_F64) fpc /= 2;
+    const double per = gflops / (threads * ghz); /* flops per cycle per thread */
+    if (per >= GEMM_RATE_WARN * fpc) return;
+    warned = 1;
+    char kernel[128];
+    snprintf(kernel, sizeof kernel, "%s", mel_info("blas_kernel"));
+    const char *ct_env = getenv("OPENBLAS_CORETYPE");
+    fprintf(stderr,
+            "mel: warning: the GEMMs ran at %.1f GFLOP/s on %d threads at %.2f GHz: %.1f flops per cycle "
+            "per thread, under %.0f %% of the %.0f that one %s FMA unit gives; OpenBLAS chose the kernel "
+            "'%s' (OPENBLAS_CORETYPE %s)",
+            gflops, threads, ghz, per, GEMM_RATE_WARN * 100, fpc, isa, kernel[0] ? kernel : "unknown",
+            ct_env && *ct_env ? ct_env : "unset");
+    if (coretype[0] && strcmp(kernel, coretype) != 0)
+        fprintf(stderr, ": try OPENBLAS_CORETYPE=%s (a DYNAMIC_ARCH OpenBLAS then uses its %s kernel), ", coretype,
+                isa);
+    else
+        fprintf(stderr, ": ");
+    fprintf(stderr, "and check that the machine is not busy and --threads is not above its cores\n");
+}
+
 static int cmp_dbl(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -236,12 +305,13 @@ int cmd_bench(int argc, char **argv)
     long nproc = sysconf(_SC_NPROCESSORS_ONLN);
     const char *coretype = getenv("OPENBLAS_CORETYPE");
     git_commit(commit, sizeof commit);
-    char header[800];
+    char header[1200], blas[400];
+    blas_desc(blas, sizeof blas);
     snprintf(header, sizeof header,
-             "# machine: %s; nproc %ld; backend %s; threads %d; OPENBLAS_CORETYPE=%s; commit %s; "
+             "# machine: %s; nproc %ld; backend %s; threads %d; blas %s; OPENBLAS_CORETYPE=%s; commit %s; "
              "libmel %s; transform %s; dtype %s; dim %" PRId64 "; vocab %" PRId64
              "; repeat %d; warmup %d; row skipping %s; ignored %s",
-             machine, nproc, backend, mel_get_threads(ctx), coretype && *coretype ? coretype : "unset",
+             machine, nproc, backend, mel_get_threads(ctx), blas, coretype && *coretype ? coretype : "unset",
              commit, mel_version_string(), tname, mel_dtype_name(dt), d, v, repeat, warmup,
              no_skip ? "off" : "on", ignore_desc);
 
@@ -345,6 +415,7 @@ int cmd_bench(int argc, char **argv)
                    (double)cs.total.peak_workspace_bytes / 1048576.0,
                    (double)naive_bytes / 1048576.0, (double)rss / 1048576.0, y);
             fflush(stdout);
+            if (!strcmp(backend, "cpu")) check_gemm_rate(gfs, gmed, mel_get_threads(ctx), dt);
             if (cf)
                 fprintf(cf, "%" PRId64 ",%" PRId64 ",%" PRId64 ",%s,%s,%s,%d,%" PRId64 ",%" PRId64
                         ",%.6g,%.6g,%.6g,%.6g,%" PRId64 ",%.6g,%" PRId64 ",%" PRId64 ",%" PRId64
@@ -356,6 +427,8 @@ int cmd_bench(int argc, char **argv)
         }
         release_to(mark); /* args, inputs, gradients (host and device) */
     }
+    printf("# blas threads in the last call: %s (a CPU context sets them to its own threads before each "
+           "GEMM)\n", mel_info("blas_threads"));
     if (rss_reset_ok)
         printf("# max_rss is the peak RSS (VmHWM) since the inputs were ready: inputs, outputs, "
                "workspace and the process itself, not the bench's f64 set-up; run one mode per "

@@ -212,6 +212,30 @@ void stats_add(callstats *cs, mel_ctx *ctx, const char *name)
     if (tiles > cs->total_tiles) cs->total_tiles = tiles;
 }
 
+void json_info(FILE *f)
+{
+    fprintf(f, "\"libmel\": {");
+    for (int i = 0; mel_info_key(i); i++) {
+        const char *k = mel_info_key(i), *v = mel_info(k);
+        fprintf(f, "%s\"%s\": \"", i ? ", " : "", k);
+        for (const char *c = v ? v : ""; *c; c++)
+            if (*c == '"' || *c == '\\') fprintf(f, "\\%c", *c);
+            else if ((unsigned char)*c >= 0x20) fputc(*c, f);
+        fputc('"', f);
+    }
+    fputc('}', f);
+}
+
+void blas_desc(char *buf, size_t n)
+{
+    char blas[128], kernel[128], par[32];
+    snprintf(blas, sizeof blas, "%s", mel_info("blas"));
+    snprintf(kernel, sizeof kernel, "%s", mel_info("blas_kernel"));
+    snprintf(par, sizeof par, "%s", mel_info("blas_parallel"));
+    snprintf(buf, n, "%s, kernel %s, %s (%s)", blas, kernel[0] ? kernel : "unknown",
+             par[0] ? par : "threading unknown", mel_info("blas_file"));
+}
+
 void json_stats(FILE *f, const mel_stats *s, int64_t active_rows, int64_t tile_cols)
 {
     fprintf(f,

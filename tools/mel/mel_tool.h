@@ -90,6 +90,11 @@ typedef struct callstats {
 } callstats;
 void stats_add(callstats *cs, mel_ctx *ctx, const char *name);
 void json_stats(FILE *f, const mel_stats *s, int64_t active_rows, int64_t tile_cols);
+/* "\"libmel\": {KEY: VALUE, ...}": every mel_info key (the BLAS, its kernel and
+ * threads, ...), for --stats */
+void json_info(FILE *f);
+/* "OpenBLAS 0.3.21, kernel Zen, openmp (FILE)" into buf[n] */
+void blas_desc(char *buf, size_t n);
 
 /* -------------------------------------------------------------- args.c */
 

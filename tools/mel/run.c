@@ -77,42 +77,48 @@ static void usage_run(FILE *f)
 
 #define MAX_INPUTS 16
 
-/* The files behind the library's names for error messages. */
+/* The flags and files behind the library's arguments, for error messages. */
 typedef struct flag_names {
-    const char *hidden, *weight, *bias, *thidden, *tweight;
+    const char *hidden, *weight, *bias, *thidden, *tweight, *labels;
+    const char **in_names, **in_files;
+    int n_in;
 } flag_names;
 
-/* check() for the compute call: a non-finite input found by
- * --check-finite (the library names it "x of head 0: [3, 7] = nan",
- * "w of head 1: ...", "bias of head 0: [0, 5] = inf", "mask[4] = nan") is
- * reported with the flag and file it came from. */
-static void compute_check(mel_ctx *ctx, mel_status s, const char *what, const flag_names *f)
+/* check() naming the flag (and file) of the argument the library refused,
+ * from mel_last_error_detail: the library checks, the tool names. */
+static void call_check(mel_ctx *ctx, mel_status s, const char *what, const flag_names *f)
 {
-    if (s != MEL_ERR_NONFINITE) {
-        check(ctx, s, what);
-        return;
+    if (s == MEL_OK) return;
+    mel_arg_kind k;
+    int h;
+    const char *name;
+    mel_last_error_detail(ctx, &k, &h, &name, NULL, NULL);
+    char flag[160] = "";
+    const char *file = NULL;
+    switch (k) {
+    case MEL_ARG_X: snprintf(flag, sizeof flag, h ? "--teacher-hidden" : "--hidden"), file = h ? f->thidden : f->hidden; break;
+    case MEL_ARG_W: snprintf(flag, sizeof flag, h ? "--teacher-weight" : "--weight"), file = h ? f->tweight : f->weight; break;
+    case MEL_ARG_BIAS: snprintf(flag, sizeof flag, "--bias"), file = f->bias; break;
+    case MEL_ARG_HEAD: snprintf(flag, sizeof flag, h ? "--teacher-hidden/--teacher-weight" : "--hidden/--weight"); break;
+    case MEL_ARG_INDEX:
+        if (name && !strcmp(name, "labels")) snprintf(flag, sizeof flag, "--labels"), file = f->labels;
+        break;
+    case MEL_ARG_INPUT:
+        snprintf(flag, sizeof flag, "--input %s", name ? name : "?");
+        for (int i = 0; name && i < f->n_in; i++)
+            if (!strcmp(f->in_names[i], name)) file = f->in_files[i];
+        break;
+    case MEL_ARG_PARAM: snprintf(flag, sizeof flag, "--param %s", name ? name : "?"); break;
+    case MEL_ARG_REDUCTION: snprintf(flag, sizeof flag, "--reduction"); break;
+    case MEL_ARG_GRAD_OUTPUT: snprintf(flag, sizeof flag, "--grad-output"); break;
+    case MEL_ARG_GRAD_X: snprintf(flag, sizeof flag, "--grad-hidden"); break;
+    case MEL_ARG_GRAD_W: snprintf(flag, sizeof flag, "--grad-weight"); break;
+    case MEL_ARG_GRAD_BIAS: snprintf(flag, sizeof flag, "--grad-bias"); break;
+    default: break;
     }
-    const char *m = mel_last_error(ctx);
-    static const struct {
-        const char *prefix, *flag;
-        int which;
-    } map[] = {{"x of head 0: ", "--hidden", 0},  {"w of head 0: ", "--weight", 1},
-               {"bias of head 0: [0, ", "--bias", 2}, {"x of head 1: ", "--teacher-hidden", 3},
-               {"w of head 1: ", "--teacher-weight", 4}};
-    const char *files[5] = {f->hidden, f->weight, f->bias, f->thidden, f->tweight};
-    for (size_t k = 0; k < sizeof map / sizeof map[0]; k++) {
-        size_t n = strlen(map[k].prefix);
-        if (!strncmp(m, map[k].prefix, n)) {
-            if (map[k].which == 2) /* bias is one row: "[0, j] = v" -> "[j] = v" */
-                die(EXIT_USAGE, "--check-finite: --bias %s: element [%s", files[2], m + n);
-            die(EXIT_USAGE, "--check-finite: %s %s: element %s", map[k].flag, files[map[k].which],
-                m + n);
-        }
-    }
-    const char *br = strchr(m, '[');
-    if (br && br > m)
-        die(EXIT_USAGE, "--check-finite: --input %.*s: element %s", (int)(br - m), m, br);
-    die(EXIT_USAGE, "--check-finite: %s", m);
+    if (!flag[0]) check(ctx, s, what);
+    die(exit_of(s), "%s%s%s%s: %s", s == MEL_ERR_NONFINITE ? "--check-finite: " : "", flag, file ? " " : "",
+        file ? file : "", mel_last_error(ctx));
 }
 
 /* The buffer the library reads for input `in` as dtype t: the loaded data
@@ -210,25 +216,12 @@ int cmd_run(int argc, char **argv)
             "size takes what its rows need, whatever the budget)");
     /* grpo's loss-type parameters only feed mel_grpo_weights, which the
      * loss_type reduction uses (include/mel.h, GRPO) */
-    if (builtin_has_param(tname, "loss_type")) {
-        if (red_given) {
-            refuse_loss_type_params("--reduction", pl, "--reduction replaces");
-            if (mel_params_get(pl, "seq_len", NULL) &&
-                param_value(tname, pl, "importance_sampling_level", 0) == 0)
-                die(EXIT_USAGE, "--reduction and --param seq_len: seq_len is read only by "
-                    "importance_sampling_level=sequence and by grpo's loss-type weights, which "
-                    "--reduction replaces");
-        } else {
-            static const char *lt_names[] = {"grpo", "bnpo", "dr_grpo", "dapo"};
-            double lt = param_value(tname, pl, "loss_type", 3);
-            const char *ltn = lt >= 0 && lt <= 3 && lt == (int)lt ? lt_names[(int)lt] : "?";
-            if (mel_params_get(pl, "max_completion_length", NULL) && lt != 2)
-                die(EXIT_USAGE, "--param max_completion_length and --param loss_type=%s: only "
-                    "loss_type=dr_grpo divides by max_completion_length", ltn);
-            if (mel_params_get(pl, "num_items_in_batch", NULL) && lt != 3)
-                die(EXIT_USAGE, "--param num_items_in_batch and --param loss_type=%s: only "
-                    "loss_type=dapo divides by num_items_in_batch", ltn);
-        }
+    if (builtin_has_param(tname, "loss_type") && red_given) {
+        refuse_loss_type_params("--reduction", pl, "--reduction replaces");
+        if (mel_params_get(pl, "seq_len", NULL) && param_value(tname, pl, "importance_sampling_level", 0) == 0)
+            die(EXIT_USAGE, "--reduction and --param seq_len: seq_len is read only by "
+                "importance_sampling_level=sequence and by grpo's loss-type weights, which "
+                "--reduction replaces");
     }
     if (f_gout && !want_grad)
         die(EXIT_USAGE, "--grad-output: no gradient was asked for (--grad-hidden, --grad-weight, --grad-bias)");
@@ -257,53 +250,7 @@ int cmd_run(int argc, char **argv)
     }
     mel_ctx *ctx = make_ctx(s_backend, threads);
     mel_transform *t = build_transform(ctx, "run", tname, pl);
-    /* what the built transform reads, against what was given */
-    char reads[256] = "";
-    int reads_labels = 0;
-    for (int i = 0; i < mel_transform_num_inputs(t); i++) {
-        int is_index = 0;
-        const char *in = mel_transform_input(t, i, &is_index, NULL);
-        if (!in) continue;
-        reads_labels |= is_index && !strcmp(in, "labels");
-        if (!(is_index && !strcmp(in, "labels"))) {
-            if (*reads) strncat(reads, ", ", sizeof reads - strlen(reads) - 1);
-            strncat(reads, in, sizeof reads - strlen(reads) - 1);
-        }
-    }
-    if (f_labels && !reads_labels)
-        die(EXIT_USAGE, "--labels: transform '%s' reads no labels", tname);
-    for (int k = 0; k < n_in; k++) {
-        int found = 0;
-        for (int i = 0; i < mel_transform_num_inputs(t); i++) {
-            const char *in = mel_transform_input(t, i, NULL, NULL);
-            found |= in && !strcmp(in, in_names[k]) && strcmp(in, "labels") != 0;
-        }
-        if (!found)
-            die(EXIT_USAGE, "--input %s: transform '%s' (with these --param values) reads no per-row "
-                "input '%s' (it reads: %s)", in_names[k], tname, in_names[k], *reads ? reads : "none");
-    }
-    if (f_thidden && !mel_transform_head(t, 1))
-        die(EXIT_USAGE, "--teacher-hidden/--teacher-weight: transform '%s' (with these --param "
-            "values) reads no head 1", tname);
-    for (int i = 0; i < mel_transform_num_inputs(t); i++) {
-        int is_index = 0;
-        const char *in = mel_transform_input(t, i, &is_index, NULL);
-        if (!in) continue;
-        if (is_index && !strcmp(in, "labels")) {
-            if (!f_labels)
-                die(EXIT_USAGE, "run %s: --labels FILE is required (transform '%s' reads labels)",
-                    tname, tname);
-            continue;
-        }
-        int given = 0;
-        for (int k = 0; k < n_in; k++) given |= !strcmp(in_names[k], in);
-        if (!given)
-            die(EXIT_USAGE, "run %s: --input %s=FILE is required (transform '%s' reads the "
-                "per-row input '%s')", tname, in, tname, in);
-    }
-    if (mel_transform_head(t, 1) && !f_thidden)
-        die(EXIT_USAGE, "run %s: --teacher-hidden and --teacher-weight are required (transform '%s' "
-            "reads head 1)", tname, tname);
+    flag_names names = {f_hidden, f_weight, f_bias, f_thidden, f_tweight, f_labels, in_names, in_files, n_in};
     /* ---- load and check shapes */
     input X = load("--hidden", f_hidden, TAKES_FLOAT | TAKES_F16);
     want_ndim(&X, 2, "2-d [N, D]");
@@ -386,28 +333,9 @@ int cmd_run(int argc, char **argv)
     /* grpo without --reduction: the loss type's global per-row weights */
     double *gw = NULL;
     if (builtin_has_param(tname, "loss_type") && !red_given) {
-        double lt = param_value(tname, pl, "loss_type", 3),
-               maxlen = param_value(tname, pl, "max_completion_length", 512),
-               items = param_value(tname, pl, "num_items_in_batch", 0), T = 0;
-        if (!mel_params_get(pl, "seq_len", &T) || T < 1)
-            die(EXIT_USAGE, "--param seq_len: grpo's loss_type reduction needs the completion length T "
-                "(rows are B·T tokens), or pass --reduction none|sum|mean");
-        if (!mask) die(EXIT_USAGE, "--input mask: grpo needs the completion mask");
-        if (N % (int64_t)T)
-            die(EXIT_USAGE, "--param seq_len=%g: N = %" PRId64 " rows is not a multiple of it", T, N);
         gw = xcalloc(N > 0 ? N : 1, sizeof(double), "weights");
-        /* the effective mask, as the transform counts tokens: a token whose label
-         * is ignore_index counts nowhere (doc/transforms.md, grpo) */
-        double *eff = xcalloc(N > 0 ? N : 1, sizeof(double), "mask");
-        const double ign = param_value(tname, pl, "ignore_index", -100);
-        for (int64_t i = 0; i < N; i++) {
-            int64_t l = !lab_host ? 0 : lab_dt == MEL_I32 ? ((const int32_t *)lab_host)[i]
-                                                          : ((const int64_t *)lab_host)[i];
-            eff[i] = lab_host && (double)l == ign ? 0.0 : mask[i];
-        }
-        mask = eff;
-        check(ctx, mel_grpo_weights(ctx, (mel_grpo_loss_type)lt, N / (int64_t)T, (int64_t)T, mask,
-                                    (int64_t)maxlen, items, 1, gw), "--param loss_type");
+        call_check(ctx, mel_grpo_loss_weights(ctx, pl, N, mask, lab_host, lab_dt, 1, gw), "--param loss_type",
+                   &names);
         red = MEL_REDUCE_WEIGHTED;
     }
     if (f_thidden) {
@@ -483,7 +411,6 @@ int cmd_run(int argc, char **argv)
 
     if (check_fin) check(ctx, mel_set_check_finite(ctx, 1), "--check-finite");
     if (no_skip || mode == NAIVE) check(ctx, mel_set_row_skipping(ctx, 0), "--no-skip");
-    flag_names names = {f_hidden, f_weight, f_bias, f_thidden, f_tweight};
 
     /* ---- compute */
     char what[64];
@@ -493,15 +420,15 @@ int cmd_run(int argc, char **argv)
     const int64_t held_at_call = g_input_mem.live;
     double t0 = now_s();
     if (!want_grad) {
-        compute_check(ctx, mel_forward(ctx, t, a), what, &names);
+        call_check(ctx, mel_forward(ctx, t, a), what, &names);
         stats_add(&cs, ctx, "forward");
     } else if (mode == RECOMPUTE) {
-        compute_check(ctx, mel_forward(ctx, t, a), what, &names);
+        call_check(ctx, mel_forward(ctx, t, a), what, &names);
         stats_add(&cs, ctx, "forward");
-        compute_check(ctx, mel_backward(ctx, t, a), what, &names);
+        call_check(ctx, mel_backward(ctx, t, a), what, &names);
         stats_add(&cs, ctx, "backward");
     } else {
-        compute_check(ctx, mel_forward_backward(ctx, t, a), what, &names);
+        call_check(ctx, mel_forward_backward(ctx, t, a), what, &names);
         stats_add(&cs, ctx, "forward_backward");
     }
     double wall = now_s() - t0;
@@ -594,6 +521,8 @@ int cmd_run(int argc, char **argv)
         fprintf(f, ",\n \"input_bytes_held\": %" PRId64 ", \"input_bytes_peak\": %" PRId64
                 ", \"input_bytes_converted\": %" PRId64 ", \"max_rss_bytes\": %" PRId64,
                 held_at_call, g_input_mem.peak, g_input_mem.converted, rss);
+        fprintf(f, ",\n ");
+        json_info(f);
         fprintf(f, ",\n \"calls\": [");
         for (int i = 0; i < cs.ncalls && i < 2; i++) {
             fprintf(f, "%s{\"call\": \"%s\", ", i ? ", " : "", cs.names[i]);
