@@ -53,7 +53,7 @@ MEL_API int mel_version(void);
 /* "0.6.0" */
 MEL_API const char *mel_version_string(void);
 /* Facts about this build and the process it runs in, as strings (since
- * 0.5): the value of `key`, or NULL for a key that is not one of these.
+ * 0.6): the value of `key`, or NULL for a key that is not one of these.
  * mel_info_key(i) is the i-th key, NULL past the last (for listing them).
  *   "version"        mel_version_string()
  *   "blas"           the BLAS the CPU backend calls: "OpenBLAS 0.3.21", or
@@ -153,7 +153,7 @@ MEL_API void mel_ctx_trim(mel_ctx *ctx);
  * succeeded). */
 MEL_API const char *mel_last_error(const mel_ctx *ctx);
 
-/* Which argument the last failed call refused (since 0.5), for a caller
+/* Which argument the last failed call refused (since 0.6), for a caller
  * that names arguments its own way (a flag, a Python parameter) without
  * reading the message.  Pinned values. */
 typedef enum mel_arg_kind {
@@ -572,7 +572,7 @@ MEL_API const char *mel_builtin_help(int i);
  * that built-in (some apply only to part of it, e.g. grpo's loss_type to
  * mel_grpo_weights; see doc/transforms.md). */
 MEL_API const char *mel_builtin_param(int i, int j, double *dflt);
-/* The words a parameter's values have (since 0.5): the i-th word of
+/* The words a parameter's values have (since 0.6): the i-th word of
  * parameter `param` with its value in *value (when value != NULL), NULL
  * past the last or for a parameter without words.  The one table that
  * tools and bindings read: loss_type grpo 0, bnpo 1, dr_grpo 2, dapo 3;
@@ -606,7 +606,7 @@ MEL_API mel_status mel_grpo_weights(mel_ctx *ctx, mel_grpo_loss_type type, int64
  * std (scale != 0; needs group >= 2), or r − mean_group (scale == 0). */
 MEL_API mel_status mel_group_advantages(mel_ctx *ctx, const double *rewards, int64_t n,
                                         int64_t group, int scale, double *adv);
-/* The loss-type policy in one place (since 0.5): the weights w [N] of the
+/* The loss-type policy in one place (since 0.6): the weights w [N] of the
  * reduction MEL_REDUCE_WEIGHTED for the "grpo" built-in's parameters p --
  * loss_type, seq_len (T: the N rows are B = N / T sequences of T tokens),
  * max_completion_length, num_items_in_batch, ignore_index, each the
