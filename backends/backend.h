@@ -33,6 +33,14 @@ struct mel_chunk {
     double *ginp[MEL_MAX_INPUTS]; /* [R] gradient of scalar inputs, or NULL */
     void *scratch;              /* per-thread scratch vectors              */
     int64_t scratch_per_thread; /* bytes                                   */
+    /* The sequence layout (transforms with mel_has_layout; host memory,
+     * NULL otherwise): per level (MEL_LEVEL_SEQ, MEL_LEVEL_GROUP) the
+     * chunk-local rows of each of its n_seg[L] sequences / groups,
+     * seg_row[L][seg_off[L][k] .. seg_off[L][k + 1]), ascending; and per
+     * row the MEL_SEQINFO_N fields of OP_SEQINFO, seq_info[r·3 + field]. */
+    const int64_t *seg_off[MEL_LEVELS], *seg_row[MEL_LEVELS];
+    int64_t n_seg[MEL_LEVELS];
+    const int8_t *seq_info;
     void *regs;                 /* per-row scalar registers [R, n] (T)     */
     int64_t *iregs;             /* per-row index registers [R, n]          */
     int threads;

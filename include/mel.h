@@ -405,9 +405,35 @@ MEL_API mel_val mel_g_valid(mel_graph *g, mel_val idx);
 /* Every row is in a segment of `rows` consecutive rows (row i is in segment
  * i / rows); N must be a multiple of it, and chunks are aligned to it. */
 MEL_API mel_status mel_g_set_segment(mel_graph *g, int64_t rows);
-/* Scalar -> scalar: Σ of a over the rows of this row's segment.  The engine
- * evaluates the program in phases around each segment sum. */
+/* Scalar -> scalar: Σ of a over the rows of this row's segment (sequence;
+ * 0 for a row in none).  The engine evaluates the program in phases around
+ * each segment sum. */
 MEL_API mel_val mel_g_segment_sum(mel_graph *g, mel_val a);
+/* -- sequences of any length and groups of sequences (
+ *    doc/design.md, "Sequences and groups") -- */
+/* Row i is in sequence name[i], an index input (i32 / i64) bound like a
+ * label but not range-checked against V: ids >= 0, -1 for a row in no
+ * sequence.  A sequence's rows need not be consecutive.  Exclusive with
+ * mel_g_set_segment (MEL_ERR_GRAPH naming both).  Every chunk holds whole
+ * groups: it ends only where no group has rows on both sides. */
+MEL_API mel_status mel_g_set_sequence_ids(mel_graph *g, const char *name);
+/* Sequences s with the same s / sequences form a group; s % sequences is
+ * the sequence's rank in it (default 1: a group is a sequence).  Needs
+ * mel_g_set_segment or mel_g_set_sequence_ids. */
+MEL_API mel_status mel_g_set_group(mel_graph *g, int64_t sequences);
+/* Scalar -> scalar: Σ of a over the rows of this row's group. */
+MEL_API mel_val mel_g_group_sum(mel_graph *g, mel_val a);
+/* Layout leaves (not differentiable): the rank of the row's sequence in its
+ * group (-1 in none); 1.0 on the first (lowest) row of each sequence / of
+ * each group, else 0.0. */
+MEL_API mel_val mel_g_sequence_rank(mel_graph *g);
+MEL_API mel_val mel_g_sequence_first(mel_graph *g);
+MEL_API mel_val mel_g_group_first(mel_graph *g);
+/* A composition: the value of a (a per-sequence value, equal on every row
+ * of its sequence, e.g. a segment sum) at the sequence of rank k of this
+ * row's group, on every row of the group:
+ * group_sum(where(sequence_first · (sequence_rank == k), a, 0)). */
+MEL_API mel_val mel_g_group_read(mel_graph *g, mel_val a, int64_t k);
 /* -- gradient control -- */
 MEL_API mel_val mel_g_stop_gradient(mel_graph *g, mel_val a);
 

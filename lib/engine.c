@@ -114,6 +114,12 @@ typedef struct call {
                           * accumulated f32/f64 dX is summed over processes via
                           * a separate chunk buffer (0: none) */
     int dry;       /* mel_plan_call: shapes only, no data read but per-row inputs */
+    /* the sequence layout (check_layout), host malloc, NULL without one:
+     * skey[i] the sequence of row i (-1: none); cuts[0 .. n_cuts) the row
+     * boundaries no group straddles, ascending from 0 to N; min_rows the
+     * widest gap between two cuts (1 without a layout) */
+    int64_t *skey, *cuts;
+    int64_t n_cuts, min_rows;
 } call;
 
 static const char *head_label(int h) { return h == 0 ? "head 0" : h == 1 ? "head 1 (teacher/reference)" : "head"; }
@@ -256,6 +262,7 @@ static mel_status check_inputs(mel_ctx *ctx, const mel_transform *t, const mel_a
              * labels are global column ids under vocabulary parallelism */
             const int64_t Vt = ctx->vp ? mel_vp_total(ctx) : c->V;
             int64_t hi = d->limit > 0 && d->limit < Vt ? d->limit : Vt;
+            if (d->layout) hi = INT64_MAX; /* sequence ids: check_layout */
             for (int64_t i = 0; i < b->n; i++) {
                 int64_t v = b->dtype == MEL_I32 ? ((const int32_t *)hv)[i] : ((const int64_t *)hv)[i];
                 if ((v < 0 || v >= hi) && v != d->ignore_index) {
@@ -398,6 +405,165 @@ static mel_status check_ops(mel_ctx *ctx, const mel_transform *t)
     return MEL_OK;
 }
 
+/* ------------------------------------------------ the sequence layout
+ * (doc/design.md, "Sequences and groups"): every row's sequence, and the
+ * cuts -- the row boundaries that no group straddles, where chunks may
+ * end. */
+
+static int cmp_pair(const void *x, const void *y)
+{
+    const int64_t *p = x, *q = y;
+    return p[0] < q[0] ? -1 : p[0] > q[0] ? 1 : p[1] < q[1] ? -1 : p[1] > q[1];
+}
+
+static void free_layout(call *c)
+{
+    free(c->skey);
+    free(c->cuts);
+    c->skey = c->cuts = NULL;
+}
+
+static mel_status check_layout(mel_ctx *ctx, const mel_transform *t, call *c)
+{
+    c->min_rows = 1;
+    if (!mel_has_layout(t) || c->N == 0) return MEL_OK;
+    const int64_t N = c->N, G = t->group;
+    const mel_bound *b = t->seq_ids >= 0 ? c->idx[t->seq_ids] : NULL;
+    if (t->seq_ids >= 0 && !b)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                        "transform '%s': the sequence ids '%s' must be bound to plan its chunks (each chunk "
+                        "holds whole groups)", t->name, t->inputs[t->seq_ids].name);
+    c->skey = malloc((size_t)N * sizeof *c->skey);
+    c->cuts = malloc((size_t)(N + 1) * sizeof *c->cuts);
+    int64_t *pairs = malloc((size_t)N * 2 * sizeof *pairs);
+    int32_t *open = calloc((size_t)N + 2, sizeof *open);
+    mel_status s = MEL_OK;
+    if (!c->skey || !c->cuts || !pairs || !open)
+        s = mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "out of memory reading the sequence layout of %lld rows",
+                     (long long)N);
+    const void *hv = NULL;
+    void *tmp = NULL;
+    if (s == MEL_OK && b) s = host_view(ctx, b->data, (size_t)N * mel_dtype_size(b->dtype), &hv, &tmp);
+    int64_t np = 0;
+    for (int64_t i = 0; i < N && s == MEL_OK; i++) {
+        int64_t v = t->seg_len > 0 ? i / t->seg_len
+                    : b->dtype == MEL_I32 ? ((const int32_t *)hv)[i] : ((const int64_t *)hv)[i];
+        if (v < -1)
+            s = mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                         "%s[%lld] = %lld: a sequence id is >= 0, or -1 for a row in no sequence",
+                         t->inputs[t->seq_ids].name, (long long)i, (long long)v);
+        c->skey[i] = v;
+        if (v >= 0) pairs[2 * np] = v / G, pairs[2 * np + 1] = i, np++;
+    }
+    free(tmp);
+    if (s == MEL_OK) {
+        /* a group whose rows span [lo, hi] forbids the cuts lo+1 .. hi */
+        qsort(pairs, (size_t)np, 2 * sizeof *pairs, cmp_pair);
+        for (int64_t k = 0; k < np;) {
+            int64_t e = k;
+            while (e + 1 < np && pairs[2 * (e + 1)] == pairs[2 * k]) e++;
+            open[pairs[2 * k + 1] + 1]++;
+            open[pairs[2 * e + 1] + 1]--;
+            k = e + 1;
+        }
+        int64_t depth = 0, last = 0;
+        c->n_cuts = 0;
+        c->cuts[c->n_cuts++] = 0;
+        for (int64_t r = 1; r <= N; r++) {
+            depth += open[r];
+            if (depth == 0 || r == N) {
+                if (r - last > c->min_rows) c->min_rows = r - last;
+                c->cuts[c->n_cuts++] = r;
+                last = r;
+            }
+        }
+    }
+    free(pairs);
+    free(open);
+    if (s) free_layout(c);
+    return s;
+}
+
+/* The end of the chunk that starts at row r0 and holds at most Rmax rows:
+ * the farthest cut within reach (the next cut when none is: Rmax is at
+ * least min_rows, so only a caller's walk could ask). */
+static int64_t chunk_end(const call *c, int64_t r0, int64_t Rmax)
+{
+    int64_t want = r0 + Rmax < c->N ? r0 + Rmax : c->N;
+    if (!c->cuts) return want;
+    int64_t lo = 0, hi = c->n_cuts - 1; /* largest cut <= want */
+    while (lo < hi) {
+        int64_t mid = (lo + hi + 1) / 2;
+        if (c->cuts[mid] <= want) lo = mid;
+        else hi = mid - 1;
+    }
+    if (c->cuts[lo] > r0) return c->cuts[lo];
+    return lo + 1 < c->n_cuts ? c->cuts[lo + 1] : c->N;
+}
+
+/* The chunk's layout lists (mel_chunk.seg_off / seg_row / seq_info) for
+ * rows [r0, r0 + R), in buffers of capacity R (chunk_layout_alloc). */
+typedef struct chunk_layout_buf {
+    int64_t *off[MEL_LEVELS], *row[MEL_LEVELS], *pairs;
+    int8_t *info;
+} chunk_layout_buf;
+
+static void chunk_layout_free(chunk_layout_buf *L)
+{
+    for (int l = 0; l < MEL_LEVELS; l++) free(L->off[l]), free(L->row[l]);
+    free(L->pairs);
+    free(L->info);
+    memset(L, 0, sizeof *L);
+}
+
+static mel_status chunk_layout_alloc(mel_ctx *ctx, const call *c, int64_t R, chunk_layout_buf *L)
+{
+    memset(L, 0, sizeof *L);
+    if (!c->skey) return MEL_OK;
+    int bad = 0;
+    for (int l = 0; l < MEL_LEVELS; l++) {
+        L->off[l] = malloc((size_t)(R + 1) * sizeof(int64_t));
+        L->row[l] = malloc((size_t)R * sizeof(int64_t) + 1);
+        bad |= !L->off[l] || !L->row[l];
+    }
+    L->pairs = malloc((size_t)R * 2 * sizeof(int64_t) + 1);
+    L->info = malloc((size_t)R * MEL_SEQINFO_N + 1);
+    if (bad || !L->pairs || !L->info) {
+        chunk_layout_free(L);
+        return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "out of memory for the layout of a chunk of %lld rows",
+                        (long long)R);
+    }
+    return MEL_OK;
+}
+
+static void chunk_layout(const mel_transform *t, const call *c, chunk_layout_buf *L, mel_chunk *ch)
+{
+    if (!c->skey) return;
+    const int64_t R = ch->R, G = t->group;
+    const int64_t *key = c->skey + ch->r0;
+    memset(L->info, 0, (size_t)R * MEL_SEQINFO_N);
+    for (int64_t r = 0; r < R; r++) L->info[r * MEL_SEQINFO_N + MEL_SEQINFO_RANK] = key[r] < 0 ? -1 : (int8_t)(key[r] % G);
+    for (int l = 0; l < MEL_LEVELS; l++) {
+        int64_t np = 0;
+        for (int64_t r = 0; r < R; r++)
+            if (key[r] >= 0) L->pairs[2 * np] = l ? key[r] / G : key[r], L->pairs[2 * np + 1] = r, np++;
+        qsort(L->pairs, (size_t)np, 2 * sizeof(int64_t), cmp_pair);
+        int64_t n = 0;
+        for (int64_t k = 0; k < np; k++) {
+            if (k == 0 || L->pairs[2 * k] != L->pairs[2 * (k - 1)]) {
+                L->off[l][n++] = k;
+                L->info[L->pairs[2 * k + 1] * MEL_SEQINFO_N + (l ? MEL_SEQINFO_GFIRST : MEL_SEQINFO_FIRST)] = 1;
+            }
+            L->row[l][k] = L->pairs[2 * k + 1];
+        }
+        L->off[l][n] = np;
+        ch->seg_off[l] = L->off[l];
+        ch->seg_row[l] = L->row[l];
+        ch->n_seg[l] = n;
+    }
+    ch->seq_info = L->info;
+}
+
 static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args *a,
                            int grads, int dry, call *c)
 {
@@ -408,7 +574,8 @@ static mel_status validate(mel_ctx *ctx, const mel_transform *t, const mel_args 
     mel_status s;
     if ((s = check_heads(ctx, t, a, c)) || (s = check_inputs(ctx, t, a, c)) ||
         (s = check_finite_data(ctx, t, a, c)) || (s = check_outputs(ctx, t, a, c)) ||
-        (s = check_gradients(ctx, t, a, grads, c)) || (s = check_ops(ctx, t)))
+        (s = check_gradients(ctx, t, a, grads, c)) || (s = check_ops(ctx, t)) ||
+        (s = check_layout(ctx, t, c)))
         return s;
     c->n_eff = c->N;
     return MEL_OK;
@@ -550,7 +717,7 @@ static int64_t budget(mel_ctx *ctx, const mel_transform *t, const call *c, const
     /* and never so small that it cannot hold the fixed part and 32 rows
      * (e.g. a device running hundreds of rows at once) */
     int64_t rows = c->n_eff < 32 ? (c->n_eff > 0 ? c->n_eff : 1) : 32;
-    if (t->seg_len > rows) rows = t->seg_len;
+    if (c->min_rows > rows) rows = c->min_rows; /* one group */
     int64_t floor_bytes = sz->fixed + rows * per_row;
     if (limit < floor_bytes) limit = floor_bytes;
     return limit;
@@ -620,19 +787,20 @@ static mel_status pick_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan
     if (R <= 0) {
         const int64_t limit = budget(ctx, t, c, sz, per_row);
         int64_t avail = limit - sz->fixed;
-        /* an empty batch needs no whole segment */
-        int64_t min_rows = t->seg_len > 0 && c->N > 0 ? t->seg_len : 1, need;
+        /* the widest run of rows between two cuts: one chunk's fewest rows
+         * (one group; an empty batch needs none) */
+        int64_t min_rows = c->min_rows, need;
         if (!mel_mul_ok(per_row, min_rows, &need) || avail < need)
             return mel_fail(ctx, MEL_ERR_BUDGET,
                             "workspace limit %lld bytes is below %lld row%s%s: %lld fixed (%d threads × "
                             "%d vectors of V = %lld) + %lld per row",
                             (long long)limit, (long long)min_rows, min_rows > 1 ? "s" : "",
-                            min_rows > 1 ? " (one segment)" : "", (long long)sz->fixed, sz->threads,
+                            min_rows > 1 ? " (the largest group of sequences)" : "", (long long)sz->fixed, sz->threads,
                             p->n_slots, (long long)c->V, (long long)per_row);
         R = avail / per_row;
         /* GEMM kernels work in blocks of rows: 252 rows ran 5% slower than
          * 224 or 256 (CE, D = 1024, V = 32768, OpenBLAS) */
-        if (R >= 64 && t->seg_len <= 0 && R < c->n_eff) R = R / 32 * 32;
+        if (R >= 64 && !c->cuts && R < c->n_eff) R = R / 32 * 32;
         if (need_Z && ctx->workspace_limit <= 0) {
             const int64_t f = gemm_floor_rows(ctx, t, p, c, sz, per_row);
             if (R < f) R = f;
@@ -643,8 +811,9 @@ static mel_status pick_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan
      * at most N */
     const int64_t cap = ctx->chunk_rows > 0 ? c->N : c->n_eff;
     if (R > cap) R = cap;
-    if (t->seg_len > 0 && c->N > 0) R = R / t->seg_len * t->seg_len; /* whole segments per chunk */
-    if (R < 1) R = t->seg_len > 0 && c->N > 0 ? t->seg_len : 1;
+    /* chunks end at cuts (chunk_end): whole groups, at least the largest */
+    if (R < c->min_rows) R = c->min_rows;
+    if (R < 1) R = 1;
     *out = R;
     return MEL_OK;
 }
@@ -757,6 +926,7 @@ static mel_status total_count(mel_ctx *ctx, const mel_transform *t, const call *
 {
     *out = (double)c->N;
     if (t->count < 0 || c->N == 0) return MEL_OK;
+    int64_t ch_rows = 0;
     const mel_plan *cp = ctx->vp ? &t->vcnt : &t->cnt;
     sizing sz;
     size_call(ctx, t, cp, c, &sz);
@@ -765,15 +935,23 @@ static mel_status total_count(mel_ctx *ctx, const mel_transform *t, const call *
     if (s) return s;
     const row_bufs dev = row_layout(t, w.rowbuf, w.R), host = row_layout(t, w.hrow, w.R);
     double acc = 0;
-    for (int64_t r0 = 0; r0 < c->N && s == MEL_OK; r0 += w.R) {
+    chunk_layout_buf L;
+    if ((s = chunk_layout_alloc(ctx, c, w.R, &L))) {
+        release(ctx, &w);
+        return s;
+    }
+    for (int64_t r0 = 0; r0 < c->N && s == MEL_OK; r0 += ch_rows) {
         mel_chunk ch;
-        bind_chunk(ctx, t, c, &w, &sz, r0, c->N - r0 < w.R ? c->N - r0 : w.R, &ch);
+        bind_chunk(ctx, t, c, &w, &sz, r0, chunk_end(c, r0, w.R) - r0, &ch);
+        chunk_layout(t, c, &L, &ch);
+        ch_rows = ch.R;
         ch.count = dev.count;
         s = ctx->ops->run_rows(ctx, t, cp, &ch);
         if (s == MEL_OK && w.hrow != w.rowbuf)
             s = ctx->ops->copy(ctx, host.count, dev.count, (size_t)ch.R * sizeof(double), 0);
         for (int64_t r = 0; r < ch.R && s == MEL_OK; r++) acc += host.count[r];
     }
+    chunk_layout_free(&L);
     release(ctx, &w);
     *out = acc;
     return s;
@@ -877,7 +1055,7 @@ static int pred_local(const mel_transform *t, int k)
  * predicates local to the row. */
 static int may_skip(mel_ctx *ctx, const mel_transform *t, const call *c, int want_y)
 {
-    if (!ctx->row_skipping || t->y_pred < 0 || t->seg_len > 0 || c->N == 0) return 0;
+    if (!ctx->row_skipping || t->y_pred < 0 || mel_has_layout(t) || c->N == 0) return 0;
     for (int k = 0; k < t->n_pred; k++)
         if (ctx->vp && !pred_local(t, k)) return 0;
     for (int k = 0; k < t->n_aux; k++)
@@ -969,7 +1147,7 @@ static void next_chunk(const activity *A, const call *c, int64_t Rmax, int64_t k
     *rows = NULL;
     if (!A->on) {
         *r0 = k0;
-        *R = c->N - k0 < Rmax ? c->N - k0 : Rmax;
+        *R = chunk_end(c, k0, Rmax) - k0;
         return;
     }
     int64_t n = A->n_act - k0 < Rmax ? A->n_act - k0 : Rmax;
@@ -1280,14 +1458,22 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
         shape[ns++] = t ? t->n_fwd : 0;
         s = mel_vp_agree(ctx, s, c.V, shape, ns);
     }
-    if (s) return s;
+    if (s) {
+        free_layout(&c);
+        return s;
+    }
     const mel_plan *xplan = ctx->vp ? (fb ? &t->vfb : &t->vfwd) : fb ? &t->fb : &t->fwd;
-    if (!plan && want_grads && (s = zero_overwritten(ctx, a, &c))) return s;
+    if (!plan && want_grads && (s = zero_overwritten(ctx, a, &c))) {
+        free_layout(&c);
+        return s;
+    }
 
     upstream u;
     memset(&u, 0, sizeof u);
     activity A;
     memset(&A, 0, sizeof A);
+    chunk_layout_buf L;
+    memset(&L, 0, sizeof L);
     int64_t count_bytes = 0;
     if (plan) s = count_pass_bytes(ctx, t, a, &c, &count_bytes);
     else s = get_upstream(ctx, t, a, &c, &u);
@@ -1326,6 +1512,10 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     int64_t chunks = 0;
     if (c.n_eff > 0) {
         if ((s = acquire(ctx, t, xplan, &c, &sz, 1, &w))) goto out;
+        if ((s = chunk_layout_alloc(ctx, &c, w.R, &L))) {
+            release(ctx, &w);
+            goto out;
+        }
         const row_bufs dev = row_layout(t, w.rowbuf, w.R), host = row_layout(t, w.hrow, w.R);
         for (int64_t k0 = 0; k0 < c.n_eff && s == MEL_OK; chunks++) {
             int64_t r0, R;
@@ -1334,6 +1524,7 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
             k0 += R;
             mel_chunk ch;
             bind_chunk(ctx, t, &c, &w, &sz, r0, R, &ch);
+            chunk_layout(t, &c, &L, &ch);
             const mel_matrix *xs[MEL_MAX_HEADS], *dxs[MEL_MAX_HEADS];
             gathered g;
             for (int h = 0; h < MEL_MAX_HEADS; h++) xs[h] = &a->head[h].x, dxs[h] = &a->head[h].dx;
@@ -1395,6 +1586,8 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     ctx->stats.seconds = now() - t0;
     ctx->active_rows = A.on ? A.n_act : c.N;
 out:
+    chunk_layout_free(&L);
+    free_layout(&c);
     free_activity(&A);
     free_upstream(&u);
     return s;

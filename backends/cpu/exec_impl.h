@@ -205,6 +205,9 @@ MEL_CLONES static void FN(run_row)(const mel_transform *t, const mel_plan *p, in
             if (vec) memcpy(o, A, (size_t)V * sizeof(T));
             else s[i] = s[a];
             break;
+        case OP_SEQINFO: /* the layout's flags of this row (engine) */
+            s[i] = ch->seq_info ? (T)ch->seq_info[r * MEL_SEQINFO_N + nd->slot] : (T)0;
+            continue;
         case OP_SEGSUM: /* computed at the phase barrier */
         case OP__COUNT:
             break;
@@ -229,15 +232,21 @@ static mel_status FN(run_rows)(mel_ctx *ctx, const mel_transform *t, const mel_p
             mel_status st = mel_vp_combine(ctx, t, p, q, ch);
             if (st) return st;
         }
-        /* barrier: segment sums that open this phase, in a fixed order */
+        /* barrier: the sequence and group sums that open this phase, each
+         * over its rows in ascending order, in double (the engine's lists:
+         * the same order for every chunk size and thread count) */
         for (int pos = p0; pos < p1 && q > 0; pos++) {
             const int i = p->order[pos];
             if (t->nodes[i].op != OP_SEGSUM) continue;
-            const int a = t->nodes[i].a;
-            for (int64_t r0 = 0; r0 < R; r0 += t->seg_len) {
+            const int a = t->nodes[i].a, L = t->nodes[i].slot;
+            const int64_t *off = ch->seg_off[L], *rows = ch->seg_row[L];
+            if (!off) return mel_fail(ctx, MEL_ERR_INTERNAL, "run_rows: transform '%s': a %s sum without "
+                                      "the chunk's layout", t->name, L ? "group" : "sequence");
+            for (int64_t r = 0; r < R; r++) regs[r * n + i] = 0; /* rows in no sequence */
+            for (int64_t k = 0; k < ch->n_seg[L]; k++) {
                 double acc = 0;
-                for (int64_t r = r0; r < r0 + t->seg_len && r < R; r++) acc += (double)regs[r * n + a];
-                for (int64_t r = r0; r < r0 + t->seg_len && r < R; r++) regs[r * n + i] = (T)acc;
+                for (int64_t j = off[k]; j < off[k + 1]; j++) acc += (double)regs[rows[j] * n + a];
+                for (int64_t j = off[k]; j < off[k + 1]; j++) regs[rows[j] * n + i] = (T)acc;
             }
         }
 #pragma omp parallel num_threads(nthreads)
