@@ -519,6 +519,16 @@ MEL_API const char *mel_builtin_help(int i);
  * that built-in (some apply only to part of it, e.g. grpo's loss_type to
  * mel_grpo_weights; see doc/transforms.md). */
 MEL_API const char *mel_builtin_param(int i, int j, double *dflt);
+/* The numeric value of a symbolic parameter value: dpo's loss_type
+ * ("sigmoid" 0, "hinge" 1, "ipo" 2, "exo_pair" 3, "nca_pair" 4, "robust" 5,
+ * "bco_pair" 6, "sppo_hard" 7, "aot" 8, "aot_pair" 9, "apo_zero" 10,
+ * "apo_down" 11, "discopop" 12, "sft" 13), cpo's and simpo's loss_type
+ * ("sigmoid", "hinge", "ipo", "simpo"), grpo's loss_type ("grpo", "bnpo",
+ * "dr_grpo", "dapo") and importance_sampling_level ("token", "sequence").
+ * An unknown word fails with MEL_ERR_INVALID_ARGUMENT naming it and the
+ * words the parameter takes; so does a parameter that takes no words. */
+MEL_API mel_status mel_builtin_param_word(mel_ctx *ctx, const char *transform, const char *param,
+                                          const char *word, double *value);
 
 /* ------------------------------------------------------------------ GRPO
  *

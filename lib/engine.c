@@ -262,8 +262,7 @@ static mel_status check_inputs(mel_ctx *ctx, const mel_transform *t, const mel_a
              * labels are global column ids under vocabulary parallelism */
             const int64_t Vt = ctx->vp ? mel_vp_total(ctx) : c->V;
             int64_t hi = d->limit > 0 && d->limit < Vt ? d->limit : Vt;
-            if (d->layout) hi = INT64_MAX; /* sequence ids: check_layout */
-            for (int64_t i = 0; i < b->n; i++) {
+            for (int64_t i = 0; i < b->n && !d->layout; i++) { /* sequence ids: check_layout */
                 int64_t v = b->dtype == MEL_I32 ? ((const int32_t *)hv)[i] : ((const int64_t *)hv)[i];
                 if ((v < 0 || v >= hi) && v != d->ignore_index) {
                     free(tmp);

@@ -374,6 +374,8 @@ typedef struct mel_builtin {
 mel_val mel_bt_prep_logits(mel_graph *g, int head, int diff, const double *p);
 /* lib/transforms/grpo.c */
 extern const mel_builtin mel_builtin_grpo;
+/* lib/transforms/pref.c */
+extern const mel_builtin mel_builtin_dpo, mel_builtin_cpo, mel_builtin_simpo, mel_builtin_orpo, mel_builtin_kto;
 
 /* The transform has a sequence layout (segments, sequence ids or groups):
  * its chunks hold whole groups (lib/engine.c, check_layout). */

@@ -280,6 +280,11 @@ char *mel_transform_dump(const mel_transform *t)
         else if (nd->op == OP_LOGITS) len += (size_t)snprintf(s + len, cap - len, " head %d", nd->head);
         else if (nd->op == OP_INDEX || nd->op == OP_INPUT)
             len += (size_t)snprintf(s + len, cap - len, " '%s'", t->inputs[nd->slot].name);
+        else if (nd->op == OP_SEGSUM)
+            len += (size_t)snprintf(s + len, cap - len, " %s", nd->slot ? "group" : "sequence");
+        else if (nd->op == OP_SEQINFO)
+            len += (size_t)snprintf(s + len, cap - len, " %s",
+                                    nd->slot == MEL_SEQINFO_RANK ? "rank" : nd->slot == MEL_SEQINFO_FIRST ? "first" : "group_first");
         int ops[3] = {nd->a, nd->b, nd->c};
         for (int k = 0; k < 3; k++)
             if (ops[k] >= 0) len += (size_t)snprintf(s + len, cap - len, " %%%d", ops[k]);
