@@ -479,6 +479,12 @@ MEL_API const char *mel_transform_input(const mel_transform *t, int i, int *is_i
 /* The aux outputs (mel_args_aux): number and names. */
 MEL_API int mel_transform_num_aux(const mel_transform *t);
 MEL_API const char *mel_transform_aux(const mel_transform *t, int i);
+/* The sequence layout (doc/design.md, "Sequences and groups"): the name of
+ * the sequence-ids index input (NULL when the transform has none; it is
+ * also listed by mel_transform_input), with *segment the fixed segment
+ * length (0: none) and *group the sequences per group (1: a group is one
+ * sequence).  Either pointer may be NULL; t NULL gives NULL, 0, 1. */
+MEL_API const char *mel_transform_layout(const mel_transform *t, int64_t *segment, int64_t *group);
 
 /* --------------------------------------------------------------- built-ins
  *

@@ -251,6 +251,13 @@ const char *mel_transform_input(const mel_transform *t, int i, int *is_index, in
 
 int mel_transform_num_aux(const mel_transform *t) { return t ? t->n_aux : 0; }
 
+const char *mel_transform_layout(const mel_transform *t, int64_t *segment, int64_t *group)
+{
+    if (segment) *segment = t ? t->seg_len : 0;
+    if (group) *group = t ? t->group : 1;
+    return t && t->seq_ids >= 0 ? t->inputs[t->seq_ids].name : NULL;
+}
+
 const char *mel_transform_aux(const mel_transform *t, int i)
 {
     return t && i >= 0 && i < t->n_aux ? t->aux_name[i] : NULL;

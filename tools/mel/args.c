@@ -107,19 +107,14 @@ const char *next_opt(optscan *o, const char **val)
 
 /* ============================================================ --param */
 
-/* Symbolic parameter values: the one table of word -> numeric code. */
-static const struct {
-    const char *param, *word;
-    double value;
-} param_words[] = {
-    {"loss_type", "grpo", 0},
-    {"loss_type", "bnpo", 1},
-    {"loss_type", "dr_grpo", 2},
-    {"loss_type", "dapo", 3},
-    {"importance_sampling_level", "token", 0},
-    {"importance_sampling_level", "sequence", 1},
-};
-#define N_PARAM_WORDS (sizeof param_words / sizeof param_words[0])
+/* Symbolic parameter values ("loss_type=ipo") wait here until the
+ * transform is known (resolve_param_words): the library maps them
+ * (mel_builtin_param_word), per transform. */
+#define MAX_PARAM_WORDS 16
+static struct {
+    char name[64], word[64];
+} pending[MAX_PARAM_WORDS];
+static int n_pending;
 
 void param_add(mel_params **pp, const char *spec)
 {
@@ -137,26 +132,14 @@ void param_add(mel_params **pp, const char *spec)
     errno = 0;
     v = strtod(val, &end);
     if (end == val || *end) {
-        int known_param = 0, found = 0;
-        for (size_t i = 0; i < N_PARAM_WORDS; i++) {
-            if (strcmp(param_words[i].param, name) != 0) continue;
-            known_param = 1;
-            if (strcmp(param_words[i].word, val) == 0) {
-                v = param_words[i].value;
-                found = 1;
-            }
-        }
-        if (!known_param) die(EXIT_USAGE, "--param %s: '%s' is not a number", name, val);
-        if (!found) {
-            char list[256] = "";
-            for (size_t i = 0; i < N_PARAM_WORDS; i++)
-                if (strcmp(param_words[i].param, name) == 0) {
-                    if (*list) strncat(list, ", ", sizeof list - strlen(list) - 1);
-                    strncat(list, param_words[i].word, sizeof list - strlen(list) - 1);
-                }
-            die(EXIT_USAGE, "--param %s: unknown value '%s' (want %s or a number)", name, val,
-                list);
-        }
+        for (int i = 0; i < n_pending; i++)
+            if (!strcmp(pending[i].name, name)) die(EXIT_USAGE, "--param %s: given twice", name);
+        if (n_pending == MAX_PARAM_WORDS || strlen(val) >= sizeof pending[0].word)
+            die(EXIT_USAGE, "--param %s=%s: too many or too long symbolic values", name, val);
+        strcpy(pending[n_pending].name, name);
+        strcpy(pending[n_pending].word, val);
+        n_pending++;
+        return;
     }
     if (mel_params_get(*pp, name, NULL)) die(EXIT_USAGE, "--param %s: given twice", name);
     if (!*pp) {
@@ -196,8 +179,34 @@ double param_value(const char *tname, const mel_params *p, const char *name, dou
     return fallback;
 }
 
-void refuse_loss_type_params(const char *cmd, const mel_params *p, const char *why)
+void resolve_param_words(const char *cmd, const char *tname, mel_params **pp)
 {
+    if (!n_pending) return;
+    mel_ctx *ctx = NULL;
+    if (mel_ctx_create(MEL_BACKEND_CPU, &ctx) != MEL_OK) die(EXIT_FAILED, "%s: %s", cmd, mel_ctx_create_error());
+    for (int i = 0; i < n_pending; i++) {
+        double v;
+        if (mel_builtin_param_word(ctx, tname, pending[i].name, pending[i].word, &v) != MEL_OK) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", mel_last_error(ctx));
+            mel_ctx_destroy(ctx);
+            die(EXIT_USAGE, "%s --param %s=%s: %s", cmd, pending[i].name, pending[i].word, msg);
+        }
+        if (mel_params_get(*pp, pending[i].name, NULL))
+            die(EXIT_USAGE, "--param %s: given twice", pending[i].name);
+        if (!*pp) {
+            *pp = own(mel_params_new(), free_params);
+            if (!*pp) die(EXIT_FAILED, "--param: out of memory");
+        }
+        mel_params_set(*pp, pending[i].name, v);
+    }
+    n_pending = 0;
+    mel_ctx_destroy(ctx);
+}
+
+void refuse_loss_type_params(const char *cmd, const char *tname, const mel_params *p, const char *why)
+{
+    if (strcmp(tname, "grpo")) return; /* the other built-ins' loss_type is their loss */
     static const char *names[] = {"loss_type", "max_completion_length", "num_items_in_batch"};
     for (int i = 0; i < 3; i++)
         if (mel_params_get(p, names[i], NULL))

@@ -72,6 +72,7 @@ int cmd_plan(int argc, char **argv)
     }
     if (!tname) die(EXIT_USAGE, "plan: missing TRANSFORM (see mel list)");
     check_builtin_name("plan", tname);
+    resolve_param_words("plan", tname, &pl);
     if (n < 0) die(EXIT_USAGE, "plan: --rows is required");
     if (d < 0) die(EXIT_USAGE, "plan: --dim is required");
     if (v < 0) die(EXIT_USAGE, "plan: --vocab is required");

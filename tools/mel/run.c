@@ -180,6 +180,7 @@ int cmd_run(int argc, char **argv)
     }
     if (!tname) die(EXIT_USAGE, "run: missing TRANSFORM (see mel list)");
     check_builtin_name("run", tname);
+    resolve_param_words("run", tname, &pl);
     if (!f_hidden) die(EXIT_USAGE, "run: --hidden is required");
     if (!f_weight) die(EXIT_USAGE, "run: --weight is required");
     if (!f_thidden != !f_tweight)
@@ -204,9 +205,9 @@ int cmd_run(int argc, char **argv)
             "size takes what its rows need, whatever the budget)");
     /* grpo's loss-type parameters only feed mel_grpo_weights, which the
      * loss_type reduction uses (include/mel.h, GRPO) */
-    if (builtin_has_param(tname, "loss_type")) {
+    if (!strcmp(tname, "grpo")) {
         if (red_given) {
-            refuse_loss_type_params("--reduction", pl, "--reduction replaces");
+            refuse_loss_type_params("--reduction", tname, pl, "--reduction replaces");
             if (mel_params_get(pl, "seq_len", NULL) &&
                 param_value(tname, pl, "importance_sampling_level", 0) == 0)
                 die(EXIT_USAGE, "--reduction and --param seq_len: seq_len is read only by "
@@ -379,7 +380,7 @@ int cmd_run(int argc, char **argv)
     }
     /* grpo without --reduction: the loss type's global per-row weights */
     double *gw = NULL;
-    if (builtin_has_param(tname, "loss_type") && !red_given) {
+    if (!strcmp(tname, "grpo") && !red_given) {
         double lt = param_value(tname, pl, "loss_type", 3),
                maxlen = param_value(tname, pl, "max_completion_length", 512),
                items = param_value(tname, pl, "num_items_in_batch", 0), T = 0;
