@@ -8,6 +8,7 @@
  *  - loss (reduction mean: the mean over pairs), dX and dW, and the mean
  *    chosen reward, for every chunk size (chunks hold whole pairs);
  *  - gradients against central finite differences (mel_gradcheck);
+ *  - f32 storage against the fp64 reference of the f32-rounded data;
  *  - the checks would fail: pairing off by one pair, padding counted, or
  *    chosen and rejected swapped give losses far from the reference;
  *  - refusals: unknown loss-type words, parameters with no effect,
@@ -206,6 +207,49 @@ static void check_cfg(mel_ctx *ctx, const cfg *c, const layout *L, int gradcheck
     free(Z), free(G);
 }
 
+/* f32 storage (f32 logits and row program) against the fp64 reference:
+ * the loss, dX and dW within f32 round-off; returns the worst relative
+ * difference. */
+static double check_f32(mel_ctx *ctx, const cfg *c, const layout *L)
+{
+    const int64_t N = L->N;
+    float xf[NMAX * D], wf[V * D], dxf[NMAX * D], dwf[V * D], rf[NMAX], yf = NAN;
+    for (int64_t i = 0; i < N * D; i++) xf[i] = (float)X[i];
+    for (int64_t i = 0; i < V * D; i++) wf[i] = (float)W[i];
+    for (int64_t i = 0; i < N; i++) rf[i] = (float)REF[i];
+    /* the reference on the f32-rounded data */
+    double Xr[NMAX * D], Wr[V * D], Z[NMAX * V], G[NMAX * V], rdx[NMAX * D], rdw[V * D], ones[NMAX], rr[NMAX];
+    for (int64_t i = 0; i < N * D; i++) Xr[i] = xf[i];
+    for (int64_t i = 0; i < V * D; i++) Wr[i] = wf[i];
+    for (int64_t i = 0; i < N; i++) ones[i] = 1, rr[i] = rf[i];
+    ref_logits(N, D, V, Xr, Wr, NULL, Z);
+    double rloss = ref_pref(N, V, Z, L->lab, L->seq, c->ref_source < 0 ? NULL : rr, DES, KL0, &c->o, G, NULL);
+    ref_backprop(N, D, V, Xr, Wr, G, ones, rdx, rdw, NULL);
+    mel_transform *tr = build(ctx, c, L);
+    mel_args *a = mel_args_new();
+    mel_args_head(a, 0, mel_mat(xf, MEL_F32, N, D, 0), mel_mat(wf, MEL_F32, V, D, 0), NULL);
+    mel_args_index(a, "labels", L->lab, MEL_I64, N);
+    mel_args_index(a, "seq_ids", L->seq, MEL_I64, N);
+    if (c->ref_source == 0) mel_args_input(a, "ref_logp", rf, MEL_F32, N);
+    if (!strcmp(c->tname, "kto")) {
+        mel_args_input(a, "desirable", DES, MEL_F64, N);
+        mel_args_input(a, "kl_ref", KL0, MEL_F64, N);
+    }
+    mel_args_reduction(a, MEL_REDUCE_MEAN, NULL);
+    mel_args_output(a, &yf, MEL_F32);
+    mel_args_grad_head(a, 0, mel_mat(dxf, MEL_F32, N, D, 0), mel_mat(dwf, MEL_F32, V, D, 0), NULL,
+                       MEL_OVERWRITE_DW);
+    mel_status s = tr ? mel_forward_backward(ctx, tr, a) : MEL_ERR_INTERNAL;
+    double ey = fabs(yf - rloss) / fmax(fabs(rloss), 1e-3);
+    double ex = ref_relerr_f32(dxf, rdx, N * D, 1e-6), ew = ref_relerr_f32(dwf, rdw, V * D, 1e-6);
+    double worst = fmax(ey, fmax(ex, ew));
+    ok(s == MEL_OK && worst < 2e-5, "%s %s (%s), f32: loss %.8g vs fp64 reference %.8g (rel %.1e), dX rel %.1e, "
+       "dW rel %.1e %s", c->tname, c->word ? c->word : "", L->name, yf, rloss, ey, ex, ew, mel_last_error(ctx));
+    mel_args_free(a);
+    mel_transform_free(tr);
+    return worst;
+}
+
 /* The library's loss with layout M against the reference on layout L:
  * must differ (the mutation the test guards against). */
 static void mutation(mel_ctx *ctx, const cfg *c, const layout *L, const layout *M, const char *what)
@@ -339,6 +383,27 @@ int main(void)
         check_cfg(ctx, &kt, &Lt, 1);
         kt.ref_source = 1;
         check_cfg(ctx, &kt, &Lt, 0);
+    }
+
+    /* f32 storage against the fp64 reference */
+    {
+        double worst = 0;
+        cfg c = {"dpo", "sigmoid", d0, 0};
+        c.o.beta = 0.8;
+        worst = fmax(worst, check_f32(ctx, &c, &Lt));
+        cfg ipo = {"dpo", "ipo", d0, 0};
+        ipo.o.loss_type = 2, ipo.o.beta = 0.5;
+        worst = fmax(worst, check_f32(ctx, &ipo, &Lp));
+        cfg o = {"orpo", NULL, d0, -1};
+        o.o.kind = 2, o.o.beta = 0.25, o.o.alpha = 1;
+        worst = fmax(worst, check_f32(ctx, &o, &Lt));
+        cfg sp = {"simpo", "simpo", d0, -1};
+        sp.o.kind = 1, sp.o.loss_type = 3, sp.o.beta = 2, sp.o.gamma = 0.5;
+        worst = fmax(worst, check_f32(ctx, &sp, &Lp));
+        cfg kt = {"kto", NULL, d0, 0};
+        kt.o.kind = 3, kt.o.beta = 0.6, kt.o.wd = 1.0, kt.o.wu = 1.5;
+        worst = fmax(worst, check_f32(ctx, &kt, &Lt));
+        diag("f32 storage: worst relative difference from the fp64 reference %.2e", worst);
     }
 
     /* the mutations these checks catch */
