@@ -528,7 +528,7 @@ MEL_API const char *mel_builtin_param(int i, int j, double *dflt);
 /* The numeric value of a symbolic parameter value: dpo's loss_type
  * ("sigmoid" 0, "hinge" 1, "ipo" 2, "exo_pair" 3, "nca_pair" 4, "robust" 5,
  * "bco_pair" 6, "sppo_hard" 7, "aot" 8, "aot_pair" 9, "apo_zero" 10,
- * "apo_down" 11, "discopop" 12, "sft" 13), cpo's and simpo's loss_type
+ * "apo_down" 11, "discopop" 12, "sft" 13, "sigmoid_norm" 14), cpo's and simpo's loss_type
  * ("sigmoid", "hinge", "ipo", "simpo"), grpo's loss_type ("grpo", "bnpo",
  * "dr_grpo", "dapo") and importance_sampling_level ("token", "sequence").
  * An unknown word fails with MEL_ERR_INVALID_ARGUMENT naming it and the

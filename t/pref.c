@@ -343,7 +343,7 @@ int main(void)
         {"sigmoid", 0, 0, 0},     {"sigmoid", 0, 0.1, 0}, {"hinge", 1, 0, 0},    {"ipo", 2, 0, 0},
         {"exo_pair", 3, 0.2, 0}, {"nca_pair", 4, 0, 0},  {"robust", 5, 0.2, 0}, {"bco_pair", 6, 0, 0},
         {"sppo_hard", 7, 0, 0},  {"apo_zero", 10, 0, 0}, {"apo_down", 11, 0, 0}, {"discopop", 12, 0, 0},
-        {"sft", 13, 0, 1},        {"sigmoid", 0, 0, 0.7},
+        {"sft", 13, 0, 1},        {"sigmoid", 0, 0, 0.7}, {"sigmoid_norm", 14, 0, 0},
     };
     for (size_t k = 0; k < sizeof dt / sizeof dt[0]; k++) {
         cfg c = {"dpo", dt[k].w, d0, 0};

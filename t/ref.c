@@ -224,6 +224,7 @@ static double pair_loss(const ref_pref_opts *o, double c, double r, double *dc, 
             dx = (-e * sg(x) - (1 - e) * sg(-x)) / (1 - 2 * e);
             break;
         case 1: L = x < 1 ? 1 - x : 0; dx = x < 1 ? -1 : 0; break;
+        case 14: L = -lsg(x); dx = -sg(-x); break; /* sigmoid_norm: c, r token means */
         case 2: { /* c, r are token means here */
             double d = c - r - 1 / (2 * b);
             L = d * d;
@@ -361,7 +362,7 @@ double ref_pref(int64_t N, int64_t V, const double *Z, const int64_t *labels, co
             if (first[c] < 0 && first[r] < 0) continue;
             units++;
             double lc = pi[c] - rf[c], lr = pi[r] - rf[r];
-            int avg = (o->kind == 0 && o->loss_type == 2) || (o->kind == 1 && o->loss_type >= 2) || o->kind == 2;
+            int avg = (o->kind == 0 && (o->loss_type == 2 || o->loss_type == 14)) || (o->kind == 1 && o->loss_type >= 2) || o->kind == 2;
             double nc_ = fmax(n[c], 1), nr_ = fmax(n[r], 1);
             double dc, dr;
             loss += avg ? pair_loss(o, lc / nc_, lr / nr_, &dc, &dr) : pair_loss(o, lc, lr, &dc, &dr);

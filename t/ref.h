@@ -47,7 +47,7 @@ int64_t ref_kd(int64_t N, int64_t V, const double *Zs, const double *Zt, const i
  * ∂loss/∂Z[i,:]; *aux (when not NULL): the mean chosen reward.
  *   kind 0 dpo  loss_type: TRL's code (0 sigmoid, 1 hinge, 2 ipo, 3 exo_pair,
  *               4 nca_pair, 5 robust, 6 bco_pair, 7 sppo_hard, 10 apo_zero,
- *               11 apo_down, 12 discopop, 13 sft)
+ *               11 apo_down, 12 discopop, 13 sft, 14 sigmoid_norm)
  *   kind 1 cpo  loss_type 0 sigmoid, 1 hinge, 2 ipo, 3 simpo
  *   kind 2 orpo (alpha is 1)
  *   kind 3 kto  desirable[i] and kl0 on each sequence's first row */

@@ -98,10 +98,10 @@ static void aux_pair(mel_graph *g, const seqs *s, const char *name, mel_val v)
 /* loss_type codes, in TRL's order; mel_builtin_param_word maps the words */
 enum { DPO_SIGMOID, DPO_HINGE, DPO_IPO, DPO_EXO_PAIR, DPO_NCA_PAIR, DPO_ROBUST, DPO_BCO_PAIR,
        DPO_SPPO_HARD, DPO_AOT, DPO_AOT_PAIR, DPO_APO_ZERO, DPO_APO_DOWN, DPO_DISCOPOP, DPO_SFT,
-       DPO__N };
+       DPO_SIGMOID_NORM, DPO__N };
 static const char *const dpo_names[DPO__N] = {
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-    "aot_pair", "apo_zero", "apo_down", "discopop", "sft"};
+    "aot_pair", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"};
 
 enum { D_BETA = MEL_P_COMMON, D_TYPE, D_LS, D_REF, D_FREE, D_RPO, D_TOKENS, D_TAU, D_BCO };
 
@@ -128,11 +128,13 @@ static mel_status build_dpo(mel_graph *g, const double *p)
                            1 / (1 - 2 * eps));
         break;
     case DPO_HINGE: loss = relu(g, mel_g_sub(g, C(g, 1), bd)); break;
-    case DPO_IPO: {
+    case DPO_IPO:
+    case DPO_SIGMOID_NORM: {
         /* TRL divides each sequence's log ratio by its token count */
         mel_val avg = mel_g_div(g, lr, s.len);
         mel_val d = mel_g_sub(g, mel_g_group_read(g, avg, 0), mel_g_group_read(g, avg, 1));
-        loss = mel_g_square(g, mel_g_sub(g, d, C(g, 1 / (2 * beta))));
+        loss = type == DPO_IPO ? mel_g_square(g, mel_g_sub(g, d, C(g, 1 / (2 * beta))))
+                               : mel_g_neg(g, logsig(g, mel_g_scale(g, d, beta)));
         break;
     }
     case DPO_EXO_PAIR: {
@@ -253,7 +255,7 @@ const mel_builtin mel_builtin_dpo = {
     "DPO and TRL's variants per pair  " PREF_INPUTS ", ref_logp per token (ref_source=0) or head 1 "
     "(ref_source=1), none with reference_free=1  params: beta, loss_type (0 sigmoid, 1 hinge, 2 ipo, "
     "3 exo_pair, 4 nca_pair, 5 robust, 6 bco_pair, 7 sppo_hard, 10 apo_zero, 11 apo_down, 12 discopop, "
-    "13 sft), label_smoothing, rpo_alpha, chosen_tokens_per_pair (the NLL's normaliser), discopop_tau, "
+    "13 sft, 14 sigmoid_norm), label_smoothing, rpo_alpha, chosen_tokens_per_pair (the NLL's normaliser), discopop_tau, "
     "bco_delta  y: the pair's loss on its first row (count 1 there: mean = mean over pairs)  aux: "
     "chosen_rewards, rejected_rewards, margins, accuracies, logps_chosen, logps_rejected",
     {MEL_COMMON_PARAMS, {"beta", 0.1, 1e-300, 1e300, 0}, {"loss_type", 0, 0, DPO__N - 1, 1},
