@@ -44,7 +44,7 @@ typedef struct {
     kv_t kv[MAX_KV];
     int nkv;
     /* inputs */
-    npy_array X, W, bias, labels, Xt, Wt, grad_output, weights;
+    npy_array X, W, bias, labels, seq_ids, Xt, Wt, grad_output, weights;
     npy_array in[4];         /* per-row inputs, names below        */
     /* references */
     npy_array y, dX, dW, db, y_rows, kl, is_clipped;
@@ -115,7 +115,7 @@ static int load(const fixture *f, const char *file, npy_array *a, int required)
 
 static void fixture_free(fixture *f)
 {
-    npy_array *all[] = {&f->X, &f->W, &f->bias, &f->labels, &f->Xt, &f->Wt,
+    npy_array *all[] = {&f->X, &f->W, &f->bias, &f->labels, &f->seq_ids, &f->Xt, &f->Wt,
                         &f->grad_output, &f->weights, &f->in[0], &f->in[1],
                         &f->in[2], &f->in[3], &f->y, &f->dX, &f->dW, &f->db,
                         &f->y_rows, &f->kl, &f->is_clipped};
@@ -147,6 +147,7 @@ static int fixture_load(fixture *f)
     bad |= load(f, "bias.npy", &f->bias, 0) < 0;
     bad |= load(f, "db.npy", &f->db, 0) < 0;
     bad |= load(f, "labels.npy", &f->labels, 0) < 0;
+    bad |= load(f, "seq_ids.npy", &f->seq_ids, 0) < 0;
     bad |= load(f, "Xt.npy", &f->Xt, 0) < 0;
     bad |= load(f, "Wt.npy", &f->Wt, 0) < 0;
     bad |= load(f, "grad_output.npy", &f->grad_output, 0) < 0;
@@ -198,6 +199,10 @@ static int fixture_load(fixture *f)
     bad |= check_f64(f, &f->kl, "kl", f->N);
     bad |= check_f64(f, &f->is_clipped, "is_clipped", f->N);
     for (int i = 0; i < 4; i++) bad |= check_f64(f, &f->in[i], INPUT_NAMES[i], f->N);
+    if (f->seq_ids.data && (f->seq_ids.dtype != MEL_I64 || f->seq_ids.count != f->N)) {
+        diag("%s: seq_ids must be int64 [N]", f->name);
+        bad = 1;
+    }
     if (f->labels.data &&
         (f->labels.dtype != MEL_I64 || f->labels.count != f->N)) {
         diag("%s: labels must be int64 [N]", f->name);
@@ -315,6 +320,10 @@ static mel_status bind_inputs(const fixture *f, mel_args *a, const bufs *b,
     }
     if (f->labels.data) {
         s = mel_args_index(a, "labels", f->labels.data, MEL_I64, f->N);
+        if (s) return s;
+    }
+    if (f->seq_ids.data) { /* the sequence layout (dpo: chosen 2b, rejected 2b + 1) */
+        s = mel_args_index(a, "seq_ids", f->seq_ids.data, MEL_I64, f->N);
         if (s) return s;
     }
     for (int i = 0; i < 4; i++)
