@@ -30,7 +30,7 @@ typedef struct layout {
     int64_t seq[NMAX], lab[NMAX];
 } layout;
 
-static double X[NMAX * D], W[V * D], X2[NMAX * D], W2[V * D], REF[NMAX], DES[NMAX], KL0[NMAX];
+static double X[NMAX * D], W[V * D], X2[NMAX * D], W2[V * D], REF[NMAX], DES[NMAX], KL0[NMAX], CMP[NMAX];
 
 /* TRL's concatenated, padded batch: each sequence T rows, a prompt of 1-2
  * ignored tokens, a completion of 1..T-2 tokens, ignored padding */
@@ -62,6 +62,18 @@ static void packed_layout(layout *L, tap_rng *r)
             if (rng_int(r, 2)) L->seq[i] = -1, L->lab[i] = rng_int(r, V), i++;
         }
     L->N = i;
+}
+
+/* orpo's completion mask for layout L: every third row with a label that
+ * is not the first of its sequence is prompt (its NLL covers it, its
+ * log-prob means do not) */
+static void completion_for(const layout *L)
+{
+    for (int64_t i = 0; i < L->N; i++) {
+        int first = 1;
+        for (int64_t j = 0; j < i; j++) first &= !(L->seq[j] == L->seq[i] && L->lab[j] != IGN);
+        CMP[i] = L->lab[i] != IGN && !first && i % 3 == 0 ? 0 : 1;
+    }
 }
 
 typedef struct cfg {
@@ -133,6 +145,7 @@ static mel_args *bind(const cfg *c, const layout *L, const mel_transform *tr)
         if (!strcmp(nm, "ref_logp")) mel_args_input(a, nm, REF, MEL_F64, L->N);
         if (!strcmp(nm, "desirable")) mel_args_input(a, nm, DES, MEL_F64, L->N);
         if (!strcmp(nm, "kl_ref")) mel_args_input(a, nm, KL0, MEL_F64, L->N);
+        if (!strcmp(nm, "completion_mask")) mel_args_input(a, nm, CMP, MEL_F64, L->N);
     }
     (void)c;
     return a;
@@ -170,6 +183,7 @@ static void check_cfg(mel_ctx *ctx, const cfg *c, const layout *L, int gradcheck
              c->o.eps > 0 ? " label_smoothing" : "", c->o.alpha > 0 ? " +NLL" : "", L->name);
     mel_transform *tr = build(ctx, c, L);
     if (!ok(tr != NULL, "%s: builds %s", label, mel_last_error(ctx))) return;
+    completion_for(L);
     const int64_t N = L->N;
     double *Z = malloc((size_t)N * V * sizeof *Z), *G = malloc((size_t)N * V * sizeof *G);
     double rdx[NMAX * D], rdw[V * D], ones[NMAX], rl[NMAX];
@@ -217,6 +231,7 @@ static double check_f32(mel_ctx *ctx, const cfg *c, const layout *L)
     for (int64_t i = 0; i < N * D; i++) xf[i] = (float)X[i];
     for (int64_t i = 0; i < V * D; i++) wf[i] = (float)W[i];
     for (int64_t i = 0; i < N; i++) rf[i] = (float)REF[i];
+    completion_for(L);
     /* the reference on the f32-rounded data */
     double Xr[NMAX * D], Wr[V * D], Z[NMAX * V], G[NMAX * V], rdx[NMAX * D], rdw[V * D], ones[NMAX], rr[NMAX];
     for (int64_t i = 0; i < N * D; i++) Xr[i] = xf[i];
@@ -235,6 +250,7 @@ static double check_f32(mel_ctx *ctx, const cfg *c, const layout *L)
         mel_args_input(a, "desirable", DES, MEL_F64, N);
         mel_args_input(a, "kl_ref", KL0, MEL_F64, N);
     }
+    if (!strcmp(c->tname, "orpo")) mel_args_input(a, "completion_mask", CMP, MEL_F64, N);
     mel_args_reduction(a, MEL_REDUCE_MEAN, NULL);
     mel_args_output(a, &yf, MEL_F32);
     mel_args_grad_head(a, 0, mel_mat(dxf, MEL_F32, N, D, 0), mel_mat(dwf, MEL_F32, V, D, 0), NULL,
@@ -375,7 +391,7 @@ int main(void)
         c.o.kind = 1, c.o.loss_type = 3, c.o.beta = 2, c.o.gamma = 0.5;
         check_cfg(ctx, &c, &Lp, 1);
         cfg o = {"orpo", NULL, d0, -1};
-        o.o.kind = 2, o.o.beta = 0.25, o.o.alpha = 1;
+        o.o.kind = 2, o.o.beta = 0.25, o.o.alpha = 1, o.o.completion = CMP;
         check_cfg(ctx, &o, &Lt, 1);
         check_cfg(ctx, &o, &Lp, 0);
         cfg kt = {"kto", NULL, d0, 0};
@@ -395,7 +411,7 @@ int main(void)
         ipo.o.loss_type = 2, ipo.o.beta = 0.5;
         worst = fmax(worst, check_f32(ctx, &ipo, &Lp));
         cfg o = {"orpo", NULL, d0, -1};
-        o.o.kind = 2, o.o.beta = 0.25, o.o.alpha = 1;
+        o.o.kind = 2, o.o.beta = 0.25, o.o.alpha = 1, o.o.completion = CMP;
         worst = fmax(worst, check_f32(ctx, &o, &Lt));
         cfg sp = {"simpo", "simpo", d0, -1};
         sp.o.kind = 1, sp.o.loss_type = 3, sp.o.beta = 2, sp.o.gamma = 0.5;

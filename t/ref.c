@@ -329,7 +329,7 @@ double ref_pref(int64_t N, int64_t V, const double *Z, const int64_t *labels, co
         int64_t s = seq[i];
         if (s < 0) continue;
         if (first[s] < 0) first[s] = i;
-        if (!ok) continue;
+        if (!ok || (o->completion && o->completion[i] == 0)) continue;
         pi[s] += lp[i];
         rf[s] += ref_lp ? ref_lp[i] : 0;
         n[s] += 1;
@@ -379,7 +379,8 @@ double ref_pref(int64_t N, int64_t V, const double *Z, const int64_t *labels, co
         double *g = G + i * V;
         const double *z = Z + i * V;
         int ok = labels[i] != o->ignore_index && seq[i] >= 0;
-        double gi = ok ? dpi[seq[i]] / P : 0;
+        int in_sum = ok && (!o->completion || o->completion[i] != 0);
+        double gi = in_sum ? dpi[seq[i]] / P : 0;
         if (ok && o->alpha > 0 && seq[i] % 2 == 0 && o->kind != 3) gi -= o->alpha / fmax(nc, 1);
         double m = -INFINITY, t = 0;
         for (int64_t j = 0; j < V; j++) m = fmax(m, z[j]);

@@ -49,12 +49,15 @@ int64_t ref_kd(int64_t N, int64_t V, const double *Zs, const double *Zt, const i
  *               4 nca_pair, 5 robust, 6 bco_pair, 7 sppo_hard, 10 apo_zero,
  *               11 apo_down, 12 discopop, 13 sft, 14 sigmoid_norm)
  *   kind 1 cpo  loss_type 0 sigmoid, 1 hinge, 2 ipo, 3 simpo
- *   kind 2 orpo (alpha is 1)
+ *   kind 2 orpo (alpha is 1; completion: the per-row completion mask of
+ *               the sequence sums, NULL = every counted token; the NLL
+ *               counts every token with a label)
  *   kind 3 kto  desirable[i] and kl0 on each sequence's first row */
 typedef struct ref_pref_opts {
     int kind, loss_type;
     double beta, eps, alpha, gamma, tau, bco_delta, wd, wu;
     int64_t ignore_index;
+    const double *completion;
 } ref_pref_opts;
 double ref_pref(int64_t N, int64_t V, const double *Z, const int64_t *labels, const int64_t *seq,
                 const double *ref_lp, const double *desirable, const double *kl0, const ref_pref_opts *o,

@@ -31,7 +31,9 @@ static mel_val relu(mel_graph *g, mel_val x) { return mel_g_max(g, x, C(g, 0)); 
 
 /* What every preference program starts from. */
 typedef struct seqs {
-    mel_val lab, m;  /* labels, token mask (label != ignore_index)     */
+    mel_val lab, m;  /* labels, token mask (label != ignore_index, and
+                      * completion_mask != 0 when the program reads it) */
+    mel_val valid;   /* label != ignore_index                           */
     mel_val lp;      /* the token's log-prob, 0 where m = 0             */
     mel_val pi;      /* Σ of lp over the row's sequence                 */
     mel_val len;     /* max(tokens of the sequence, 1)                  */
@@ -40,16 +42,21 @@ typedef struct seqs {
 
 static mel_val masked(mel_graph *g, mel_val m, mel_val v) { return mel_g_where(g, m, v, C(g, 0)); }
 
-static seqs start(mel_graph *g, const double *p, int64_t group)
+/* completion: the sequence sums count only rows whose per-row input
+ * "completion_mask" is not 0 (orpo: its NLL also covers the prompt) */
+static seqs start(mel_graph *g, const double *p, int64_t group, int completion)
 {
     seqs s;
     mel_g_set_sequence_ids(g, "seq_ids");
     mel_g_set_group(g, group);
     s.lab = mel_g_index(g, "labels", (int64_t)p[MEL_P_IGNORE]);
     mel_val z = mel_bt_prep_logits(g, 0, 1, p);
-    s.m = mel_g_valid(g, s.lab);
-    s.lp = masked(g, s.m, mel_g_sub(g, mel_g_gather(g, z, s.lab), mel_g_logsumexp(g, z)));
-    s.pi = mel_g_segment_sum(g, s.lp);
+    s.valid = s.m = mel_g_valid(g, s.lab);
+    if (completion)
+        s.m = mel_g_mul(g, s.m, mel_g_lt(g, C(g, 0), mel_g_abs(g, mel_g_input(g, "completion_mask", 0))));
+    s.lp = masked(g, s.valid, mel_g_sub(g, mel_g_gather(g, z, s.lab), mel_g_logsumexp(g, z)));
+    if (completion) s.pi = mel_g_segment_sum(g, masked(g, s.m, s.lp));
+    else s.pi = mel_g_segment_sum(g, s.lp);
     s.len = mel_g_max(g, mel_g_segment_sum(g, s.m), C(g, 1));
     s.gfirst = mel_g_group_first(g);
     return s;
@@ -69,9 +76,9 @@ static mel_val ref_sum(mel_graph *g, const seqs *s, const double *p, int source)
     return mel_g_segment_sum(g, masked(g, s->m, r));
 }
 
-/* α·(−lp) on the chosen sequence's counted tokens over the batch's chosen
- * tokens per pair k: summed over the rows and divided by the pairs (the
- * mean reduction) it is α times TRL's NLL, the mean over the batch's
+/* α·(−lp) on the chosen sequence's tokens with a label over the batch's
+ * chosen tokens per pair k: summed over the rows and divided by the pairs
+ * (the mean reduction) it is α times TRL's NLL, the mean over the batch's
  * chosen tokens. */
 static mel_val chosen_nll(mel_graph *g, const seqs *s, double alpha, double k)
 {
@@ -109,7 +116,7 @@ static mel_status build_dpo(mel_graph *g, const double *p)
 {
     const int type = (int)p[D_TYPE];
     const double beta = p[D_BETA], eps = p[D_LS];
-    seqs s = start(g, p, 2);
+    seqs s = start(g, p, 2, 0);
     mel_val lr = s.pi; /* log ratio π − ref of the row's sequence */
     if (!p[D_FREE]) lr = mel_g_sub(g, s.pi, ref_sum(g, &s, p, (int)p[D_REF]));
     mel_val clr = mel_g_group_read(g, lr, 0), rlr = mel_g_group_read(g, lr, 1);
@@ -280,7 +287,7 @@ static mel_status build_cpo(mel_graph *g, const double *p)
 {
     const int type = (int)p[P_TYPE];
     const double beta = p[P_BETA], eps = p[P_LS];
-    seqs s = start(g, p, 2);
+    seqs s = start(g, p, 2, 0);
     const int avg = type == CPO_IPO || type == CPO_SIMPO;
     mel_val lp = avg ? mel_g_div(g, s.pi, s.len) : s.pi;
     mel_val c = mel_g_group_read(g, lp, 0), r = mel_g_group_read(g, lp, 1);
@@ -363,11 +370,13 @@ const mel_builtin mel_builtin_simpo = {
 
 enum { O_BETA = MEL_P_COMMON, O_TOKENS };
 
-/* TRL's ORPOTrainer: token-mean log-probs π̄; log odds(s) = π̄ − log(1 −
- * exp(π̄)); loss = NLL(chosen) − β·mean log σ(log odds(c) − log odds(r)). */
+/* TRL's ORPOTrainer: token-mean log-probs π̄ over the completion
+ * (completion_mask); log odds(s) = π̄ − log(1 − exp(π̄)); loss =
+ * NLL(chosen) − β·mean log σ(log odds(c) − log odds(r)), the NLL over
+ * every chosen token with a label, prompt included (as TRL). */
 static mel_status build_orpo(mel_graph *g, const double *p)
 {
-    seqs s = start(g, p, 2);
+    seqs s = start(g, p, 2, 1);
     mel_val avg = mel_g_div(g, s.pi, s.len);
     mel_val c = mel_g_group_read(g, avg, 0), r = mel_g_group_read(g, avg, 1);
     mel_val lc = mel_g_log1p(g, mel_g_neg(g, mel_g_exp(g, c)));
@@ -394,7 +403,8 @@ static mel_status check_orpo(mel_ctx *ctx, const mel_builtin *b, const double *p
 const mel_builtin mel_builtin_orpo = {
     "orpo",
     "ORPO per pair: NLL(chosen) - beta·log σ(log odds(chosen) - log odds(rejected)) on token-mean "
-    "log-probs (TRL's ORPOTrainer; beta is the paper's λ)  " PREF_INPUTS "  params: beta, "
+    "log-probs (TRL's ORPOTrainer; beta is the paper's λ)  " PREF_INPUTS ", completion_mask (per row: "
+    "1 on completion tokens; the NLL also covers the prompt tokens with labels)  params: beta, "
     "chosen_tokens_per_pair (required)  y: as dpo  aux: chosen_rewards, rejected_rewards, margins, "
     "accuracies, log_odds_ratio, log_odds_chosen",
     {MEL_COMMON_PARAMS, {"beta", 0.1, 0, 1e300, 0}, {"chosen_tokens_per_pair", 0, 0, 1e300, 0}},
@@ -413,7 +423,7 @@ enum { K_BETA = MEL_P_COMMON, K_WD, K_WU, K_REF };
  * are read on the sequence's first row. */
 static mel_status build_kto(mel_graph *g, const double *p)
 {
-    seqs s = start(g, p, 1);
+    seqs s = start(g, p, 1, 0);
     mel_val l = mel_g_sub(g, s.pi, ref_sum(g, &s, p, (int)p[K_REF]));
     mel_val z0 = mel_g_input(g, "kl_ref", 0);
     mel_val des = mel_g_lt(g, C(g, 0.5), mel_g_input(g, "desirable", 0));

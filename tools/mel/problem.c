@@ -148,6 +148,8 @@ void make_problem(problem *p, const mel_transform *t, int64_t n, int64_t d, int6
             } else if ((!strcmp(nm, "desirable") || !strcmp(nm, "kl_ref")) && first_row &&
                        first_row[i] >= 0 && first_row[i] < i) {
                 val = p->scalar[k][first_row[i]]; /* one value per sequence */
+            } else if (!strcmp(nm, "completion_mask")) {
+                val = 1.0; /* orpo: every token with a label is completion */
             } else if (!strcmp(nm, "desirable")) {
                 val = rng_unit(&r) < 0.5 ? 1.0 : 0.0;
             } else if (!strcmp(nm, "kl_ref")) {
