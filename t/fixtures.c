@@ -38,7 +38,7 @@ typedef struct {
     char val[512];
 } kv_t;
 
-#define N_INPUTS 5 /* per-row inputs (INPUT_NAMES) */
+#define N_INPUTS 7 /* per-row inputs (INPUT_NAMES) */
 typedef struct {
     const char *name;
     char dir[1024];
@@ -54,7 +54,8 @@ typedef struct {
 } fixture;
 
 static const char *const INPUT_NAMES[N_INPUTS] = {"mask", "advantages", "old_logp",
-                                                  "ref_logp", "completion_mask"};
+                                                  "ref_logp", "completion_mask", "desirable",
+                                                  "kl_ref"};
 
 static const char *kv_get(const fixture *f, const char *key)
 {
@@ -118,7 +119,7 @@ static void fixture_free(fixture *f)
 {
     npy_array *all[] = {&f->X, &f->W, &f->bias, &f->labels, &f->seq_ids, &f->Xt, &f->Wt,
                         &f->grad_output, &f->weights, &f->in[0], &f->in[1],
-                        &f->in[2], &f->in[3], &f->in[4], &f->y, &f->dX, &f->dW, &f->db,
+                        &f->in[2], &f->in[3], &f->in[4], &f->in[5], &f->in[6], &f->y, &f->dX, &f->dW, &f->db,
                         &f->y_rows, &f->kl, &f->is_clipped};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) npy_free(all[i]);
 }
