@@ -530,7 +530,9 @@ MEL_API const char *mel_builtin_param(int i, int j, double *dflt);
  * "bco_pair" 6, "sppo_hard" 7, "aot" 8, "aot_pair" 9, "apo_zero" 10,
  * "apo_down" 11, "discopop" 12, "sft" 13, "sigmoid_norm" 14), cpo's and simpo's loss_type
  * ("sigmoid", "hinge", "ipo", "simpo"), grpo's loss_type ("grpo", "bnpo",
- * "dr_grpo", "dapo") and importance_sampling_level ("token", "sequence").
+ * "dr_grpo", "dapo", "cispo", "sapo"), importance_sampling_level ("token",
+ * "sequence") and vllm_importance_sampling_mode ("none", "token_truncate",
+ * "token_mask", "sequence_truncate", "sequence_mask").
  * An unknown word fails with MEL_ERR_INVALID_ARGUMENT naming it and the
  * words the parameter takes; so does a parameter that takes no words. */
 MEL_API mel_status mel_builtin_param_word(mel_ctx *ctx, const char *transform, const char *param,
@@ -545,13 +547,17 @@ MEL_API mel_status mel_builtin_param_word(mel_ctx *ctx, const char *transform, c
  *   bnpo     w = m / max(Σ m, 1) / GA
  *   dr_grpo  w = m / (B · max_completion_length) / GA
  *   dapo     w = m / max(num_items_in_batch, 1)  (Σ m when num_items_in_batch = 0)
+ *   cispo    as dapo;  sapo  as grpo  (their per-token ℓ differs: the built-in's
+ *            loss_type 4 / 5)
  * mask [B·T] row-major (row b·T + t is token t of sequence b); w [B·T].
  */
 typedef enum mel_grpo_loss_type {
     MEL_GRPO_GRPO = 0,
     MEL_GRPO_BNPO = 1,
     MEL_GRPO_DR_GRPO = 2,
-    MEL_GRPO_DAPO = 3
+    MEL_GRPO_DAPO = 3,
+    MEL_GRPO_CISPO = 4, /* dapo's weights */
+    MEL_GRPO_SAPO = 5   /* grpo's weights */
 } mel_grpo_loss_type;
 MEL_API mel_status mel_grpo_weights(mel_ctx *ctx, mel_grpo_loss_type type, int64_t B,
                                     int64_t T, const double *mask,

@@ -119,7 +119,8 @@ static mel_transform *build(mel_ctx *ctx, const cfg *c, const layout *L)
     if (c->o.eps > 0) mel_params_set(pp, "label_smoothing", c->o.eps);
     if (t == 0 && c->o.alpha > 0 && c->o.loss_type != 13) mel_params_set(pp, "rpo_alpha", c->o.alpha);
     if (t == 1) mel_params_set(pp, "cpo_alpha", c->o.alpha);
-    if ((t <= 2 && c->o.alpha > 0)) mel_params_set(pp, "chosen_tokens_per_pair", chosen_tokens_per_pair(L));
+    if ((t <= 2 && c->o.alpha > 0 && !c->o.nll_per_sequence))
+        mel_params_set(pp, "chosen_tokens_per_pair", chosen_tokens_per_pair(L));
     if (t == 1 && c->o.loss_type == 3) mel_params_set(pp, "simpo_gamma", c->o.gamma);
     if (t == 0 && c->o.loss_type == 12) mel_params_set(pp, "discopop_tau", c->o.tau);
     if (t == 0 && c->o.loss_type == 6) mel_params_set(pp, "bco_delta", c->o.bco_delta);
@@ -180,7 +181,8 @@ static void check_cfg(mel_ctx *ctx, const cfg *c, const layout *L, int gradcheck
     char label[160];
     snprintf(label, sizeof label, "%s%s%s%s%s%s (%s)", c->tname, c->word ? " " : "", c->word ? c->word : "",
              c->ref_source < 0 ? " reference-free" : c->ref_source == 1 ? " ref head" : "",
-             c->o.eps > 0 ? " label_smoothing" : "", c->o.alpha > 0 ? " +NLL" : "", L->name);
+             c->o.eps > 0 ? " label_smoothing" : "",
+             c->o.alpha > 0 ? (c->o.nll_per_sequence ? " +NLL per sequence" : " +NLL") : "", L->name);
     mel_transform *tr = build(ctx, c, L);
     if (!ok(tr != NULL, "%s: builds %s", label, mel_last_error(ctx))) return;
     completion_for(L);
@@ -306,15 +308,17 @@ static void refusals(mel_ctx *ctx)
         {"dpo", "loss_type", 5, "label_smoothing", 0.5, "0.5"},
         {"dpo", "loss_type", 3, NULL, 0, "exo_pair"},
         {"dpo", "loss_type", 8, NULL, 0, "aot"},
-        {"dpo", "rpo_alpha", 0.5, NULL, 0, "chosen_tokens_per_pair"},
         {"dpo", "chosen_tokens_per_pair", 4, NULL, 0, "rpo_alpha"},
         {"dpo", "reference_free", 1, "ref_source", 1, "contradict"},
         {"dpo", "discopop_tau", 0.1, NULL, 0, "discopop_tau"},
         {"dpo", "bco_delta", 0.1, NULL, 0, "bco_delta"},
-        {"cpo", "cpo_alpha", 1, NULL, 0, "chosen_tokens_per_pair"},
+        {"cpo", "cpo_alpha", 0, "chosen_tokens_per_pair", 3, "no effect"},
         {"cpo", "simpo_gamma", 1, "chosen_tokens_per_pair", 1, "simpo_gamma"},
-        {"simpo", "loss_type", 3, NULL, 0, "no effect"},
-        {"orpo", "beta", 0.1, NULL, 0, "chosen_tokens_per_pair"},
+        {"simpo", "loss_type", 2, NULL, 0, "outside"},
+        {"grpo", "loss_type", 3, "sapo_temperature_pos", 2, "sapo_temperature_pos"},
+        {"grpo", "loss_type", 4, "delta", 1.5, "cispo"},
+        {"grpo", "vllm_importance_sampling_cap", 2, NULL, 0, "vllm_importance_sampling_cap"},
+        {"grpo", "vllm_importance_sampling_mode", 3, NULL, 0, "seq_len"},
     };
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         mel_params *pp = mel_params_new();
@@ -359,13 +363,14 @@ int main(void)
         {"sigmoid", 0, 0, 0},     {"sigmoid", 0, 0.1, 0}, {"hinge", 1, 0, 0},    {"ipo", 2, 0, 0},
         {"exo_pair", 3, 0.2, 0}, {"nca_pair", 4, 0, 0},  {"robust", 5, 0.2, 0}, {"bco_pair", 6, 0, 0},
         {"sppo_hard", 7, 0, 0},  {"apo_zero", 10, 0, 0}, {"apo_down", 11, 0, 0}, {"discopop", 12, 0, 0},
-        {"sft", 13, 0, 1},        {"sigmoid", 0, 0, 0.7}, {"sigmoid_norm", 14, 0, 0},
+        {"sft", 13, 0, 1},        {"sigmoid", 0, 0, 0.7}, {"sigmoid_norm", 14, 0, 0}, {"sigmoid", 0, 0, -0.7},
     };
     for (size_t k = 0; k < sizeof dt / sizeof dt[0]; k++) {
         cfg c = {"dpo", dt[k].w, d0, 0};
         c.o.loss_type = dt[k].code;
         c.o.eps = dt[k].eps;
-        c.o.alpha = dt[k].alpha;
+        c.o.alpha = fabs(dt[k].alpha);
+        c.o.nll_per_sequence = dt[k].alpha < 0; /* no chosen_tokens_per_pair: per chosen sequence */
         c.o.beta = dt[k].code == 2 || dt[k].code == 7 ? 0.5 : 0.8;
         if (dt[k].code == 6) c.o.bco_delta = 0.05;
         check_cfg(ctx, &c, &Lt, 1);

@@ -374,19 +374,26 @@ double ref_pref(int64_t N, int64_t V, const double *Z, const int64_t *labels, co
     const double P = units > 0 ? (double)units : 1;
     loss /= P;
     if (aux) *aux = cr_sum / P;
-    if (o->alpha > 0) loss += o->alpha * nll / fmax(nc, 1);
+    /* per-sequence NLL: Σ_pairs (NLL of chosen b / its tokens) / pairs */
+    double *nt = calloc((size_t)S + 1, sizeof *nt), *ns = calloc((size_t)S + 1, sizeof *ns);
+    for (int64_t i = 0; i < N; i++)
+        if (seq[i] >= 0 && seq[i] % 2 == 0 && labels[i] != o->ignore_index) nt[seq[i]] += 1, ns[seq[i]] -= lp[i];
+    if (o->alpha > 0 && !o->nll_per_sequence) loss += o->alpha * nll / fmax(nc, 1);
+    if (o->alpha > 0 && o->nll_per_sequence)
+        for (int64_t s = 0; s < S; s += 2) loss += o->alpha * ns[s] / fmax(nt[s], 1) / P;
     for (int64_t i = 0; i < N; i++) {
         double *g = G + i * V;
         const double *z = Z + i * V;
         int ok = labels[i] != o->ignore_index && seq[i] >= 0;
         int in_sum = ok && (!o->completion || o->completion[i] != 0);
         double gi = in_sum ? dpi[seq[i]] / P : 0;
-        if (ok && o->alpha > 0 && seq[i] % 2 == 0 && o->kind != 3) gi -= o->alpha / fmax(nc, 1);
+        if (ok && o->alpha > 0 && seq[i] % 2 == 0 && o->kind != 3)
+            gi -= o->nll_per_sequence ? o->alpha / fmax(nt[seq[i]], 1) / P : o->alpha / fmax(nc, 1);
         double m = -INFINITY, t = 0;
         for (int64_t j = 0; j < V; j++) m = fmax(m, z[j]);
         for (int64_t j = 0; j < V; j++) t += exp(z[j] - m);
         for (int64_t j = 0; j < V; j++) g[j] = gi * (((ok && j == labels[i]) ? 1.0 : 0.0) - exp(z[j] - m) / t);
     }
-    free(lp), free(pi), free(rf), free(n), free(dpi), free(first);
+    free(lp), free(pi), free(rf), free(n), free(dpi), free(first), free(nt), free(ns);
     return loss;
 }

@@ -58,6 +58,7 @@ typedef struct ref_pref_opts {
     double beta, eps, alpha, gamma, tau, bco_delta, wd, wu;
     int64_t ignore_index;
     const double *completion;
+    int nll_per_sequence; /* the NLL over each chosen sequence's own tokens, then the mean over pairs */
 } ref_pref_opts;
 double ref_pref(int64_t N, int64_t V, const double *Z, const int64_t *labels, const int64_t *seq,
                 const double *ref_lp, const double *desirable, const double *kl0, const ref_pref_opts *o,

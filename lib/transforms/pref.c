@@ -79,11 +79,16 @@ static mel_val ref_sum(mel_graph *g, const seqs *s, const double *p, int source)
 /* α·(−lp) on the chosen sequence's tokens with a label over the batch's
  * chosen tokens per pair k: summed over the rows and divided by the pairs
  * (the mean reduction) it is α times TRL's NLL, the mean over the batch's
- * chosen tokens. */
+ * chosen tokens.  k = 0: over the chosen sequence's own tokens (the mean
+ * over pairs of each chosen sequence's mean NLL; TRL's when the chosen
+ * sequences have equal lengths). */
 static mel_val chosen_nll(mel_graph *g, const seqs *s, double alpha, double k)
 {
     mel_val chosen = mel_g_eq(g, mel_g_sequence_rank(g), C(g, 0));
-    return mel_g_scale(g, masked(g, chosen, mel_g_neg(g, s->lp)), alpha / k);
+    mel_val nll = masked(g, chosen, mel_g_neg(g, s->lp));
+    if (k > 0) return mel_g_scale(g, nll, alpha / k);
+    mel_val n = mel_g_max(g, mel_g_segment_sum(g, s->valid), C(g, 1));
+    return mel_g_scale(g, mel_g_div(g, nll, n), alpha);
 }
 
 /* y = where(first row of the group, loss, 0) (+ extra), count = that row */
@@ -191,16 +196,11 @@ static mel_status build_dpo(mel_graph *g, const double *p)
     return finish_pair(g, &s, loss, nll);
 }
 
-/* The NLL's normaliser (α > 0) and nothing given that has no effect. */
+/* The NLL's normaliser is given only when there is an NLL. */
 static mel_status check_nll(mel_ctx *ctx, const char *tn, const char *an, double alpha, int tokens_given,
                             double tokens)
 {
-    if (alpha > 0 && !(tokens > 0))
-        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
-                        "transform '%s': %s = %g adds the NLL of the chosen sequences, which needs "
-                        "chosen_tokens_per_pair > 0 (the batch's chosen tokens over its pairs: TRL's NLL is "
-                        "the mean over the batch's chosen tokens)", tn, an, alpha);
-    if (alpha == 0 && tokens_given)
+    if (alpha == 0 && tokens_given && tokens != 0)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                         "transform '%s': chosen_tokens_per_pair = %g has no effect with %s = 0", tn, tokens, an);
     return MEL_OK;
@@ -208,7 +208,7 @@ static mel_status check_nll(mel_ctx *ctx, const char *tn, const char *an, double
 
 static mel_status check_ref(mel_ctx *ctx, const char *tn, const double *p, const char *given, int ref, int freek)
 {
-    if (freek >= 0 && p[freek] && given[ref])
+    if (freek >= 0 && p[freek] && given[ref] && p[ref] != 0)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                         "transform '%s': reference_free = 1 and ref_source = %g contradict (a reference-free "
                         "loss reads no reference)", tn, p[ref]);
@@ -225,7 +225,7 @@ static mel_status check_dpo(mel_ctx *ctx, const mel_builtin *b, const double *p,
                         "transform 'dpo': loss_type = %s sorts the log ratios over the whole batch of pairs, "
                         "which is not a row program; it is not implemented", tn);
     const int uses_ls = type == DPO_SIGMOID || type == DPO_ROBUST || type == DPO_EXO_PAIR;
-    if (given[D_LS] && !uses_ls)
+    if (given[D_LS] && p[D_LS] != 0 && !uses_ls)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                         "transform 'dpo': label_smoothing = %g has no effect with loss_type = %s "
                         "(sigmoid, robust and exo_pair use it)", p[D_LS], tn);
@@ -237,13 +237,13 @@ static mel_status check_dpo(mel_ctx *ctx, const mel_builtin *b, const double *p,
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                         "transform 'dpo': loss_type = exo_pair takes log(label_smoothing) and "
                         "log(1 - label_smoothing): label_smoothing = %g must be in (0, 1)", p[D_LS]);
-    if (given[D_TAU] && type != DPO_DISCOPOP)
+    if (given[D_TAU] && p[D_TAU] != 0.05 && type != DPO_DISCOPOP)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                         "transform 'dpo': discopop_tau = %g has no effect with loss_type = %s", p[D_TAU], tn);
-    if (given[D_BCO] && type != DPO_BCO_PAIR)
+    if (given[D_BCO] && p[D_BCO] != 0 && type != DPO_BCO_PAIR)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                         "transform 'dpo': bco_delta = %g has no effect with loss_type = %s", p[D_BCO], tn);
-    if (type == DPO_SFT && given[D_RPO])
+    if (type == DPO_SFT && given[D_RPO] && p[D_RPO] != 0)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                         "transform 'dpo': rpo_alpha = %g and loss_type = sft contradict (sft is the NLL alone)",
                         p[D_RPO]);
@@ -263,7 +263,7 @@ const mel_builtin mel_builtin_dpo = {
     "(ref_source=1), none with reference_free=1  params: beta, loss_type (0 sigmoid, 1 hinge, 2 ipo, "
     "3 exo_pair, 4 nca_pair, 5 robust, 6 bco_pair, 7 sppo_hard, 10 apo_zero, 11 apo_down, 12 discopop, "
     "13 sft, 14 sigmoid_norm), label_smoothing, rpo_alpha, chosen_tokens_per_pair (the NLL's normaliser), discopop_tau, "
-    "bco_delta  y: the pair's loss on its first row (count 1 there: mean = mean over pairs)  aux: "
+    "bco_delta (a parameter a loss type does not read is refused unless at its default)  y: the pair's loss on its first row (count 1 there: mean = mean over pairs)  aux: "
     "chosen_rewards, rejected_rewards, margins, accuracies, logps_chosen, logps_rejected",
     {MEL_COMMON_PARAMS, {"beta", 0.1, 1e-300, 1e300, 0}, {"loss_type", 0, 0, DPO__N - 1, 1},
      {"label_smoothing", 0, 0, 1, 0}, {"ref_source", 0, 0, 1, 1}, {"reference_free", 0, 0, 1, 1},
@@ -313,11 +313,11 @@ static mel_status build_cpo(mel_graph *g, const double *p)
 static mel_status check_cpo_common(mel_ctx *ctx, const char *tn, const double *p, const char *given)
 {
     const int type = (int)p[P_TYPE];
-    if (given[P_LS] && type != CPO_SIGMOID && type != CPO_SIMPO)
+    if (given[P_LS] && p[P_LS] != 0 && type != CPO_SIGMOID && type != CPO_SIMPO)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                         "transform '%s': label_smoothing = %g has no effect with loss_type = %s", tn, p[P_LS],
                         cpo_names[type]);
-    if (given[P_GAMMA] && type != CPO_SIMPO)
+    if (given[P_GAMMA] && p[P_GAMMA] != 0.5 && type != CPO_SIMPO)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                         "transform '%s': simpo_gamma = %g has no effect with loss_type = %s", tn, p[P_GAMMA],
                         cpo_names[type]);
@@ -333,7 +333,7 @@ static mel_status check_cpo(mel_ctx *ctx, const mel_builtin *b, const double *p,
 static mel_status check_simpo(mel_ctx *ctx, const mel_builtin *b, const double *p, const char *given)
 {
     (void)b;
-    if (given[P_TYPE])
+    if (given[P_TYPE] && p[P_TYPE] != CPO_SIMPO)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
                         "transform 'simpo': loss_type = %g has no effect (simpo is cpo's loss_type = simpo; "
                         "use 'cpo' for the others)", p[P_TYPE]);
@@ -460,14 +460,17 @@ typedef struct pword {
     int n;
 } pword;
 
-static const char *const grpo_types[] = {"grpo", "bnpo", "dr_grpo", "dapo"};
+static const char *const grpo_types[] = {"grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo"};
 static const char *const grpo_levels[] = {"token", "sequence"};
+static const char *const grpo_is_modes[] = {"none", "token_truncate", "token_mask", "sequence_truncate",
+                                            "sequence_mask"};
 static const pword pwords[] = {
     {"dpo", "loss_type", dpo_names, DPO__N},
     {"cpo", "loss_type", cpo_names, CPO__N},
     {"simpo", "loss_type", cpo_names, CPO__N},
-    {"grpo", "loss_type", grpo_types, 4},
+    {"grpo", "loss_type", grpo_types, 6},
     {"grpo", "importance_sampling_level", grpo_levels, 2},
+    {"grpo", "vllm_importance_sampling_mode", grpo_is_modes, 5},
 };
 
 mel_status mel_builtin_param_word(mel_ctx *ctx, const char *transform, const char *param, const char *word,

@@ -208,8 +208,10 @@ void refuse_loss_type_params(const char *cmd, const char *tname, const mel_param
 {
     if (strcmp(tname, "grpo")) return; /* the other built-ins' loss_type is their loss */
     static const char *names[] = {"loss_type", "max_completion_length", "num_items_in_batch"};
+    double lt = 0;
     for (int i = 0; i < 3; i++)
-        if (mel_params_get(p, names[i], NULL))
+        /* cispo (4) and sapo (5) change the per-token loss too: not only weights */
+        if (mel_params_get(p, names[i], &lt) && !(i == 0 && (lt == 4 || lt == 5)))
             die(EXIT_USAGE, "%s and --param %s: %s only sets grpo's loss-type weights "
                 "(mel_grpo_weights), which %s", cmd, names[i], names[i], why);
 }

@@ -71,7 +71,15 @@ int cmd_gradcheck(int argc, char **argv)
                             "none, sum or mean)");
     /* with the stop-gradient default (grpo's use_old_logp = 0) the ratio is 1
      * for every perturbation, so finite differences need old_logp as data */
-    if (builtin_has_param(tname, "use_old_logp") && !mel_params_get(pl, "use_old_logp", NULL)) {
+    double lt = 0;
+    if (builtin_has_param(tname, "use_old_logp") && !mel_params_get(pl, "use_old_logp", NULL) &&
+        mel_params_get(pl, "loss_type", &lt) && lt == 4) {
+        /* cispo's weight min(r, ε_high) is detached: with old_logp given finite differences
+         * see it move, the gradient by design does not; with the stop-gradient default it is
+         * min(1, ε_high) for every perturbation */
+        printf("# %s: checking cispo with use_old_logp=0 (its detached weight is then constant under "
+               "finite differences)\n", tname);
+    } else if (builtin_has_param(tname, "use_old_logp") && !mel_params_get(pl, "use_old_logp", NULL)) {
         param_add(&pl, "use_old_logp=1");
         printf("# %s: checking with use_old_logp=1 (with old_logp absent, the stop-gradient makes "
                "the ratio constant under finite differences)\n", tname);

@@ -138,7 +138,7 @@ void make_problem(problem *p, const mel_transform *t, int64_t n, int64_t d, int6
             double val;
             if (!strcmp(nm, "mask")) {
                 val = ignored ? 0.0 : (rng_unit(&r) < 0.9 ? 1.0 : 0.0);
-            } else if (!strcmp(nm, "old_logp") || !strcmp(nm, "ref_logp")) {
+            } else if (!strcmp(nm, "old_logp") || !strcmp(nm, "ref_logp") || !strcmp(nm, "sampling_logp")) {
                 if (!have_lp) {
                     lp = ignored || !exact_logp ? -log((double)(v > 0 ? v : 1))
                                                 : row_logp(p, i, p->labels[i]);

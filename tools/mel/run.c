@@ -215,15 +215,15 @@ int cmd_run(int argc, char **argv)
                     "importance_sampling_level=sequence and by grpo's loss-type weights, which "
                     "--reduction replaces");
         } else {
-            static const char *lt_names[] = {"grpo", "bnpo", "dr_grpo", "dapo"};
+            static const char *lt_names[] = {"grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo"};
             double lt = param_value(tname, pl, "loss_type", 3);
-            const char *ltn = lt >= 0 && lt <= 3 && lt == (int)lt ? lt_names[(int)lt] : "?";
+            const char *ltn = lt >= 0 && lt <= 5 && lt == (int)lt ? lt_names[(int)lt] : "?";
             if (mel_params_get(pl, "max_completion_length", NULL) && lt != 2)
                 die(EXIT_USAGE, "--param max_completion_length and --param loss_type=%s: only "
                     "loss_type=dr_grpo divides by max_completion_length", ltn);
-            if (mel_params_get(pl, "num_items_in_batch", NULL) && lt != 3)
+            if (mel_params_get(pl, "num_items_in_batch", NULL) && lt != 3 && lt != 4)
                 die(EXIT_USAGE, "--param num_items_in_batch and --param loss_type=%s: only "
-                    "loss_type=dapo divides by num_items_in_batch", ltn);
+                    "loss_type=dapo and cispo divide by num_items_in_batch", ltn);
         }
     }
     if (f_gout && !want_grad)
