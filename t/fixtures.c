@@ -38,7 +38,7 @@ typedef struct {
     char val[512];
 } kv_t;
 
-#define N_INPUTS 7 /* per-row inputs (INPUT_NAMES) */
+#define N_INPUTS 8 /* per-row inputs (INPUT_NAMES) */
 typedef struct {
     const char *name;
     char dir[1024];
@@ -55,7 +55,7 @@ typedef struct {
 
 static const char *const INPUT_NAMES[N_INPUTS] = {"mask", "advantages", "old_logp",
                                                   "ref_logp", "completion_mask", "desirable",
-                                                  "kl_ref"};
+                                                  "kl_ref", "sampling_logp"};
 
 static const char *kv_get(const fixture *f, const char *key)
 {
@@ -119,7 +119,7 @@ static void fixture_free(fixture *f)
 {
     npy_array *all[] = {&f->X, &f->W, &f->bias, &f->labels, &f->seq_ids, &f->Xt, &f->Wt,
                         &f->grad_output, &f->weights, &f->in[0], &f->in[1],
-                        &f->in[2], &f->in[3], &f->in[4], &f->in[5], &f->in[6], &f->y, &f->dX, &f->dW, &f->db,
+                        &f->in[2], &f->in[3], &f->in[4], &f->in[5], &f->in[6], &f->in[7], &f->y, &f->dX, &f->dW, &f->db,
                         &f->y_rows, &f->kl, &f->is_clipped};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) npy_free(all[i]);
 }
