@@ -273,9 +273,11 @@ int main(void)
         }
         ok(!strcmp(names, "labels:i,mask:s,advantages:s,old_logp:s") && mel_transform_head(t1, 0) == 2 &&
                mel_transform_head(t1, 1) == 1 && mel_transform_head(t1, 2) == 0 &&
-               mel_transform_num_aux(t1) == 4 && !strcmp(mel_transform_aux(t1, 0), "kl") &&
+               mel_transform_num_aux(t1) == 6 && !strcmp(mel_transform_aux(t1, 0), "kl") &&
+               !strcmp(mel_transform_aux(t1, 3), "is_high_clipped") &&
                mel_transform_input(t1, 9, NULL, NULL) == NULL,
-           "introspection: inputs %s, heads 0 (differentiable) and 1, aux kl/is_clipped/ratio/logp", names);
+           "introspection: inputs %s, heads 0 (differentiable) and 1, aux kl/is_clipped/is_low_clipped/"
+           "is_high_clipped/ratio/logp", names);
         mel_transform_free(t1);
     }
     /* helpers */

@@ -105,6 +105,9 @@ static mel_status build_grpo(mel_graph *g, const double *p)
         mel_val low = mel_g_mul(g, mel_g_lt(g, c1, mel_g_const(g, 1 - el)), mel_g_lt(g, adv, zero));
         mel_val high = mel_g_mul(g, mel_g_lt(g, mel_g_const(g, 1 + eh), c1), mel_g_lt(g, zero, adv));
         mel_g_add_aux(g, "is_clipped", mel_g_where(g, on, mel_g_max(g, low, high), zero));
+        /* TRL's clip_ratio/low_* and clip_ratio/high_* come from these two */
+        mel_g_add_aux(g, "is_low_clipped", mel_g_where(g, on, low, zero));
+        mel_g_add_aux(g, "is_high_clipped", mel_g_where(g, on, high, zero));
     }
     mel_g_add_aux(g, "ratio", mel_g_where(g, on, r, zero));
     mel_g_add_aux(g, "logp", logp);
@@ -158,7 +161,8 @@ const mel_builtin mel_builtin_grpo = {
     "num_items_in_batch (these two: for mel_grpo_weights), sapo_temperature_pos, sapo_temperature_neg, "
     "vllm_importance_sampling_mode (0 none, 1 token_truncate, 2 token_mask, 3 sequence_truncate, "
     "4 sequence_mask; reads sampling_logp), vllm_importance_sampling_min, "
-    "vllm_importance_sampling_cap (0: none)  aux: kl, is_clipped (not sapo), ratio, logp, is_ratio",
+    "vllm_importance_sampling_cap (0: none)  aux: kl, is_clipped (not sapo), is_low_clipped, is_high_clipped "
+    "(loss types 0-3), ratio, logp, is_ratio",
     {MEL_COMMON_PARAMS, {"beta", 0, 0, 1e300, 0}, {"epsilon_low", 0.2, 0, 1, 0},
      {"epsilon_high", -1, -1, 1e300, 0}, {"delta", 0, 0, 1e300, 0}, {"use_old_logp", 0, 0, 1, 1},
      {"ref_source", 0, 0, 1, 1}, {"importance_sampling_level", 0, 0, 1, 1},
