@@ -1,4 +1,4 @@
-/* The backend interface: what the engine (lib/engine.c, lib/gemm.c) asks of
+/* The backend interface: what the engine (lib/engine.h, lib/gemm.c) asks of
  * a backend, and the registry of the backends this build knows.
  *
  * A backend provides primitives only: memory, dense GEMMs in the compute
@@ -46,6 +46,19 @@ struct mel_chunk {
     int threads;
 };
 
+/* The per-thread scratch of a row program (every backend and the engine's
+ * sizing read it from here): n_slots vectors of V values of es bytes, then
+ * the table of n vector pointers, each part 64-byte aligned.  On a device
+ * "thread" is a row running at once. */
+static inline int64_t mel_scratch_vp_offset(int n_slots, int64_t V, size_t es)
+{
+    return ((int64_t)n_slots * V * (int64_t)es + 63) / 64 * 64;
+}
+static inline int64_t mel_scratch_bytes(int n_slots, int n, int64_t V, size_t es)
+{
+    return mel_scratch_vp_offset(n_slots, V, es) + ((int64_t)n * (int64_t)sizeof(void *) + 63) / 64 * 64;
+}
+
 struct mel_backend_ops {
     const char *name;
     /* 1 when the caller's buffers and the workspace are host memory (CPU):
@@ -77,11 +90,13 @@ struct mel_backend_ops {
     mel_status (*zero2d)(mel_ctx *ctx, void *p, int64_t rows, size_t row_bytes, size_t ld_bytes);
 
     /* ---- dense primitives (row-major) */
-    /* C[M,N] = alpha·op(A)·op(B) + beta·C; all matrices of dtype ct (f32, f64). */
+    /* C[M,N] = alpha·op(A)·op(B) + beta·C; all matrices of dtype ct (f32, f64).
+     * grad: 1 for a gradient GEMM (dX, dW), where a backend with TF32 units
+     * may use them under MEL_PRECISION_TF32; 0 for the logits. */
     mel_status (*gemm)(mel_ctx *ctx, mel_dtype ct, int transA, int transB,
                        int64_t M, int64_t N, int64_t K, double alpha,
                        const void *A, int64_t lda, const void *B, int64_t ldb,
-                       double beta, void *C, int64_t ldc);
+                       double beta, void *C, int64_t ldc, int grad);
     /* Optional (NULL: the engine widens to f32 first).  A and B of 16-bit
      * dtype st16, C f32: C = op(A)·op(B) + beta·C, f32 accumulation. */
     mel_status (*gemm16)(mel_ctx *ctx, mel_dtype st16, int transA, int transB,
@@ -114,13 +129,30 @@ struct mel_backend_ops {
     mel_status (*colsum)(mel_ctx *ctx, mel_dtype ct, const void *Z, int64_t R,
                          int64_t V, void *db);
 
-    /* ---- row programs */
-    /* 1 when run_rows executes operation op (an mel_op below OP__COUNT).
+    /* ---- row programs.  A backend runs one phase of a plan at a time, with
+     * no barrier inside; the barriers between phases are lib's
+     * (lib/program.c): segment sums through merge_segments below, and under
+     * vocabulary parallelism the reductions combined across processes
+     * (lib/vocab.c, by the merge rules of lib/merge.c). */
+    /* 1 when run_phase executes operation op (an mel_op below OP__COUNT).
      * The engine refuses a transform with an unsupported operation. */
     int (*supports_op)(int op);
-    /* Run plan p of transform t over the chunk. */
-    mel_status (*run_rows)(mel_ctx *ctx, const mel_transform *t,
-                           const mel_plan *p, mel_chunk *ch);
+    /* Run phase q of plan p (what it computes: p->kind) over every row of
+     * the chunk: positions [p->phase_start[q], p->phase_start[q + 1]).
+     * Registers persist across phases.  The last phase writes the chunk's
+     * y, count and aux rows, and for a MEL_PLAN_FB plan the input
+     * gradients and dZ over each differentiable head's Z (entries below
+     * the smallest normal number of the compute type stored as 0). */
+    mel_status (*run_phase)(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, int q,
+                            mel_chunk *ch);
+    /* The merge across rows that opens phase q: each OP_SEGSUM node of the
+     * phase gets, in every row, the sum of its operand over the row's
+     * sequence (slot 0) or group (slot 1): the chunk's lists seg_off /
+     * seg_row of that level, in their (ascending row) order; 0 for a row
+     * in none.  A backend that cannot use the lists (CUDA: fixed
+     * t->seg_len segments) refuses transforms with sequence ids or groups. */
+    mel_status (*merge_segments)(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, int q,
+                                 mel_chunk *ch);
 
     /* ---- optional (NULL: not needed / no opinion) */
     /* Wait until all queued work of the call is done and report deferred

@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 #define MEL_VERSION_MAJOR 0
-#define MEL_VERSION_MINOR 5
+#define MEL_VERSION_MINOR 6
 #define MEL_VERSION_PATCH 0
 #define MEL_VERSION_NUMBER \
     (MEL_VERSION_MAJOR * 10000 + MEL_VERSION_MINOR * 100 + MEL_VERSION_PATCH)
@@ -50,7 +50,7 @@ extern "C" {
 /* Runtime version: MEL_VERSION_NUMBER of the library actually linked.
  * Compare with the macro to detect header/library mismatches. */
 MEL_API int mel_version(void);
-/* "0.5.0" */
+/* "0.6.0" */
 MEL_API const char *mel_version_string(void);
 
 /* ------------------------------------------------------------------ status */
@@ -173,6 +173,29 @@ MEL_API mel_status mel_set_chunk_rows(mel_ctx *ctx, int64_t chunk_rows);
  * device gets small ones; the lower bound, the fixed + 32 rows floor and
  * the R* rows floor are the same.  An explicit limit (bytes > 0) is always
  * respected as is, on every backend. */
+/* Vocabulary tiles (since 0.6).  A chunk normally holds whole rows of
+ * logits (R × V): the row executor, 3 GEMMs per chunk for a training
+ * step.  The tiled executor holds R × cols logits: each phase of the row
+ * program (a phase ends at every vocabulary reduction: sum, max,
+ * logsumexp, gather, argmax) runs tile by tile, the tiles' partial
+ * reductions merged in column order, and the next phase recomputes its
+ * tile's logits (fused cross-entropy: 4 GEMMs per chunk).  Results equal
+ * the row executor's within rounding.
+ *   cols > 0: tiles of `cols` columns (the last may be narrower; cols >= V
+ *   is one tile of the whole row, still through the tiled executor), rows
+ *   per chunk from mel_set_chunk_rows or the budget as usual.
+ *   cols == 0 (default): automatic.  With an explicit workspace limit whose
+ *   whole-row chunks would have fewer than R* rows (or not one row), the
+ *   tiled executor runs when its chunks cost less per flop (a budget of
+ *   64 KiB then runs V up to 2^20), with the tile width whose chunks have
+ *   the highest GEMM arithmetic intensity; otherwise whole rows.
+ * Not yet tiled (MEL_ERR_UNSUPPORTED when cols > 0; whole rows when
+ * automatic): bf16/f16 storage, vocabulary parallelism, the CUDA backend.
+ * mel_get_tile_cols: the tile width of the last call or mel_plan_call
+ * (0: whole rows, the row executor). */
+MEL_API mel_status mel_set_tile_cols(mel_ctx *ctx, int64_t cols);
+MEL_API int64_t mel_get_tile_cols(const mel_ctx *ctx);
+
 #define MEL_DEFAULT_WORKSPACE ((int64_t)512 << 20)     /* the default's upper bound */
 #define MEL_DEFAULT_WORKSPACE_MIN ((int64_t)16 << 20)  /* the default's lower bound */
 MEL_API mel_status mel_set_workspace_limit(mel_ctx *ctx, int64_t bytes);

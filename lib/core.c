@@ -167,6 +167,17 @@ mel_status mel_set_chunk_rows(mel_ctx *ctx, int64_t chunk_rows)
     return MEL_OK;
 }
 
+mel_status mel_set_tile_cols(mel_ctx *ctx, int64_t cols)
+{
+    if (!ctx) return MEL_ERR_INVALID_ARGUMENT;
+    if (cols < 0)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_set_tile_cols: cols = %lld is negative", (long long)cols);
+    ctx->tile_cols = cols;
+    return MEL_OK;
+}
+
+int64_t mel_get_tile_cols(const mel_ctx *ctx) { return ctx ? ctx->tile_cols_used : 0; }
+
 mel_status mel_set_row_skipping(mel_ctx *ctx, int on)
 {
     if (!ctx) return MEL_ERR_INVALID_ARGUMENT;

@@ -23,8 +23,8 @@
  * rounded values; with gemm16 the dX and dW GEMMs then read dZ16, W and X
  * in 16 bits (fp32 accumulation, no widened W blocks), otherwise they run
  * the f32 GEMMs above on the rounded dZ (numerically the same products).
- * TF32 with f32 storage: ctx->grad_gemm is set around the gradient GEMMs;
- * a backend with TF32 units (CUDA) may use them there.  The logits GEMM is
+ * TF32 with f32 storage: the gradient GEMMs are called with grad = 1; a
+ * backend with TF32 units (CUDA) may use them there.  The logits GEMM is
  * never affected.
  */
 #include "backend.h"
@@ -76,7 +76,7 @@ mel_status mel_gemm_logits(mel_ctx *ctx, const mel_matrix *x, int64_t r0, int64_
     const int64_t V = w->rows, D = w->cols;
     mel_status s;
     if (!is16(x->dtype)) {
-        s = o->gemm(ctx, x->dtype, 0, 1, R, V, D, 1.0, row_of(x, r0), x->ld, w->data, w->ld, 0.0, Z, V);
+        s = o->gemm(ctx, x->dtype, 0, 1, R, V, D, 1.0, row_of(x, r0), x->ld, w->data, w->ld, 0.0, Z, V, 0);
         if (s == MEL_OK && bias) s = o->add_bias(ctx, x->dtype, Z, R, V, bias);
         return s;
     }
@@ -94,7 +94,7 @@ mel_status mel_gemm_logits(mel_ctx *ctx, const mel_matrix *x, int64_t r0, int64_
             int64_t n = V - v0 < vb ? V - v0 : vb;
             if ((s = o->widen(ctx, w, v0, n, wf))) return s;
             /* Z[:, v0:v0+n] = Xf · Wfᵀ */
-            if ((s = o->gemm(ctx, MEL_F32, 0, 1, R, n, D, 1.0, xf, D, wf, D, 0.0, (float *)Z + v0, V)))
+            if ((s = o->gemm(ctx, MEL_F32, 0, 1, R, n, D, 1.0, xf, D, wf, D, 0.0, (float *)Z + v0, V, 0)))
                 return s;
         }
     }
@@ -115,26 +115,24 @@ mel_status mel_gemm_round_dz(mel_ctx *ctx, void *dZ, int64_t R, mel_dtype st, in
 }
 
 /* The f32 dX chunk into the 16-bit dX, rounded once; under vocabulary
- * parallelism summed over the processes first (ctx->vp_dx16). */
-static mel_status store_dx16(mel_ctx *ctx, const mel_matrix *dx, int64_t r0, int64_t R, float *dxf, int accumulate)
+ * parallelism summed over the processes first (vp_sum). */
+static mel_status store_dx16(mel_ctx *ctx, const mel_matrix *dx, int64_t r0, int64_t R, float *dxf, int accumulate,
+                             int vp_sum)
 {
     mel_status s;
-    if (ctx->vp_dx16 && (s = mel_vp_sum(ctx, dxf, MEL_F32, R, dx->cols, dx->cols))) return s;
+    if (vp_sum && (s = mel_vp_sum(ctx, dxf, MEL_F32, R, dx->cols, dx->cols))) return s;
     return ctx->ops->store16(ctx, dx, r0, R, dxf, accumulate);
 }
 
 mel_status mel_gemm_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *w,
-                           const mel_matrix *dx, int64_t r0, int accumulate, void *conv)
+                           const mel_matrix *dx, int64_t r0, int accumulate, void *conv, int vp_sum16)
 {
     const mel_backend_ops *o = ctx->ops;
     const int64_t V = w->rows, D = w->cols;
     mel_status s;
     if (!is16(w->dtype)) {
-        ctx->grad_gemm = 1;
-        s = o->gemm(ctx, w->dtype, 0, 0, R, D, V, 1.0, dZ, V, w->data, w->ld, accumulate ? 1.0 : 0.0,
-                    (void *)row_of(dx, r0), dx->ld);
-        ctx->grad_gemm = 0;
-        return s;
+        return o->gemm(ctx, w->dtype, 0, 0, R, D, V, 1.0, dZ, V, w->data, w->ld, accumulate ? 1.0 : 0.0,
+                       (void *)row_of(dx, r0), dx->ld, 1);
     }
     float *dxf = (float *)conv + R * D, *wf = (float *)conv + 2 * R * D;
     if (fast16(ctx, w->dtype) && o->gemm16) {
@@ -142,22 +140,22 @@ mel_status mel_gemm_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_ma
         if ((s = o->gemm16(ctx, w->dtype, 0, 0, R, D, V, dz16_of(ctx, conv, R, D, V), V, w->data, w->ld, 0.0f,
                            dxf, D)))
             return s;
-        return store_dx16(ctx, dx, r0, R, dxf, accumulate);
+        return store_dx16(ctx, dx, r0, R, dxf, accumulate, vp_sum16);
     }
     const int64_t vb = mel_gemm_wblock(o, V, D);
     if (o->gemm_w16) {
         if ((s = o->gemm_w16(ctx, 1, R, (const float *)dZ, V, w, dxf, D, wf, 4 * vb * D))) return s;
-        return store_dx16(ctx, dx, r0, R, dxf, accumulate);
+        return store_dx16(ctx, dx, r0, R, dxf, accumulate, vp_sum16);
     }
     for (int64_t v0 = 0; v0 < V; v0 += vb) {
         int64_t n = V - v0 < vb ? V - v0 : vb;
         if ((s = o->widen(ctx, w, v0, n, wf))) return s;
         /* dXf (+)= dZ[:, v0:v0+n] · Wf */
         if ((s = o->gemm(ctx, MEL_F32, 0, 0, R, D, n, 1.0, (const float *)dZ + v0, V, wf, D, v0 ? 1.0 : 0.0,
-                         dxf, D)))
+                         dxf, D, 0)))
             return s;
     }
-    return store_dx16(ctx, dx, r0, R, dxf, accumulate);
+    return store_dx16(ctx, dx, r0, R, dxf, accumulate, vp_sum16);
 }
 
 /* dW[V, D] += dZ[R, V]ᵀ · X[R, D] (compute dtype ct), in blocks of dW rows
@@ -173,13 +171,11 @@ static mel_status grad_w_gemm(mel_ctx *ctx, mel_dtype ct, int64_t R, const void 
         if (vb < 256) vb = 256; /* keep the GEMMs large */
     }
     mel_status s = MEL_OK;
-    ctx->grad_gemm = grad_gemm; /* f32 storage: TF32 allowed (see above) */
     for (int64_t v0 = 0; v0 < V && s == MEL_OK; v0 += vb) {
         const int64_t n = V - v0 < vb ? V - v0 : vb;
         s = o->gemm(ctx, ct, 1, 0, n, D, R, 1.0, (const char *)dZ + v0 * es, V, X, ldx, 1.0,
-                    (char *)dw->data + v0 * dw->ld * es, dw->ld);
+                    (char *)dw->data + v0 * dw->ld * es, dw->ld, grad_gemm);
     }
-    ctx->grad_gemm = 0;
     return s;
 }
 

@@ -98,7 +98,16 @@ struct mel_graph {
  * phase q before any row runs phase q+1.  Scalars persist per row across
  * phases; vectors do not, so a vector needed in a later phase is
  * recomputed there (it appears again in that phase's order). */
+/* What a plan computes; a backend reads this, never a plan's address. */
+typedef enum mel_plan_kind {
+    MEL_PLAN_FWD = 0,  /* y and aux outputs                               */
+    MEL_PLAN_FB = 1,   /* y, aux, and the adjoint: dZ, input gradients    */
+    MEL_PLAN_CNT = 2,  /* the count of reduction MEAN                     */
+    MEL_PLAN_PRED = 3  /* a row-activity predicate (as the count)         */
+} mel_plan_kind;
+
 typedef struct mel_plan {
+    mel_plan_kind kind;
     int32_t *order; /* node ids in execution order (all phases)      */
     int32_t *pslot; /* per position: scratch vector slot, -1 if none */
     int n;
@@ -164,12 +173,11 @@ struct mel_ctx {
     int check_finite;
     int64_t chunk_rows;
     int64_t workspace_limit;
+    int64_t tile_cols;      /* mel_set_tile_cols (0: automatic)            */
+    int64_t tile_cols_used; /* of the last call or plan (0: whole rows)    */
     unsigned precision; /* mel_precision flags (mel_set_precision)      */
-    int grad_gemm;      /* 1 while lib/gemm.c runs a gradient GEMM      */
     int row_skipping; /* mel_set_row_skipping; default 1 */
     mel_vp *vp;         /* vocabulary parallelism (lib/vocab.c), or NULL */
-    int vp_dx16;        /* 1 while lib/gemm.c must sum a 16-bit dX chunk over processes */
-    void *vp_buf;       /* the call's communication buffer (workspace)   */
     int64_t comm_bytes; /* of the last successful call (mel_get_comm_stats) */
     double comm_seconds;
     /* workspace: one arena kept between calls (grown when a call needs
@@ -266,7 +274,7 @@ mel_status mel_differentiate(mel_graph *g, int out, int32_t *adj);
 
 /* lib/plan.c: execution plans */
 /* Build a plan reaching `targets` (n of them); assigns vector slots. */
-mel_status mel_plan_build(const mel_transform *t, const int *targets, int n,
+mel_status mel_plan_build(const mel_transform *t, mel_plan_kind kind, const int *targets, int n,
                           int vsplit, mel_plan *p);
 void mel_plan_free(mel_plan *p);
 /* t->fwd, t->fb and t->cnt of a differentiated transform, and
@@ -297,8 +305,10 @@ mel_status mel_vp_agree(mel_ctx *ctx, mel_status s, int64_t v_rows, const int64_
  * status as above); `rows` (the rows the call runs) must be equal. */
 mel_status mel_vp_agree_rows(mel_ctx *ctx, mel_status s, int64_t rows, int64_t *R);
 /* The barrier that opens phase q of a vsplit plan: combine the chunk's
- * reductions listed for q across processes (one collective). */
-mel_status mel_vp_combine(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, int q, mel_chunk *ch);
+ * reductions listed for q across processes (one collective); buf: the
+ * call's host buffer of mel_vp_buffer_bytes(ctx, p, ch->R) bytes. */
+mel_status mel_vp_combine(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, int q, mel_chunk *ch,
+                          double *buf);
 /* Sum a [rows, cols] block (leading dimension ld, dtype f32 or f64, host
  * memory) over the processes, in place, in rank order. */
 mel_status mel_vp_sum(mel_ctx *ctx, void *data, mel_dtype dt, int64_t rows, int64_t cols, int64_t ld);
@@ -309,6 +319,23 @@ int64_t mel_vp_total(const mel_ctx *ctx);
 int mel_vp_partial_dx(const mel_ctx *ctx);
 void mel_vp_destroy(mel_ctx *ctx);
 
+/* lib/merge.c: the merge rules of partial reductions (the same rows over
+ * parts of the vocabulary: tiles, processes), one place for every kind;
+ * see the file's comment for the state.  mel_merge_partials merges K parts
+ * v[j·stride] (argmaxmask: the column at v[j·stride + 1]) in order. */
+#define MEL_MERGE_STATE 4
+void mel_merge_init(int op, double *st);
+void mel_merge_step(int op, double *st, double x, int64_t col);
+double mel_merge_final(int op, const double *st, int64_t *col);
+double mel_merge_partials(int op, const double *v, int64_t stride, int K, int64_t *col);
+
+/* lib/program.c: a row program over a chunk.  The backend runs each phase
+ * (ops->run_phase); the barriers between phases are crossed here: the
+ * reductions of a vsplit plan combined across processes (comm: the call's
+ * buffer, mel_vp_buffer_bytes), then the segment sums (ops->merge_segments). */
+mel_status mel_run_program(mel_ctx *ctx, const mel_backend_ops *ops, const mel_transform *t, const mel_plan *p,
+                           mel_chunk *ch, double *comm);
+
 /* lib/gemm.c: the three GEMMs of a chunk on any storage dtype, from the
  * backend's primitives (see the file's comment).  conv: scratch of
  * mel_gemm_conv_bytes(ctx, storage dtype, R, D, V) bytes (NULL when 0). */
@@ -317,13 +344,14 @@ int64_t mel_gemm_conv_bytes(const mel_ctx *ctx, mel_dtype st, int64_t R, int64_t
 /* Z[R, V] = X[r0:r0+R]·Wᵀ (+ bias), Z in the compute type */
 mel_status mel_gemm_logits(mel_ctx *ctx, const mel_matrix *x, int64_t r0, int64_t R,
                            const mel_matrix *w, const void *bias, void *Z, void *conv);
-/* dX[r0:r0+R] (+)= dZ·W */
 /* FAST16 precision with 16-bit storage st: dZ[R, V] (f32) rounded to st,
  * in place and into conv's 16-bit copy; a no-op otherwise.  Call once per
  * chunk and head before mel_gemm_grad_x / mel_gemm_grad_w and the bias sum. */
 mel_status mel_gemm_round_dz(mel_ctx *ctx, void *dZ, int64_t R, mel_dtype st, int64_t D, int64_t V, void *conv);
+/* dX[r0:r0+R] (+)= dZ·W; vp_sum16: a 16-bit dX is summed over the
+ * processes (vocabulary parallelism) before its one rounding */
 mel_status mel_gemm_grad_x(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *w,
-                           const mel_matrix *dx, int64_t r0, int accumulate, void *conv);
+                           const mel_matrix *dx, int64_t r0, int accumulate, void *conv, int vp_sum16);
 /* dW[V, D] += dZᵀ·X[r0:r0+R]   (dW in the compute type) */
 mel_status mel_gemm_grad_w(mel_ctx *ctx, const void *dZ, int64_t R, const mel_matrix *x, int64_t r0,
                            const mel_matrix *dw, void *conv);

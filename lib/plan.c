@@ -45,10 +45,12 @@ static int combined(const mel_transform *t, int i, int vsplit)
     return vsplit && (mel_is_vocab_reduction(t->nodes, i) || t->nodes[i].op == OP_ARGMAXMASK);
 }
 
-mel_status mel_plan_build(const mel_transform *t, const int *targets, int nt, int vsplit, mel_plan *p)
+mel_status mel_plan_build(const mel_transform *t, mel_plan_kind kind, const int *targets, int nt, int vsplit,
+                          mel_plan *p)
 {
     int n = t->n;
     memset(p, 0, sizeof *p);
+    p->kind = kind;
     char *need = calloc((size_t)n + 1, 1), *in = calloc((size_t)n + 1, 1), *own = NULL;
     int32_t *phase = malloc(((size_t)n + 1) * sizeof *phase);
     int32_t *last = malloc(((size_t)n + 1) * sizeof *last);
@@ -228,17 +230,17 @@ mel_status mel_plan_transform(mel_transform *t)
     for (int k = 0; k < MEL_MAX_INPUTS; k++)
         if (t->adj_input[k] >= 0) targets[nt++] = t->adj_input[k];
 
-    mel_status s = mel_plan_build(t, targets, n_fwd_targets, 0, &t->fwd);
-    if (s == MEL_OK) s = mel_plan_build(t, targets, nt, 0, &t->fb);
+    mel_status s = mel_plan_build(t, MEL_PLAN_FWD, targets, n_fwd_targets, 0, &t->fwd);
+    if (s == MEL_OK) s = mel_plan_build(t, MEL_PLAN_FB, targets, nt, 0, &t->fb);
     int ct[1] = {t->count};
-    if (s == MEL_OK) s = mel_plan_build(t, ct, t->count >= 0 ? 1 : 0, 0, &t->cnt);
+    if (s == MEL_OK) s = mel_plan_build(t, MEL_PLAN_CNT, ct, t->count >= 0 ? 1 : 0, 0, &t->cnt);
     /* the vocabulary-parallel plans (lib/vocab.c) */
-    if (s == MEL_OK) s = mel_plan_build(t, targets, n_fwd_targets, 1, &t->vfwd);
-    if (s == MEL_OK) s = mel_plan_build(t, targets, nt, 1, &t->vfb);
-    if (s == MEL_OK) s = mel_plan_build(t, ct, t->count >= 0 ? 1 : 0, 1, &t->vcnt);
+    if (s == MEL_OK) s = mel_plan_build(t, MEL_PLAN_FWD, targets, n_fwd_targets, 1, &t->vfwd);
+    if (s == MEL_OK) s = mel_plan_build(t, MEL_PLAN_FB, targets, nt, 1, &t->vfb);
+    if (s == MEL_OK) s = mel_plan_build(t, MEL_PLAN_CNT, ct, t->count >= 0 ? 1 : 0, 1, &t->vcnt);
     for (int k = 0; k < t->n_pred && s == MEL_OK; k++) {
         int pt[1] = {t->pred[k]};
-        s = mel_plan_build(t, pt, 1, 0, &t->pplan[k]);
+        s = mel_plan_build(t, MEL_PLAN_PRED, pt, 1, 0, &t->pplan[k]);
     }
     return s;
 }

@@ -262,7 +262,8 @@ static void set_reg(mel_chunk *ch, int64_t at, double v)
     else ((double *)ch->regs)[at] = v;
 }
 
-mel_status mel_vp_combine(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, int q, mel_chunk *ch)
+mel_status mel_vp_combine(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, int q, mel_chunk *ch,
+                          double *buf)
 {
     const int K = ctx->vp->comm->size, n = t->n;
     const int32_t *list = p->red + p->red_start[q];
@@ -270,7 +271,7 @@ mel_status mel_vp_combine(mel_ctx *ctx, const mel_transform *t, const mel_plan *
     const int64_t R = ch->R;
     int64_t m = 0;
     for (int k = 0; k < nl; k++) m += width(t, list[k]);
-    double *send = ctx->vp_buf, *recv = send + R * m;
+    double *send = buf, *recv = send + R * m;
     /* pack: row by row, the reductions of the list */
     for (int64_t r = 0; r < R; r++) {
         double *o = send + r * m;
@@ -282,62 +283,16 @@ mel_status mel_vp_combine(mel_ctx *ctx, const mel_transform *t, const mel_plan *
     }
     mel_status s = allgather(ctx, send, recv, (size_t)(R * m) * sizeof(double));
     if (s) return s;
-    /* combine, processes in rank order */
+    /* merge, processes in rank order (lib/merge.c) */
     const int64_t blk = R * m;
     for (int64_t r = 0; r < R; r++) {
         int64_t col = r * m;
         for (int k = 0; k < nl; k++) {
             const int i = list[k];
-            const double *v = recv + col;
-            switch ((mel_op)t->nodes[i].op) {
-            case OP_RMAX: {
-                double mx = v[0];
-                for (int j = 1; j < K; j++) {
-                    const double x = v[(int64_t)j * blk];
-                    if (x > mx || x != x) mx = x;
-                    if (mx != mx) break;
-                }
-                set_reg(ch, r * n + i, mx);
-                break;
-            }
-            case OP_LSE: {
-                double mx = -INFINITY;
-                int nan = 0;
-                for (int j = 0; j < K; j++) {
-                    const double x = v[(int64_t)j * blk];
-                    nan |= x != x;
-                    if (x > mx) mx = x;
-                }
-                double out = mx;
-                if (nan) out = NAN;
-                else if (isfinite(mx)) {
-                    double acc = 0;
-                    for (int j = 0; j < K; j++) acc += exp(v[(int64_t)j * blk] - mx);
-                    out = mx + log(acc);
-                }
-                set_reg(ch, r * n + i, out);
-                break;
-            }
-            case OP_ARGMAXMASK: {
-                int64_t best = -1;
-                double bv = 0;
-                int nan0 = 0;
-                for (int j = 0; j < K; j++) {
-                    const double x = v[(int64_t)j * blk];
-                    const int64_t c = (int64_t)v[(int64_t)j * blk + 1];
-                    if (c == -2) nan0 = 1;
-                    if (c >= 0 && (best < 0 || x > bv)) best = c, bv = x;
-                }
-                ch->iregs[r * n + i] = nan0 || best < 0 ? 0 : best;
-                break;
-            }
-            default: { /* sum, mean, gather: Σ of the partial values */
-                double acc = 0;
-                for (int j = 0; j < K; j++) acc += v[(int64_t)j * blk];
-                set_reg(ch, r * n + i, acc);
-                break;
-            }
-            }
+            int64_t c = 0;
+            const double v = mel_merge_partials(t->nodes[i].op, recv + col, blk, K, &c);
+            if (t->nodes[i].op == OP_ARGMAXMASK) ch->iregs[r * n + i] = c;
+            else set_reg(ch, r * n + i, v);
             col += width(t, i);
         }
     }

@@ -29,11 +29,12 @@ endif
 # Tests (TAP through t/python/run.sh; they skip without a Python that imports torch,
 # and in sanitizer builds).
 PY_TESTS = t/python/builtins.t t/python/dsl.t t/python/challenge.t t/python/errors.t \
-	t/python/hf.t t/python/trl.t
+	t/python/hf.t t/python/trl.t t/python/autograd.t t/python/compile.t t/python/tiles.t
 TESTS += $(PY_TESTS)
 dist_check_SCRIPTS += $(PY_TESTS) t/python/run.sh
 EXTRA_DIST += t/python/tap.py t/python/test_builtins.py t/python/test_dsl.py \
 	t/python/test_challenge.py t/python/test_errors.py t/python/test_hf.py \
-	t/python/test_trl.py t/python/test_vp.py
+	t/python/test_trl.py t/python/test_vp.py t/python/test_autograd.py \
+	t/python/test_compile.py
 include t/fixtures/hf/files.mk
 EXTRA_DIST += $(HF_FIXTURES) t/fixtures/hf/files.mk

@@ -230,7 +230,7 @@ int main(void)
             continue;
         }
         ok(o->name && o->threads && o->alloc && o->free && o->copy && o->zero2d && o->gemm && o->widen &&
-               o->store16 && o->add_bias && o->colsum && o->supports_op && o->run_rows &&
+               o->store16 && o->add_bias && o->colsum && o->supports_op && o->run_phase && o->merge_segments &&
                o->conv_block_bytes > 0,
            "%s: every required primitive is set", e->label);
         int missing = 0, first = -1;

@@ -89,3 +89,15 @@ examples_vocab_parallel_LDADD = lib/libmel.la $(MPI_LIBS) -lm
 else
 EXTRA_DIST += examples/vocab_parallel.c
 endif
+# wide logits: no subnormal dZ is stored (issue 20), every built-in and a
+# user transform against fp64 closed forms
+check_PROGRAMS += t/subnormal.t
+t_subnormal_t_SOURCES = t/subnormal.c
+t_subnormal_t_LDADD = $(TEST_LIBS)
+TESTS += t/subnormal.t
+# the tiled executor (mel_set_tile_cols) against the row executor, fp64
+# references and finite differences; the planner; the automatic choice
+check_PROGRAMS += t/tiles.t
+t_tiles_t_SOURCES = t/tiles.c
+t_tiles_t_LDADD = $(TEST_LIBS)
+TESTS += t/tiles.t

@@ -82,6 +82,6 @@ bad "naive with --chunk-rows" "--chunk-rows: cannot be combined with --mode naiv
     --mode naive --chunk-rows 2
 bad "labels of the wrong length" "--labels" ce --rows 5 --dim 1 --vocab 2 --labels "$tmp/labels.npy"
 bad "unknown transform" "unknown transform" cee --rows 4 --dim 4 --vocab 8
-bad "budget below one row" "workspace limit" ce --rows 4 --dim 4 --vocab 100000 --workspace-bytes 1K
+bad "budget below one row of one column" "workspace limit" ce --rows 4 --dim 4 --vocab 100000 --workspace-bytes 100
 
 done_testing

@@ -1,6 +1,7 @@
 /* The CPU backend: OpenBLAS GEMMs and an OpenMP row-program executor. */
 #include "config.h"
 
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <omp.h>
@@ -61,8 +62,9 @@ static int fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 static mel_status cpu_gemm(mel_ctx *ctx, mel_dtype ct, int transA, int transB,
                            int64_t M, int64_t N, int64_t K, double alpha,
                            const void *A, int64_t lda, const void *B, int64_t ldb,
-                           double beta, void *C, int64_t ldc)
+                           double beta, void *C, int64_t ldc, int grad)
 {
+    (void)grad; /* no TF32 units */
     if (!fits_int(M) || !fits_int(N) || !fits_int(K) || !fits_int(lda) ||
         !fits_int(ldb) || !fits_int(ldc))
         return mel_fail(ctx, MEL_ERR_OVERFLOW,
@@ -190,9 +192,9 @@ static mel_status cpu_gemm_w16(mel_ctx *ctx, int which, int64_t R, const float *
             const int64_t n = V - v0 < vb ? V - v0 : vb;
             if ((s = cpu_widen(ctx, w, v0, n, wbuf))) break;
             if (which == 0)
-                s = cpu_gemm(ctx, MEL_F32, 0, 1, R, n, D, 1.0, A, lda, wbuf, D, 0.0, C + v0, ldc);
+                s = cpu_gemm(ctx, MEL_F32, 0, 1, R, n, D, 1.0, A, lda, wbuf, D, 0.0, C + v0, ldc, 0);
             else
-                s = cpu_gemm(ctx, MEL_F32, 0, 0, R, D, n, 1.0, A + v0, lda, wbuf, D, v0 ? 1.0 : 0.0, C, ldc);
+                s = cpu_gemm(ctx, MEL_F32, 0, 0, R, D, n, 1.0, A + v0, lda, wbuf, D, v0 ? 1.0 : 0.0, C, ldc, 0);
         }
         return s;
     }
@@ -310,13 +312,23 @@ static mel_status cpu_colsum(mel_ctx *ctx, mel_dtype ct, const void *Z, int64_t 
 #undef T
 #undef FN
 
-static mel_status cpu_run_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan *p,
-                               mel_chunk *ch)
+static mel_status cpu_run_phase(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, int q,
+                                mel_chunk *ch)
 {
-    int fb = p == &t->fb || p == &t->vfb;
+    (void)ctx;
     if (ch->v_total == 0) ch->v_total = ch->V; /* not vocabulary-parallel */
-    if (ch->ct == MEL_F32) return run_rows_f32(ctx, t, p, ch, fb);
-    return run_rows_f64(ctx, t, p, ch, fb);
+    if (ch->ct == MEL_F32) return run_phase_f32(t, p, q, ch);
+    return run_phase_f64(t, p, q, ch);
+}
+
+static mel_status cpu_merge_segments(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, int q,
+                                     mel_chunk *ch)
+{
+    int L = ch->ct == MEL_F32 ? merge_segments_f32(t, p, q, ch) : merge_segments_f64(t, p, q, ch);
+    if (L >= 0)
+        return mel_fail(ctx, MEL_ERR_INTERNAL, "merge_segments: transform '%s': a %s sum without the chunk's "
+                        "layout lists", t->name, L ? "group" : "sequence");
+    return MEL_OK;
 }
 
 /* The executor runs every operation. */
@@ -341,7 +353,8 @@ static const mel_backend_ops cpu_ops = {
     .add_bias = cpu_add_bias,
     .colsum = cpu_colsum,
     .supports_op = cpu_supports_op,
-    .run_rows = cpu_run_rows,
+    .run_phase = cpu_run_phase,
+    .merge_segments = cpu_merge_segments,
 };
 
 const mel_backend_ops *mel_cpu_backend(void) { return &cpu_ops; }

@@ -216,68 +216,90 @@ MEL_CLONES static void FN(run_row)(const mel_transform *t, const mel_plan *p, in
     }
 }
 
-static mel_status FN(run_rows)(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, mel_chunk *ch, int fb)
+/* dZ is read by the dX and dW GEMMs: entries whose magnitude is below the
+ * smallest normal number of T are stored as zero.  x86 cores take a
+ * microcode assist on every subnormal operand of a multiply, so a dZ full
+ * of them (the softmax tail of wide logits times a small upstream
+ * gradient) made those GEMMs 13x slower.  Flushing the values, not the
+ * processor's FTZ/DAZ flags, leaves the caller's floating-point
+ * environment and OpenBLAS's threads alone.  NaN and ±inf pass through. */
+MEL_CLONES static void FN(store_dz)(T *dz, const T *g, int64_t V)
+{
+    const T tiny = sizeof(T) == 4 ? (T)FLT_MIN : (T)DBL_MIN;
+    _Pragma("omp simd") for (int64_t j = 0; j < V; j++) {
+        const T x = g[j];
+        dz[j] = (x < tiny && x > -tiny) ? (T)0 : x;
+    }
+}
+
+/* Phase q of plan p over every row of the chunk (no barrier inside: lib
+ * crosses them, lib/program.c).  The last phase writes the chunk's
+ * outputs; for a MEL_PLAN_FB plan also the input gradients and dZ over Z. */
+static mel_status FN(run_phase)(const mel_transform *t, const mel_plan *p, int q, mel_chunk *ch)
 {
     const int64_t V = ch->V;
     const int64_t R = ch->R;
     const int n = t->n;
     const int nthreads = ch->threads;
+    const int fb = p->kind == MEL_PLAN_FB;
     T *regs = (T *)ch->regs;
     int64_t *iregs = ch->iregs;
-    for (int q = 0; q < p->n_phases; q++) {
-        const int p0 = p->phase_start[q], p1 = p->phase_start[q + 1];
-        const int final = q == p->n_phases - 1;
-        /* barrier: reductions combined across processes (vsplit plans) */
-        if (q > 0 && p->vsplit && p->red_start[q + 1] > p->red_start[q]) {
-            mel_status st = mel_vp_combine(ctx, t, p, q, ch);
-            if (st) return st;
-        }
-        /* barrier: the sequence and group sums that open this phase, each
-         * over its rows in ascending order, in double (the engine's lists:
-         * the same order for every chunk size and thread count) */
-        for (int pos = p0; pos < p1 && q > 0; pos++) {
-            const int i = p->order[pos];
-            if (t->nodes[i].op != OP_SEGSUM) continue;
-            const int a = t->nodes[i].a, L = t->nodes[i].slot;
-            const int64_t *off = ch->seg_off[L], *rows = ch->seg_row[L];
-            if (!off) return mel_fail(ctx, MEL_ERR_INTERNAL, "run_rows: transform '%s': a %s sum without "
-                                      "the chunk's layout", t->name, L ? "group" : "sequence");
-            for (int64_t r = 0; r < R; r++) regs[r * n + i] = 0; /* rows in no sequence */
-            for (int64_t k = 0; k < ch->n_seg[L]; k++) {
-                double acc = 0;
-                for (int64_t j = off[k]; j < off[k + 1]; j++) acc += (double)regs[rows[j] * n + a];
-                for (int64_t j = off[k]; j < off[k + 1]; j++) regs[rows[j] * n + i] = (T)acc;
-            }
-        }
+    const int p0 = p->phase_start[q], p1 = p->phase_start[q + 1];
+    const int final = q == p->n_phases - 1;
 #pragma omp parallel num_threads(nthreads)
-        {
-            int tid = omp_get_thread_num();
-            char *base = (char *)ch->scratch + (int64_t)tid * ch->scratch_per_thread;
-            T *scr = (T *)base;
-            /* the vector pointers follow the slots, 64-byte aligned */
-            T **vp = (T **)(base + ((int64_t)p->n_slots * V * (int64_t)sizeof(T) + 63) / 64 * 64);
+    {
+        int tid = omp_get_thread_num();
+        char *base = (char *)ch->scratch + (int64_t)tid * ch->scratch_per_thread;
+        T *scr = (T *)base;
+        T **vp = (T **)(base + mel_scratch_vp_offset(p->n_slots, V, sizeof(T)));
 #pragma omp for schedule(static)
-            for (int64_t r = 0; r < R; r++) {
-                T *s = regs + r * n;
-                int64_t *iv = iregs + r * n;
-                FN(run_row)(t, p, q, p0, p1, ch, r, scr, s, iv, vp);
-                if (!final) continue;
-                if (ch->y) ch->y[r] = (double)s[t->out];
-                if (ch->count) ch->count[r] = t->count >= 0 ? (double)s[t->count] : 1.0;
-                for (int k = 0; k < t->n_aux; k++)
-                    if (ch->aux[k]) ch->aux[k][r] = (double)s[t->aux[k]];
-                if (!fb) continue;
-                for (int k = 0; k < t->n_inputs; k++)
-                    if (ch->ginp[k])
-                        ch->ginp[k][r] = t->adj_input[k] >= 0 ? (double)s[t->adj_input[k]] : 0.0;
-                for (int h = 0; h < t->n_heads; h++) {
-                    if (!t->head_diff[h] || !ch->Z[h]) continue;
-                    T *dz = (T *)ch->Z[h] + r * V; /* dZ overwrites this row's logits */
-                    if (t->adj_head[h] >= 0) memcpy(dz, vp[t->adj_head[h]], (size_t)V * sizeof(T));
-                    else memset(dz, 0, (size_t)V * sizeof(T));
-                }
+        for (int64_t r = 0; r < R; r++) {
+            T *s = regs + r * n;
+            int64_t *iv = iregs + r * n;
+            FN(run_row)(t, p, q, p0, p1, ch, r, scr, s, iv, vp);
+            if (!final) continue;
+            if (ch->y) ch->y[r] = (double)s[t->out];
+            if (ch->count) ch->count[r] = t->count >= 0 ? (double)s[t->count] : 1.0;
+            for (int k = 0; k < t->n_aux; k++)
+                if (ch->aux[k]) ch->aux[k][r] = (double)s[t->aux[k]];
+            if (!fb) continue;
+            for (int k = 0; k < t->n_inputs; k++)
+                if (ch->ginp[k])
+                    ch->ginp[k][r] = t->adj_input[k] >= 0 ? (double)s[t->adj_input[k]] : 0.0;
+            for (int h = 0; h < t->n_heads; h++) {
+                if (!t->head_diff[h] || !ch->Z[h]) continue;
+                T *dz = (T *)ch->Z[h] + r * V; /* dZ overwrites this row's logits */
+                if (t->adj_head[h] >= 0) FN(store_dz)(dz, vp[t->adj_head[h]], V);
+                else memset(dz, 0, (size_t)V * sizeof(T));
             }
         }
     }
     return MEL_OK;
+}
+
+/* The sequence and group sums that open phase q: each OP_SEGSUM node of
+ * the phase (level: its slot) gets, in every row of a sequence or group of
+ * the chunk, the sum of its operand over those rows, accumulated in double
+ * in ascending row order (the chunk's lists, lib/layout.c: the same order
+ * for every chunk size and thread count); a row in none gets 0.  Returns
+ * the level whose lists the chunk lacks, or -1. */
+static int FN(merge_segments)(const mel_transform *t, const mel_plan *p, int q, mel_chunk *ch)
+{
+    const int n = t->n;
+    const int64_t R = ch->R;
+    T *regs = (T *)ch->regs;
+    for (int pos = p->phase_start[q]; pos < p->phase_start[q + 1]; pos++) {
+        const int i = p->order[pos];
+        if (t->nodes[i].op != OP_SEGSUM) continue;
+        const int a = t->nodes[i].a, L = t->nodes[i].slot;
+        const int64_t *off = ch->seg_off[L], *rows = ch->seg_row[L];
+        if (!off) return L;
+        for (int64_t r = 0; r < R; r++) regs[r * n + i] = 0;
+        for (int64_t k = 0; k < ch->n_seg[L]; k++) {
+            double acc = 0;
+            for (int64_t j = off[k]; j < off[k + 1]; j++) acc += (double)regs[rows[j] * n + a];
+            for (int64_t j = off[k]; j < off[k + 1]; j++) regs[rows[j] * n + i] = (T)acc;
+        }
+    }
+    return -1;
 }

@@ -62,7 +62,7 @@
  *
  * Precision (mel_set_precision): the logits GEMM is full fp32 (cuBLAS
  * default math, no TF32); with MEL_PRECISION_TF32 the f32 gradient GEMMs
- * (ctx->grad_gemm set by lib/gemm.c) use CUBLAS_COMPUTE_32F_FAST_TF32;
+ * (called with grad = 1 by lib/gemm.c) use CUBLAS_COMPUTE_32F_FAST_TF32;
  * FAST16 needs nothing here: lib/gemm.c then calls gemm16 with 16-bit dZ.
  *
  * Primitives for the engine's chunk GEMMs (lib/gemm.c): gemm (f32 / f64,
@@ -70,6 +70,7 @@
  * compute, cublasGemmEx: the engine uses it for 16-bit logits), widen and
  * store16 (16-bit <-> f32 kernels for dX and dW), add_bias, colsum.
  */
+#include <float.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -444,7 +445,7 @@ static mel_status cu_zero2d(mel_ctx *ctx, void *p, int64_t rows, size_t row_byte
  * Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands and the dimensions M and N. */
 static mel_status cu_gemm(mel_ctx *ctx, mel_dtype ct, int transA, int transB, int64_t M, int64_t N,
                           int64_t K, double alpha, const void *A, int64_t lda, const void *B,
-                          int64_t ldb, double beta, void *C, int64_t ldc)
+                          int64_t ldb, double beta, void *C, int64_t ldc, int grad)
 {
     if (!fits_int(M) || !fits_int(N) || !fits_int(K) || !fits_int(lda) || !fits_int(ldb) || !fits_int(ldc))
         return mel_fail(ctx, MEL_ERR_OVERFLOW,
@@ -458,7 +459,7 @@ static mel_status cu_gemm(mel_ctx *ctx, mel_dtype ct, int transA, int transB, in
     cublasOperation_t ta = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t tb = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasStatus_t b;
-    if (ct == MEL_F32 && ctx->grad_gemm && (ctx->precision & MEL_PRECISION_TF32)) {
+    if (ct == MEL_F32 && grad && (ctx->precision & MEL_PRECISION_TF32)) {
         /* a gradient GEMM with TF32 allowed (mel_set_precision) */
         float al = (float)alpha, be = (float)beta;
         b = cublasGemmEx(st->blas, ta, tb, (int)N, (int)M, (int)K, &al, B, CUDA_R_32F, (int)ldb, A, CUDA_R_32F,
@@ -941,7 +942,14 @@ __global__ void __launch_bounds__(MEL_CU_BS) k_phase(cu_prog t, cu_chunk c, int 
                     if (!t.head_diff[h] || !c.Z[h]) continue;
                     T *dz = (T *)c.Z[h] + r * V; /* dZ overwrites this row's logits */
                     const T *g = t.adj_head[h] >= 0 ? vp[t.adj_head[h]] : NULL;
-                    for (int64_t j = tid; j < V; j += MEL_CU_BS) dz[j] = g ? g[j] : (T)0;
+                    /* entries below the smallest normal number stored as 0,
+                     * as the CPU backend does (backends/cpu/exec_impl.h,
+                     * store_dz): one dZ on every device */
+                    const T tiny = sizeof(T) == 4 ? (T)FLT_MIN : (T)DBL_MIN;
+                    for (int64_t j = tid; j < V; j += MEL_CU_BS) {
+                        const T x = g ? g[j] : (T)0;
+                        dz[j] = (x < tiny && x > -tiny) ? (T)0 : x;
+                    }
                     __syncthreads();
                 }
         }
@@ -1082,20 +1090,24 @@ static mel_status cache_get(mel_ctx *ctx, const mel_transform *t, cu_cached **ou
     return MEL_OK;
 }
 
-static mel_status cu_run_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, mel_chunk *ch)
+/* The device program of plan p (its cached arrays, plan_k) and the chunk's
+ * device view, for run_phase and merge_segments. */
+static mel_status cu_prepare(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const mel_chunk *ch,
+                             cu_prog *dtp, cu_chunk *dcp, int *kp)
 {
-    cu_state *st = st_of(ctx);
     mel_status s = take_deferred(ctx);
-    if (s || ch->R <= 0) return s;
-    const int k = p == &t->fwd ? 0 : p == &t->fb ? 1 : p == &t->cnt ? 2 : -1;
-    if (k < 0) return mel_fail(ctx, MEL_ERR_INTERNAL, "cuda run_rows: the plan is not one of transform '%s'", t->name);
+    if (s) return s;
+    /* the cached plan of this kind (plan_k); vocabulary-parallel and
+     * predicate plans do not run here */
+    const int k = p->vsplit ? -1 : p->kind == MEL_PLAN_FWD ? 0 : p->kind == MEL_PLAN_FB ? 1 : p->kind == MEL_PLAN_CNT ? 2 : -1;
+    if (k < 0) return mel_fail(ctx, MEL_ERR_INTERNAL, "cuda run_phase: the plan is not one of transform '%s'", t->name);
     if (ch->ct != MEL_F32 && ch->ct != MEL_F64)
-        return mel_fail(ctx, MEL_ERR_INTERNAL, "cuda run_rows: compute dtype %s", mel_dtype_name(ch->ct));
+        return mel_fail(ctx, MEL_ERR_INTERNAL, "cuda run_phase: compute dtype %s", mel_dtype_name(ch->ct));
     cu_cached *e = NULL;
     if ((s = cache_get(ctx, t, &e))) return s;
 
     const size_t es = ch->ct == MEL_F32 ? 4 : 8;
-    cu_prog dt;
+    cu_prog &dt = *dtp;
     memset(&dt, 0, sizeof dt);
     dt.nodes = (const mel_node *)e->dev;
     dt.order = (const int32_t *)(e->dev + e->off_order[k]);
@@ -1118,7 +1130,7 @@ static mel_status cu_run_rows(mel_ctx *ctx, const mel_transform *t, const mel_pl
         dt.head_diff[h] = t->head_diff[h];
     }
 
-    cu_chunk dc;
+    cu_chunk &dc = *dcp;
     memset(&dc, 0, sizeof dc);
     dc.r0 = ch->r0;
     dc.R = ch->R;
@@ -1137,46 +1149,58 @@ static mel_status cu_run_rows(mel_ctx *ctx, const mel_transform *t, const mel_pl
     dc.count = ch->count;
     dc.scratch = (char *)ch->scratch;
     dc.spt = ch->scratch_per_thread;
-    /* vector pointers after the slots, 8-byte aligned (the engine's
-     * 64-byte rounding of scratch_per_thread leaves room for the padding) */
-    dc.vp_off = (int64_t)up8((size_t)p->n_slots * (size_t)ch->V * es);
+    /* vector pointers after the slots (backends/backend.h) */
+    dc.vp_off = mel_scratch_vp_offset(p->n_slots, ch->V, es);
     dc.regs = ch->regs;
     dc.iregs = ch->iregs;
     if (dc.vp_off + (int64_t)t->n * (int64_t)sizeof(void *) > ch->scratch_per_thread || ch->threads < 1)
         return mel_fail(ctx, MEL_ERR_INTERNAL,
-                        "cuda run_rows: scratch of %lld bytes per row (%d rows) is below %lld (%d slots × V = %lld)",
+                        "cuda run_phase: scratch of %lld bytes per row (%d rows) is below %lld (%d slots × V = %lld)",
                         (long long)ch->scratch_per_thread, ch->threads,
                         (long long)(dc.vp_off + (int64_t)t->n * (int64_t)sizeof(void *)), p->n_slots,
                         (long long)ch->V);
 
+    *kp = k;
+    return MEL_OK;
+}
+
+static const char *plan_word(int k) { return k == 0 ? "forward" : k == 1 ? "forward-backward" : "count"; }
+
+static mel_status cu_merge_segments(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, int q, mel_chunk *ch)
+{
+    cu_state *st = st_of(ctx);
+    cu_prog dt;
+    cu_chunk dc;
+    int k = -1;
+    mel_status s = cu_prepare(ctx, t, p, ch, &dt, &dc, &k);
+    if (s || ch->R <= 0) return s;
+    const int p0 = p->phase_start[q], p1 = p->phase_start[q + 1];
+    const int64_t nseg = (ch->R + t->seg_len - 1) / t->seg_len;
+    const unsigned g = grid_for(nseg, 128);
+    if (ch->ct == MEL_F32) MEL_LAUNCH(k_segsum<float>, g, 128, st->stream, dt, (float *)ch->regs, ch->R, p0, p1);
+    else MEL_LAUNCH(k_segsum<double>, g, 128, st->stream, dt, (double *)ch->regs, ch->R, p0, p1);
+    snprintf(st->what, sizeof st->what, "segment-sum kernel before phase %d of %d of transform '%s' (%s plan)",
+             q + 1, p->n_phases, t->name, plan_word(k));
+    return launched(ctx, st->what);
+}
+
+static mel_status cu_run_phase(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, int q, mel_chunk *ch)
+{
+    cu_state *st = st_of(ctx);
+    cu_prog dt;
+    cu_chunk dc;
+    int k = -1;
+    mel_status s = cu_prepare(ctx, t, p, ch, &dt, &dc, &k);
+    if (s || ch->R <= 0) return s;
     const unsigned grid = (unsigned)(ch->R < ch->threads ? ch->R : ch->threads);
     const int fb = k == 1;
-    for (int q = 0; q < p->n_phases; q++) {
-        const int p0 = p->phase_start[q], p1 = p->phase_start[q + 1];
-        if (q > 0) {
-            int any = 0;
-            for (int pos = p0; pos < p1; pos++) any |= t->nodes[p->order[pos]].op == OP_SEGSUM;
-            if (any) {
-                if (t->seg_len <= 0)
-                    return mel_fail(ctx, MEL_ERR_INTERNAL, "cuda run_rows: segment sum without a segment length");
-                const int64_t nseg = (ch->R + t->seg_len - 1) / t->seg_len;
-                const unsigned g = grid_for(nseg, 128);
-                if (ch->ct == MEL_F32) MEL_LAUNCH(k_segsum<float>, g, 128, st->stream, dt, (float *)ch->regs, ch->R, p0, p1);
-                else MEL_LAUNCH(k_segsum<double>, g, 128, st->stream, dt, (double *)ch->regs, ch->R, p0, p1);
-                snprintf(st->what, sizeof st->what, "segment-sum kernel before phase %d of %d of transform '%s' (%s plan)",
-                         q + 1, p->n_phases, t->name, k == 0 ? "forward" : k == 1 ? "forward-backward" : "count");
-                if ((s = launched(ctx, st->what))) return s;
-            }
-        }
-        const int final = q == p->n_phases - 1;
-        if (ch->ct == MEL_F32) MEL_LAUNCH(k_phase<float>, grid, MEL_CU_BS, st->stream, dt, dc, p0, p1, final, fb);
-        else MEL_LAUNCH(k_phase<double>, grid, MEL_CU_BS, st->stream, dt, dc, p0, p1, final, fb);
-        snprintf(st->what, sizeof st->what, "row-program kernel, phase %d of %d of transform '%s' (%s plan, rows %lld..%lld)",
-                 q + 1, p->n_phases, t->name, k == 0 ? "forward" : k == 1 ? "forward-backward" : "count",
-                 (long long)ch->r0, (long long)(ch->r0 + ch->R - 1));
-        if ((s = launched(ctx, st->what))) return s;
-    }
-    return MEL_OK;
+    const int p0 = p->phase_start[q], p1 = p->phase_start[q + 1];
+    const int final = q == p->n_phases - 1;
+    if (ch->ct == MEL_F32) MEL_LAUNCH(k_phase<float>, grid, MEL_CU_BS, st->stream, dt, dc, p0, p1, final, fb);
+    else MEL_LAUNCH(k_phase<double>, grid, MEL_CU_BS, st->stream, dt, dc, p0, p1, final, fb);
+    snprintf(st->what, sizeof st->what, "row-program kernel, phase %d of %d of transform '%s' (%s plan, rows %lld..%lld)",
+             q + 1, p->n_phases, t->name, plan_word(k), (long long)ch->r0, (long long)(ch->r0 + ch->R - 1));
+    return launched(ctx, st->what);
 }
 
 static mel_backend_ops make_ops(void)
@@ -1199,7 +1223,8 @@ static mel_backend_ops make_ops(void)
     o.add_bias = cu_add_bias;
     o.colsum = cu_colsum;
     o.supports_op = cu_supports_op;
-    o.run_rows = cu_run_rows;
+    o.run_phase = cu_run_phase;
+    o.merge_segments = cu_merge_segments;
     o.threads = cu_threads;
     o.sync = cu_sync;
     o.set_stream = cu_set_stream;

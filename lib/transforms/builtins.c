@@ -78,11 +78,17 @@ static mel_status build_logprob(mel_graph *g, const double *p)
 static mel_status build_entropy(mel_graph *g, const double *p)
 {
     mel_val z = mel_bt_prep_logits(g, 0, 1, p);
-    mel_val lse = mel_g_logsumexp(g, z);
-    mel_val prob = mel_g_exp(g, mel_g_sub(g, z, lse));
-    /* p·z is 0·(−∞) on padded columns: take 0 there */
-    mel_val pz = on_cols(g, col_mask(g, p), mel_g_mul(g, prob, z), 0);
-    return mel_g_set_output(g, mel_g_sub(g, lse, mel_g_sum(g, pz)));
+    /* H = −Σ p·log p with log p = u − lse(u), u = z − max z: for a
+     * confident row log p of the top entries is small and exact in f32,
+     * where the form lse(z) − Σ p·z cancels two numbers near max z (the
+     * rounding of lse, half an ulp of the largest logit, was half of H at
+     * logits near 240).  H does not depend on the shift, so the max enters
+     * as a constant (stop-gradient: its true derivative is 0). */
+    mel_val u = mel_g_sub(g, z, mel_g_stop_gradient(g, mel_g_rmax(g, z)));
+    mel_val logp = mel_g_sub(g, u, mel_g_logsumexp(g, u));
+    /* p·log p is 0·(−∞) on padded columns: take 0 there */
+    mel_val plogp = on_cols(g, col_mask(g, p), mel_g_mul(g, mel_g_exp(g, logp), logp), 0);
+    return mel_g_set_output(g, mel_g_neg(g, mel_g_sum(g, plogp)));
 }
 
 static mel_status build_z_loss(mel_graph *g, const double *p)

@@ -10,12 +10,12 @@ from where); importing this package imports torch and nothing heavier.
 from ._lib import path as library_path
 from ._lib import lib as _clib
 from ._core import (MelError, MelValueError, MelMemoryError, Transform, builtin, builtins,
-                    linear_loss, last_stats, gradcheck, LOSS_TYPES, VocabParallel)
+                    linear_loss, linear_cross_entropy, last_stats, gradcheck, LOSS_TYPES, VocabParallel)
 from ._dsl import Graph, Sym, define_transform
 from ._function import MemoryEfficientLinear
 
 __version__ = _clib.mel_version_string().decode()
 
-__all__ = ["linear_loss", "MemoryEfficientLinear", "define_transform", "builtin", "builtins",
-           "Transform", "Graph", "Sym", "gradcheck", "last_stats", "MelError",
+__all__ = ["linear_loss", "linear_cross_entropy", "MemoryEfficientLinear", "define_transform",
+           "builtin", "builtins", "Transform", "Graph", "Sym", "gradcheck", "last_stats", "MelError",
            "MelValueError", "MelMemoryError", "library_path", "LOSS_TYPES", "VocabParallel"]

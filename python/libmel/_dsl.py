@@ -18,7 +18,7 @@ import functools
 import numbers
 
 from . import _lib as L
-from ._core import Transform, _check, _cpu_ctx, MelValueError
+from ._core import Transform, _check, _const, _cpu_ctx, MelValueError
 
 __all__ = ["Sym", "Graph", "define_transform"]
 
@@ -221,6 +221,12 @@ def define_transform(fn=None, *, name=None):
     return wrap
 
 
+@_const
+def _factory_call(factory, items):
+    """factory(**params) as a constant under torch.compile (the C builder is not traced)."""
+    return factory._factory(**dict(items))
+
+
 class _Factory:
     """A Python-defined transform: call with parameters to get a Transform; the
     object itself may be passed as transform= (default parameters)."""
@@ -231,7 +237,7 @@ class _Factory:
         functools.update_wrapper(self, factory)
 
     def __call__(self, **kwargs):
-        return self._factory(**kwargs)
+        return _factory_call(self, tuple(sorted(kwargs.items())))
 
     def compiled(self):
         return self._factory()

@@ -15,7 +15,7 @@ static const optspec bench_opts[] = {
     {"--rows", 1}, {"--dim", 1}, {"--vocab", 1}, {"--transform", 1},
     {"--dtype", 1}, {"--modes", 1}, {"--repeat", 1}, {"--warmup", 1},
     {"--threads", 1}, {"--csv", 1}, {"--seed", 1}, {"--param", OPT_REPEAT},
-    {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--backend", 1}, {"--help", 0},
+    {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--tile-cols", 1}, {"--backend", 1}, {"--help", 0},
     {"--no-skip", 0}, {"--ignore", 1}, {"--ignore-pattern", 1}, {"--seq-len", 1},
     {NULL, 0}};
 
@@ -28,6 +28,7 @@ static void usage_bench(FILE *f)
 "  --dtype f32|f64|bf16|f16 (f32)  --modes naive,recompute,fused (all three)\n"
 "  --repeat K (3)  --warmup K (1)  --threads K (default)  --seed S (1)\n"
 "  --chunk-rows R / --workspace-bytes B (recompute, fused; default automatic)\n"
+"  --tile-cols C: vocabulary tiles of C columns (recompute, fused; default automatic)\n"
 "  --param NAME=VALUE  --csv FILE (units in the column names)\n"
 "  --backend cpu|cuda (cpu): cuda runs on device buffers (times include the\n"
 "  end-of-call synchronisation; threads = rows run at once)\n"
@@ -128,7 +129,7 @@ int cmd_bench(int argc, char **argv)
 {
     const char *rows_s = "4096", *modes_s = "naive,recompute,fused", *tname = "ce",
                *csv = NULL, *backend = "cpu";
-    int64_t d = 1024, v = 32768, chunk = 0, ws_bytes = -1;
+    int64_t d = 1024, v = 32768, chunk = 0, ws_bytes = -1, tile_cols = 0;
     int repeat = 3, warmup = 1, threads = -1, rss_reset_ok = 0;
     uint64_t seed = 1;
     mel_dtype dt = MEL_F32;
@@ -160,6 +161,7 @@ int cmd_bench(int argc, char **argv)
         else if (!strcmp(name, "--param")) param_add(&pl, val);
         else if (!strcmp(name, "--chunk-rows")) chunk = parse_i64(name, val, 1, INT64_MAX);
         else if (!strcmp(name, "--workspace-bytes")) ws_bytes = parse_bytes(name, val);
+        else if (!strcmp(name, "--tile-cols")) tile_cols = parse_i64(name, val, 1, INT64_MAX);
         else if (!strcmp(name, "--backend")) backend = val;
         else if (!strcmp(name, "--no-skip")) no_skip = 1;
         else if (!strcmp(name, "--ignore")) {
@@ -253,7 +255,7 @@ int cmd_bench(int argc, char **argv)
         fprintf(cf, "rows,dim,vocab,transform,dtype,mode,threads,chunk_rows,chunks,"
                     "time_median_s,time_min_s,time_max_s,gemm_time_median_s,gemm_flops,"
                     "gemm_gflop_per_s,peak_workspace_bytes,naive_logits_bytes,"
-                    "max_rss_bytes,loss\n");
+                    "max_rss_bytes,loss,tile_cols\n");
     }
     printf("%s\n", header);
     printf("%8s %-9s %9s %9s %9s %10s %10s %7s %8s %14s %14s %12s %12s\n", "rows", "mode",
@@ -297,10 +299,12 @@ int cmd_bench(int argc, char **argv)
             check(ctx, mel_set_row_skipping(ctx, !no_skip && m != 0), "--no-skip");
             if (m == 0) {
                 check(ctx, mel_set_chunk_rows(ctx, n), "bench naive");
+                check(ctx, mel_set_tile_cols(ctx, 0), "bench naive");
                 /* one chunk of N rows: the budget does not apply */
                 check(ctx, mel_set_workspace_limit(ctx, (int64_t)1 << 46), "bench naive");
             } else {
                 check(ctx, mel_set_chunk_rows(ctx, chunk), "--chunk-rows");
+                check(ctx, mel_set_tile_cols(ctx, tile_cols), "--tile-cols");
                 check(ctx, mel_set_workspace_limit(ctx, ws_bytes > 0 ? ws_bytes : 0),
                       "--workspace-bytes");
             }
@@ -345,11 +349,11 @@ int cmd_bench(int argc, char **argv)
             if (cf)
                 fprintf(cf, "%" PRId64 ",%" PRId64 ",%" PRId64 ",%s,%s,%s,%d,%" PRId64 ",%" PRId64
                         ",%.6g,%.6g,%.6g,%.6g,%" PRId64 ",%.6g,%" PRId64 ",%" PRId64 ",%" PRId64
-                        ",%.17g\n",
+                        ",%.17g,%" PRId64 "\n",
                         n, d, v, tname, mel_dtype_name(dt), mode_names[m], mel_get_threads(ctx),
                         cs.total.chunk_rows, cs.total.chunks, med, mn, mx, gmed,
                         cs.total.gemm_flops, gfs, cs.total.peak_workspace_bytes, naive_bytes,
-                        rss, y);
+                        rss, y, cs.total_tiles);
         }
         release_to(mark); /* args, inputs, gradients (host and device) */
     }

@@ -191,11 +191,12 @@ void stats_add(callstats *cs, mel_ctx *ctx, const char *name)
 {
     mel_stats s;
     mel_get_stats(ctx, &s);
-    const int64_t act = mel_get_active_rows(ctx);
+    const int64_t act = mel_get_active_rows(ctx), tiles = mel_get_tile_cols(ctx);
     if (cs->ncalls < 2) {
         cs->names[cs->ncalls] = name;
         cs->s[cs->ncalls] = s;
         cs->active[cs->ncalls] = act;
+        cs->tiles[cs->ncalls] = tiles;
         mel_get_comm_stats(ctx, &cs->comm_bytes[cs->ncalls], &cs->comm_seconds[cs->ncalls]);
     }
     cs->ncalls++;
@@ -208,14 +209,16 @@ void stats_add(callstats *cs, mel_ctx *ctx, const char *name)
     t->seconds += s.seconds;
     t->gemm_seconds += s.gemm_seconds;
     if (act > cs->total_active) cs->total_active = act;
+    if (tiles > cs->total_tiles) cs->total_tiles = tiles;
 }
 
-void json_stats(FILE *f, const mel_stats *s, int64_t active_rows)
+void json_stats(FILE *f, const mel_stats *s, int64_t active_rows, int64_t tile_cols)
 {
     fprintf(f,
             "\"chunk_rows\": %" PRId64 ", \"chunks\": %" PRId64
             ", \"peak_workspace_bytes\": %" PRId64 ", \"seconds\": %.9g"
-            ", \"gemm_seconds\": %.9g, \"gemm_flops\": %" PRId64 ", \"active_rows\": %" PRId64,
+            ", \"gemm_seconds\": %.9g, \"gemm_flops\": %" PRId64 ", \"active_rows\": %" PRId64
+            ", \"tile_cols\": %" PRId64,
             s->chunk_rows, s->chunks, s->peak_workspace_bytes, s->seconds, s->gemm_seconds,
-            s->gemm_flops, active_rows);
+            s->gemm_flops, active_rows, tile_cols);
 }

@@ -86,9 +86,10 @@ typedef struct callstats {
     double comm_seconds[2];
     mel_stats total; /* chunk_rows max, chunks sum, peak max, rest summed */
     int64_t active[2], total_active; /* mel_get_active_rows; total: the max */
+    int64_t tiles[2], total_tiles;   /* mel_get_tile_cols; total: the max */
 } callstats;
 void stats_add(callstats *cs, mel_ctx *ctx, const char *name);
-void json_stats(FILE *f, const mel_stats *s, int64_t active_rows);
+void json_stats(FILE *f, const mel_stats *s, int64_t active_rows, int64_t tile_cols);
 
 /* -------------------------------------------------------------- args.c */
 

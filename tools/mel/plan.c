@@ -9,7 +9,7 @@
 static const optspec plan_opts[] = {
     {"--rows", 1}, {"--dim", 1}, {"--vocab", 1}, {"--dtype", 1}, {"--mode", 1},
     {"--reduction", 1}, {"--labels", 1}, {"--input", OPT_REPEAT}, {"--param", OPT_REPEAT},
-    {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--threads", 1}, {"--backend", 1},
+    {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--tile-cols", 1}, {"--threads", 1}, {"--backend", 1},
     {"--no-skip", 0}, {"--json", 0}, {"--help", 0}, {NULL, 0}};
 
 static void usage_plan(FILE *f)
@@ -26,6 +26,7 @@ static void usage_plan(FILE *f)
 "                           transform masks are counted and skipped; without, every\n"
 "                           row counts as active\n"
 "  --chunk-rows R | --workspace-bytes B   as for mel run\n"
+"  --tile-cols C            as for mel run\n"
 "  --threads K (CPU threads: the per-thread scratch depends on it)  --backend cpu|cuda\n"
 "  --no-skip                plan with row skipping off\n"
 "  --param NAME=VALUE       transform parameter (repeatable)\n"
@@ -37,7 +38,7 @@ int cmd_plan(int argc, char **argv)
     const char *tname = NULL, *f_labels = NULL, *s_mode = "fused", *backend = NULL;
     const char *in_names[PROBLEM_MAX_INPUTS], *in_files[PROBLEM_MAX_INPUTS];
     int n_in = 0, threads = -1, no_skip = 0, json = 0;
-    int64_t n = -1, d = -1, v = -1, chunk_rows = -1, ws_bytes = -1;
+    int64_t n = -1, d = -1, v = -1, chunk_rows = -1, ws_bytes = -1, tile_cols = -1;
     mel_dtype dt = MEL_F32;
     mel_reduction red = MEL_REDUCE_MEAN;
     mel_params *pl = NULL;
@@ -62,6 +63,7 @@ int cmd_plan(int argc, char **argv)
         else if (!strcmp(name, "--param")) param_add(&pl, val);
         else if (!strcmp(name, "--chunk-rows")) chunk_rows = parse_i64(name, val, 1, INT64_MAX);
         else if (!strcmp(name, "--workspace-bytes")) ws_bytes = parse_bytes(name, val);
+        else if (!strcmp(name, "--tile-cols")) tile_cols = parse_i64(name, val, 1, INT64_MAX);
         else if (!strcmp(name, "--threads")) threads = (int)parse_i64(name, val, 0, 4096);
         else if (!strcmp(name, "--backend")) backend = val;
         else if (!strcmp(name, "--no-skip")) no_skip = 1;
@@ -85,6 +87,8 @@ int cmd_plan(int argc, char **argv)
     if (mode == NAIVE && (chunk_rows > 0 || ws_bytes >= 0))
         die(EXIT_USAGE, "%s: cannot be combined with --mode naive (one chunk of N rows)",
             chunk_rows > 0 ? "--chunk-rows" : "--workspace-bytes");
+    if (mode == NAIVE && tile_cols > 0)
+        die(EXIT_USAGE, "--tile-cols: cannot be combined with --mode naive (whole rows in one chunk)");
     if (chunk_rows > 0 && ws_bytes >= 0)
         die(EXIT_USAGE, "--chunk-rows and --workspace-bytes: give one or the other (a fixed chunk "
             "size takes what its rows need, whatever the budget)");
@@ -136,21 +140,26 @@ int cmd_plan(int argc, char **argv)
     } else {
         if (chunk_rows > 0) check(ctx, mel_set_chunk_rows(ctx, chunk_rows), "--chunk-rows");
         if (ws_bytes >= 0) check(ctx, mel_set_workspace_limit(ctx, ws_bytes), "--workspace-bytes");
+        if (tile_cols > 0) check(ctx, mel_set_tile_cols(ctx, tile_cols), "--tile-cols");
     }
     check(ctx, mel_set_row_skipping(ctx, !no_skip && mode != NAIVE), "--no-skip");
 
     mel_call_plan p[2];
+    int64_t tiles[2] = {0, 0};
     const char *names[2];
     int np = 0;
     if (mode == RECOMPUTE) {
         check(ctx, mel_plan_call(ctx, t, a, MEL_MODE_FORWARD, &p[np]), "plan");
+        tiles[np] = mel_get_tile_cols(ctx);
         names[np++] = "forward";
         check(ctx, mel_plan_call(ctx, t, a, MEL_MODE_BACKWARD, &p[np]), "plan");
+        tiles[np] = mel_get_tile_cols(ctx);
         names[np++] = "backward";
     } else {
         check(ctx, mel_plan_call(ctx, t, a, mode == FORWARD ? MEL_MODE_FORWARD : MEL_MODE_FORWARD_BACKWARD,
                                  &p[np]),
               "plan");
+        tiles[np] = mel_get_tile_cols(ctx);
         names[np++] = mode == FORWARD ? "forward" : "forward_backward";
     }
     int64_t peak = 0, chunks = 0, rows_max = 0;
@@ -166,16 +175,18 @@ int cmd_plan(int argc, char **argv)
                ", \"peak_workspace_bytes\": %" PRId64 ", \"naive_logits_bytes\": %" PRId64 ", \"calls\": [",
                tname, n, p[0].active_rows, p[0].row_skipping, rows_max, chunks, peak, naive_logits);
         for (int i = 0; i < np; i++)
-            printf("%s{\"call\": \"%s\", \"chunk_rows\": %" PRId64 ", \"chunks\": %" PRId64
-                   ", \"peak_workspace_bytes\": %" PRId64 "}",
-                   i ? ", " : "", names[i], p[i].chunk_rows, p[i].chunks, p[i].peak_workspace_bytes);
+            printf("%s{\"call\": \"%s\", \"chunk_rows\": %" PRId64 ", \"tile_cols\": %" PRId64
+                   ", \"chunks\": %" PRId64 ", \"peak_workspace_bytes\": %" PRId64 "}",
+                   i ? ", " : "", names[i], p[i].chunk_rows, tiles[i], p[i].chunks, p[i].peak_workspace_bytes);
         printf("]}\n");
     } else {
-        printf("%-18s %10s %10s %8s %12s %20s\n", "call", "rows", "active", "chunks", "chunk_rows",
-               "peak_workspace_B");
+        printf("%-18s %10s %10s %8s %12s %10s %20s\n", "call", "rows", "active", "chunks", "chunk_rows",
+               "tile_cols", "peak_workspace_B");
         for (int i = 0; i < np; i++)
-            printf("%-18s %10" PRId64 " %10" PRId64 " %8" PRId64 " %12" PRId64 " %20" PRId64 "\n", names[i],
-                   p[i].rows, p[i].active_rows, p[i].chunks, p[i].chunk_rows, p[i].peak_workspace_bytes);
+            printf("%-18s %10" PRId64 " %10" PRId64 " %8" PRId64 " %12" PRId64 " %10" PRId64 " %20" PRId64 "\n",
+                   names[i], p[i].rows, p[i].active_rows, p[i].chunks, p[i].chunk_rows, tiles[i],
+                   p[i].peak_workspace_bytes);
+        printf("# tile_cols 0: whole rows (the row executor); > 0: vocabulary tiles of that many columns\n");
         printf("# row skipping %s; naive logits %" PRId64 " B (N·V); peak workspace %.1f%% of it\n",
                p[0].row_skipping ? "on (masked rows are not computed)"
                                  : (no_skip || mode == NAIVE ? "off" : "on, nothing to skip"),

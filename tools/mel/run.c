@@ -17,7 +17,7 @@ static const optspec run_opts[] = {
     {"--input", OPT_REPEAT}, {"--teacher-hidden", 1}, {"--teacher-weight", 1},
     {"--param", OPT_REPEAT}, {"--reduction", 1}, {"--grad-output", 1}, {"--output", 1},
     {"--grad-hidden", 1}, {"--grad-weight", 1}, {"--grad-bias", 1},
-    {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--mode", 1},
+    {"--chunk-rows", 1}, {"--workspace-bytes", 1}, {"--tile-cols", 1}, {"--mode", 1},
     {"--dtype", 1}, {"--backend", 1}, {"--threads", 1}, {"--stats", 1},
     {"--check-finite", 0}, {"--no-skip", 0}, {"--vocab-parallel", 0}, {"--help", 0}, {NULL, 0}};
 
@@ -45,6 +45,9 @@ static void usage_run(FILE *f)
 "                           float64 with --dtype f64, else float32\n"
 "  --chunk-rows R | --workspace-bytes B   fixed rows per chunk / byte budget (e.g. 256M);\n"
 "                           one or the other, neither with --mode naive\n"
+"  --tile-cols C            vocabulary tiles of C columns (the tiled executor; default\n"
+"                           automatic: tiles when a --workspace-bytes budget is too small\n"
+"                           for whole rows to run efficiently); not with --mode naive\n"
 "  --mode fused|recompute|naive   default fused when gradients are asked\n"
 "  --dtype f64|f32|bf16|f16 storage precision of X, W (default: that of --hidden); the\n"
 "                           files are converted once when their dtype differs (bfloat16:\n"
@@ -134,7 +137,7 @@ int cmd_run(int argc, char **argv)
                *s_backend = NULL;
     const char *in_names[MAX_INPUTS], *in_files[MAX_INPUTS];
     int n_in = 0, threads = -1, check_fin = 0, no_skip = 0, vocab_par = 0;
-    int64_t chunk_rows = -1, ws_bytes = -1;
+    int64_t chunk_rows = -1, ws_bytes = -1, tile_cols = -1;
     mel_reduction red = MEL_REDUCE_MEAN;
     int red_given = 0;
     mel_params *pl = NULL;
@@ -172,6 +175,7 @@ int cmd_run(int argc, char **argv)
         else if (!strcmp(name, "--chunk-rows"))
             chunk_rows = parse_i64(name, val, 1, INT64_MAX);
         else if (!strcmp(name, "--workspace-bytes")) ws_bytes = parse_bytes(name, val);
+        else if (!strcmp(name, "--tile-cols")) tile_cols = parse_i64(name, val, 1, INT64_MAX);
         else if (!strcmp(name, "--reduction")) {
             red_given = 1;
             red = parse_reduction(name, val);
@@ -201,6 +205,8 @@ int cmd_run(int argc, char **argv)
     if (mode == NAIVE && ws_bytes >= 0)
         die(EXIT_USAGE, "--workspace-bytes: cannot be combined with --mode naive (one chunk of N rows "
             "needs what it needs; use --mode fused or recompute with a budget)");
+    if (mode == NAIVE && tile_cols > 0)
+        die(EXIT_USAGE, "--tile-cols: cannot be combined with --mode naive (whole rows in one chunk)");
     if (chunk_rows > 0 && ws_bytes >= 0)
         die(EXIT_USAGE, "--chunk-rows and --workspace-bytes: give one or the other (a fixed chunk "
             "size takes what its rows need, whatever the budget)");
@@ -486,6 +492,7 @@ int cmd_run(int argc, char **argv)
     } else {
         if (chunk_rows > 0) check(ctx, mel_set_chunk_rows(ctx, chunk_rows), "--chunk-rows");
         if (ws_bytes >= 0) check(ctx, mel_set_workspace_limit(ctx, ws_bytes), "--workspace-bytes");
+        if (tile_cols > 0) check(ctx, mel_set_tile_cols(ctx, tile_cols), "--tile-cols");
     }
 
     if (check_fin) check(ctx, mel_set_check_finite(ctx, 1), "--check-finite");
@@ -587,7 +594,7 @@ int cmd_run(int argc, char **argv)
                 tname, !want_grad ? "forward" : mode == FUSED ? "fused"
                        : mode == RECOMPUTE ? "recompute" : "naive",
                 mel_dtype_name(dt), N, D, V, mel_get_threads(ctx), wall);
-        json_stats(f, &cs.total, cs.total_active);
+        json_stats(f, &cs.total, cs.total_active, cs.total_tiles);
         struct rusage ru;
         int64_t rss = getrusage(RUSAGE_SELF, &ru) == 0 ? (int64_t)ru.ru_maxrss * 1024 : -1;
         if (vocab_par) {
@@ -604,7 +611,7 @@ int cmd_run(int argc, char **argv)
         fprintf(f, ",\n \"calls\": [");
         for (int i = 0; i < cs.ncalls && i < 2; i++) {
             fprintf(f, "%s{\"call\": \"%s\", ", i ? ", " : "", cs.names[i]);
-            json_stats(f, &cs.s[i], cs.active[i]);
+            json_stats(f, &cs.s[i], cs.active[i], cs.tiles[i]);
             fprintf(f, "}");
         }
         fprintf(f, "]}\n");
