@@ -6,7 +6,8 @@
  *    tokens ignored, and packed pairs of different lengths with rows in no
  *    sequence between them;
  *  - loss (reduction mean: the mean over pairs), dX and dW, and the mean
- *    chosen reward, for every chunk size (chunks hold whole pairs);
+ *    chosen reward, for every chunk size (chunks hold whole pairs), and with
+ *    the tiled executor (vocabulary tiles of 4 columns);
  *  - gradients against central finite differences (mel_gradcheck);
  *  - f32 storage against the fp64 reference of the f32-rounded data;
  *  - the checks would fail: pairing off by one pair, padding counted, or
@@ -197,15 +198,20 @@ static void check_cfg(mel_ctx *ctx, const cfg *c, const layout *L, int gradcheck
     double raux;
     double rloss = ref_pref(N, V, Z, L->lab, L->seq, ref, DES, KL0, &c->o, G, &raux);
     ref_backprop(N, D, V, X, W, G, ones, rdx, rdw, NULL);
-    const int64_t crs[] = {0, 1, 5, 1000};
-    for (int k = 0; k < 4; k++) {
+    /* chunk rows 0 (automatic), 1 (raised to one pair), 5, 1000; then the tiled executor:
+     * chunks of whole pairs x vocabulary tiles of 4 columns (-4) */
+    const int64_t crs[] = {0, 1, 5, 1000, -4};
+    for (int k = 0; k < 5; k++) {
         double y = NAN, dx[NMAX * D], dw[V * D], rw;
         int64_t chunks = 0;
-        mel_status s = lib_run(ctx, c, L, tr, crs[k], &y, dx, dw, &rw, &chunks);
+        if (crs[k] < 0) mel_set_tile_cols(ctx, -crs[k]);
+        mel_status s = lib_run(ctx, c, L, tr, crs[k] < 0 ? 0 : crs[k], &y, dx, dw, &rw, &chunks);
+        const int tiles_ok = crs[k] >= 0 || mel_get_tile_cols(ctx) == -crs[k];
+        if (crs[k] < 0) mel_set_tile_cols(ctx, 0);
         double ex = ref_relerr(dx, rdx, N * D, 1e-8), ew = ref_relerr(dw, rdw, V * D, 1e-8);
         double ey = fabs(y - rloss) / fmax(fabs(rloss), 1e-3), ea = fabs(rw - raux) / fmax(fabs(raux), 1e-3);
-        ok(s == MEL_OK && ey < 1e-12 && ex < 1e-10 && ew < 1e-10 && ea < 1e-12,
-           "%s: chunk_rows %lld (%lld chunks): loss %.12g vs reference %.12g (rel %.1e), dX rel %.1e, dW rel %.1e, "
+        ok(s == MEL_OK && tiles_ok && ey < 1e-12 && ex < 1e-10 && ew < 1e-10 && ea < 1e-12,
+           "%s: chunk_rows %lld (%lld chunks; < 0: tiles of that many columns): loss %.12g vs reference %.12g (rel %.1e), dX rel %.1e, dW rel %.1e, "
            "chosen reward %.6g vs %.6g %s", label, (long long)crs[k], (long long)chunks, y, rloss, ey, ex, ew, rw,
            raux, mel_last_error(ctx));
     }
