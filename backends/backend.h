@@ -34,6 +34,14 @@ struct mel_chunk {
     double *ginp[MEL_MAX_INPUTS]; /* [R] gradient of scalar inputs, or NULL */
     void *scratch;              /* per-thread scratch vectors              */
     int64_t scratch_per_thread; /* bytes                                   */
+    /* The sequence layout (transforms with mel_has_layout; host memory,
+     * NULL otherwise): per level (MEL_LEVEL_SEQ, MEL_LEVEL_GROUP) the
+     * chunk-local rows of each of its n_seg[L] sequences / groups,
+     * seg_row[L][seg_off[L][k] .. seg_off[L][k + 1]), ascending; and per
+     * row the MEL_SEQINFO_N fields of OP_SEQINFO, seq_info[r·3 + field]. */
+    const int64_t *seg_off[MEL_LEVELS], *seg_row[MEL_LEVELS];
+    int64_t n_seg[MEL_LEVELS];
+    const int8_t *seq_info;
     void *regs;                 /* per-row scalar registers [R, n] (T)     */
     int64_t *iregs;             /* per-row index registers [R, n]          */
     int threads;
@@ -140,7 +148,10 @@ struct mel_backend_ops {
                             mel_chunk *ch);
     /* The merge across rows that opens phase q: each OP_SEGSUM node of the
      * phase gets, in every row, the sum of its operand over the row's
-     * segment (t->seg_len consecutive rows of the chunk), in row order. */
+     * sequence (slot 0) or group (slot 1): the chunk's lists seg_off /
+     * seg_row of that level, in their (ascending row) order; 0 for a row
+     * in none.  A backend that cannot use the lists (CUDA: fixed
+     * t->seg_len segments) refuses transforms with sequence ids or groups. */
     mel_status (*merge_segments)(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, int q,
                                  mel_chunk *ch);
 

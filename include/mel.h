@@ -484,9 +484,35 @@ MEL_API mel_val mel_g_valid(mel_graph *g, mel_val idx);
 /* Every row is in a segment of `rows` consecutive rows (row i is in segment
  * i / rows); N must be a multiple of it, and chunks are aligned to it. */
 MEL_API mel_status mel_g_set_segment(mel_graph *g, int64_t rows);
-/* Scalar -> scalar: Σ of a over the rows of this row's segment.  The engine
- * evaluates the program in phases around each segment sum. */
+/* Scalar -> scalar: Σ of a over the rows of this row's segment (sequence;
+ * 0 for a row in none).  The engine evaluates the program in phases around
+ * each segment sum. */
 MEL_API mel_val mel_g_segment_sum(mel_graph *g, mel_val a);
+/* -- sequences of any length and groups of sequences (
+ *    doc/design.md, "Sequences and groups") -- */
+/* Row i is in sequence name[i], an index input (i32 / i64) bound like a
+ * label but not range-checked against V: ids >= 0, -1 for a row in no
+ * sequence.  A sequence's rows need not be consecutive.  Exclusive with
+ * mel_g_set_segment (MEL_ERR_GRAPH naming both).  Every chunk holds whole
+ * groups: it ends only where no group has rows on both sides. */
+MEL_API mel_status mel_g_set_sequence_ids(mel_graph *g, const char *name);
+/* Sequences s with the same s / sequences form a group; s % sequences is
+ * the sequence's rank in it (default 1: a group is a sequence).  Needs
+ * mel_g_set_segment or mel_g_set_sequence_ids. */
+MEL_API mel_status mel_g_set_group(mel_graph *g, int64_t sequences);
+/* Scalar -> scalar: Σ of a over the rows of this row's group. */
+MEL_API mel_val mel_g_group_sum(mel_graph *g, mel_val a);
+/* Layout leaves (not differentiable): the rank of the row's sequence in its
+ * group (-1 in none); 1.0 on the first (lowest) row of each sequence / of
+ * each group, else 0.0. */
+MEL_API mel_val mel_g_sequence_rank(mel_graph *g);
+MEL_API mel_val mel_g_sequence_first(mel_graph *g);
+MEL_API mel_val mel_g_group_first(mel_graph *g);
+/* A composition: the value of a (a per-sequence value, equal on every row
+ * of its sequence, e.g. a segment sum) at the sequence of rank k of this
+ * row's group, on every row of the group:
+ * group_sum(where(sequence_first · (sequence_rank == k), a, 0)). */
+MEL_API mel_val mel_g_group_read(mel_graph *g, mel_val a, int64_t k);
 /* -- gradient control -- */
 MEL_API mel_val mel_g_stop_gradient(mel_graph *g, mel_val a);
 
@@ -532,6 +558,12 @@ MEL_API const char *mel_transform_input(const mel_transform *t, int i, int *is_i
 /* The aux outputs (mel_args_aux): number and names. */
 MEL_API int mel_transform_num_aux(const mel_transform *t);
 MEL_API const char *mel_transform_aux(const mel_transform *t, int i);
+/* The sequence layout (doc/design.md, "Sequences and groups"): the name of
+ * the sequence-ids index input (NULL when the transform has none; it is
+ * also listed by mel_transform_input), with *segment the fixed segment
+ * length (0: none) and *group the sequences per group (1: a group is one
+ * sequence).  Either pointer may be NULL; t NULL gives NULL, 0, 1. */
+MEL_API const char *mel_transform_layout(const mel_transform *t, int64_t *segment, int64_t *group);
 
 /* --------------------------------------------------------------- built-ins
  *
@@ -575,9 +607,22 @@ MEL_API const char *mel_builtin_param(int i, int j, double *dflt);
 /* The words a parameter's values have (since 0.6): the i-th word of
  * parameter `param` with its value in *value (when value != NULL), NULL
  * past the last or for a parameter without words.  The one table that
- * tools and bindings read: loss_type grpo 0, bnpo 1, dr_grpo 2, dapo 3;
- * importance_sampling_level token 0, sequence 1. */
+ * tools and bindings read: grpo's loss_type grpo 0, bnpo 1, dr_grpo 2,
+ * dapo 3, cispo 4, sapo 5; importance_sampling_level token 0, sequence 1
+ * (every built-in's words, per transform: mel_builtin_param_word). */
 MEL_API const char *mel_param_word(const char *param, int i, double *value);
+/* The numeric value of a symbolic parameter value: dpo's loss_type
+ * ("sigmoid" 0, "hinge" 1, "ipo" 2, "exo_pair" 3, "nca_pair" 4, "robust" 5,
+ * "bco_pair" 6, "sppo_hard" 7, "aot" 8, "aot_pair" 9, "apo_zero" 10,
+ * "apo_down" 11, "discopop" 12, "sft" 13, "sigmoid_norm" 14), cpo's and simpo's loss_type
+ * ("sigmoid", "hinge", "ipo", "simpo"), grpo's loss_type ("grpo", "bnpo",
+ * "dr_grpo", "dapo", "cispo", "sapo"), importance_sampling_level ("token",
+ * "sequence") and vllm_importance_sampling_mode ("none", "token_truncate",
+ * "token_mask", "sequence_truncate", "sequence_mask").
+ * An unknown word fails with MEL_ERR_INVALID_ARGUMENT naming it and the
+ * words the parameter takes; so does a parameter that takes no words. */
+MEL_API mel_status mel_builtin_param_word(mel_ctx *ctx, const char *transform, const char *param,
+                                          const char *word, double *value);
 
 /* ------------------------------------------------------------------ GRPO
  *
@@ -588,13 +633,17 @@ MEL_API const char *mel_param_word(const char *param, int i, double *value);
  *   bnpo     w = m / max(Σ m, 1) / GA
  *   dr_grpo  w = m / (B · max_completion_length) / GA
  *   dapo     w = m / max(num_items_in_batch, 1)  (Σ m when num_items_in_batch = 0)
+ *   cispo    as dapo;  sapo  as grpo  (their per-token ℓ differs: the built-in's
+ *            loss_type 4 / 5)
  * mask [B·T] row-major (row b·T + t is token t of sequence b); w [B·T].
  */
 typedef enum mel_grpo_loss_type {
     MEL_GRPO_GRPO = 0,
     MEL_GRPO_BNPO = 1,
     MEL_GRPO_DR_GRPO = 2,
-    MEL_GRPO_DAPO = 3
+    MEL_GRPO_DAPO = 3,
+    MEL_GRPO_CISPO = 4, /* dapo's weights */
+    MEL_GRPO_SAPO = 5   /* grpo's weights */
 } mel_grpo_loss_type;
 MEL_API mel_status mel_grpo_weights(mel_ctx *ctx, mel_grpo_loss_type type, int64_t B,
                                     int64_t T, const double *mask,

@@ -39,7 +39,7 @@ static int pred_local(const mel_transform *t, int k)
  * predicates local to the row. */
 static int may_skip(mel_ctx *ctx, const mel_transform *t, const call *c, int want_y)
 {
-    if (!ctx->row_skipping || t->y_pred < 0 || t->seg_len > 0 || c->N == 0) return 0;
+    if (!ctx->row_skipping || t->y_pred < 0 || mel_has_layout(t) || c->N == 0) return 0;
     for (int k = 0; k < t->n_pred; k++)
         if (ctx->vp && !pred_local(t, k)) return 0;
     for (int k = 0; k < t->n_aux; k++)
@@ -134,7 +134,7 @@ void eng_next_chunk(const activity *A, const call *c, int64_t Rmax, int64_t k0, 
     *rows = NULL;
     if (!A->on) {
         *r0 = k0;
-        *R = c->N - k0 < Rmax ? c->N - k0 : Rmax;
+        *R = eng_chunk_end(c, k0, Rmax) - k0; /* whole groups (lib/layout.c) */
         return;
     }
     int64_t n = A->n_act - k0 < Rmax ? A->n_act - k0 : Rmax;

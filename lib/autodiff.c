@@ -54,7 +54,7 @@ static void vjp(ad_state *st, int i, mel_val gy)
     /* leaves and non-differentiable operations */
     case OP_LOGITS: case OP_INDEX: case OP_INPUT: case OP_CONST: case OP_VOCAB:
     case OP_SEED: case OP_IOTA: case OP_SIGN: case OP_LT: case OP_LE: case OP_EQ:
-    case OP_VALID: case OP_ONEHOT: case OP_ARGMAXMASK: case OP_STOPGRAD:
+    case OP_VALID: case OP_ONEHOT: case OP_ARGMAXMASK: case OP_STOPGRAD: case OP_SEQINFO:
     case OP__COUNT:
         break;
     /* unary: d/da */
@@ -96,8 +96,10 @@ static void vjp(ad_state *st, int i, mel_val gy)
         break;
     case OP_GATHER: accum(st, a, MUL(gy, mel_g_index_op(g, OP_ONEHOT, b))); break;
     case OP_BCAST: accum(st, a, gy); break;
-    /* y_t = Σ_{t' in seg} a_t'  =>  ā_t = Σ_{t' in seg} ȳ_t' */
-    case OP_SEGSUM: accum(st, a, mel_g_unary(g, OP_SEGSUM, gy)); break;
+    /* y_t = Σ_{t' in S(t)} a_t' over the row's sequence or group S(t)
+     *   =>  ā_t = Σ_{t' in S(t)} ȳ_t' (a sum over a set is its own adjoint;
+     *   the same level) */
+    case OP_SEGSUM: accum(st, a, mel_g_level_sum(g, nd.slot, gy)); break;
     }
 #undef C
 #undef MUL

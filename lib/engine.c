@@ -122,9 +122,15 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
         shape[ns++] = ctx->workspace_limit > 0;
         s = mel_vp_agree(ctx, s, c.V, shape, ns);
     }
-    if (s) return s;
+    if (s) {
+        eng_free_layout(&c);
+        return s;
+    }
     const mel_plan *xplan = ctx->vp ? (fb ? &t->vfb : &t->vfwd) : fb ? &t->fb : &t->fwd;
-    if (!plan && want_grads && (s = eng_zero_overwritten(ctx, a, &c))) return s;
+    if (!plan && want_grads && (s = eng_zero_overwritten(ctx, a, &c))) {
+        eng_free_layout(&c);
+        return s;
+    }
 
     upstream u;
     memset(&u, 0, sizeof u);
@@ -180,6 +186,7 @@ static mel_status execute(mel_ctx *ctx, const mel_transform *t, const mel_args *
     ctx->stats.seconds = eng_now() - t0;
     ctx->active_rows = A.on ? A.n_act : c.N;
 out:
+    eng_free_layout(&c);
     eng_free_activity(&A);
     eng_free_upstream(&u);
     return s;

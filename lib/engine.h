@@ -12,6 +12,8 @@
  *   workspace.c  the budget, R*, rows per chunk, the workspace of a pass
  *   stage.c      caller memory <-> workspace: per-row values in and out,
  *                chunk binding
+ *   layout.c     the sequence layout: rows' sequences, the cuts chunks end
+ *                at, each chunk's lists of sequence and group rows
  *   exec_rows.c  the row executor: chunks of whole rows, 3 GEMMs per chunk
  *
  * An executor (mel_executor) plans a shape for the call's budget and runs
@@ -38,7 +40,20 @@ typedef struct call {
                           * accumulated f32/f64 dX is summed over processes via
                           * a separate chunk buffer (0: none) */
     int dry;       /* mel_plan_call: shapes only, no data read but per-row inputs */
+    /* the sequence layout (lib/layout.c), host malloc, NULL without one:
+     * skey[i] the sequence of row i (-1: none); cuts[0 .. n_cuts) the row
+     * boundaries no group straddles, ascending from 0 to N; min_rows the
+     * widest gap between two cuts (1 without a layout) */
+    int64_t *skey, *cuts;
+    int64_t n_cuts, min_rows;
 } call;
+
+/* A chunk's layout lists (mel_chunk.seg_off / seg_row / seq_info), host
+ * malloc for chunks of up to R rows (eng_chunk_layout_alloc). */
+typedef struct chunk_layout_buf {
+    int64_t *off[MEL_LEVELS], *row[MEL_LEVELS], *pairs;
+    int8_t *info;
+} chunk_layout_buf;
 
 /* The per-row doubles of a chunk of R rows, in one buffer:
  *   y [R] | count [R] | seed [R] | aux [n_aux][R] | ginp [n_inputs][R] */
@@ -75,6 +90,7 @@ typedef struct run {
     size_t bytes_Z, bytes_scratch, bytes_rows, bytes_regs, bytes_iregs, bytes_conv, bytes_gather;
     size_t bytes_comm, bytes_dxtmp, bytes_merge;
     int n_Z;        /* heads with a Z buffer                    */
+    chunk_layout_buf lay; /* the chunk's sequence lists (host), with a layout */
 } run;
 
 /* The upstream gradient and the reduction's weights, host-readable, and
@@ -212,6 +228,20 @@ int64_t eng_gemm_bound_rows(const mel_plan *p, const call *c);
 mel_status eng_acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, const call *c,
                        const sizing *sz, int need_Z, run *w);
 void eng_release(mel_ctx *ctx, run *w);
+
+/* ------------------------------------------------------------ layout.c */
+/* Read the layout of a transform with one (mel_has_layout): the sequence
+ * ids through a host view (each >= -1), every row's sequence, the cuts and
+ * min_rows into c; nothing without a layout (min_rows 1). */
+mel_status eng_check_layout(mel_ctx *ctx, const mel_transform *t, call *c);
+void eng_free_layout(call *c);
+/* The end of the chunk that starts at row r0 with at most Rmax rows: the
+ * farthest cut within reach (r0 + Rmax, at most N, without a layout). */
+int64_t eng_chunk_end(const call *c, int64_t r0, int64_t Rmax);
+mel_status eng_chunk_layout_alloc(mel_ctx *ctx, const call *c, int64_t R, chunk_layout_buf *L);
+void eng_chunk_layout_free(chunk_layout_buf *L);
+/* Fill the chunk's lists and flags for its rows [ch->r0, ch->r0 + ch->R). */
+void eng_chunk_layout(const mel_transform *t, const call *c, const chunk_layout_buf *L, mel_chunk *ch);
 
 /* ------------------------------------------------------------ stage.c */
 double eng_now(void);

@@ -17,7 +17,7 @@ static const char *const op_names[OP__COUNT] = {
     [OP_RMAX] = "rmax", [OP_LSE] = "logsumexp", [OP_GATHER] = "gather",
     [OP_VALID] = "valid", [OP_ONEHOT] = "onehot", [OP_ARGMAXMASK] = "argmaxmask",
     [OP_BCAST] = "broadcast", [OP_STOPGRAD] = "stop_gradient", [OP_SEGSUM] = "segment_sum",
-    [OP_IOTA] = "iota",
+    [OP_IOTA] = "iota", [OP_SEQINFO] = "seqinfo",
 };
 
 const char *mel_op_name(int op)
@@ -32,6 +32,8 @@ mel_graph *mel_graph_new(void)
     if (!g) return NULL;
     for (int h = 0; h < MEL_MAX_HEADS; h++) g->logits_node[h] = -1;
     g->out = g->count = -1;
+    g->seq_ids = -1;
+    g->group = 1;
     return g;
 }
 
@@ -303,7 +305,43 @@ mel_val mel_g_index_op(mel_graph *g, int op, mel_val idx)
 
 mel_val mel_g_valid(mel_graph *g, mel_val idx) { return mel_g_index_op(g, OP_VALID, idx); }
 
-mel_val mel_g_segment_sum(mel_graph *g, mel_val a) { return mel_g_unary(g, OP_SEGSUM, a); }
+/* ------------------------------------------- sequences and groups
+ * (doc/design.md, "Sequences and groups") */
+
+/* A sum over the rows of the row's sequence (level 0) or group (level 1). */
+mel_val mel_g_level_sum(mel_graph *g, int level, mel_val a)
+{
+    mel_val v = mel_g_unary(g, OP_SEGSUM, a);
+    if (v >= 0) g->nodes[v].slot = level;
+    return v;
+}
+
+mel_val mel_g_segment_sum(mel_graph *g, mel_val a) { return mel_g_level_sum(g, MEL_LEVEL_SEQ, a); }
+mel_val mel_g_group_sum(mel_graph *g, mel_val a) { return mel_g_level_sum(g, MEL_LEVEL_GROUP, a); }
+
+static mel_val seqinfo(mel_graph *g, int field)
+{
+    if (!g || g->failed) return -1;
+    mel_node n = mk(OP_SEQINFO, K_SCAL);
+    n.slot = field;
+    return mel_graph_add_node(g, n);
+}
+
+mel_val mel_g_sequence_rank(mel_graph *g) { return seqinfo(g, MEL_SEQINFO_RANK); }
+mel_val mel_g_sequence_first(mel_graph *g) { return seqinfo(g, MEL_SEQINFO_FIRST); }
+mel_val mel_g_group_first(mel_graph *g) { return seqinfo(g, MEL_SEQINFO_GFIRST); }
+
+/* The per-sequence value a at the sequence of rank k of this row's group:
+ * Σ over the group of where(first row of its sequence and rank == k, a, 0). */
+mel_val mel_g_group_read(mel_graph *g, mel_val a, int64_t k)
+{
+    if (g && !g->failed && (k < 0 || k >= g->group))
+        return gfail(g, "mel_g_group_read: rank k = %lld is outside [0, %lld) (the group size, "
+                     "mel_g_set_group)", (long long)k, (long long)g->group);
+    mel_val pick = mel_g_mul(g, mel_g_sequence_first(g),
+                             mel_g_eq(g, mel_g_sequence_rank(g), mel_g_const(g, (double)k)));
+    return mel_g_group_sum(g, mel_g_where(g, pick, a, mel_g_const(g, 0)));
+}
 
 mel_status mel_g_set_segment(mel_graph *g, int64_t rows)
 {
@@ -312,7 +350,44 @@ mel_status mel_g_set_segment(mel_graph *g, int64_t rows)
         gfail(g, "mel_g_set_segment: rows = %lld must be >= 1", (long long)rows);
         return MEL_ERR_GRAPH;
     }
+    if (g->seq_ids >= 0) {
+        gfail(g, "mel_g_set_segment: rows = %lld contradicts the sequence ids '%s' set before "
+              "(mel_g_set_sequence_ids); a layout has one or the other", (long long)rows,
+              g->inputs[g->seq_ids].name);
+        return MEL_ERR_GRAPH;
+    }
     g->seg_len = rows;
+    return MEL_OK;
+}
+
+mel_status mel_g_set_sequence_ids(mel_graph *g, const char *name)
+{
+    if (!g) return MEL_ERR_INVALID_ARGUMENT;
+    if (g->seg_len > 0) {
+        gfail(g, "mel_g_set_sequence_ids: '%s' contradicts the segment length %lld set before "
+              "(mel_g_set_segment); a layout has one or the other", name ? name : "(null)",
+              (long long)g->seg_len);
+        return MEL_ERR_GRAPH;
+    }
+    if (g->seq_ids >= 0) {
+        gfail(g, "mel_g_set_sequence_ids: the sequence ids are already '%s'", g->inputs[g->seq_ids].name);
+        return MEL_ERR_GRAPH;
+    }
+    mel_val v = leaf_input(g, name, 1, 0, -1, "mel_g_set_sequence_ids");
+    if (v < 0) return MEL_ERR_GRAPH;
+    g->seq_ids = g->nodes[v].slot;
+    g->inputs[g->seq_ids].layout = 1;
+    return MEL_OK;
+}
+
+mel_status mel_g_set_group(mel_graph *g, int64_t sequences)
+{
+    if (!g) return MEL_ERR_INVALID_ARGUMENT;
+    if (sequences < 1) {
+        gfail(g, "mel_g_set_group: sequences = %lld must be >= 1", (long long)sequences);
+        return MEL_ERR_GRAPH;
+    }
+    g->group = sequences;
     return MEL_OK;
 }
 

@@ -44,10 +44,16 @@ typedef enum {
     OP_ARGMAXMASK, /* vector: 1 at the first argmax of a, else 0        */
     OP_BCAST,  /* scalar -> vector                                      */
     OP_STOPGRAD,
-    OP_SEGSUM, /* scalar: Σ of a over the rows of this row's segment    */
+    OP_SEGSUM, /* scalar: Σ of a over the rows of this row's sequence
+                * (slot 0) or group (slot 1): MEL_LEVEL_*                */
     OP_IOTA,   /* leaf vector: the column index j (0 .. V-1)            */
+    OP_SEQINFO, /* leaf scalar from the layout, slot: MEL_SEQINFO_*     */
     OP__COUNT
 } mel_op;
+
+/* OP_SEGSUM levels and OP_SEQINFO fields (the node's slot) */
+enum { MEL_LEVEL_SEQ = 0, MEL_LEVEL_GROUP = 1, MEL_LEVELS = 2 };
+enum { MEL_SEQINFO_RANK = 0, MEL_SEQINFO_FIRST = 1, MEL_SEQINFO_GFIRST = 2, MEL_SEQINFO_N = 3 };
 
 typedef struct mel_node {
     int16_t op;
@@ -56,7 +62,8 @@ typedef struct mel_node {
     int32_t a, b, c;
     double cval;  /* OP_CONST value                                    */
     int head;     /* OP_LOGITS                                         */
-    int slot;     /* OP_INDEX / OP_INPUT: input number                 */
+    int slot;     /* OP_INDEX / OP_INPUT: input number; OP_SEGSUM: level;
+                   * OP_SEQINFO: field                                  */
 } mel_node;
 
 typedef struct mel_input_decl {
@@ -65,6 +72,7 @@ typedef struct mel_input_decl {
     int differentiable; /* scalar inputs only                           */
     int64_t ignore_index; /* index inputs only                          */
     int64_t limit;        /* index inputs: valid values are < min(limit, V); 0 = V */
+    int layout;           /* index input holding the sequence ids (no V range) */
 } mel_input_decl;
 
 struct mel_graph {
@@ -79,6 +87,8 @@ struct mel_graph {
     int aux[MEL_MAX_AUX];
     int n_aux;
     int64_t seg_len; /* rows per segment for OP_SEGSUM; 0 = none      */
+    int seq_ids;     /* input slot of the sequence ids, -1 = none      */
+    int64_t group;   /* sequences per group (>= 1)                     */
     int failed;
     char err[256];
 };
@@ -137,6 +147,8 @@ struct mel_transform {
     mel_plan cnt;    /* the count node only (no vectors)               */
     mel_plan vfwd, vfb, vcnt; /* the same, vocabulary-parallel (vsplit)  */
     int64_t seg_len; /* rows per segment (OP_SEGSUM), 0 when unused    */
+    int seq_ids;     /* input slot of the sequence ids, -1: none       */
+    int64_t group;   /* sequences per group (1: a group is a sequence) */
     /* Row activity (lib/transform.c, mark_activity): a predicate is a
      * scalar node computed from per-row inputs alone (no logits, no
      * segment sum) such that, on a row where it is 0, y (or an aux output)
@@ -261,6 +273,8 @@ mel_val mel_g_unary(mel_graph *g, int op, mel_val a);
 mel_val mel_g_binary(mel_graph *g, int op, mel_val a, mel_val b);
 mel_val mel_g_reduce(mel_graph *g, int op, mel_val a);
 mel_val mel_g_index_op(mel_graph *g, int op, mel_val idx);
+/* OP_SEGSUM of level MEL_LEVEL_SEQ or MEL_LEVEL_GROUP */
+mel_val mel_g_level_sum(mel_graph *g, int level, mel_val a);
 
 /* lib/autodiff.c: where derivatives live.  Appends the adjoint program of
  * forward nodes [0, g->n) to g (reverse sweep from a new OP_SEED node);
@@ -406,6 +420,15 @@ typedef struct mel_builtin {
 mel_val mel_bt_prep_logits(mel_graph *g, int head, int diff, const double *p);
 /* lib/transforms/grpo.c */
 extern const mel_builtin mel_builtin_grpo;
+/* lib/transforms/pref.c */
+extern const mel_builtin mel_builtin_dpo, mel_builtin_cpo, mel_builtin_simpo, mel_builtin_orpo, mel_builtin_kto;
+
+/* The transform has a sequence layout (segments, sequence ids or groups):
+ * its chunks hold whole groups (lib/engine.c, check_layout). */
+static inline int mel_has_layout(const mel_transform *t)
+{
+    return t->seg_len > 0 || t->seq_ids >= 0 || t->group > 1;
+}
 
 /* Multiply with overflow check; returns 0 on overflow. */
 static inline int mel_mul_ok(int64_t a, int64_t b, int64_t *out)

@@ -17,8 +17,8 @@ mel_status mel_run_program(mel_ctx *ctx, const mel_backend_ops *ops, const mel_t
         for (int pos = p->phase_start[q]; pos < p->phase_start[q + 1] && q > 0; pos++)
             seg |= t->nodes[p->order[pos]].op == OP_SEGSUM;
         if (s == MEL_OK && seg) {
-            if (t->seg_len <= 0)
-                return mel_fail(ctx, MEL_ERR_INTERNAL, "transform '%s': segment sum without a segment length",
+            if (!mel_has_layout(t))
+                return mel_fail(ctx, MEL_ERR_INTERNAL, "transform '%s': segment sum without sequences",
                                 t->name);
             s = ops->merge_segments(ctx, t, p, q, ch);
         }

@@ -100,6 +100,7 @@ void eng_bind_chunk(const mel_ctx *ctx, const mel_transform *t, const call *c, c
     ch->scratch = w->scratch;
     ch->scratch_per_thread = sz->scratch_per_thread;
     ch->threads = sz->threads;
+    eng_chunk_layout(t, c, &w->lay, ch); /* the chunk's sequence lists, with a layout */
 }
 
 

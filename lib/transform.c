@@ -41,7 +41,7 @@ static int row_only(const mel_transform *t, int v, signed char *memo)
     if (v < 0) return 1;
     if (memo[v]) return memo[v] > 0;
     const mel_node *nd = &t->nodes[v];
-    int ok = nd->kind != K_VEC && nd->op != OP_SEGSUM && nd->op != OP_SEED &&
+    int ok = nd->kind != K_VEC && nd->op != OP_SEGSUM && nd->op != OP_SEQINFO && nd->op != OP_SEED &&
              nd->op != OP_LOGITS && row_only(t, nd->a, memo) && row_only(t, nd->b, memo) &&
              row_only(t, nd->c, memo);
     memo[v] = ok ? 1 : -1;
@@ -149,10 +149,18 @@ mel_status mel_graph_compile(mel_ctx *ctx, const mel_graph *src, const char *nam
     if (!any_logits)
         return mel_fail(ctx, MEL_ERR_GRAPH, "mel_graph_compile: the program reads no logits "
                                             "(use mel_g_logits)");
-    for (int i = 0; i < src->n; i++)
-        if (src->nodes[i].op == OP_SEGSUM && src->seg_len <= 0)
-            return mel_fail(ctx, MEL_ERR_GRAPH, "mel_graph_compile: node %d is a segment sum but no "
-                                                "segment length was set (mel_g_set_segment)", i);
+    const int has_seq = src->seg_len > 0 || src->seq_ids >= 0;
+    for (int i = 0; i < src->n; i++) {
+        const mel_node *nd = &src->nodes[i];
+        if ((nd->op == OP_SEGSUM || nd->op == OP_SEQINFO) && !has_seq)
+            return mel_fail(ctx, MEL_ERR_GRAPH, "mel_graph_compile: node %d is a %s but no sequences "
+                                                "were set (mel_g_set_segment or mel_g_set_sequence_ids)",
+                            i, mel_op_name(nd->op));
+    }
+    if (src->group > 1 && !has_seq)
+        return mel_fail(ctx, MEL_ERR_GRAPH, "mel_graph_compile: groups of %lld sequences but no sequences "
+                                            "were set (mel_g_set_segment or mel_g_set_sequence_ids)",
+                        (long long)src->group);
     if (src->count >= 0) {
         char *seen = calloc((size_t)src->n, 1);
         if (!seen) return mel_fail(ctx, MEL_ERR_OUT_OF_MEMORY, "mel_graph_compile: out of memory");
@@ -195,6 +203,8 @@ mel_status mel_graph_compile(mel_ctx *ctx, const mel_graph *src, const char *nam
     t->out = src->out;
     t->count = src->count;
     t->seg_len = src->seg_len;
+    t->seq_ids = src->seq_ids;
+    t->group = src->group;
     t->n_aux = src->n_aux;
     memcpy(t->aux, src->aux, sizeof t->aux);
     memcpy(t->aux_name, src->aux_name, sizeof t->aux_name);
@@ -241,6 +251,13 @@ const char *mel_transform_input(const mel_transform *t, int i, int *is_index, in
 
 int mel_transform_num_aux(const mel_transform *t) { return t ? t->n_aux : 0; }
 
+const char *mel_transform_layout(const mel_transform *t, int64_t *segment, int64_t *group)
+{
+    if (segment) *segment = t ? t->seg_len : 0;
+    if (group) *group = t ? t->group : 1;
+    return t && t->seq_ids >= 0 ? t->inputs[t->seq_ids].name : NULL;
+}
+
 const char *mel_transform_aux(const mel_transform *t, int i)
 {
     return t && i >= 0 && i < t->n_aux ? t->aux_name[i] : NULL;
@@ -270,6 +287,11 @@ char *mel_transform_dump(const mel_transform *t)
         else if (nd->op == OP_LOGITS) len += (size_t)snprintf(s + len, cap - len, " head %d", nd->head);
         else if (nd->op == OP_INDEX || nd->op == OP_INPUT)
             len += (size_t)snprintf(s + len, cap - len, " '%s'", t->inputs[nd->slot].name);
+        else if (nd->op == OP_SEGSUM)
+            len += (size_t)snprintf(s + len, cap - len, " %s", nd->slot ? "group" : "sequence");
+        else if (nd->op == OP_SEQINFO)
+            len += (size_t)snprintf(s + len, cap - len, " %s",
+                                    nd->slot == MEL_SEQINFO_RANK ? "rank" : nd->slot == MEL_SEQINFO_FIRST ? "first" : "group_first");
         int ops[3] = {nd->a, nd->b, nd->c};
         for (int k = 0; k < 3; k++)
             if (ops[k] >= 0) len += (size_t)snprintf(s + len, cap - len, " %%%d", ops[k]);

@@ -21,9 +21,11 @@ static mel_status total_count(mel_ctx *ctx, const mel_transform *t, const call *
     if (s) return s;
     const row_bufs dev = eng_row_layout(t, w.rowbuf, w.R), host = eng_row_layout(t, w.hrow, w.R);
     double acc = 0;
-    for (int64_t r0 = 0; r0 < c->N && s == MEL_OK; r0 += w.R) {
+    int64_t ch_rows = 0;
+    for (int64_t r0 = 0; r0 < c->N && s == MEL_OK; r0 += ch_rows) {
         mel_chunk ch;
-        eng_bind_chunk(ctx, t, c, &w, &sz, r0, c->N - r0 < w.R ? c->N - r0 : w.R, &ch);
+        eng_bind_chunk(ctx, t, c, &w, &sz, r0, eng_chunk_end(c, r0, w.R) - r0, &ch);
+        ch_rows = ch.R;
         ch.count = dev.count;
         s = mel_run_program(ctx, ctx->ops, t, cp, &ch, w.comm);
         if (s == MEL_OK && w.hrow != w.rowbuf)

@@ -189,7 +189,7 @@ static mel_status check_inputs(mel_ctx *ctx, const mel_transform *t, const mel_a
              * labels are global column ids under vocabulary parallelism */
             const int64_t Vt = ctx->vp ? mel_vp_total(ctx) : c->V;
             int64_t hi = d->limit > 0 && d->limit < Vt ? d->limit : Vt;
-            for (int64_t i = 0; i < b->n; i++) {
+            for (int64_t i = 0; i < b->n && !d->layout; i++) { /* sequence ids: lib/layout.c */
                 int64_t v = b->dtype == MEL_I32 ? ((const int32_t *)hv)[i] : ((const int64_t *)hv)[i];
                 if ((v < 0 || v >= hi) && v != d->ignore_index) {
                     free(tmp);
@@ -355,7 +355,8 @@ mel_status eng_validate(mel_ctx *ctx, const mel_transform *t, const mel_args *a,
     mel_status s;
     if ((s = check_heads(ctx, t, a, c)) || (s = check_inputs(ctx, t, a, c)) ||
         (s = check_finite_data(ctx, t, a, c)) || (s = check_outputs(ctx, t, a, c)) ||
-        (s = check_gradients(ctx, t, a, grads, c)) || (s = check_ops(ctx, t)))
+        (s = check_gradients(ctx, t, a, grads, c)) || (s = check_ops(ctx, t)) ||
+        (s = eng_check_layout(ctx, t, c)))
         return s;
     c->n_eff = c->N;
     return MEL_OK;

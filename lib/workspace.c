@@ -87,6 +87,7 @@ void eng_release(mel_ctx *ctx, run *w)
     mel_ws_free(ctx, w->comm, w->bytes_comm);
     mel_ws_free(ctx, w->dxtmp, w->bytes_dxtmp);
     if (w->hrow != w->rowbuf) free(w->hrow);
+    eng_chunk_layout_free(&w->lay);
     memset(w, 0, sizeof *w);
 }
 
@@ -112,7 +113,7 @@ static int64_t budget(mel_ctx *ctx, const mel_transform *t, const call *c, const
     /* and never so small that it cannot hold the fixed part and 32 rows
      * (e.g. a device running hundreds of rows at once) */
     int64_t rows = c->n_eff < 32 ? (c->n_eff > 0 ? c->n_eff : 1) : 32;
-    if (t->seg_len > rows) rows = t->seg_len;
+    if (c->min_rows > rows) rows = c->min_rows; /* one group */
     int64_t floor_bytes = sz->fixed + rows * per_row;
     if (limit < floor_bytes) limit = floor_bytes;
     return limit;
@@ -205,19 +206,20 @@ static mel_status pick_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan
     if (R <= 0) {
         const int64_t limit = budget(ctx, t, c, sz, per_row);
         int64_t avail = limit - sz->fixed;
-        /* an empty batch needs no whole segment */
-        int64_t min_rows = t->seg_len > 0 && c->N > 0 ? t->seg_len : 1, need;
+        /* the widest run of rows between two cuts: a chunk's fewest rows
+         * (one group, lib/layout.c; 1 without a layout or rows) */
+        int64_t min_rows = c->min_rows > 0 ? c->min_rows : 1, need;
         if (!mel_mul_ok(per_row, min_rows, &need) || avail < need)
             return mel_fail(ctx, MEL_ERR_BUDGET,
                             "workspace limit %lld bytes is below %lld row%s%s: %lld fixed (%d threads × "
                             "%d vectors of V = %lld) + %lld per row",
                             (long long)limit, (long long)min_rows, min_rows > 1 ? "s" : "",
-                            min_rows > 1 ? " (one segment)" : "", (long long)sz->fixed, sz->threads,
+                            min_rows > 1 ? " (the largest group of sequences)" : "", (long long)sz->fixed, sz->threads,
                             p->n_slots, (long long)c->V, (long long)per_row);
         R = avail / per_row;
         /* GEMM kernels work in blocks of rows: 252 rows ran 5% slower than
          * 224 or 256 (CE, D = 1024, V = 32768, OpenBLAS) */
-        if (R >= 64 && t->seg_len <= 0 && R < c->n_eff) R = R / 32 * 32;
+        if (R >= 64 && !c->cuts && R < c->n_eff) R = R / 32 * 32;
         if (need_Z && ctx->workspace_limit <= 0) {
             const int64_t f = gemm_floor_rows(ctx, p, c, sz, per_row);
             if (R < f) R = f;
@@ -228,8 +230,9 @@ static mel_status pick_rows(mel_ctx *ctx, const mel_transform *t, const mel_plan
      * at most N */
     const int64_t cap = ctx->chunk_rows > 0 ? c->N : c->n_eff;
     if (R > cap) R = cap;
-    if (t->seg_len > 0 && c->N > 0) R = R / t->seg_len * t->seg_len; /* whole segments per chunk */
-    if (R < 1) R = t->seg_len > 0 && c->N > 0 ? t->seg_len : 1;
+    /* chunks end at cuts (eng_chunk_end): whole groups, at least the largest */
+    if (R < c->min_rows) R = c->min_rows;
+    if (R < 1) R = 1;
     *out = R;
     return MEL_OK;
 }
@@ -307,6 +310,7 @@ mel_status eng_acquire(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, 
         w->hrow = ctx->ops->host_memory ? w->rowbuf : malloc(w->bytes_rows);
         if (!w->hrow) s = MEL_ERR_OUT_OF_MEMORY;
     }
+    if (s == MEL_OK && c->skey && eng_chunk_layout_alloc(ctx, c, R, &w->lay)) s = MEL_ERR_OUT_OF_MEMORY;
     if (s != MEL_OK) {
         eng_release(ctx, w);
         return mel_fail(ctx, s, "out of memory allocating the workspace for %lld rows × V = %lld",

@@ -11,6 +11,10 @@
  *      central finite differences (mel_gradcheck, CPU), and a device
  *      backend's y, dX and dW agree with the CPU backend's (skipped when
  *      the device cannot be opened).
+ *   4. the layout operations (sequence ids, groups: group sums and
+ *      seqinfo) in a second program, gradient-checked on the CPU; a device
+ *      backend that lists them in cpu_only[] must refuse that program with
+ *      MEL_ERR_UNSUPPORTED.
  *
  * Linked statically (-static) to reach the internal registry.
  */
@@ -57,6 +61,31 @@ static mel_graph *every_op_graph(void)
     mel_g_set_output(g, mel_g_where(g, valid, y, mel_g_const(g, 0)));
     return g;
 }
+
+/* The layout operations: sequences from ids (one row in none), groups of
+ * two, group sums, the three seqinfo fields and a group read (a DPO-like
+ * pairing). */
+static const int64_t SEQ_IDS[N] = {1, 0, 0, 3, -1, 2};
+
+static mel_graph *layout_graph(void)
+{
+    mel_graph *g = mel_graph_new();
+    mel_g_set_sequence_ids(g, "seq");
+    mel_g_set_group(g, 2);
+    mel_val z = mel_g_logits(g, 0, 1);
+    mel_val lab = mel_g_index(g, "labels", -100);
+    mel_val lp = mel_g_sub(g, mel_g_gather(g, z, lab), mel_g_logsumexp(g, z));
+    mel_val pi = mel_g_segment_sum(g, lp);
+    mel_val h = mel_g_sub(g, mel_g_group_read(g, pi, 0), mel_g_group_read(g, pi, 1));
+    mel_val tot = mel_g_group_sum(g, mel_g_mul(g, lp, mel_g_sequence_rank(g)));
+    mel_val y = mel_g_add(g, mel_g_where(g, mel_g_group_first(g), mel_g_sigmoid(g, h), mel_g_const(g, 0)),
+                          mel_g_mul(g, mel_g_sequence_first(g), mel_g_scale(g, tot, 0.3)));
+    mel_g_set_output(g, y);
+    return g;
+}
+
+/* Ops a device backend may lack, refusing the program that uses them. */
+static int cpu_only(int op) { return op == OP_SEQINFO; }
 
 typedef struct data {
     double x[N * D], w[V * D], scale[N];
@@ -131,8 +160,16 @@ int main(void)
     int used[OP__COUNT] = {0};
     for (int i = 0; i < t->n; i++)
         if (t->nodes[i].op >= 0 && t->nodes[i].op < OP__COUNT) used[t->nodes[i].op] = 1;
+    g = layout_graph();
+    mel_transform *tl = NULL;
+    s = mel_graph_compile(cpu, g, "every_layout_op", &tl);
+    mel_graph_free(g);
+    if (!ok(s == MEL_OK, "the layout program compiles: %s", mel_last_error(cpu))) return done_testing();
+    for (int i = 0; i < tl->n; i++)
+        if (tl->nodes[i].op >= 0 && tl->nodes[i].op < OP__COUNT) used[tl->nodes[i].op] = 1;
     for (int op = 0; op < OP__COUNT; op++)
-        ok(used[op], "op %d (%s) is in the every-op program (forward or adjoint)", op, mel_op_name(op));
+        ok(used[op], "op %d (%s) is in the every-op or the layout program (forward or adjoint)", op,
+           mel_op_name(op));
 
     data dt;
     fill(&dt);
@@ -163,6 +200,38 @@ int main(void)
         if (!getenv("MEL_CUDA_MODULE")) setenv("MEL_CUDA_MODULE", path, 1);
     }
 #endif
+    /* the layout program: finite differences, and the same values for
+     * every chunk size (chunk_rows 1 is raised to the 3 rows of a group) */
+    {
+        mel_args *a = mel_args_new();
+        mel_args_head(a, 0, mel_mat(dt.x, MEL_F64, N, D, 0), mel_mat(dt.w, MEL_F64, V, D, 0), NULL);
+        mel_args_index(a, "labels", dt.labels, MEL_I64, N);
+        mel_args_index(a, "seq", SEQ_IDS, MEL_I64, N);
+        mel_gradcheck_opts o = {.seed = 11, .samples = 30};
+        mel_gradcheck_report rep;
+        s = mel_gradcheck(cpu, tl, a, &o, &rep);
+        ok(s == MEL_OK && rep.checked > 0 && rep.failed == 0,
+           "layout program: gradients agree with finite differences (%d entries, max rel err %.2e, %s) %s",
+           rep.checked, rep.max_rel_err, rep.worst, mel_last_error(cpu));
+        double y[2], dx[2][N * D];
+        for (int k = 0; k < 2; k++) {
+            mel_set_chunk_rows(cpu, k ? 1 : 0);
+            mel_args_output(a, &y[k], MEL_F64);
+            mel_args_grad_head(a, 0, mel_mat(dx[k], MEL_F64, N, D, 0), mel_mat(dw_cpu, MEL_F64, V, D, 0), NULL,
+                               MEL_OVERWRITE_DW);
+            s = mel_forward_backward(cpu, tl, a);
+            mel_stats st;
+            mel_get_stats(cpu, &st);
+            if (k) ok(s == MEL_OK && st.chunks == 2, "layout program, chunk_rows 1: 2 chunks of whole groups "
+                      "(%lld) %s", (long long)st.chunks, mel_last_error(cpu));
+        }
+        mel_set_chunk_rows(cpu, 0);
+        double e = fabs(y[0] - y[1]);
+        for (int k = 0; k < N * D; k++) e = fmax(e, fabs(dx[0][k] - dx[1][k]));
+        ok(e <= 1e-14, "layout program: one chunk and chunks of one group agree (max diff %.1e)", e);
+        mel_args_free(a);
+    }
+
     for (int i = 0; i < mel_backend_entries(); i++) {
         const mel_backend_entry *e = mel_backend_entry_at(i);
         char why[1024] = "";
@@ -181,11 +250,12 @@ int main(void)
            "%s: every required primitive is set", e->label);
         int missing = 0, first = -1;
         for (int op = 0; op < OP__COUNT; op++)
-            if (!o->supports_op(op) || !strcmp(mel_op_name(op), "?")) {
+            if ((!o->supports_op(op) && !(e->kind != MEL_BACKEND_CPU && cpu_only(op))) ||
+                !strcmp(mel_op_name(op), "?")) {
                 missing++;
                 if (first < 0) first = op;
             }
-        ok(missing == 0, "%s: supports all %d ops up to OP__COUNT (%d missing, first %d %s)", e->label,
+        ok(missing == 0, "%s: supports all %d ops up to OP__COUNT but cpu_only() (%d missing, first %d %s)", e->label,
            (int)OP__COUNT, missing, first, first >= 0 ? mel_op_name(first) : "-");
         ok(!o->supports_op(OP__COUNT) && !o->supports_op(-1), "%s: supports_op refuses op numbers outside "
            "[0, OP__COUNT)", e->label);
@@ -203,9 +273,24 @@ int main(void)
         ok(s == MEL_OK && fabs(y - y_cpu) <= 1e-10 * fmax(1, fabs(y_cpu)) && ex <= 1e-10 && ew <= 1e-10,
            "%s: every-op program agrees with the cpu (|dy| %.1e, max |ddX| %.1e, max |ddW| %.1e) %s", e->label,
            fabs(y - y_cpu), ex, ew, mel_last_error(dev));
+        {
+            /* host data: the call must be refused before reading any */
+            mel_args *a = mel_args_new();
+            mel_args_head(a, 0, mel_mat(dt.x, MEL_F64, N, D, 0), mel_mat(dt.w, MEL_F64, V, D, 0), NULL);
+            mel_args_index(a, "labels", dt.labels, MEL_I64, N);
+            mel_args_index(a, "seq", SEQ_IDS, MEL_I64, N);
+            mel_args_output(a, &y, MEL_F64);
+            int sup = 1;
+            for (int op = 0; op < OP__COUNT; op++) sup &= !cpu_only(op) || o->supports_op(op);
+            s = mel_forward(dev, tl, a);
+            ok(sup || (s == MEL_ERR_UNSUPPORTED && strstr(mel_last_error(dev), "every_layout_op")),
+               "%s: the layout program is refused by name, or supported (%s)", e->label, mel_last_error(dev));
+            mel_args_free(a);
+        }
         mel_ctx_destroy(dev);
     }
     mel_transform_free(t);
+    mel_transform_free(tl);
     mel_ctx_destroy(cpu);
     return done_testing();
 }

@@ -226,6 +226,33 @@ done
 "$MEL" gradcheck grpo --param importance_sampling_level=sequence --param seq_len=4 --param beta=0.04 >"$tmp/gc" 2>&1
 ok $? "gradcheck grpo (sequence level, beta 0.04) passes" || diag "$tmp/gc"
 
+# ---- preference losses through the CLI: the sequence ids as --input seq_ids=FILE, the loss
+# type as a word (t/fixtures/dpo_*, cpo_*: TRL 1.16's own loss code)
+for c in dpo_ipo:ipo dpo_rpo:sigmoid dpo_ref_input:sigmoid cpo_simpo:simpo; do
+    case_=${c%%:*} word=${c#*:} tn=${c%%_*}
+    fx=$top_src/t/fixtures/$case_
+    params=$(grep '^param\.' "$fx/case.txt" | grep -v '^param\.loss_type\|^param\.ref_source' | sed 's/^param\./--param /' | tr '\n' ' ')
+    # shellcheck disable=SC2086
+    $MEL run "$tn" --hidden "$fx/X.npy" --weight "$fx/W.npy" --labels "$fx/labels.npy" \
+        --input seq_ids="$fx/seq_ids.npy" $([ -f "$fx/ref_logp.npy" ] && echo --input ref_logp="$fx/ref_logp.npy") \
+        $([ -f "$fx/Xt.npy" ] && echo --teacher-hidden "$fx/Xt.npy" --teacher-weight "$fx/Wt.npy") \
+        $([ -f "$fx/bias.npy" ] && echo --bias "$fx/bias.npy") \
+        $params --param loss_type=$word --dtype f64 --output "$tmp/py.npy" \
+        --grad-hidden "$tmp/pdx.npy" --grad-weight "$tmp/pdw.npy" --chunk-rows 5 2>"$tmp/err" &&
+        close_files "$tmp/py.npy" "$fx/y.npy" 1e-10 && close_files "$tmp/pdx.npy" "$fx/dX.npy" 1e-10 &&
+        close_files "$tmp/pdw.npy" "$fx/dW.npy" 1e-10
+    ok $? "run $tn --param loss_type=$word ($case_): y, dX, dW agree with TRL's fixture to 1e-10" || diag "$tmp/err"
+done
+for t in dpo cpo simpo orpo kto; do
+    "$MEL" gradcheck $t >"$tmp/gc" 2>&1
+    ok $? "gradcheck $t passes on the inputs it draws (whole pairs, reference log-probs)" || diag "$tmp/gc"
+done
+"$MEL" run dpo --hidden "$top_src/t/fixtures/dpo_ipo/X.npy" --weight "$top_src/t/fixtures/dpo_ipo/W.npy" \
+    --labels "$top_src/t/fixtures/dpo_ipo/labels.npy" --input seq_ids="$top_src/t/fixtures/dpo_ipo/seq_ids.npy" \
+    --param loss_type=ipoo >/dev/null 2>"$tmp/err"
+[ $? -eq 2 ] && grep -q "loss_type = 'ipoo' is not one of" "$tmp/err"
+ok $? "run dpo --param loss_type=ipoo: refused naming the word (exit 2)" || diag "$tmp/err"
+
 # ---- gradcheck
 "$MEL" gradcheck ce >"$tmp/gc" 2>&1
 rc=$?
@@ -428,13 +455,13 @@ expect_fail "--reduction with grpo's num_items_in_batch" "--reduction and --para
     $GRPO --reduction sum --param num_items_in_batch=7
 expect_fail "--reduction with seq_len at token level" "--reduction and --param seq_len" \
     $GRPO --reduction sum --param seq_len=6
-expect_fail "num_items_in_batch with loss_type bnpo" "--param num_items_in_batch: num_items_in_batch and loss_type = bnpo: only loss_type dapo" \
+expect_fail "num_items_in_batch with loss_type bnpo" "--param num_items_in_batch: num_items_in_batch and loss_type = bnpo: only loss_types dapo and cispo" \
     $GRPO --param seq_len=6 --param loss_type=bnpo --param num_items_in_batch=7
 expect_fail "max_completion_length with loss_type dapo" "--param max_completion_length: max_completion_length and loss_type = dapo: only loss_type dr_grpo" \
     $GRPO --param seq_len=6 --param loss_type=dapo --param max_completion_length=10
 expect_fail "max_completion_length with the default loss_type (dapo)" "--param max_completion_length: max_completion_length and loss_type = dapo: only loss_type dr_grpo" \
     $GRPO --param seq_len=6 --param max_completion_length=10
-expect_fail "num_items_in_batch with loss_type grpo" "--param num_items_in_batch: num_items_in_batch and loss_type = grpo: only loss_type dapo" \
+expect_fail "num_items_in_batch with loss_type grpo" "--param num_items_in_batch: num_items_in_batch and loss_type = grpo: only loss_types dapo and cispo" \
     $GRPO --param seq_len=6 --param loss_type=grpo --param num_items_in_batch=7
 expect_fail "--chunk-rows with --workspace-bytes" "--chunk-rows and --workspace-bytes" \
     $RUN --chunk-rows 1 --workspace-bytes 1M

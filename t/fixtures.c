@@ -38,22 +38,24 @@ typedef struct {
     char val[512];
 } kv_t;
 
+#define N_INPUTS 8 /* per-row inputs (INPUT_NAMES) */
 typedef struct {
     const char *name;
     char dir[1024];
     kv_t kv[MAX_KV];
     int nkv;
     /* inputs */
-    npy_array X, W, bias, labels, Xt, Wt, grad_output, weights;
-    npy_array in[4];         /* per-row inputs, names below        */
+    npy_array X, W, bias, labels, seq_ids, Xt, Wt, grad_output, weights;
+    npy_array in[N_INPUTS];         /* per-row inputs, names below        */
     /* references */
     npy_array y, dX, dW, db, y_rows, kl, is_clipped;
     int64_t N, D, V, Dt;
     mel_reduction red;
 } fixture;
 
-static const char *const INPUT_NAMES[4] = {"mask", "advantages", "old_logp",
-                                           "ref_logp"};
+static const char *const INPUT_NAMES[N_INPUTS] = {"mask", "advantages", "old_logp",
+                                                  "ref_logp", "completion_mask", "desirable",
+                                                  "kl_ref", "sampling_logp"};
 
 static const char *kv_get(const fixture *f, const char *key)
 {
@@ -115,9 +117,9 @@ static int load(const fixture *f, const char *file, npy_array *a, int required)
 
 static void fixture_free(fixture *f)
 {
-    npy_array *all[] = {&f->X, &f->W, &f->bias, &f->labels, &f->Xt, &f->Wt,
+    npy_array *all[] = {&f->X, &f->W, &f->bias, &f->labels, &f->seq_ids, &f->Xt, &f->Wt,
                         &f->grad_output, &f->weights, &f->in[0], &f->in[1],
-                        &f->in[2], &f->in[3], &f->y, &f->dX, &f->dW, &f->db,
+                        &f->in[2], &f->in[3], &f->in[4], &f->in[5], &f->in[6], &f->in[7], &f->y, &f->dX, &f->dW, &f->db,
                         &f->y_rows, &f->kl, &f->is_clipped};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) npy_free(all[i]);
 }
@@ -147,13 +149,14 @@ static int fixture_load(fixture *f)
     bad |= load(f, "bias.npy", &f->bias, 0) < 0;
     bad |= load(f, "db.npy", &f->db, 0) < 0;
     bad |= load(f, "labels.npy", &f->labels, 0) < 0;
+    bad |= load(f, "seq_ids.npy", &f->seq_ids, 0) < 0;
     bad |= load(f, "Xt.npy", &f->Xt, 0) < 0;
     bad |= load(f, "Wt.npy", &f->Wt, 0) < 0;
     bad |= load(f, "grad_output.npy", &f->grad_output, 0) < 0;
     bad |= load(f, "y_rows.npy", &f->y_rows, 0) < 0;
     bad |= load(f, "kl.npy", &f->kl, 0) < 0;
     bad |= load(f, "is_clipped.npy", &f->is_clipped, 0) < 0;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < N_INPUTS; i++) {
         char file[64];
         snprintf(file, sizeof file, "%s.npy", INPUT_NAMES[i]);
         bad |= load(f, file, &f->in[i], 0) < 0;
@@ -197,7 +200,11 @@ static int fixture_load(fixture *f)
     bad |= check_f64(f, &f->y_rows, "y_rows", f->N);
     bad |= check_f64(f, &f->kl, "kl", f->N);
     bad |= check_f64(f, &f->is_clipped, "is_clipped", f->N);
-    for (int i = 0; i < 4; i++) bad |= check_f64(f, &f->in[i], INPUT_NAMES[i], f->N);
+    for (int i = 0; i < N_INPUTS; i++) bad |= check_f64(f, &f->in[i], INPUT_NAMES[i], f->N);
+    if (f->seq_ids.data && (f->seq_ids.dtype != MEL_I64 || f->seq_ids.count != f->N)) {
+        diag("%s: seq_ids must be int64 [N]", f->name);
+        bad = 1;
+    }
     if (f->labels.data &&
         (f->labels.dtype != MEL_I64 || f->labels.count != f->N)) {
         diag("%s: labels must be int64 [N]", f->name);
@@ -279,7 +286,7 @@ static int transform_exists(const char *name)
 }
 
 typedef struct {
-    void *X, *W, *bias, *Xt, *Wt, *go, *in[4];
+    void *X, *W, *bias, *Xt, *Wt, *go, *in[N_INPUTS];
 } bufs;
 
 static void bufs_make(const fixture *f, mel_dtype dt, bufs *b)
@@ -290,14 +297,14 @@ static void bufs_make(const fixture *f, mel_dtype dt, bufs *b)
     b->Xt = conv(&f->Xt, dt);
     b->Wt = conv(&f->Wt, dt);
     b->go = conv(&f->grad_output, dt);
-    for (int i = 0; i < 4; i++) b->in[i] = conv(&f->in[i], dt);
+    for (int i = 0; i < N_INPUTS; i++) b->in[i] = conv(&f->in[i], dt);
 }
 
 static void bufs_free(bufs *b)
 {
     free(b->X); free(b->W); free(b->bias); free(b->Xt); free(b->Wt);
     free(b->go);
-    for (int i = 0; i < 4; i++) free(b->in[i]);
+    for (int i = 0; i < N_INPUTS; i++) free(b->in[i]);
 }
 
 /* Bind the inputs common to every run; 0 or a status. */
@@ -317,7 +324,11 @@ static mel_status bind_inputs(const fixture *f, mel_args *a, const bufs *b,
         s = mel_args_index(a, "labels", f->labels.data, MEL_I64, f->N);
         if (s) return s;
     }
-    for (int i = 0; i < 4; i++)
+    if (f->seq_ids.data) { /* the sequence layout (dpo: chosen 2b, rejected 2b + 1) */
+        s = mel_args_index(a, "seq_ids", f->seq_ids.data, MEL_I64, f->N);
+        if (s) return s;
+    }
+    for (int i = 0; i < N_INPUTS; i++)
         if (b->in[i]) {
             s = mel_args_input(a, INPUT_NAMES[i], b->in[i], dt, f->N);
             if (s) return s;

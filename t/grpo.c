@@ -273,9 +273,11 @@ int main(void)
         }
         ok(!strcmp(names, "labels:i,mask:s,advantages:s,old_logp:s") && mel_transform_head(t1, 0) == 2 &&
                mel_transform_head(t1, 1) == 1 && mel_transform_head(t1, 2) == 0 &&
-               mel_transform_num_aux(t1) == 4 && !strcmp(mel_transform_aux(t1, 0), "kl") &&
+               mel_transform_num_aux(t1) == 6 && !strcmp(mel_transform_aux(t1, 0), "kl") &&
+               !strcmp(mel_transform_aux(t1, 3), "is_high_clipped") &&
                mel_transform_input(t1, 9, NULL, NULL) == NULL,
-           "introspection: inputs %s, heads 0 (differentiable) and 1, aux kl/is_clipped/ratio/logp", names);
+           "introspection: inputs %s, heads 0 (differentiable) and 1, aux kl/is_clipped/is_low_clipped/"
+           "is_high_clipped/ratio/logp", names);
         mel_transform_free(t1);
     }
     /* helpers */
@@ -338,8 +340,9 @@ int main(void)
            "no mask: refused naming the input: %s", mel_last_error(ctx));
         mel_params_free(q);
         double v;
-        const char *w0 = mel_param_word("loss_type", 2, &v), *w9 = mel_param_word("loss_type", 4, NULL);
+        const char *w0 = mel_param_word("loss_type", 2, &v), *w9 = mel_param_word("loss_type", 6, NULL);
         ok(w0 && !strcmp(w0, "dr_grpo") && v == MEL_GRPO_DR_GRPO && !w9 &&
+               !strcmp(mel_param_word("loss_type", 5, &v), "sapo") && v == MEL_GRPO_SAPO &&
                !strcmp(mel_param_word("importance_sampling_level", 1, &v), "sequence") && v == 1 &&
                !mel_param_word("beta", 0, NULL),
            "mel_param_word: the library's words (loss_type 2 = %s)", w0 ? w0 : "NULL");

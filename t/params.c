@@ -60,7 +60,14 @@ int main(void)
         {"jsd", " t2_scale=0 beta=0.5 use_labels=1"},
         {"grpo", " beta=0 epsilon_low=0.2 epsilon_high=-1 delta=0 use_old_logp=0 ref_source=0 "
                  "importance_sampling_level=0 seq_len=0 loss_type=3 max_completion_length=512 "
-                 "num_items_in_batch=0"},
+                 "num_items_in_batch=0 sapo_temperature_pos=1 sapo_temperature_neg=1.05 "
+                 "vllm_importance_sampling_mode=0 vllm_importance_sampling_min=0 vllm_importance_sampling_cap=3"},
+        {"dpo", " beta=0.1 loss_type=0 label_smoothing=0 ref_source=0 reference_free=0 rpo_alpha=0 "
+                "chosen_tokens_per_pair=0 discopop_tau=0.05 bco_delta=0"},
+        {"cpo", " beta=0.1 loss_type=0 label_smoothing=0 cpo_alpha=1 chosen_tokens_per_pair=0 simpo_gamma=0.5"},
+        {"simpo", " beta=2 loss_type=3 label_smoothing=0 cpo_alpha=0 chosen_tokens_per_pair=0 simpo_gamma=0.5"},
+        {"orpo", " beta=0.1 chosen_tokens_per_pair=0"},
+        {"kto", " beta=0.1 desirable_weight=1 undesirable_weight=1 ref_source=0"},
     };
     int nb = (int)(sizeof want / sizeof want[0]);
     is_int(mel_builtin_count(), nb, "%d built-ins", nb);

@@ -37,6 +37,33 @@ int64_t ref_ce(int64_t N, int64_t V, const double *Z, const int64_t *labels,
 int64_t ref_kd(int64_t N, int64_t V, const double *Zs, const double *Zt, const int64_t *labels,
                int64_t ignore_index, int kind, double beta, double T, int t2, double *y, double *G);
 
+/* Preference losses over sequences (closed form, written from the papers'
+ * and TRL's formulas, independently of lib/transforms/pref.c).  Row i is in
+ * sequence seq[i] (-1: none); pair b is sequences 2b (chosen) and 2b + 1
+ * (rejected); kto's sequences stand alone.  A token counts when labels[i]
+ * != ignore_index.  ref_lp: per-token reference log-probs (NULL: reference
+ * free).  Returns the batch loss (mean over pairs / sequences, plus
+ * alpha × the mean NLL over the batch's chosen tokens) and G[i,:] =
+ * ∂loss/∂Z[i,:]; *aux (when not NULL): the mean chosen reward.
+ *   kind 0 dpo  loss_type: TRL's code (0 sigmoid, 1 hinge, 2 ipo, 3 exo_pair,
+ *               4 nca_pair, 5 robust, 6 bco_pair, 7 sppo_hard, 10 apo_zero,
+ *               11 apo_down, 12 discopop, 13 sft, 14 sigmoid_norm)
+ *   kind 1 cpo  loss_type 0 sigmoid, 1 hinge, 2 ipo, 3 simpo
+ *   kind 2 orpo (alpha is 1; completion: the per-row completion mask of
+ *               the sequence sums, NULL = every counted token; the NLL
+ *               counts every token with a label)
+ *   kind 3 kto  desirable[i] and kl0 on each sequence's first row */
+typedef struct ref_pref_opts {
+    int kind, loss_type;
+    double beta, eps, alpha, gamma, tau, bco_delta, wd, wu;
+    int64_t ignore_index;
+    const double *completion;
+    int nll_per_sequence; /* the NLL over each chosen sequence's own tokens, then the mean over pairs */
+} ref_pref_opts;
+double ref_pref(int64_t N, int64_t V, const double *Z, const int64_t *labels, const int64_t *seq,
+                const double *ref_lp, const double *desirable, const double *kl0, const ref_pref_opts *o,
+                double *G, double *aux);
+
 /* Given per-row weights s[i] (the upstream gradient of each row) and G:
  * dX = (s∘G)·W, dW = (s∘G)ᵀ·X, db = Σ_i s_i G[i,:]. */
 void ref_backprop(int64_t N, int64_t D, int64_t V, const double *X, const double *W,

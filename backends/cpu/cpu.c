@@ -324,9 +324,10 @@ static mel_status cpu_run_phase(mel_ctx *ctx, const mel_transform *t, const mel_
 static mel_status cpu_merge_segments(mel_ctx *ctx, const mel_transform *t, const mel_plan *p, int q,
                                      mel_chunk *ch)
 {
-    (void)ctx;
-    if (ch->ct == MEL_F32) merge_segments_f32(t, p, q, ch);
-    else merge_segments_f64(t, p, q, ch);
+    int L = ch->ct == MEL_F32 ? merge_segments_f32(t, p, q, ch) : merge_segments_f64(t, p, q, ch);
+    if (L >= 0)
+        return mel_fail(ctx, MEL_ERR_INTERNAL, "merge_segments: transform '%s': a %s sum without the chunk's "
+                        "layout lists", t->name, L ? "group" : "sequence");
     return MEL_OK;
 }
 

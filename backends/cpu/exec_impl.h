@@ -205,6 +205,9 @@ MEL_CLONES static void FN(run_row)(const mel_transform *t, const mel_plan *p, in
             if (vec) memcpy(o, A, (size_t)V * sizeof(T));
             else s[i] = s[a];
             break;
+        case OP_SEQINFO: /* the layout's flags of this row (engine) */
+            s[i] = ch->seq_info ? (T)ch->seq_info[r * MEL_SEQINFO_N + nd->slot] : (T)0;
+            continue;
         case OP_SEGSUM: /* computed at the phase barrier */
         case OP__COUNT:
             break;
@@ -274,10 +277,13 @@ static mel_status FN(run_phase)(const mel_transform *t, const mel_plan *p, int q
     return MEL_OK;
 }
 
-/* The segment sums that open phase q: each row of a segment (t->seg_len
- * consecutive rows of the chunk) gets the sum of the operand over the
- * segment, accumulated in double in row order. */
-static void FN(merge_segments)(const mel_transform *t, const mel_plan *p, int q, mel_chunk *ch)
+/* The sequence and group sums that open phase q: each OP_SEGSUM node of
+ * the phase (level: its slot) gets, in every row of a sequence or group of
+ * the chunk, the sum of its operand over those rows, accumulated in double
+ * in ascending row order (the chunk's lists, lib/layout.c: the same order
+ * for every chunk size and thread count); a row in none gets 0.  Returns
+ * the level whose lists the chunk lacks, or -1. */
+static int FN(merge_segments)(const mel_transform *t, const mel_plan *p, int q, mel_chunk *ch)
 {
     const int n = t->n;
     const int64_t R = ch->R;
@@ -285,11 +291,15 @@ static void FN(merge_segments)(const mel_transform *t, const mel_plan *p, int q,
     for (int pos = p->phase_start[q]; pos < p->phase_start[q + 1]; pos++) {
         const int i = p->order[pos];
         if (t->nodes[i].op != OP_SEGSUM) continue;
-        const int a = t->nodes[i].a;
-        for (int64_t r0 = 0; r0 < R; r0 += t->seg_len) {
+        const int a = t->nodes[i].a, L = t->nodes[i].slot;
+        const int64_t *off = ch->seg_off[L], *rows = ch->seg_row[L];
+        if (!off) return L;
+        for (int64_t r = 0; r < R; r++) regs[r * n + i] = 0;
+        for (int64_t k = 0; k < ch->n_seg[L]; k++) {
             double acc = 0;
-            for (int64_t r = r0; r < r0 + t->seg_len && r < R; r++) acc += (double)regs[r * n + a];
-            for (int64_t r = r0; r < r0 + t->seg_len && r < R; r++) regs[r * n + i] = (T)acc;
+            for (int64_t j = off[k]; j < off[k + 1]; j++) acc += (double)regs[rows[j] * n + a];
+            for (int64_t j = off[k]; j < off[k + 1]; j++) regs[rows[j] * n + i] = (T)acc;
         }
     }
+    return -1;
 }

@@ -1196,6 +1196,12 @@ static mel_status cache_get(mel_ctx *ctx, const mel_transform *t, cu_cached **ou
             return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "cuda backend: operation %s (%d) of transform '%s' "
                             "is not implemented on the GPU", mel_op_name(t->nodes[i].op), (int)t->nodes[i].op,
                             t->name);
+    /* sequence ids and groups (OP_SEGSUM level 1, OP_SEQINFO): the CPU
+     * executor's, not written here yet; fixed-length segments run below */
+    if (t->seq_ids >= 0 || t->group > 1)
+        return mel_fail(ctx, MEL_ERR_UNSUPPORTED, "cuda backend: transform '%s' has %s, which the GPU "
+                        "executor does not run yet (the CPU backend does)", t->name,
+                        t->seq_ids >= 0 ? "sequence ids (mel_g_set_sequence_ids)" : "groups of sequences (mel_g_set_group)");
     cu_cached *e = &st->cache[st->next_evict];
     st->next_evict = (st->next_evict + 1) % MEL_CU_CACHE;
     cache_drop(e);

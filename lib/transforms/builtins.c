@@ -221,6 +221,7 @@ static const mel_builtin builtin_jsd = {
 static const mel_builtin *const builtins[] = {
     &builtin_ce, &builtin_logprob, &builtin_entropy, &builtin_z_loss,
     &builtin_kl, &builtin_reverse_kl, &builtin_jsd, &mel_builtin_grpo,
+    &mel_builtin_dpo, &mel_builtin_cpo, &mel_builtin_simpo, &mel_builtin_orpo, &mel_builtin_kto,
 };
 #define N_BUILTINS ((int)(sizeof builtins / sizeof builtins[0]))
 

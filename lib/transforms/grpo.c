@@ -13,12 +13,15 @@
  * exp(s_b), s_b = Σ_t m·(logp − old) / max(Σ_t m, 1) (sequence), then
  * ℓ = −min(min(r, δ)·A, clamp(r, 1−ε_low, 1+ε_high)·A) + β·k3(ref, logp). */
 enum { G_BETA = MEL_P_COMMON, G_EPS_LOW, G_EPS_HIGH, G_DELTA, G_OLD, G_REF, G_LEVEL, G_SEQ, G_LOSS,
-       G_MAXLEN, G_ITEMS };
+       G_MAXLEN, G_ITEMS, G_SAPO_POS, G_SAPO_NEG, G_IS_MODE, G_IS_MIN, G_IS_MAX };
+/* loss types (mel_grpo_loss_type) and importance-sampling correction modes */
+enum { LT_GRPO, LT_BNPO, LT_DR_GRPO, LT_DAPO, LT_CISPO, LT_SAPO };
+enum { IS_NONE, IS_TOKEN_TRUNCATE, IS_TOKEN_MASK, IS_SEQUENCE_TRUNCATE, IS_SEQUENCE_MASK };
 static mel_status build_grpo(mel_graph *g, const double *p)
 {
     const double el = p[G_EPS_LOW], eh = p[G_EPS_HIGH] == -1 ? p[G_EPS_LOW] : p[G_EPS_HIGH];
-    const int seq = p[G_LEVEL] == 1;
-    if (seq && p[G_SEQ] < 1) {
+    const int seq = p[G_LEVEL] == 1, lt = (int)p[G_LOSS], ism = (int)p[G_IS_MODE];
+    if ((seq || ism >= IS_SEQUENCE_TRUNCATE) && p[G_SEQ] < 1) {
         mel_g_set_output(g, -1);
         return MEL_ERR_INVALID_ARGUMENT;
     }
@@ -35,8 +38,8 @@ static mel_status build_grpo(mel_graph *g, const double *p)
     mel_val old = p[G_OLD] ? mel_g_input(g, "old_logp", 0) : mel_g_stop_gradient(g, logp);
     mel_val zero = mel_g_const(g, 0);
     mel_val logr = mel_g_sub(g, logp, old);
+    if (seq || ism >= IS_SEQUENCE_TRUNCATE) mel_g_set_segment(g, (int64_t)p[G_SEQ]);
     if (seq) {
-        mel_g_set_segment(g, (int64_t)p[G_SEQ]);
         mel_val num = mel_g_segment_sum(g, mel_g_where(g, on, mel_g_mul(g, mask, logr), zero));
         mel_val den = mel_g_max(g, mel_g_segment_sum(g, mask), mel_g_const(g, 1));
         logr = mel_g_div(g, num, den);
@@ -44,7 +47,44 @@ static mel_status build_grpo(mel_graph *g, const double *p)
     mel_val r = mel_g_exp(g, logr);
     mel_val c1 = p[G_DELTA] > 0 ? mel_g_min(g, r, mel_g_const(g, p[G_DELTA])) : r;
     mel_val c2 = mel_g_clamp(g, r, 1 - el, 1 + eh);
-    mel_val loss = mel_g_neg(g, mel_g_min(g, mel_g_mul(g, c1, adv), mel_g_mul(g, c2, adv)));
+    mel_val loss;
+    if (lt == LT_CISPO) {
+        /* CISPO: −stop_gradient(min(r, ε_high))·A·logp */
+        loss = mel_g_neg(g, mel_g_mul(g, mel_g_mul(g, mel_g_stop_gradient(g, mel_g_min(g, r, mel_g_const(g, eh))),
+                                                   adv), logp));
+    } else if (lt == LT_SAPO) {
+        /* SAPO: −σ(τ(r − 1))·4/τ·A, τ = τ_pos when A > 0, else τ_neg */
+        mel_val tau = mel_g_where(g, mel_g_lt(g, zero, adv), mel_g_const(g, p[G_SAPO_POS]),
+                                  mel_g_const(g, p[G_SAPO_NEG]));
+        mel_val soft = mel_g_div(g, mel_g_scale(g, mel_g_sigmoid(g, mel_g_mul(g, tau, mel_g_sub(g, r, mel_g_const(g, 1)))),
+                                                4), tau);
+        loss = mel_g_neg(g, mel_g_mul(g, soft, adv));
+    } else {
+        loss = mel_g_neg(g, mel_g_min(g, mel_g_mul(g, c1, adv), mel_g_mul(g, c2, adv)));
+    }
+    if (ism != IS_NONE) {
+        /* the sampler's importance weight (TRL's vllm_importance_sampling_correction):
+         * d = (old − sampling_logp)·m (NaN → 0), summed over the sequence in the
+         * sequence modes; w = exp(d) truncated to [clip_min, clip_max] or set to 0
+         * outside it; no gradient */
+        mel_val d = mel_g_where(g, on, mel_g_mul(g, mask, mel_g_sub(g, mel_g_stop_gradient(g, old),
+                                                                     mel_g_input(g, "sampling_logp", 0))), zero);
+        d = mel_g_where(g, mel_g_eq(g, d, d), d, zero);
+        if (ism >= IS_SEQUENCE_TRUNCATE) d = mel_g_segment_sum(g, d);
+        mel_val w = mel_g_exp(g, d);
+        const double lo = p[G_IS_MIN], hi = p[G_IS_MAX] > 0 ? p[G_IS_MAX] : INFINITY;
+        if (ism == IS_TOKEN_TRUNCATE || ism == IS_SEQUENCE_TRUNCATE) {
+            w = mel_g_max(g, w, mel_g_const(g, lo));
+            if (isfinite(hi)) w = mel_g_min(g, w, mel_g_const(g, hi));
+        } else {
+            mel_val inside = mel_g_mul(g, mel_g_le(g, mel_g_const(g, lo), w),
+                                       isfinite(hi) ? mel_g_le(g, w, mel_g_const(g, hi)) : mel_g_const(g, 1));
+            w = mel_g_where(g, inside, w, zero);
+        }
+        w = mel_g_stop_gradient(g, w);
+        loss = mel_g_mul(g, loss, w);
+        mel_g_add_aux(g, "is_ratio", mel_g_where(g, on, w, zero));
+    }
     if (p[G_BETA] != 0) {
         mel_val ref;
         if (p[G_REF] == 1) {
@@ -58,10 +98,19 @@ static mel_status build_grpo(mel_graph *g, const double *p)
         loss = mel_g_add(g, loss, mel_g_scale(g, kl, p[G_BETA]));
         mel_g_add_aux(g, "kl", mel_g_where(g, on, kl, zero));
     }
-    /* TRL's clip statistics: ratio below 1−ε_low with A < 0, or above 1+ε_high with A > 0 */
-    mel_val low = mel_g_mul(g, mel_g_lt(g, c1, mel_g_const(g, 1 - el)), mel_g_lt(g, adv, zero));
-    mel_val high = mel_g_mul(g, mel_g_lt(g, mel_g_const(g, 1 + eh), c1), mel_g_lt(g, zero, adv));
-    mel_g_add_aux(g, "is_clipped", mel_g_where(g, on, mel_g_max(g, low, high), zero));
+    /* TRL's clip statistics: ratio below 1−ε_low with A < 0, or above 1+ε_high with A > 0;
+     * cispo: above ε_high with A > 0; sapo clips nothing (no is_clipped) */
+    if (lt == LT_CISPO) {
+        mel_val high = mel_g_mul(g, mel_g_lt(g, mel_g_const(g, eh), r), mel_g_lt(g, zero, adv));
+        mel_g_add_aux(g, "is_clipped", mel_g_where(g, on, high, zero));
+    } else if (lt != LT_SAPO) {
+        mel_val low = mel_g_mul(g, mel_g_lt(g, c1, mel_g_const(g, 1 - el)), mel_g_lt(g, adv, zero));
+        mel_val high = mel_g_mul(g, mel_g_lt(g, mel_g_const(g, 1 + eh), c1), mel_g_lt(g, zero, adv));
+        mel_g_add_aux(g, "is_clipped", mel_g_where(g, on, mel_g_max(g, low, high), zero));
+        /* TRL's clip_ratio/low_* and clip_ratio/high_* come from these two */
+        mel_g_add_aux(g, "is_low_clipped", mel_g_where(g, on, low, zero));
+        mel_g_add_aux(g, "is_high_clipped", mel_g_where(g, on, high, zero));
+    }
     mel_g_add_aux(g, "ratio", mel_g_where(g, on, r, zero));
     mel_g_add_aux(g, "logp", logp);
     mel_g_set_count(g, mask);
@@ -79,6 +128,27 @@ static mel_status check_grpo(mel_ctx *ctx, const mel_builtin *b, const double *p
         return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, "seq_len", -1, -1,
                         "transform 'grpo': importance_sampling_level = 1 (sequence) needs seq_len >= 1 "
                         "(the completion length T; rows are B·T tokens in row-major order)");
+    if (p[G_IS_MODE] >= IS_SEQUENCE_TRUNCATE && p[G_SEQ] < 1)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                        "transform 'grpo': vllm_importance_sampling_mode = %g (a sequence mode) needs seq_len >= 1 "
+                        "(the completion length T)", p[G_IS_MODE]);
+    const int lt = (int)p[G_LOSS];
+    if (((given[G_SAPO_POS] && p[G_SAPO_POS] != 1.0) || (given[G_SAPO_NEG] && p[G_SAPO_NEG] != 1.05)) &&
+        lt != LT_SAPO)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                        "transform 'grpo': %s = %g has no effect with loss_type = %g (sapo reads it)",
+                        p[G_SAPO_POS] != 1.0 ? "sapo_temperature_pos" : "sapo_temperature_neg",
+                        p[G_SAPO_POS] != 1.0 ? p[G_SAPO_POS] : p[G_SAPO_NEG], p[G_LOSS]);
+    if (p[G_DELTA] > 0 && (lt == LT_CISPO || lt == LT_SAPO))
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                        "transform 'grpo': delta = %g has no effect with loss_type = %s", p[G_DELTA],
+                        lt == LT_CISPO ? "cispo" : "sapo");
+    if (((given[G_IS_MIN] && p[G_IS_MIN] != 0) || (given[G_IS_MAX] && p[G_IS_MAX] != 3.0)) &&
+        p[G_IS_MODE] == IS_NONE)
+        return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT,
+                        "transform 'grpo': %s = %g has no effect with vllm_importance_sampling_mode = 0 (none)",
+                        p[G_IS_MIN] != 0 ? "vllm_importance_sampling_min" : "vllm_importance_sampling_cap",
+                        p[G_IS_MIN] != 0 ? p[G_IS_MIN] : p[G_IS_MAX]);
     return MEL_OK;
 }
 
@@ -89,13 +159,19 @@ const mel_builtin mel_builtin_grpo = {
     "ref_source=0) or head 1 (ref_source=1)  params: beta, epsilon_low, epsilon_high (default "
     "= epsilon_low), delta (0 = off), use_old_logp, ref_source, importance_sampling_level "
     "(0 token, 1 sequence), seq_len, temperature, vocab_valid, loss_type (0 grpo, 1 bnpo, 2 dr_grpo, 3 "
-    "dapo), max_completion_length, num_items_in_batch (the last three: for mel_grpo_weights)  "
-    "aux: kl, is_clipped, ratio, logp",
+    "dapo, 4 cispo, 5 sapo: their per-token loss; all: mel_grpo_weights), max_completion_length, "
+    "num_items_in_batch (these two: for mel_grpo_weights), sapo_temperature_pos, sapo_temperature_neg, "
+    "vllm_importance_sampling_mode (0 none, 1 token_truncate, 2 token_mask, 3 sequence_truncate, "
+    "4 sequence_mask; reads sampling_logp), vllm_importance_sampling_min, "
+    "vllm_importance_sampling_cap (0: none)  aux: kl, is_clipped (not sapo), is_low_clipped, is_high_clipped "
+    "(loss types 0-3), ratio, logp, is_ratio",
     {MEL_COMMON_PARAMS, {"beta", 0, 0, 1e300, 0}, {"epsilon_low", 0.2, 0, 1, 0},
      {"epsilon_high", -1, -1, 1e300, 0}, {"delta", 0, 0, 1e300, 0}, {"use_old_logp", 0, 0, 1, 1},
      {"ref_source", 0, 0, 1, 1}, {"importance_sampling_level", 0, 0, 1, 1},
-     {"seq_len", 0, 0, 1e15, 1}, {"loss_type", 3, 0, 3, 1}, {"max_completion_length", 512, 1, 1e15, 1},
-     {"num_items_in_batch", 0, 0, 1e300, 0}},
+     {"seq_len", 0, 0, 1e15, 1}, {"loss_type", 3, 0, 5, 1}, {"max_completion_length", 512, 1, 1e15, 1},
+     {"num_items_in_batch", 0, 0, 1e300, 0}, {"sapo_temperature_pos", 1.0, 1e-300, 1e300, 0},
+     {"sapo_temperature_neg", 1.05, 1e-300, 1e300, 0}, {"vllm_importance_sampling_mode", 0, 0, 4, 1},
+     {"vllm_importance_sampling_min", 0, 0, 1e300, 0}, {"vllm_importance_sampling_cap", 3.0, 0, 1e300, 0}},
     0,
     check_grpo,
     build_grpo,
@@ -121,7 +197,7 @@ mel_status mel_grpo_weights(mel_ctx *ctx, mel_grpo_loss_type type, int64_t B, in
     if (grad_accum < 1)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_grpo_weights: grad_accum = %lld must be >= 1",
                         (long long)grad_accum);
-    if ((unsigned)type > MEL_GRPO_DAPO)
+    if ((unsigned)type > MEL_GRPO_SAPO)
         return mel_fail(ctx, MEL_ERR_INVALID_ARGUMENT, "mel_grpo_weights: loss type %d is not a mel_grpo_loss_type",
                         (int)type);
     if (type == MEL_GRPO_DR_GRPO && max_completion_length < 1)
@@ -147,7 +223,9 @@ mel_status mel_grpo_weights(mel_ctx *ctx, mel_grpo_loss_type type, int64_t B, in
             case MEL_GRPO_GRPO: v = m / fmax(seq, 1.0) / (double)B / (double)grad_accum; break;
             case MEL_GRPO_BNPO: v = m / fmax(total, 1.0) / (double)grad_accum; break;
             case MEL_GRPO_DR_GRPO: v = m / ((double)B * (double)max_completion_length) / (double)grad_accum; break;
-            case MEL_GRPO_DAPO: v = m / fmax(num_items_in_batch > 0 ? num_items_in_batch : total, 1.0); break;
+            case MEL_GRPO_DAPO:
+            case MEL_GRPO_CISPO: v = m / fmax(num_items_in_batch > 0 ? num_items_in_batch : total, 1.0); break;
+            case MEL_GRPO_SAPO: v = m / fmax(seq, 1.0) / (double)B / (double)grad_accum; break;
             }
             w[b * T + t] = v;
         }
@@ -195,6 +273,8 @@ static const struct {
     {"loss_type", "bnpo", MEL_GRPO_BNPO},
     {"loss_type", "dr_grpo", MEL_GRPO_DR_GRPO},
     {"loss_type", "dapo", MEL_GRPO_DAPO},
+    {"loss_type", "cispo", MEL_GRPO_CISPO},
+    {"loss_type", "sapo", MEL_GRPO_SAPO},
     {"importance_sampling_level", "token", 0},
     {"importance_sampling_level", "sequence", 1},
 };
@@ -237,17 +317,18 @@ mel_status mel_grpo_loss_weights(mel_ctx *ctx, const mel_params *p, int64_t N, c
     mel_clear_error(ctx);
     char lw[32];
     const double lt = grpo_param(p, "loss_type"), T = grpo_param(p, "seq_len");
-    if (!(lt >= 0 && lt <= MEL_GRPO_DAPO && lt == floor(lt)))
+    if (!(lt >= 0 && lt <= MEL_GRPO_SAPO && lt == floor(lt)))
         return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, "loss_type", -1, -1,
-                            "loss_type = %g is not a loss type (grpo 0, bnpo 1, dr_grpo 2, dapo 3)", lt);
+                            "loss_type = %g is not a loss type (grpo 0, bnpo 1, dr_grpo 2, dapo 3, cispo 4, "
+                            "sapo 5)", lt);
     const char *ltw = loss_word(lt, lw, sizeof lw);
     if (p && mel_params_get(p, "max_completion_length", NULL) && lt != MEL_GRPO_DR_GRPO)
         return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, "max_completion_length", -1, -1,
                             "max_completion_length and loss_type = %s: only loss_type dr_grpo divides by "
                             "max_completion_length", ltw);
-    if (p && mel_params_get(p, "num_items_in_batch", NULL) && lt != MEL_GRPO_DAPO)
+    if (p && mel_params_get(p, "num_items_in_batch", NULL) && lt != MEL_GRPO_DAPO && lt != MEL_GRPO_CISPO)
         return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, "num_items_in_batch", -1, -1,
-                            "num_items_in_batch and loss_type = %s: only loss_type dapo divides by "
+                            "num_items_in_batch and loss_type = %s: only loss_types dapo and cispo divide by "
                             "num_items_in_batch", ltw);
     if (!(T >= 1) || T != floor(T))
         return mel_fail_arg(ctx, MEL_ERR_INVALID_ARGUMENT, MEL_ARG_PARAM, -1, "seq_len", -1, -1,

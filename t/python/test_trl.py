@@ -72,6 +72,12 @@ def main(t):
     cases = sorted(c for c in os.listdir(FIX) if c.startswith("grpo_"))
     for case in cases:
         kv, cfg, arr = load(case)
+        # loss types cispo / sapo and the sampler's importance weight (issue 21) are in the C
+        # library (t/fixtures.t) but not yet in libmel.trl.grpo_loss
+        if cfg["loss_type"] in ("cispo", "sapo") or "sampling_logp" in arr:
+            print("# %s: loss_type %s%s: libmel.trl.grpo_loss does not take it yet (C: t/fixtures.t)"
+                  % (case, cfg["loss_type"], ", sampler IS weight" if "sampling_logp" in arr else ""))
+            continue
         for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
             loss, metrics, grads, (B, T, D) = call(kv, cfg, arr, dtype)
             d = "%s (%s) %s" % (case, cfg["loss_type"], str(dtype)[6:])

@@ -107,6 +107,15 @@ const char *next_opt(optscan *o, const char **val)
 
 /* ============================================================ --param */
 
+/* Symbolic parameter values ("loss_type=ipo") wait here until the
+ * transform is known (resolve_param_words): the library maps them
+ * (mel_builtin_param_word), per transform. */
+#define MAX_PARAM_WORDS 16
+static struct {
+    char name[64], word[64];
+} pending[MAX_PARAM_WORDS];
+static int n_pending;
+
 void param_add(mel_params **pp, const char *spec)
 {
     const char *eq = strchr(spec, '=');
@@ -122,20 +131,15 @@ void param_add(mel_params **pp, const char *spec)
     char *end;
     errno = 0;
     v = strtod(val, &end);
-    if (end == val || *end) { /* a word: the library's table (mel_param_word) */
-        const char *wd;
-        int i, found = 0;
-        char list[256] = "";
-        for (i = 0; (wd = mel_param_word(name, i, &v)) != NULL; i++) {
-            if (!strcmp(wd, val)) {
-                found = 1;
-                break;
-            }
-            if (*list) strncat(list, ", ", sizeof list - strlen(list) - 1);
-            strncat(list, wd, sizeof list - strlen(list) - 1);
-        }
-        if (!found && i == 0) die(EXIT_USAGE, "--param %s: '%s' is not a number", name, val);
-        if (!found) die(EXIT_USAGE, "--param %s: unknown value '%s' (want %s or a number)", name, val, list);
+    if (end == val || *end) {
+        for (int i = 0; i < n_pending; i++)
+            if (!strcmp(pending[i].name, name)) die(EXIT_USAGE, "--param %s: given twice", name);
+        if (n_pending == MAX_PARAM_WORDS || strlen(val) >= sizeof pending[0].word)
+            die(EXIT_USAGE, "--param %s=%s: too many or too long symbolic values", name, val);
+        strcpy(pending[n_pending].name, name);
+        strcpy(pending[n_pending].word, val);
+        n_pending++;
+        return;
     }
     if (mel_params_get(*pp, name, NULL)) die(EXIT_USAGE, "--param %s: given twice", name);
     if (!*pp) {
@@ -175,11 +179,39 @@ double param_value(const char *tname, const mel_params *p, const char *name, dou
     return fallback;
 }
 
-void refuse_loss_type_params(const char *cmd, const mel_params *p, const char *why)
+void resolve_param_words(const char *cmd, const char *tname, mel_params **pp)
 {
+    if (!n_pending) return;
+    mel_ctx *ctx = NULL;
+    if (mel_ctx_create(MEL_BACKEND_CPU, &ctx) != MEL_OK) die(EXIT_FAILED, "%s: %s", cmd, mel_ctx_create_error());
+    for (int i = 0; i < n_pending; i++) {
+        double v;
+        if (mel_builtin_param_word(ctx, tname, pending[i].name, pending[i].word, &v) != MEL_OK) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", mel_last_error(ctx));
+            mel_ctx_destroy(ctx);
+            die(EXIT_USAGE, "%s --param %s=%s: %s", cmd, pending[i].name, pending[i].word, msg);
+        }
+        if (mel_params_get(*pp, pending[i].name, NULL))
+            die(EXIT_USAGE, "--param %s: given twice", pending[i].name);
+        if (!*pp) {
+            *pp = own(mel_params_new(), free_params);
+            if (!*pp) die(EXIT_FAILED, "--param: out of memory");
+        }
+        mel_params_set(*pp, pending[i].name, v);
+    }
+    n_pending = 0;
+    mel_ctx_destroy(ctx);
+}
+
+void refuse_loss_type_params(const char *cmd, const char *tname, const mel_params *p, const char *why)
+{
+    if (strcmp(tname, "grpo")) return; /* the other built-ins' loss_type is their loss */
     static const char *names[] = {"loss_type", "max_completion_length", "num_items_in_batch"};
+    double lt = 0;
     for (int i = 0; i < 3; i++)
-        if (mel_params_get(p, names[i], NULL))
+        /* cispo (4) and sapo (5) change the per-token loss too: not only weights */
+        if (mel_params_get(p, names[i], &lt) && !(i == 0 && (lt == 4 || lt == 5)))
             die(EXIT_USAGE, "%s and --param %s: %s only sets grpo's loss-type weights "
                 "(mel_grpo_weights), which %s", cmd, names[i], names[i], why);
 }

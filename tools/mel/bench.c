@@ -283,7 +283,8 @@ int cmd_bench(int argc, char **argv)
         die(EXIT_USAGE, "--chunk-rows and --workspace-bytes: give one or the other (a fixed chunk "
             "size takes what its rows need, whatever the budget)");
     check_builtin_name("bench", tname);
-    refuse_loss_type_params("bench", pl, "mel bench does not use (it times a mean-reduced step)");
+    resolve_param_words("bench", tname, &pl);
+    refuse_loss_type_params("bench", tname, pl, "mel bench does not use (it times a mean-reduced step)");
     mel_ctx *ctx = make_ctx(backend, threads);
     mel_transform *t = build_transform(ctx, "bench", tname, pl);
     double ii = param_value(tname, pl, "ignore_index", -100);

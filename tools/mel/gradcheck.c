@@ -66,20 +66,52 @@ int cmd_gradcheck(int argc, char **argv)
     go.seed = seed;
 
     check_builtin_name("gradcheck", tname);
-    refuse_loss_type_params("gradcheck", pl, "mel gradcheck does not use (it checks --reduction "
+    resolve_param_words("gradcheck", tname, &pl);
+    refuse_loss_type_params("gradcheck", tname, pl, "mel gradcheck does not use (it checks --reduction "
                             "none, sum or mean)");
     /* with the stop-gradient default (grpo's use_old_logp = 0) the ratio is 1
      * for every perturbation, so finite differences need old_logp as data */
-    if (builtin_has_param(tname, "use_old_logp") && !mel_params_get(pl, "use_old_logp", NULL)) {
+    double lt = 0;
+    if (builtin_has_param(tname, "use_old_logp") && !mel_params_get(pl, "use_old_logp", NULL) &&
+        mel_params_get(pl, "loss_type", &lt) && lt == 4) {
+        /* cispo's weight min(r, ε_high) is detached: with old_logp given finite differences
+         * see it move, the gradient by design does not; with the stop-gradient default it is
+         * min(1, ε_high) for every perturbation */
+        printf("# %s: checking cispo with use_old_logp=0 (its detached weight is then constant under "
+               "finite differences)\n", tname);
+    } else if (builtin_has_param(tname, "use_old_logp") && !mel_params_get(pl, "use_old_logp", NULL)) {
         param_add(&pl, "use_old_logp=1");
         printf("# %s: checking with use_old_logp=1 (with old_logp absent, the stop-gradient makes "
                "the ratio constant under finite differences)\n", tname);
     }
     mel_ctx *ctx = make_ctx("cpu", threads);
+    /* the preference built-ins' NLL normaliser (the batch's chosen tokens
+     * over its pairs) is a property of the batch: when the parameters
+     * given need it (the transform builds only with it), it is set from
+     * the drawn problem */
+    int need_cpp = 0;
+    if (builtin_has_param(tname, "chosen_tokens_per_pair") && !mel_params_get(pl, "chosen_tokens_per_pair", NULL)) {
+        mel_transform *probe = NULL;
+        need_cpp = mel_transform_builtin(ctx, tname, pl, &probe) != MEL_OK;
+        mel_transform_free(probe);
+        if (need_cpp) param_add(&pl, "chosen_tokens_per_pair=1");
+    }
     mel_transform *t = build_transform(ctx, "gradcheck", tname, pl);
     double ii = param_value(tname, pl, "ignore_index", -100);
     problem p;
     make_problem(&p, t, n, d, v, with_bias, (int64_t)ii, 1, seed);
+    if (need_cpp && p.seq) {
+        double chosen = 0, pairs = 0;
+        for (int64_t i = 0; i < n; i++) {
+            chosen += p.seq[i] >= 0 && p.seq[i] % 2 == 0 && p.labels[i] != (int64_t)ii;
+            pairs += p.seq[i] >= 0 && p.seq[i] % 2 == 0 && (i == 0 || p.seq[i - 1] != p.seq[i]);
+        }
+        double k = chosen > 0 && pairs > 0 ? chosen / pairs : 1;
+        check(ctx, mel_params_set(pl, "chosen_tokens_per_pair", k), "chosen_tokens_per_pair");
+        t = build_transform(ctx, "gradcheck", tname, pl); /* the first stays: p names its inputs */
+        printf("# %s: checking with chosen_tokens_per_pair=%g (the drawn batch's chosen tokens per pair)\n",
+               tname, k);
+    }
 
     mel_args *a = own(mel_args_new(), free_args);
     if (!a) die(EXIT_FAILED, "out of memory");

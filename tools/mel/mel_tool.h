@@ -144,7 +144,10 @@ int builtin_has_param(const char *tname, const char *name);
 /* Die when one of grpo's loss-type parameters (loss_type,
  * max_completion_length, num_items_in_batch: they only feed
  * mel_grpo_weights) was given to a command that does not use them. */
-void refuse_loss_type_params(const char *cmd, const mel_params *p, const char *why);
+void refuse_loss_type_params(const char *cmd, const char *tname, const mel_params *p, const char *why);
+/* The symbolic --param values (loss_type=ipo), mapped for transform tname
+ * by the library (mel_builtin_param_word); exits naming a bad one. */
+void resolve_param_words(const char *cmd, const char *tname, mel_params **pp);
 
 /* Die unless `name` is a built-in, listing the known ones. */
 void check_builtin_name(const char *cmd, const char *name);
@@ -204,8 +207,10 @@ void save(const char *flag, const char *path, mel_dtype t, void *data, int ndim,
  * (optional), and whatever the transform reads (mel_transform_input,
  * mel_transform_head): an index input (about 1 in 5 rows = ignore_index,
  * never all), head 1, and per-row scalar inputs ("mask" 0/1, "old_logp"
- * and "ref_logp" near the current log-probability, anything else
- * standard normal). */
+ * and "ref_logp" near the current log-probability, "desirable" 0/1 and
+ * "kl_ref" one value per sequence, anything else standard normal); with
+ * sequence ids, whole groups of sequences of 1-4 rows (ranks in order),
+ * a row in no sequence (-1) after some groups and at the end. */
 #define PROBLEM_MAX_INPUTS 16
 typedef struct problem {
     int64_t n, d, v;
@@ -213,6 +218,8 @@ typedef struct problem {
     double *tx, *tw;      /* head 1 [N, D], [V, D] when the transform reads it */
     int64_t *labels;      /* the index input's values */
     const char *index_name;
+    int64_t *seq;         /* the sequence ids (mel_transform_layout), or NULL */
+    const char *seq_name;
     int n_scalar;
     const char *scalar_name[PROBLEM_MAX_INPUTS];
     double *scalar[PROBLEM_MAX_INPUTS];

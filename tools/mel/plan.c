@@ -74,6 +74,7 @@ int cmd_plan(int argc, char **argv)
     }
     if (!tname) die(EXIT_USAGE, "plan: missing TRANSFORM (see mel list)");
     check_builtin_name("plan", tname);
+    resolve_param_words("plan", tname, &pl);
     if (n < 0) die(EXIT_USAGE, "plan: --rows is required");
     if (d < 0) die(EXIT_USAGE, "plan: --dim is required");
     if (v < 0) die(EXIT_USAGE, "plan: --vocab is required");
@@ -123,7 +124,14 @@ int cmd_plan(int argc, char **argv)
         snprintf(flag, sizeof flag, "--input %s", in_names[k]);
         input in = load("--input", in_files[k], TAKES_FLOAT | TAKES_BOOL | TAKES_INT);
         want_vec(&in, n, flag);
-        check(ctx, mel_args_input(a, in_names[k], input_as(&in, MEL_F64), MEL_F64, n), flag);
+        int is_index = 0; /* an index input other than labels (dpo's seq_ids) */
+        for (int i = 0; i < mel_transform_num_inputs(t); i++) {
+            int ix = 0;
+            const char *nm = mel_transform_input(t, i, &ix, NULL);
+            if (nm && !strcmp(nm, in_names[k])) is_index = ix;
+        }
+        if (is_index) check(ctx, mel_args_index(a, in_names[k], input_as(&in, MEL_I64), MEL_I64, n), flag);
+        else check(ctx, mel_args_input(a, in_names[k], input_as(&in, MEL_F64), MEL_F64, n), flag);
     }
 
     if (mode == NAIVE) {

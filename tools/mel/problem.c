@@ -3,6 +3,7 @@
  * mel_transform_head). */
 #include "mel_tool.h"
 
+#include <inttypes.h>
 #include <math.h>
 #include <string.h>
 
@@ -67,7 +68,10 @@ void make_problem(problem *p, const mel_transform *t, int64_t n, int64_t d, int6
         int is_index = 0;
         const char *name = mel_transform_input(t, i, &is_index, NULL);
         if (!name) continue;
-        if (is_index) {
+        if (is_index && mel_transform_layout(t, NULL, NULL) &&
+            !strcmp(name, mel_transform_layout(t, NULL, NULL))) {
+            p->seq_name = name;
+        } else if (is_index) {
             if (p->index_name) die(EXIT_USAGE, "transform '%s' reads more than one index input",
                                    mel_transform_name(t));
             p->index_name = name;
@@ -93,6 +97,35 @@ void make_problem(problem *p, const mel_transform *t, int64_t n, int64_t d, int6
         for (int64_t i = 0; i < nd; i++) p->tx[i] = rng_gauss(&r);
         for (int64_t i = 0; i < vd; i++) p->tw[i] = 2.0 * ws * rng_gauss(&r);
     }
+    /* sequence ids: whole groups of G sequences of 1-4 rows each */
+    int64_t *first_row = NULL; /* the first row of each row's sequence (-1: none) */
+    if (p->seq_name) {
+        int64_t G = 1;
+        mel_transform_layout(t, NULL, &G);
+        p->seq = xcalloc(n, sizeof(int64_t), "sequence ids");
+        first_row = xcalloc(n, sizeof(int64_t), "sequence ids");
+        int64_t i = 0, s = 0;
+        for (;;) {
+            int64_t len[64], tot = 0;
+            for (int64_t k = 0; k < G && k < 64; k++) tot += len[k] = 1 + (int64_t)(rng_next(&r) % 4);
+            if (G > 64 || i + tot > n) break;
+            for (int64_t k = 0; k < G; k++, s++)
+                for (int64_t j = 0; j < len[k]; j++, i++) p->seq[i] = s, first_row[i] = i - j;
+            if (i < n && rng_unit(&r) < 0.3) p->seq[i] = -1, first_row[i] = -1, i++;
+        }
+        for (; i < n; i++) p->seq[i] = -1, first_row[i] = -1;
+        if (s == 0)
+            die(EXIT_USAGE, "transform '%s': --rows %" PRId64 " is too few for one group of %" PRId64
+                " sequences", mel_transform_name(t), n, G);
+    }
+    /* every sequence counts a token (orpo's log(1 - exp(mean logp)) is -inf
+     * for an empty one) */
+    for (int64_t i = 0; first_row && i < n; i++)
+        if (first_row[i] == i) {
+            int64_t j = i, any = 0;
+            for (; j < n && p->seq[j] == p->seq[i]; j++) any |= p->labels[j] != ignore_index;
+            if (!any) p->labels[i] = (int64_t)(rng_next(&r) % (uint64_t)(v > 0 ? v : 1));
+        }
     for (int k = 0; k < p->n_scalar; k++) p->scalar[k] = xcalloc(n, sizeof(double), p->scalar_name[k]);
     for (int64_t i = 0; i < n; i++) {
         int ignored = p->labels[i] == ignore_index;
@@ -105,19 +138,29 @@ void make_problem(problem *p, const mel_transform *t, int64_t n, int64_t d, int6
             double val;
             if (!strcmp(nm, "mask")) {
                 val = ignored ? 0.0 : (rng_unit(&r) < 0.9 ? 1.0 : 0.0);
-            } else if (!strcmp(nm, "old_logp") || !strcmp(nm, "ref_logp")) {
+            } else if (!strcmp(nm, "old_logp") || !strcmp(nm, "ref_logp") || !strcmp(nm, "sampling_logp")) {
                 if (!have_lp) {
                     lp = ignored || !exact_logp ? -log((double)(v > 0 ? v : 1))
                                                 : row_logp(p, i, p->labels[i]);
                     have_lp = 1;
                 }
                 val = lp + 0.15 * rng_gauss(&r);
+            } else if ((!strcmp(nm, "desirable") || !strcmp(nm, "kl_ref")) && first_row &&
+                       first_row[i] >= 0 && first_row[i] < i) {
+                val = p->scalar[k][first_row[i]]; /* one value per sequence */
+            } else if (!strcmp(nm, "completion_mask")) {
+                val = 1.0; /* orpo: every token with a label is completion */
+            } else if (!strcmp(nm, "desirable")) {
+                val = rng_unit(&r) < 0.5 ? 1.0 : 0.0;
+            } else if (!strcmp(nm, "kl_ref")) {
+                val = 0.2 * rng_gauss(&r);
             } else {
                 val = rng_gauss(&r);
             }
             p->scalar[k][i] = val;
         }
     }
+    if (first_row) release(first_row);
 }
 
 void bind_problem(mel_args *a, const problem *p, mel_dtype t, void **xs, void **ws)
@@ -135,6 +178,10 @@ void bind_problem(mel_args *a, const problem *p, mel_dtype t, void **xs, void **
         s = mel_args_index(a, p->index_name, to_dev(p->labels, (size_t)p->n * 8, p->index_name),
                            MEL_I64, p->n);
         if (s != MEL_OK) die(exit_of(s), "binding %s: %s", p->index_name, mel_status_str(s));
+    }
+    if (p->seq) {
+        s = mel_args_index(a, p->seq_name, to_dev(p->seq, (size_t)p->n * 8, p->seq_name), MEL_I64, p->n);
+        if (s != MEL_OK) die(exit_of(s), "binding %s: %s", p->seq_name, mel_status_str(s));
     }
     if (p->tx) {
         void *tx = to_dev(convert(p->tx, MEL_F64, nd, t, "teacher X"), (size_t)nd * es, "teacher X");

@@ -30,10 +30,11 @@ static void usage_run(FILE *f)
 "  --bias FILE              bias [V] (same dtypes)\n"
 "  --labels FILE            labels [N], int32 or int64\n"
 "  --input NAME=FILE        per-row input [N] (mask, advantages, old_logp, ref_logp, ...):\n"
-"                           float32, float64, int32, int64 or bool (e.g. a mask)\n"
+"                           float32, float64, int32, int64 or bool (e.g. a mask); an index\n"
+"                           input (dpo's seq_ids: chosen of pair b 2b, rejected 2b + 1) int32/int64\n"
 "  --teacher-hidden FILE, --teacher-weight FILE   head 1 (teacher / reference), no gradient\n"
-"  --param NAME=VALUE       transform parameter (repeatable, each NAME once); loss_type=grpo|bnpo|dr_grpo|dapo,\n"
-"                           importance_sampling_level=token|sequence are mapped to 0,1,2,3 / 0,1\n"
+"  --param NAME=VALUE       transform parameter (repeatable, each NAME once); words such as\n"
+"                           loss_type=dapo (grpo) or loss_type=ipo (dpo) are mapped by the library\n"
 "  --reduction none|sum|mean   default mean; grpo: default the loss_type's weights\n"
 "                           (--param loss_type, seq_len, max_completion_length for dr_grpo,\n"
 "                           num_items_in_batch for dapo), which --reduction replaces\n"
@@ -190,6 +191,7 @@ int cmd_run(int argc, char **argv)
     }
     if (!tname) die(EXIT_USAGE, "run: missing TRANSFORM (see mel list)");
     check_builtin_name("run", tname);
+    resolve_param_words("run", tname, &pl);
     if (!f_hidden) die(EXIT_USAGE, "run: --hidden is required");
     if (!f_weight) die(EXIT_USAGE, "run: --weight is required");
     if (!f_thidden != !f_tweight)
@@ -216,8 +218,8 @@ int cmd_run(int argc, char **argv)
             "size takes what its rows need, whatever the budget)");
     /* grpo's loss-type parameters only feed mel_grpo_weights, which the
      * loss_type reduction uses (include/mel.h, GRPO) */
-    if (builtin_has_param(tname, "loss_type") && red_given) {
-        refuse_loss_type_params("--reduction", pl, "--reduction replaces");
+    if (!strcmp(tname, "grpo") && red_given) {
+        refuse_loss_type_params("--reduction", tname, pl, "--reduction replaces");
         if (mel_params_get(pl, "seq_len", NULL) && param_value(tname, pl, "importance_sampling_level", 0) == 0)
             die(EXIT_USAGE, "--reduction and --param seq_len: seq_len is read only by "
                 "importance_sampling_level=sequence and by grpo's loss-type weights, which "
@@ -320,6 +322,18 @@ int cmd_run(int argc, char **argv)
     for (int i = 0; i < n_in; i++) {
         char flag[96];
         snprintf(flag, sizeof flag, "--input %s", in_names[i]);
+        int in_index = 0; /* an index input other than labels (dpo's seq_ids) */
+        for (int k = 0; k < mel_transform_num_inputs(t); k++) {
+            int ix = 0;
+            const char *in = mel_transform_input(t, k, &ix, NULL);
+            if (in && !strcmp(in, in_names[i])) in_index = ix;
+        }
+        if (in_index) {
+            input L = load(flag, in_files[i], TAKES_INT);
+            want_vec(&L, N, "N rows of --hidden");
+            check(ctx, mel_args_index(a, in_names[i], on_dev(&L, L.a.dtype), L.a.dtype, N), flag);
+            continue;
+        }
         input I = load(flag, in_files[i], TAKES_FLOAT | TAKES_INT | TAKES_BOOL);
         want_vec(&I, N, "N rows of --hidden");
         /* float32 or float64 as is; integers and bools (a 0/1 mask) -> f64.  grpo's
@@ -332,7 +346,7 @@ int cmd_run(int argc, char **argv)
     }
     /* grpo without --reduction: the loss type's global per-row weights */
     double *gw = NULL;
-    if (builtin_has_param(tname, "loss_type") && !red_given) {
+    if (!strcmp(tname, "grpo") && !red_given) {
         gw = xcalloc(N > 0 ? N : 1, sizeof(double), "weights");
         call_check(ctx, mel_grpo_loss_weights(ctx, pl, N, mask, lab_host, lab_dt, 1, gw), "--param loss_type",
                    &names);
