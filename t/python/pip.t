@@ -109,7 +109,7 @@ L.lib.mel_ctx_create(L.BACKEND_CPU, ctypes.byref(c))
 L.lib.mel_params_set(p, b"label_smothing", 0.1)
 s = L.lib.mel_transform_builtin(c, b"ce", p, ctypes.byref(t))
 print(L.error_detail(c)[:4] == (s, "param", -1, "label_smothing") and s != 0,
-      L.param_words("loss_type") == {"grpo": 0, "bnpo": 1, "dr_grpo": 2, "dapo": 3})' 2>&1)
+      L.param_words("loss_type") == {"grpo": 0, "bnpo": 1, "dr_grpo": 2, "dapo": 3, "cispo": 4, "sapo": 5})' 2>&1)
 [ "$out" = "True True" ]
 ok $? "libmel._lib: error_detail names the parameter refused, param_words has the loss types: $out"
 builtins "$tmp/vb" PKG_CONFIG_PATH="$tmp/none"
