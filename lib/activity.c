@@ -148,6 +148,18 @@ void eng_next_chunk(const activity *A, const call *c, int64_t Rmax, int64_t k0, 
     else *rows = a;
 }
 
+int64_t eng_count_chunks(const activity *A, const call *c, int64_t Rmax)
+{
+    int64_t n = 0;
+    for (int64_t k0 = 0; k0 < c->n_eff; n++) {
+        int64_t r0, R;
+        const int64_t *rows;
+        eng_next_chunk(A, c, Rmax, k0, &r0, &R, &rows);
+        k0 += R;
+    }
+    return n;
+}
+
 /* A backend that cannot gather rows (device memory: A->gather = 0) runs
  * every run of consecutive active rows as chunks of its own, and every
  * chunk streams all of W (and dW): a chunk of m rows costs about as much

@@ -200,6 +200,8 @@ mel_status eng_eval_activity(mel_ctx *ctx, const mel_transform *t, const call *c
 void eng_free_activity(activity *A);
 void eng_next_chunk(const activity *A, const call *c, int64_t Rmax, int64_t k0, int64_t *r0, int64_t *R,
                     const int64_t **rows);
+/* The chunks of the walk at Rmax rows per chunk (a plan's count). */
+int64_t eng_count_chunks(const activity *A, const call *c, int64_t Rmax);
 mel_status eng_zero_inactive(mel_ctx *ctx, const mel_transform *t, const mel_args *a, const call *c,
                              const activity *A, int want_y, int fb);
 void eng_gather_rows(const mel_transform *t, const mel_args *a, const call *c, const run *w, int fb,

@@ -110,12 +110,7 @@ static mel_status rows_plan(const eng_job *j, eng_shape *out)
     run w;
     mel_status s = eng_layout(j->ctx, j->t, j->xplan, j->c, &sz, 1, &w);
     if (s) return s;
-    for (int64_t k0 = 0; k0 < j->c->n_eff; out->chunks++) {
-        int64_t r0, R;
-        const int64_t *rows;
-        eng_next_chunk(j->A, j->c, w.R, k0, &r0, &R, &rows);
-        k0 += R;
-    }
+    out->chunks = eng_count_chunks(j->A, j->c, w.R);
     out->chunk_rows = w.R;
     out->bytes = eng_run_bytes(&w);
     return MEL_OK;
